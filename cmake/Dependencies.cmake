@@ -1,0 +1,16 @@
+# Third-party dependencies, all from Debian 12 packages (see scripts/setup).
+# Imported targets keep their include directories as SYSTEM includes, so
+# -Werror applies to our code only.
+find_package(Threads REQUIRED)
+find_package(absl REQUIRED)
+find_package(Boost 1.74 REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PQXX REQUIRED IMPORTED_TARGET libpqxx>=6.4)
+find_package(RapidJSON REQUIRED)
+
+if(NOT TARGET cqrs_third_party::rapidjson)
+  add_library(cqrs_third_party::rapidjson INTERFACE IMPORTED)
+  set_target_properties(cqrs_third_party::rapidjson PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${RAPIDJSON_INCLUDE_DIRS}"
+    INTERFACE_COMPILE_DEFINITIONS "RAPIDJSON_HAS_STDSTRING=1")
+endif()

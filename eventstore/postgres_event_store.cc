@@ -1,0 +1,804 @@
+#include "eventstore/postgres_event_store.h"
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "eventstore/internal/validation.h"
+#include "framework/status_macros.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+
+namespace cqrs::eventstore {
+namespace {
+
+using eventstore_internal::StreamDeleted;
+using eventstore_internal::StreamNotFound;
+using eventstore_internal::ValidateLimit;
+using eventstore_internal::ValidateStreamId;
+
+// Expected-version encoding for the SQL functions: >= 0 exact (0 = no
+// stream), -1 any, -2 stream exists.
+constexpr int64_t kSqlAny = -1;
+constexpr int64_t kSqlStreamExists = -2;
+
+int64_t ToSqlExpected(const ExpectedVersion& expected) {
+  switch (expected.kind()) {
+    case ExpectedVersion::Kind::kAny:
+      return kSqlAny;
+    case ExpectedVersion::Kind::kStreamExists:
+      return kSqlStreamExists;
+    case ExpectedVersion::Kind::kNoStream:
+    case ExpectedVersion::Kind::kExactly:
+      return expected.version();
+  }
+  return kSqlAny;
+}
+
+absl::Status ValidateSchemaName(absl::string_view schema) {
+  bool ok = !schema.empty() && schema.size() <= 63 &&
+            !(schema[0] >= '0' && schema[0] <= '9');
+  for (char c : schema) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid schema name '", schema,
+        "': use 1 to 63 characters of [a-z0-9_], not starting with a digit"));
+  }
+  return absl::OkStatus();
+}
+
+// Substitutes the (validated, hence safe to splice) schema name for "{s}".
+std::string WithSchema(absl::string_view sql, absl::string_view schema) {
+  return absl::StrReplaceAll(sql, {{"{s}", schema}});
+}
+
+struct Migration {
+  int version;
+  const char* description;
+  const char* sql;
+};
+
+// Never edit a migration that has shipped; append a new one instead.
+constexpr Migration kMigrations[] = {
+    {1, "events, deleted streams, snapshots, append function", R"sql(
+CREATE TABLE {s}.events (
+  global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
+  stream_id       text        NOT NULL,
+  stream_version  bigint      NOT NULL,
+  event_id        uuid        NOT NULL,
+  event_type      text        NOT NULL,
+  schema_version  integer     NOT NULL,
+  data            jsonb       NOT NULL,
+  metadata        jsonb       NOT NULL,
+  recorded_at     timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT events_event_id_key UNIQUE (event_id),
+  CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)
+);
+CREATE INDEX events_commit_order_idx
+  ON {s}.events (transaction_id, global_position);
+CREATE INDEX events_category_idx
+  ON {s}.events ((split_part(stream_id, '-', 1)), transaction_id,
+                 global_position);
+
+CREATE TABLE {s}.deleted_streams (
+  stream_id  text        PRIMARY KEY,
+  version    bigint      NOT NULL,
+  deleted_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE {s}.snapshots (
+  stream_id      text        PRIMARY KEY,
+  stream_version bigint      NOT NULL,
+  schema_version integer     NOT NULL,
+  state          jsonb       NOT NULL,
+  created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Appends the events of p_events (a JSON array of
+-- {"id","type","v","data","meta"}) to one stream in one statement.
+-- p_expected: >= 0 exact version (0 = no stream), -1 any, -2 stream exists.
+-- outcome: 'ok', 'already_stored', 'conflict' (current version in
+-- last_version), 'id_conflict', 'deleted'.
+CREATE FUNCTION {s}.append_events(p_stream_id text, p_expected bigint,
+                                  p_events jsonb, p_notify_channel text)
+RETURNS TABLE (outcome text, first_version bigint, last_version bigint,
+               tx xid8, last_position bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_count   integer := jsonb_array_length(p_events);
+  v_current bigint;
+  v_first   bigint;
+  v_matched integer;
+  v_stream  text;
+  v_last    bigint;
+BEGIN
+  -- One writer per stream at a time (other streams are not blocked). Taken
+  -- before any read, so each read below sees the previous writer's commit.
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+
+  -- A retry: the first event id is stored already.
+  SELECT e.stream_id, e.stream_version INTO v_stream, v_first
+    FROM {s}.events e WHERE e.event_id = (p_events->0->>'id')::uuid;
+  IF FOUND THEN
+    IF v_stream = p_stream_id THEN
+      SELECT count(*) INTO v_matched
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS n(j, i)
+        JOIN {s}.events e ON e.event_id = (n.j->>'id')::uuid
+       WHERE e.stream_id = p_stream_id
+         AND e.stream_version = v_first + n.i - 1;
+      IF v_matched = v_count THEN
+        RETURN QUERY
+          SELECT 'already_stored'::text, v_first, e.stream_version,
+                 e.transaction_id, e.global_position
+            FROM {s}.events e
+           WHERE e.stream_id = p_stream_id
+             AND e.stream_version = v_first + v_count - 1;
+        RETURN;
+      END IF;
+    END IF;
+    RETURN QUERY SELECT 'id_conflict'::text, 0::bigint, 0::bigint,
+                        NULL::xid8, 0::bigint;
+    RETURN;
+  END IF;
+
+  IF EXISTS (SELECT 1 FROM {s}.deleted_streams d
+              WHERE d.stream_id = p_stream_id) THEN
+    RETURN QUERY SELECT 'deleted'::text, 0::bigint, 0::bigint, NULL::xid8,
+                        0::bigint;
+    RETURN;
+  END IF;
+
+  SELECT coalesce(max(e.stream_version), 0) INTO v_current
+    FROM {s}.events e WHERE e.stream_id = p_stream_id;
+  IF (p_expected >= 0 AND v_current <> p_expected)
+     OR (p_expected = -2 AND v_current = 0) THEN
+    RETURN QUERY SELECT 'conflict'::text, 0::bigint, v_current, NULL::xid8,
+                        0::bigint;
+    RETURN;
+  END IF;
+
+  WITH inserted AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT p_stream_id, v_current + n.i, (n.j->>'id')::uuid, n.j->>'type',
+           (n.j->>'v')::integer, n.j->'data', n.j->'meta'
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS n(j, i)
+     ORDER BY n.i
+    RETURNING global_position
+  )
+  SELECT max(global_position) INTO v_last FROM inserted;
+
+  IF p_notify_channel <> '' THEN
+    PERFORM pg_notify(p_notify_channel,
+                      pg_current_xact_id()::text || '.' || v_last::text);
+  END IF;
+  RETURN QUERY SELECT 'ok'::text, v_current + 1, v_current + v_count,
+                      pg_current_xact_id(), v_last;
+END
+$fn$;
+
+-- Soft delete under the same per-stream lock as appends.
+-- outcome: 'ok', 'not_found', 'conflict' (current version in version).
+CREATE FUNCTION {s}.delete_stream(p_stream_id text, p_expected bigint)
+RETURNS TABLE (outcome text, version bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_current bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+  IF EXISTS (SELECT 1 FROM {s}.deleted_streams d
+              WHERE d.stream_id = p_stream_id) THEN
+    RETURN QUERY SELECT 'not_found'::text, 0::bigint;
+    RETURN;
+  END IF;
+  SELECT coalesce(max(e.stream_version), 0) INTO v_current
+    FROM {s}.events e WHERE e.stream_id = p_stream_id;
+  IF v_current = 0 THEN
+    RETURN QUERY SELECT 'not_found'::text, 0::bigint;
+    RETURN;
+  END IF;
+  IF (p_expected >= 0 AND v_current <> p_expected) THEN
+    RETURN QUERY SELECT 'conflict'::text, v_current;
+    RETURN;
+  END IF;
+  INSERT INTO {s}.deleted_streams (stream_id, version)
+    VALUES (p_stream_id, v_current);
+  RETURN QUERY SELECT 'ok'::text, v_current;
+END
+$fn$;
+)sql"},
+};
+
+// The columns every event read returns, in this order.
+constexpr char kEventColumns[] =
+    "global_position, transaction_id::text, stream_id, stream_version, "
+    "event_id::text, event_type, schema_version, data::text, "
+    "metadata::text, (date_part('epoch', recorded_at) * 1000000)::int8";
+
+// Events whose transaction is older than every running transaction: nothing
+// can commit before them any more (docs/event-store.md).
+constexpr char kCommittedBeforeAllRunning[] =
+    "transaction_id < pg_snapshot_xmin(pg_current_snapshot())";
+
+uint64_t ParseXid(const pqxx::field& f) {
+  uint64_t xid = 0;
+  if (!absl::SimpleAtoi(absl::string_view(f.c_str(), f.size()), &xid)) {
+    throw pqxx::conversion_error("transaction id out of range");
+  }
+  return xid;
+}
+
+RecordedEvent ToEvent(const pqxx::row& row) {
+  RecordedEvent e;
+  e.position.global_position = row[0].as<int64_t>();
+  e.position.transaction_id = ParseXid(row[1]);
+  e.stream_id.assign(row[2].c_str(), row[2].size());
+  e.stream_version = row[3].as<int64_t>();
+  e.event_id.assign(row[4].c_str(), row[4].size());
+  e.event_type.assign(row[5].c_str(), row[5].size());
+  e.schema_version = row[6].as<int>();
+  e.data.assign(row[7].c_str(), row[7].size());
+  e.metadata.assign(row[8].c_str(), row[8].size());
+  e.recorded_at = absl::FromUnixMicros(row[9].as<int64_t>());
+  return e;
+}
+
+std::string EncodeEvents(const std::vector<NewEvent>& events) {
+  rapidjson::StringBuffer buffer;
+  size_t reserve = 64;
+  for (const NewEvent& e : events) {
+    reserve += 96 + e.event_type.size() + e.data.size() + e.metadata.size();
+  }
+  buffer.Reserve(reserve);
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartArray();
+  for (const NewEvent& e : events) {
+    w.StartObject();
+    w.Key("id");
+    w.String(e.event_id.data(), e.event_id.size());
+    w.Key("type");
+    w.String(e.event_type.data(), e.event_type.size());
+    w.Key("v");
+    w.Int(e.schema_version);
+    // data and metadata were validated as JSON objects: embed them as is.
+    w.Key("data");
+    w.RawValue(e.data.data(), e.data.size(), rapidjson::kObjectType);
+    w.Key("meta");
+    w.RawValue(e.metadata.data(), e.metadata.size(), rapidjson::kObjectType);
+    w.EndObject();
+  }
+  w.EndArray();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+ReadAllResult ToReadAllResult(const pqxx::result& rows, Position after) {
+  ReadAllResult out;
+  out.events.reserve(rows.size());
+  for (const pqxx::row& row : rows) out.events.push_back(ToEvent(row));
+  out.next = out.events.empty() ? after : out.events.back().position;
+  return out;
+}
+
+}  // namespace
+
+// SQL text of every statement, with the schema spliced in, and the names
+// under which they are prepared on each connection.
+class PostgresEventStore::Statements {
+ public:
+  explicit Statements(absl::string_view schema) {
+    const std::string prefix = absl::StrCat("es_", schema, "_");
+    auto add = [&](Statement& st, absl::string_view name,
+                   absl::string_view sql) {
+      st.name = absl::StrCat(prefix, name);
+      st.sql = WithSchema(sql, schema);
+    };
+    add(append, "append",
+        "SELECT outcome, first_version, last_version, tx::text, "
+        "last_position FROM {s}.append_events($1, $2, $3::jsonb, $4)");
+    add(read_forward, "read_fwd",
+        absl::StrCat(
+            "SELECT ", kEventColumns,
+            " FROM {s}.events WHERE stream_id = $1 AND stream_version >= $2 "
+            "AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d "
+            "WHERE d.stream_id = $1) ORDER BY stream_version LIMIT $3"));
+    add(read_backward, "read_bwd",
+        absl::StrCat(
+            "SELECT ", kEventColumns,
+            " FROM {s}.events WHERE stream_id = $1 AND stream_version <= $2 "
+            "AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d "
+            "WHERE d.stream_id = $1) ORDER BY stream_version DESC LIMIT $3"));
+    add(read_all, "read_all",
+        absl::StrCat("SELECT ", kEventColumns,
+                     " FROM {s}.events WHERE (transaction_id, global_position)"
+                     " > ($1::xid8, $2::int8) AND ",
+                     kCommittedBeforeAllRunning,
+                     " ORDER BY transaction_id, global_position LIMIT $3"));
+    add(read_category, "read_cat",
+        absl::StrCat("SELECT ", kEventColumns,
+                     " FROM {s}.events WHERE split_part(stream_id, '-', 1) = "
+                     "$4 AND (transaction_id, global_position) > ($1::xid8, "
+                     "$2::int8) AND ",
+                     kCommittedBeforeAllRunning,
+                     " ORDER BY split_part(stream_id, '-', 1), "
+                     "transaction_id, global_position LIMIT $3"));
+    add(stream_info, "info",
+        "SELECT coalesce(max(stream_version), 0), EXISTS (SELECT 1 FROM "
+        "{s}.deleted_streams d WHERE d.stream_id = $1) FROM {s}.events "
+        "WHERE stream_id = $1");
+    add(delete_stream, "delete",
+        "SELECT outcome, version FROM {s}.delete_stream($1, $2)");
+    add(save_snapshot, "snap_save",
+        "INSERT INTO {s}.snapshots AS s (stream_id, stream_version, "
+        "schema_version, state) VALUES ($1, $2, $3, $4::jsonb) "
+        "ON CONFLICT (stream_id) DO UPDATE SET stream_version = "
+        "EXCLUDED.stream_version, schema_version = EXCLUDED.schema_version, "
+        "state = EXCLUDED.state, created_at = now() "
+        "WHERE s.stream_version < EXCLUDED.stream_version");
+    add(load_snapshot, "snap_load",
+        "SELECT stream_version, schema_version, state::text, "
+        "(date_part('epoch', created_at) * 1000000)::int8 FROM {s}.snapshots "
+        "WHERE stream_id = $1");
+    add(head, "head",
+        absl::StrCat("SELECT transaction_id::text, global_position FROM "
+                     "{s}.events WHERE ",
+                     kCommittedBeforeAllRunning,
+                     " ORDER BY transaction_id DESC, global_position DESC "
+                     "LIMIT 1"));
+  }
+
+  struct Statement {
+    std::string name;
+    std::string sql;
+  };
+
+  // Prepares `st` on `conn` unless it is already (libpqxx ignores a repeated
+  // identical definition), and returns its name for exec_prepared.
+  static const std::string& On(pqxx::connection& conn, const Statement& st) {
+    conn.prepare(st.name, st.sql);
+    return st.name;
+  }
+
+  Statement append, read_forward, read_backward, read_all, read_category,
+      stream_info, delete_stream, save_snapshot, load_snapshot, head;
+};
+
+int PostgresEventStore::LatestSchemaVersion() {
+  return kMigrations[std::size(kMigrations) - 1].version;
+}
+
+std::string PostgresEventStore::NotificationChannel(absl::string_view schema) {
+  return absl::StrCat(schema, "_events");
+}
+
+absl::Status PostgresEventStore::Migrate(PgPool& pool,
+                                         absl::string_view schema) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  const std::string s(schema);
+  return pool.Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::work tx(conn);
+        // Concurrent migrators of one schema wait for each other.
+        tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
+                       absl::StrCat("cqrs.migrate.", s));
+        tx.exec(WithSchema("CREATE SCHEMA IF NOT EXISTS {s}", s));
+        tx.exec(WithSchema(
+            "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+            " version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())",
+            s));
+        const int current = tx.exec(WithSchema(
+            "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations",
+            s))[0][0]
+                                .as<int>();
+        for (const Migration& m : kMigrations) {
+          if (m.version <= current) continue;
+          tx.exec(WithSchema(m.sql, s));
+          tx.exec_params(
+              WithSchema(
+                  "INSERT INTO {s}.schema_migrations (version, description)"
+                  " VALUES ($1, $2)",
+                  s),
+              m.version, std::string(m.description));
+        }
+        tx.commit();
+        return absl::OkStatus();
+      });
+}
+
+absl::StatusOr<int> PostgresEventStore::SchemaVersion(
+    PgPool& pool, absl::string_view schema) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  int version = 0;
+  RETURN_IF_ERROR(
+      pool.Run(PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::result r =
+            tx.exec_params("SELECT to_regclass($1) IS NOT NULL",
+                           absl::StrCat(schema, ".schema_migrations"));
+        if (!r[0][0].as<bool>()) return absl::OkStatus();
+        version =
+            tx.exec(WithSchema("SELECT coalesce(max(version), 0) FROM "
+                               "{s}.schema_migrations",
+                               schema))[0][0]
+                .as<int>();
+        return absl::OkStatus();
+      }));
+  return version;
+}
+
+absl::StatusOr<std::unique_ptr<PostgresEventStore>> PostgresEventStore::Create(
+    PgPool* pool, PostgresEventStoreOptions options) {
+  RETURN_IF_ERROR(ValidateSchemaName(options.schema));
+  ASSIGN_OR_RETURN(int version, SchemaVersion(*pool, options.schema));
+  if (version < LatestSchemaVersion()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "event store schema '", options.schema, "' is at version ", version,
+        ", this build needs ", LatestSchemaVersion(), ": run the migration"));
+  }
+  return std::unique_ptr<PostgresEventStore>(
+      new PostgresEventStore(pool, std::move(options)));
+}
+
+PostgresEventStore::PostgresEventStore(PgPool* pool,
+                                       PostgresEventStoreOptions options)
+    : pool_(pool),
+      options_(std::move(options)),
+      sql_(std::make_unique<Statements>(options_.schema)) {
+  if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
+    notifier_ = std::thread([this] { NotifierLoop(); });
+  }
+}
+
+PostgresEventStore::~PostgresEventStore() {
+  {
+    absl::MutexLock lock(&notify_mu_);
+    stopping_ = true;
+  }
+  if (notifier_.joinable()) notifier_.join();
+}
+
+void PostgresEventStore::SignalNotifier(Position position) {
+  absl::MutexLock lock(&notify_mu_);
+  if (!pending_notify_.has_value() || *pending_notify_ < position) {
+    pending_notify_ = position;
+  }
+}
+
+void PostgresEventStore::NotifierLoop() {
+  const std::string channel = NotificationChannel(options_.schema);
+  std::unique_ptr<pqxx::connection> conn;
+  while (true) {
+    Position position;
+    {
+      absl::MutexLock lock(&notify_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(notify_mu_) {
+        return stopping_ || pending_notify_.has_value();
+      };
+      notify_mu_.Await(absl::Condition(&ready));
+      // Pending notifications are still sent when stopping, so that the
+      // last appends of a process wake their readers.
+      if (!pending_notify_.has_value()) return;
+      position = *pending_notify_;
+      pending_notify_.reset();
+    }
+    // A lost notification only delays subscribers until their next poll, so
+    // a failure here is dropped after one reconnect attempt.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      try {
+        if (conn == nullptr || !conn->is_open()) {
+          conn = std::make_unique<pqxx::connection>(pool_->conninfo());
+        }
+        pqxx::nontransaction tx(*conn);
+        tx.exec_params("SELECT pg_notify($1, $2)", channel, position.ToToken());
+        break;
+      } catch (const std::exception&) {
+        conn.reset();
+      }
+    }
+  }
+}
+
+absl::StatusOr<AppendResult> PostgresEventStore::Append(
+    absl::string_view stream_id, ExpectedVersion expected,
+    std::vector<NewEvent> events) {
+  RETURN_IF_ERROR(eventstore_internal::ValidateAppend(stream_id, events));
+  const std::string stream(stream_id);
+  const std::string payload = EncodeEvents(events);
+  const std::string channel =
+      options_.notify == PostgresEventStoreOptions::Notify::kInTransaction
+          ? NotificationChannel(options_.schema)
+          : std::string();
+
+  AppendResult result;
+  std::string outcome;
+  // Event ids are fixed before the first attempt, so repeating the append on
+  // a fresh connection is an idempotent retry.
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::row row =
+            tx.exec_prepared1(Statements::On(conn, sql_->append), stream,
+                              ToSqlExpected(expected), payload, channel);
+        outcome = row[0].as<std::string>();
+        result.stream_id = stream;
+        result.first_version = row[1].as<int64_t>();
+        result.last_version = row[2].as<int64_t>();
+        if (!row[3].is_null()) {
+          result.position.transaction_id = ParseXid(row[3]);
+          result.position.global_position = row[4].as<int64_t>();
+        }
+        return absl::OkStatus();
+      }));
+
+  if (outcome == "ok") {
+    if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
+      SignalNotifier(result.position);
+    }
+    return result;
+  }
+  if (outcome == "already_stored") {
+    result.already_stored = true;
+    return result;
+  }
+  if (outcome == "conflict") {
+    return eventstore_internal::VersionConflict(stream_id, expected,
+                                                result.last_version);
+  }
+  if (outcome == "deleted") return StreamDeleted(stream_id);
+  if (outcome == "id_conflict") {
+    return eventstore_internal::EventIdConflict(events.front().event_id);
+  }
+  return absl::InternalError(
+      absl::StrCat("unexpected append outcome '", outcome, "'"));
+}
+
+absl::StatusOr<std::vector<RecordedEvent>> PostgresEventStore::ReadStream(
+    absl::string_view stream_id, Direction direction, int64_t from_version,
+    int limit) {
+  RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  RETURN_IF_ERROR(ValidateLimit(limit));
+  const std::string stream(stream_id);
+  std::vector<RecordedEvent> events;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        const auto& st = direction == Direction::kForward ? sql_->read_forward
+                                                          : sql_->read_backward;
+        pqxx::result rows = tx.exec_prepared(Statements::On(conn, st), stream,
+                                             from_version, limit);
+        events.reserve(rows.size());
+        for (const pqxx::row& row : rows) events.push_back(ToEvent(row));
+        return absl::OkStatus();
+      }));
+  if (events.empty()) {
+    // An empty range of an existing stream is not an error; a missing or
+    // deleted stream is.
+    RETURN_IF_ERROR(GetStreamInfo(stream_id).status());
+  }
+  return events;
+}
+
+absl::StatusOr<ReadAllResult> PostgresEventStore::ReadAll(Position after,
+                                                          int limit) {
+  RETURN_IF_ERROR(ValidateLimit(limit));
+  ReadAllResult result;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        result = ToReadAllResult(
+            tx.exec_prepared(Statements::On(conn, sql_->read_all),
+                             std::to_string(after.transaction_id),
+                             after.global_position, limit),
+            after);
+        return absl::OkStatus();
+      }));
+  return result;
+}
+
+absl::StatusOr<ReadAllResult> PostgresEventStore::ReadCategory(
+    absl::string_view category, Position after, int limit) {
+  RETURN_IF_ERROR(ValidateStreamId(category));
+  RETURN_IF_ERROR(ValidateLimit(limit));
+  ReadAllResult result;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        result = ToReadAllResult(
+            tx.exec_prepared(Statements::On(conn, sql_->read_category),
+                             std::to_string(after.transaction_id),
+                             after.global_position, limit,
+                             std::string(category)),
+            after);
+        return absl::OkStatus();
+      }));
+  return result;
+}
+
+absl::StatusOr<StreamInfo> PostgresEventStore::GetStreamInfo(
+    absl::string_view stream_id) {
+  RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  StreamInfo info;
+  info.stream_id = std::string(stream_id);
+  bool deleted = false;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::row row = tx.exec_prepared1(
+            Statements::On(conn, sql_->stream_info), info.stream_id);
+        info.version = row[0].as<int64_t>();
+        deleted = row[1].as<bool>();
+        return absl::OkStatus();
+      }));
+  if (info.version == 0 || deleted) return StreamNotFound(stream_id);
+  return info;
+}
+
+absl::Status PostgresEventStore::DeleteStream(absl::string_view stream_id,
+                                              ExpectedVersion expected) {
+  RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  std::string outcome;
+  int64_t version = 0;
+  RETURN_IF_ERROR(
+      pool_->Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::row row =
+            tx.exec_prepared1(Statements::On(conn, sql_->delete_stream),
+                              std::string(stream_id), ToSqlExpected(expected));
+        outcome = row[0].as<std::string>();
+        version = row[1].as<int64_t>();
+        return absl::OkStatus();
+      }));
+  if (outcome == "ok") return absl::OkStatus();
+  if (outcome == "not_found") return StreamNotFound(stream_id);
+  // kStreamExists and kAny cannot conflict on an existing stream; kNoStream
+  // and kExactly can.
+  return eventstore_internal::VersionConflict(stream_id, expected, version);
+}
+
+absl::Status PostgresEventStore::SaveSnapshot(const Snapshot& snapshot) {
+  RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
+  return pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        tx.exec_prepared(Statements::On(conn, sql_->save_snapshot),
+                         snapshot.stream_id, snapshot.stream_version,
+                         snapshot.schema_version, snapshot.state);
+        return absl::OkStatus();
+      });
+}
+
+absl::StatusOr<Snapshot> PostgresEventStore::LoadSnapshot(
+    absl::string_view stream_id) {
+  RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  Snapshot snapshot;
+  snapshot.stream_id = std::string(stream_id);
+  bool found = false;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::result rows = tx.exec_prepared(
+            Statements::On(conn, sql_->load_snapshot), snapshot.stream_id);
+        if (rows.empty()) return absl::OkStatus();
+        found = true;
+        snapshot.stream_version = rows[0][0].as<int64_t>();
+        snapshot.schema_version = rows[0][1].as<int>();
+        snapshot.state = rows[0][2].as<std::string>();
+        snapshot.created_at = absl::FromUnixMicros(rows[0][3].as<int64_t>());
+        return absl::OkStatus();
+      }));
+  if (!found) {
+    return absl::NotFoundError(
+        absl::StrCat("no snapshot for stream '", stream_id, "'"));
+  }
+  return snapshot;
+}
+
+absl::StatusOr<Position> PostgresEventStore::HeadPosition() {
+  Position head = Position::Start();
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        pqxx::result rows = tx.exec_prepared(Statements::On(conn, sql_->head));
+        if (!rows.empty()) {
+          head.transaction_id = ParseXid(rows[0][0]);
+          head.global_position = rows[0][1].as<int64_t>();
+        }
+        return absl::OkStatus();
+      }));
+  return head;
+}
+
+// ---------------------------------------------------------------------------
+// ChangeListener
+
+struct ChangeListener::State {
+  // Records the newest position seen in notifications.
+  class Receiver : public pqxx::notification_receiver {
+   public:
+    Receiver(pqxx::connection_base& conn, const std::string& channel,
+             std::optional<Position>* newest)
+        : pqxx::notification_receiver(conn, channel), newest_(newest) {}
+    void operator()(const std::string& payload, int) override {
+      absl::StatusOr<Position> p = Position::FromToken(payload);
+      // Payloads that are not tokens still mean "something changed".
+      const Position position = p.ok() ? *p : Position::Start();
+      if (!newest_->has_value() || **newest_ < position) *newest_ = position;
+    }
+
+   private:
+    std::optional<Position>* newest_;
+  };
+
+  std::unique_ptr<pqxx::connection> conn;
+  std::optional<Position> newest;
+  std::unique_ptr<Receiver> receiver;
+};
+
+absl::StatusOr<std::unique_ptr<ChangeListener>> ChangeListener::Create(
+    std::string conninfo, absl::string_view schema) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  auto state = std::make_unique<State>();
+  try {
+    state->conn = std::make_unique<pqxx::connection>(conninfo);
+    state->receiver = std::make_unique<State::Receiver>(
+        *state->conn, PostgresEventStore::NotificationChannel(schema),
+        &state->newest);
+    // The receiver's LISTEN is sent lazily; make sure it is in effect before
+    // returning, so no notification after Create() is missed.
+    state->conn->get_notifs();
+    pqxx::nontransaction tx(*state->conn);
+    tx.exec("SELECT 1");
+  } catch (...) {
+    absl::Status status = StatusFromCurrentPgException();
+    if (status.code() == absl::StatusCode::kInternal) {
+      return absl::UnavailableError(status.message());
+    }
+    return status;
+  }
+  return std::unique_ptr<ChangeListener>(new ChangeListener(std::move(state)));
+}
+
+ChangeListener::ChangeListener(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
+
+ChangeListener::~ChangeListener() {
+  // The receiver unregisters from the connection: destroy it first.
+  state_->receiver.reset();
+  state_->conn.reset();
+}
+
+absl::StatusOr<std::optional<Position>> ChangeListener::Wait(
+    absl::Duration timeout) {
+  try {
+    if (!state_->conn->is_open()) {
+      return absl::UnavailableError("listening connection is closed");
+    }
+    state_->conn->get_notifs();
+    if (!state_->newest.has_value()) {
+      const int64_t micros =
+          std::max<int64_t>(0, absl::ToInt64Microseconds(timeout));
+      state_->conn->await_notification(static_cast<long>(micros / 1000000),
+                                       static_cast<long>(micros % 1000000));
+    }
+    if (!state_->conn->is_open()) {
+      return absl::UnavailableError("listening connection was lost");
+    }
+  } catch (...) {
+    return StatusFromCurrentPgException();
+  }
+  std::optional<Position> newest = state_->newest;
+  state_->newest.reset();
+  return newest;
+}
+
+int ChangeListener::BackendPid() const { return state_->conn->backendpid(); }
+
+}  // namespace cqrs::eventstore

@@ -1,0 +1,139 @@
+// The PostgreSQL implementation of EventStore, its schema migrations and its
+// change notifications.
+//
+//   ASSIGN_OR_RETURN(auto pool, cqrs::PgPool::Create(pool_options));
+//   RETURN_IF_ERROR(PostgresEventStore::Migrate(*pool, "cqrs"));
+//   ASSIGN_OR_RETURN(auto store, PostgresEventStore::Create(pool.get(), {}));
+//
+// Tables, indexes, the ordering technique and the notification channel are
+// described in docs/event-store.md.
+//
+// Thread-safety: PostgresEventStore and its methods are thread-safe.
+// ChangeListener is for one thread at a time.
+#ifndef EVENTSTORE_POSTGRES_EVENT_STORE_H_
+#define EVENTSTORE_POSTGRES_EVENT_STORE_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "eventstore/event_store.h"
+#include "framework/pg_pool.h"
+
+namespace cqrs::eventstore {
+
+struct PostgresEventStoreOptions {
+  // PostgreSQL schema that holds the store's tables: a lower-case identifier
+  // ([a-z_][a-z0-9_]*, at most 63 characters).
+  std::string schema = "cqrs";
+
+  enum class Notify {
+    // A dedicated connection sends one NOTIFY after each commit, coalescing
+    // appends that commit while the previous NOTIFY is in flight. Appends do
+    // not wait for it. PostgreSQL serializes the commits of all transactions
+    // that NOTIFY (a global lock held through the WAL flush), so this is the
+    // default: it keeps concurrent appends as fast as plain inserts.
+    kAfterCommit,
+    // Each append's transaction NOTIFYs itself: the notification is atomic
+    // with the commit, at the price of serialized commits.
+    kInTransaction,
+    kNone,
+  };
+  Notify notify = Notify::kAfterCommit;
+};
+
+class PostgresEventStore : public EventStore {
+ public:
+  // Creates or upgrades the store's tables in `schema` (idempotent; safe to
+  // run from several processes at once). Returns kInvalidArgument for a bad
+  // schema name, kUnavailable when the database is unreachable.
+  static absl::Status Migrate(PgPool& pool, absl::string_view schema);
+
+  // The schema version Migrate() brings a database to.
+  static int LatestSchemaVersion();
+
+  // Returns the migrated version of `schema` (0 when it is not migrated).
+  static absl::StatusOr<int> SchemaVersion(PgPool& pool,
+                                           absl::string_view schema);
+
+  // The channel appends NOTIFY on: "<schema>_events". The payload is the
+  // position token (Position::ToToken) of the newest appended event.
+  static std::string NotificationChannel(absl::string_view schema);
+
+  // `pool` must outlive the store. The schema must be migrated (kFailed-
+  // Precondition otherwise); kInvalidArgument for a bad schema name.
+  static absl::StatusOr<std::unique_ptr<PostgresEventStore>> Create(
+      PgPool* pool, PostgresEventStoreOptions options);
+  ~PostgresEventStore() override;
+
+  absl::StatusOr<AppendResult> Append(absl::string_view stream_id,
+                                      ExpectedVersion expected,
+                                      std::vector<NewEvent> events) override;
+  absl::StatusOr<std::vector<RecordedEvent>> ReadStream(
+      absl::string_view stream_id, Direction direction, int64_t from_version,
+      int limit) override;
+  absl::StatusOr<ReadAllResult> ReadAll(Position after, int limit) override;
+  absl::StatusOr<ReadAllResult> ReadCategory(absl::string_view category,
+                                             Position after,
+                                             int limit) override;
+  absl::StatusOr<StreamInfo> GetStreamInfo(
+      absl::string_view stream_id) override;
+  absl::Status DeleteStream(absl::string_view stream_id,
+                            ExpectedVersion expected) override;
+  absl::Status SaveSnapshot(const Snapshot& snapshot) override;
+  absl::StatusOr<Snapshot> LoadSnapshot(absl::string_view stream_id) override;
+  absl::StatusOr<Position> HeadPosition() override;
+
+ private:
+  class Statements;
+  PostgresEventStore(PgPool* pool, PostgresEventStoreOptions options);
+  void SignalNotifier(Position position);
+  void NotifierLoop();
+
+  PgPool* const pool_;
+  const PostgresEventStoreOptions options_;
+  const std::unique_ptr<Statements> sql_;  // SQL text for the schema
+
+  absl::Mutex notify_mu_;
+  std::optional<Position> pending_notify_ ABSL_GUARDED_BY(notify_mu_);
+  bool stopping_ ABSL_GUARDED_BY(notify_mu_) = false;
+  std::thread notifier_;
+};
+
+// Waits for the store's change notifications on a dedicated connection.
+//
+//   ASSIGN_OR_RETURN(auto listener, ChangeListener::Create(url, "cqrs"));
+//   ASSIGN_OR_RETURN(std::optional<Position> p,
+//                    listener->Wait(absl::Seconds(1)));
+class ChangeListener {
+ public:
+  // Connects and LISTENs. kUnavailable when the database is unreachable.
+  static absl::StatusOr<std::unique_ptr<ChangeListener>> Create(
+      std::string conninfo, absl::string_view schema);
+  ~ChangeListener();
+
+  // Waits up to `timeout` for notifications. Returns the newest position
+  // notified since the last call, or nullopt on timeout. Returns kUnavailable
+  // when the connection is lost: reconnect with Create() and read from the
+  // last position you processed, since notifications sent meanwhile are lost.
+  absl::StatusOr<std::optional<Position>> Wait(absl::Duration timeout);
+
+  // The server process id of the listening connection (for tests and
+  // diagnostics).
+  int BackendPid() const;
+
+ private:
+  struct State;
+  explicit ChangeListener(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace cqrs::eventstore
+
+#endif  // EVENTSTORE_POSTGRES_EVENT_STORE_H_

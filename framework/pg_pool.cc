@@ -1,0 +1,172 @@
+#include "framework/pg_pool.h"
+
+#include <pqxx/except>
+
+#include "absl/strings/str_cat.h"
+
+namespace cqrs {
+namespace {
+
+std::string Describe(const std::exception& e) {
+  std::string message = e.what();
+  // The server's text ends with a newline; keep status messages one line.
+  while (!message.empty() &&
+         (message.back() == '\n' || message.back() == ' ')) {
+    message.pop_back();
+  }
+  // libpqxx 6.4 derives some error classes (transaction_rollback) from
+  // failure rather than sql_error; those carry no SQLSTATE.
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+  if (sql == nullptr) return absl::StrCat("postgres error: ", message);
+  return absl::StrCat("postgres error ", sql->sqlstate(), ": ", message);
+}
+
+// SQLSTATE class 57 (operator intervention: pg_terminate_backend, server
+// shutdown) and class 08 (connection exception) mean the session is gone.
+bool IsSessionGone(const std::string& sqlstate) {
+  return sqlstate.rfind("57P", 0) == 0 || sqlstate.rfind("08", 0) == 0;
+}
+
+}  // namespace
+
+absl::Status StatusFromCurrentPgException() {
+  try {
+    throw;
+  } catch (const pqxx::in_doubt_error& e) {
+    return absl::UnknownError(absl::StrCat(
+        "commit outcome unknown (connection lost during commit): ", e.what()));
+  } catch (const pqxx::statement_completion_unknown& e) {
+    return absl::UnknownError(
+        absl::StrCat("statement outcome unknown: ", e.what()));
+  } catch (const pqxx::broken_connection& e) {
+    return absl::UnavailableError(
+        absl::StrCat("database connection lost: ", e.what()));
+  } catch (const pqxx::serialization_failure& e) {
+    return absl::AbortedError(Describe(e));
+  } catch (const pqxx::deadlock_detected& e) {
+    return absl::AbortedError(Describe(e));
+  } catch (const pqxx::unique_violation& e) {
+    return absl::AlreadyExistsError(Describe(e));
+  } catch (const pqxx::integrity_constraint_violation& e) {
+    return absl::FailedPreconditionError(Describe(e));
+  } catch (const pqxx::undefined_table& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(e), " (is the schema migrated?)"));
+  } catch (const pqxx::undefined_function& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(e), " (is the schema migrated?)"));
+  } catch (const pqxx::data_exception& e) {
+    return absl::InvalidArgumentError(Describe(e));
+  } catch (const pqxx::insufficient_privilege& e) {
+    return absl::PermissionDeniedError(Describe(e));
+  } catch (const pqxx::insufficient_resources& e) {
+    return absl::ResourceExhaustedError(Describe(e));
+  } catch (const pqxx::sql_error& e) {
+    if (IsSessionGone(e.sqlstate())) {
+      return absl::UnavailableError(Describe(e));
+    }
+    if (e.sqlstate() == "57014") return absl::CancelledError(Describe(e));
+    return absl::InternalError(Describe(e));
+  } catch (const pqxx::failure& e) {
+    return absl::InternalError(absl::StrCat("postgres failure: ", e.what()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  } catch (...) {
+    return absl::InternalError("unknown exception");
+  }
+}
+
+PgPool::Lease::Lease(Lease&& other) noexcept
+    : pool_(other.pool_),
+      conn_(std::move(other.conn_)),
+      broken_(other.broken_) {
+  other.pool_ = nullptr;
+}
+
+PgPool::Lease::~Lease() {
+  if (pool_ != nullptr) pool_->Release(std::move(conn_), broken_);
+}
+
+absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(PgPoolOptions options) {
+  if (options.max_connections <= 0) {
+    return absl::InvalidArgumentError("pool size must be positive");
+  }
+  return std::unique_ptr<PgPool>(new PgPool(std::move(options)));
+}
+
+PgPool::~PgPool() {
+  absl::MutexLock lock(&mu_);
+  idle_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() {
+  try {
+    auto conn = std::make_unique<pqxx::connection>(options_.conninfo);
+    if (options_.on_connect) options_.on_connect(*conn);
+    return conn;
+  } catch (...) {
+    absl::Status status = StatusFromCurrentPgException();
+    // A failure to connect is a reachability problem whatever libpqxx calls it.
+    if (status.code() == absl::StatusCode::kInternal) {
+      return absl::UnavailableError(status.message());
+    }
+    return status;
+  }
+}
+
+absl::StatusOr<PgPool::Lease> PgPool::Acquire() {
+  {
+    absl::MutexLock lock(&mu_);
+    ++waiting_;
+    auto can_proceed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !idle_.empty() || open_ < options_.max_connections;
+    };
+    const bool ready = mu_.AwaitWithTimeout(absl::Condition(&can_proceed),
+                                            options_.acquire_timeout);
+    --waiting_;
+    if (!ready) {
+      return absl::UnavailableError(
+          absl::StrCat("no database connection free within ",
+                       absl::FormatDuration(options_.acquire_timeout),
+                       " (pool size ", options_.max_connections, ")"));
+    }
+    ++in_use_;
+    if (!idle_.empty()) {
+      std::unique_ptr<pqxx::connection> conn = std::move(idle_.back());
+      idle_.pop_back();
+      return Lease(this, std::move(conn));
+    }
+    ++open_;  // reserve the slot; connect outside the lock
+  }
+  absl::StatusOr<std::unique_ptr<pqxx::connection>> conn = Connect();
+  if (!conn.ok()) {
+    absl::MutexLock lock(&mu_);
+    --open_;
+    --in_use_;
+    return conn.status();
+  }
+  return Lease(this, *std::move(conn));
+}
+
+void PgPool::Release(std::unique_ptr<pqxx::connection> conn, bool broken) {
+  std::unique_ptr<pqxx::connection> to_close;
+  {
+    absl::MutexLock lock(&mu_);
+    --in_use_;
+    if (broken || conn == nullptr || !conn->is_open()) {
+      --open_;
+      to_close = std::move(conn);
+    } else {
+      idle_.push_back(std::move(conn));
+    }
+  }
+  // Closing talks to the server; do it outside the lock.
+  to_close.reset();
+}
+
+PgPool::Stats PgPool::stats() const {
+  absl::MutexLock lock(&mu_);
+  return Stats{open_, in_use_, waiting_};
+}
+
+}  // namespace cqrs

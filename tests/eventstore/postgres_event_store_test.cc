@@ -1,0 +1,421 @@
+// PostgreSQL-specific behaviour of the event store: commit-order safety under
+// concurrency, notifications, migrations and lost connections. The behaviour
+// shared with the in-memory store is in contract_test.cc.
+#include "eventstore/postgres_event_store.h"
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "framework/uuid.h"
+#include "tests/support/test_database.h"
+
+namespace cqrs::eventstore {
+namespace {
+
+using testing::TestSchema;
+
+NewEvent MakeEvent(absl::string_view type, int n) {
+  NewEvent e;
+  e.event_type = std::string(type);
+  e.data = absl::StrCat("{\"n\":", n, "}");
+  return e;
+}
+
+// Follows the global order from `from` until nothing new arrives.
+std::vector<RecordedEvent> DrainAll(EventStore& store, Position* from) {
+  std::vector<RecordedEvent> out;
+  while (true) {
+    absl::StatusOr<ReadAllResult> page = store.ReadAll(*from, 500);
+    REQUIRE(page.ok());
+    if (page->events.empty()) return out;
+    for (RecordedEvent& e : page->events) out.push_back(std::move(e));
+    *from = page->next;
+  }
+}
+
+// Other test processes share the cluster, and any write transaction of
+// theirs holds back what ReadAll may return for a moment. Assertions that
+// something arrives therefore wait for it (bounded); assertions that nothing
+// arrives use DrainAll directly.
+std::vector<RecordedEvent> DrainAtLeast(EventStore& store, Position* from,
+                                        size_t n) {
+  std::vector<RecordedEvent> out;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (out.size() < n && absl::Now() < deadline) {
+    std::vector<RecordedEvent> page = DrainAll(store, from);
+    if (page.empty()) absl::SleepFor(absl::Milliseconds(5));
+    for (RecordedEvent& e : page) out.push_back(std::move(e));
+  }
+  return out;
+}
+
+TEST_CASE("migrations are idempotent and safe to run concurrently",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] {
+      if (!PostgresEventStore::Migrate(schema.pool(), schema.name()).ok()) {
+        ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  REQUIRE(PostgresEventStore::Migrate(schema.pool(), schema.name()).ok());
+  absl::StatusOr<int> version =
+      PostgresEventStore::SchemaVersion(schema.pool(), schema.name());
+  REQUIRE(version.ok());
+  CHECK(*version == PostgresEventStore::LatestSchemaVersion());
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".schema_migrations")) ==
+        PostgresEventStore::LatestSchemaVersion());
+}
+
+TEST_CASE("a store refuses an unmigrated schema and a bad schema name",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  PostgresEventStoreOptions options;
+  options.schema = schema.name();
+  auto store = PostgresEventStore::Create(&schema.pool(), options);
+  CHECK(store.status().code() == absl::StatusCode::kFailedPrecondition);
+
+  options.schema = "bad; DROP TABLE x";
+  CHECK(PostgresEventStore::Create(&schema.pool(), options).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(PostgresEventStore::Migrate(schema.pool(), "Robert'); --").code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("8 writers and a concurrent reader see every event once and in order",
+          "[eventstore][pg]") {
+  TestSchema schema(/*pool_size=*/12);
+  auto store = schema.NewEventStore();
+  constexpr int kWriters = 8;
+  constexpr int kStreamsPerWriter = 10;
+  constexpr int kAppendsPerWriter = 150;
+
+  std::atomic<int> writers_done{0};
+  std::atomic<int> append_errors{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      std::vector<int64_t> versions(kStreamsPerWriter, 0);
+      for (int i = 0; i < kAppendsPerWriter; ++i) {
+        const int s = i % kStreamsPerWriter;
+        const std::string stream = absl::StrCat("acc-", w, "x", s);
+        // Alternate single and multi-event appends.
+        const int count = 1 + i % 3;
+        std::vector<NewEvent> events;
+        for (int k = 0; k < count; ++k) {
+          events.push_back(MakeEvent("Deposited", versions[s] + k + 1));
+        }
+        auto r = store->Append(stream, ExpectedVersion::Exactly(versions[s]),
+                               std::move(events));
+        if (!r.ok()) {
+          ++append_errors;
+          continue;
+        }
+        versions[s] = r->last_version;
+      }
+      ++writers_done;
+    });
+  }
+
+  std::vector<RecordedEvent> seen;
+  Position from = Position::Start();
+  while (writers_done.load() < kWriters) {
+    std::vector<RecordedEvent> page = DrainAll(*store, &from);
+    seen.insert(seen.end(), page.begin(), page.end());
+  }
+  for (auto& t : writers) t.join();
+  const long long stored = schema.QueryInt(
+      absl::StrCat("SELECT count(*) FROM ", schema.name(), ".events"));
+  std::vector<RecordedEvent> rest =
+      DrainAtLeast(*store, &from, static_cast<size_t>(stored) - seen.size());
+  seen.insert(seen.end(), rest.begin(), rest.end());
+
+  REQUIRE(append_errors == 0);
+  CHECK(static_cast<long long>(seen.size()) == stored);
+
+  std::set<std::string> ids;
+  std::map<std::string, int64_t> last_version;
+  Position previous = Position::Start();
+  bool in_order = true;
+  for (const RecordedEvent& e : seen) {
+    ids.insert(e.event_id);
+    in_order = in_order && previous < e.position;
+    previous = e.position;
+    int64_t& v = last_version[e.stream_id];
+    CHECK(e.stream_version == v + 1);  // per-stream order, no gaps
+    v = e.stream_version;
+  }
+  CHECK(in_order);
+  CHECK(ids.size() == seen.size());  // exactly once
+  CHECK(last_version.size() ==
+        static_cast<size_t>(kWriters * kStreamsPerWriter));
+}
+
+TEST_CASE("a transaction that commits late is not skipped by a reader",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(store
+              ->Append("acc-1", ExpectedVersion::NoStream(),
+                       {MakeEvent("Opened", 1)})
+              .ok());
+  Position from = Position::Start();
+  REQUIRE(DrainAtLeast(*store, &from, 1).size() == 1);
+
+  // Writer A takes a lower transaction id and a lower global position, then
+  // stays open while B and C commit.
+  pqxx::connection held(schema.url());
+  pqxx::work held_tx(held);
+  const std::string held_id = NewUuid();
+  held_tx.exec_params(
+      absl::StrCat("SELECT * FROM ", schema.name(),
+                   ".append_events($1, -1, $2::jsonb, '')"),
+      "acc-held",
+      absl::StrCat("[{\"id\":\"", held_id,
+                   "\",\"type\":\"Opened\",\"v\":1,\"data\":{},\"meta\":{}}]"));
+
+  auto b = store->Append("acc-2", ExpectedVersion::NoStream(),
+                         {MakeEvent("Opened", 2)});
+  auto c = store->Append("acc-3", ExpectedVersion::NoStream(),
+                         {MakeEvent("Opened", 3)});
+  REQUIRE(b.ok());
+  REQUIRE(c.ok());
+
+  // B and C are visible in the table, but a reader must not move past A.
+  std::vector<RecordedEvent> while_open = DrainAll(*store, &from);
+  CHECK(while_open.empty());
+
+  held_tx.commit();
+  std::vector<RecordedEvent> after = DrainAtLeast(*store, &from, 3);
+  REQUIRE(after.size() == 3);
+  CHECK(after[0].event_id == held_id);  // lowest transaction id first
+  CHECK(after[1].stream_id == "acc-2");
+  CHECK(after[2].stream_id == "acc-3");
+  CHECK(after[2].position == c->position);
+}
+
+TEST_CASE("concurrent appends with expected version any stay contiguous",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  constexpr int kThreads = 16;
+  constexpr int kEach = 20;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        if (!store
+                 ->Append("hot-1", ExpectedVersion::Any(),
+                          {MakeEvent("Deposited", t * 1000 + i)})
+                 .ok()) {
+          ++errors;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(errors == 0);
+  auto info = store->GetStreamInfo("hot-1");
+  REQUIRE(info.ok());
+  CHECK(info->version == kThreads * kEach);
+  auto events = store->ReadStream("hot-1", Direction::kForward, 1, 10000);
+  REQUIRE(events.ok());
+  REQUIRE(events->size() == static_cast<size_t>(kThreads * kEach));
+  for (size_t i = 0; i < events->size(); ++i) {
+    CHECK((*events)[i].stream_version == static_cast<int64_t>(i + 1));
+  }
+}
+
+TEST_CASE("exact-version races: exactly one writer wins each version",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(store
+              ->Append("race-1", ExpectedVersion::NoStream(),
+                       {MakeEvent("Opened", 0)})
+              .ok());
+  constexpr int kThreads = 8;
+  std::atomic<int> wins{0};
+  std::atomic<int> conflicts{0};
+  std::atomic<int> other{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto r = store->Append("race-1", ExpectedVersion::Exactly(1),
+                             {MakeEvent("Deposited", t)});
+      if (r.ok()) {
+        ++wins;
+      } else if (ConflictActualVersion(r.status()) == 2) {
+        ++conflicts;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(wins == 1);
+  CHECK(conflicts == kThreads - 1);
+  CHECK(other == 0);
+}
+
+TEST_CASE("a terminated connection does not fail the next operation",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(store
+              ->Append("acc-1", ExpectedVersion::NoStream(),
+                       {MakeEvent("Opened", 1)})
+              .ok());
+  REQUIRE(store->GetStreamInfo("acc-1").ok());
+
+  REQUIRE(schema.TerminatePoolSessions() >= 1);
+  auto appended = store->Append("acc-1", ExpectedVersion::Exactly(1),
+                                {MakeEvent("Deposited", 2)});
+  INFO(appended.status().ToString());
+  REQUIRE(appended.ok());
+  CHECK(appended->last_version == 2);
+
+  REQUIRE(schema.TerminatePoolSessions() >= 1);
+  auto info = store->GetStreamInfo("acc-1");
+  INFO(info.status().ToString());
+  REQUIRE(info.ok());
+  CHECK(info->version == 2);
+
+  REQUIRE(schema.TerminatePoolSessions() >= 1);
+  Position from = Position::Start();
+  CHECK(DrainAtLeast(*store, &from, 2).size() == 2);
+}
+
+TEST_CASE("a committed append notifies listeners with its position",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  using Notify = PostgresEventStoreOptions::Notify;
+  const Notify mode = GENERATE(Notify::kAfterCommit, Notify::kInTransaction);
+  PostgresEventStoreOptions options;
+  options.notify = mode;
+  auto store = schema.NewEventStore(options);
+
+  auto listener = ChangeListener::Create(schema.url(), schema.name());
+  REQUIRE(listener.ok());
+  // Nothing appended yet: the wait times out.
+  auto idle = (*listener)->Wait(absl::Milliseconds(50));
+  REQUIRE(idle.ok());
+  CHECK(!idle->has_value());
+
+  auto appended = store->Append("acc-1", ExpectedVersion::NoStream(),
+                                {MakeEvent("Opened", 1)});
+  REQUIRE(appended.ok());
+  std::optional<Position> got;
+  for (int i = 0; i < 50 && !got.has_value(); ++i) {
+    auto waited = (*listener)->Wait(absl::Milliseconds(100));
+    REQUIRE(waited.ok());
+    got = *waited;
+  }
+  REQUIRE(got.has_value());
+  CHECK(*got == appended->position);
+}
+
+TEST_CASE("a listener whose session is terminated reports kUnavailable",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  auto listener = ChangeListener::Create(schema.url(), schema.name());
+  REQUIRE(listener.ok());
+  const int pid = (*listener)->BackendPid();
+  REQUIRE(pid > 0);
+  schema.Exec(absl::StrCat("SELECT pg_terminate_backend(", pid, ")"));
+
+  absl::Status status;
+  for (int i = 0; i < 50 && status.ok(); ++i) {
+    status = (*listener)->Wait(absl::Milliseconds(100)).status();
+  }
+  CHECK(status.code() == absl::StatusCode::kUnavailable);
+
+  // A new listener works again.
+  auto again = ChangeListener::Create(schema.url(), schema.name());
+  REQUIRE(again.ok());
+  auto appended = store->Append("acc-1", ExpectedVersion::NoStream(),
+                                {MakeEvent("Opened", 1)});
+  REQUIRE(appended.ok());
+  std::optional<Position> got;
+  for (int i = 0; i < 50 && !got.has_value(); ++i) {
+    auto waited = (*again)->Wait(absl::Milliseconds(100));
+    REQUIRE(waited.ok());
+    got = *waited;
+  }
+  CHECK(got.has_value());
+}
+
+TEST_CASE("a long transaction elsewhere delays readers but loses nothing",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  // Any transaction with an xid holds back pg_snapshot_xmin, even one that
+  // never touches the event store.
+  pqxx::connection other(schema.url());
+  pqxx::work other_tx(other);
+  other_tx.exec("SELECT pg_current_xact_id()");
+
+  auto appended = store->Append("acc-1", ExpectedVersion::NoStream(),
+                                {MakeEvent("Opened", 1)});
+  REQUIRE(appended.ok());
+  Position from = Position::Start();
+  CHECK(DrainAll(*store, &from).empty());
+  auto head = store->HeadPosition();
+  REQUIRE(head.ok());
+  CHECK(*head == Position::Start());
+
+  other_tx.commit();
+  std::vector<RecordedEvent> events = DrainAtLeast(*store, &from, 1);
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].position == appended->position);
+}
+
+TEST_CASE("events are stored as given including ids and JSON and metadata",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  NewEvent e;
+  e.event_id = NewUuid();
+  e.event_type = "Überweisung \"quoted\"";
+  e.schema_version = 3;
+  e.data = R"({"amount": 12, "note": "a\"b\\c ü"})";
+  e.metadata = R"({"correlation_id": "c-1", "causation_id": "k-1", "x": [1]})";
+  const absl::Time before = absl::Now() - absl::Seconds(5);
+  auto r = store->Append("acc-9", ExpectedVersion::Any(), {e});
+  REQUIRE(r.ok());
+  auto events = store->ReadStream("acc-9", Direction::kForward, 1, 10);
+  REQUIRE(events.ok());
+  REQUIRE(events->size() == 1);
+  const RecordedEvent& got = (*events)[0];
+  CHECK(got.event_id == e.event_id);
+  CHECK(got.event_type == e.event_type);
+  CHECK(got.schema_version == 3);
+  CHECK(got.position == r->position);
+  CHECK(got.recorded_at > before);
+  CHECK(got.recorded_at < absl::Now() + absl::Seconds(5));
+  // jsonb normalizes spacing; compare through PostgreSQL's own equality.
+  CHECK(schema.QueryInt(absl::StrCat(
+            "SELECT (data = '", R"({"amount": 12, "note": "a\"b\\c ü"})",
+            "'::jsonb AND metadata->>'correlation_id' = 'c-1')::int FROM ",
+            schema.name(), ".events")) == 1);
+}
+
+}  // namespace
+}  // namespace cqrs::eventstore

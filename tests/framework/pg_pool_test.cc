@@ -1,0 +1,184 @@
+#include "framework/pg_pool.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "tests/support/test_database.h"
+
+namespace cqrs {
+namespace {
+
+using testing::TestSchema;
+
+PgPoolOptions Options(std::string conninfo, int size) {
+  PgPoolOptions options;
+  options.conninfo = std::move(conninfo);
+  options.max_connections = size;
+  options.acquire_timeout = absl::Milliseconds(200);
+  return options;
+}
+
+TEST_CASE("pool size must be positive", "[framework]") {
+  CHECK(PgPool::Create(Options("", 0)).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("an unreachable server is kUnavailable", "[framework]") {
+  auto pool = PgPool::Create(
+      Options("host=/nonexistent-cqrs-socket-dir port=1 connect_timeout=1", 2));
+  REQUIRE(pool.ok());
+  auto lease = (*pool)->Acquire();
+  CHECK(lease.status().code() == absl::StatusCode::kUnavailable);
+  // The failed attempt gave its slot back.
+  CHECK((*pool)->stats().open == 0);
+  CHECK((*pool)->stats().in_use == 0);
+}
+
+TEST_CASE("the pool never hands out more than its size", "[framework][pg]") {
+  auto pool = PgPool::Create(Options(testing::TestDatabaseUrl(), 2));
+  REQUIRE(pool.ok());
+  {
+    auto a = (*pool)->Acquire();
+    auto b = (*pool)->Acquire();
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK((**a).backendpid() != (**b).backendpid());
+    CHECK((*pool)->stats().in_use == 2);
+    auto c = (*pool)->Acquire();
+    CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+  }
+  CHECK((*pool)->stats().in_use == 0);
+  CHECK((*pool)->stats().open == 2);
+
+  // Many threads share the two connections, one user at a time each.
+  std::atomic<int> concurrent{0};
+  std::atomic<int> max_concurrent{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 20; ++i) {
+        absl::Status s =
+            (*pool)->Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+              const int now = ++concurrent;
+              int seen = max_concurrent.load();
+              while (now > seen &&
+                     !max_concurrent.compare_exchange_weak(seen, now)) {
+              }
+              pqxx::nontransaction tx(conn);
+              tx.exec("SELECT 1");
+              --concurrent;
+              return absl::OkStatus();
+            });
+        if (!s.ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  CHECK(max_concurrent.load() <= 2);
+  CHECK((*pool)->stats().open <= 2);
+}
+
+TEST_CASE("a waiting caller gets the connection another one returns",
+          "[framework][pg]") {
+  PgPoolOptions options = Options(testing::TestDatabaseUrl(), 1);
+  options.acquire_timeout = absl::Seconds(10);
+  auto pool = PgPool::Create(options);
+  REQUIRE(pool.ok());
+  auto first = (*pool)->Acquire();
+  REQUIRE(first.ok());
+  absl::Notification got_it;
+  std::thread waiter([&] {
+    auto second = (*pool)->Acquire();
+    if (second.ok()) got_it.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  CHECK(!got_it.HasBeenNotified());
+  CHECK((*pool)->stats().waiting == 1);
+  { auto release = std::move(*first); }
+  CHECK(got_it.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  waiter.join();
+}
+
+TEST_CASE("libpqxx exceptions become statuses", "[framework][pg]") {
+  TestSchema schema;
+  PgPool& pool = schema.pool();
+  const std::string table = absl::StrCat(schema.name(), ".t");
+  schema.Exec(absl::StrCat("CREATE TABLE ", table, " (id int PRIMARY KEY)"));
+
+  auto run = [&](const std::string& sql) {
+    return pool.Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+      pqxx::nontransaction tx(conn);
+      tx.exec(sql);
+      return absl::OkStatus();
+    });
+  };
+  CHECK(run(absl::StrCat("INSERT INTO ", table, " VALUES (1)")).ok());
+  absl::Status dup = run(absl::StrCat("INSERT INTO ", table, " VALUES (1)"));
+  CHECK(dup.code() == absl::StatusCode::kAlreadyExists);
+  CHECK(absl::StrContains(dup.message(), "23505"));
+  CHECK(run("SELECT * FROM no_such_table_x").code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(run("SELECT 1/0").code() == absl::StatusCode::kInvalidArgument);
+  CHECK(run("SELEKT").code() == absl::StatusCode::kInternal);
+  // The pool is still usable after every error.
+  CHECK(run("SELECT 1").ok());
+}
+
+TEST_CASE("a broken connection is replaced and retried when allowed",
+          "[framework][pg]") {
+  TestSchema schema;
+  PgPool& pool = schema.pool();
+  int first_pid = 0;
+  REQUIRE(pool.Run(PgPool::Retry::kNever,
+                   [&](pqxx::connection& conn) {
+                     first_pid = conn.backendpid();
+                     return absl::OkStatus();
+                   })
+              .ok());
+  REQUIRE(schema.TerminatePoolSessions() == 1);
+
+  // Without retry the caller sees kUnavailable once...
+  absl::Status once =
+      pool.Run(PgPool::Retry::kNever, [](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        tx.exec("SELECT 1");
+        return absl::OkStatus();
+      });
+  CHECK(once.code() == absl::StatusCode::kUnavailable);
+  // ...and the broken connection was dropped, not returned to the pool.
+  int next_pid = 0;
+  CHECK(pool.Run(PgPool::Retry::kNever,
+                 [&](pqxx::connection& conn) {
+                   pqxx::nontransaction tx(conn);
+                   next_pid =
+                       tx.exec("SELECT pg_backend_pid()")[0][0].as<int>();
+                   return absl::OkStatus();
+                 })
+            .ok());
+  CHECK(next_pid != first_pid);
+
+  // With retry the caller does not notice.
+  REQUIRE(schema.TerminatePoolSessions() == 1);
+  int attempts = 0;
+  CHECK(pool.Run(PgPool::Retry::kOnBrokenConnection,
+                 [&](pqxx::connection& conn) {
+                   ++attempts;
+                   pqxx::nontransaction tx(conn);
+                   tx.exec("SELECT 1");
+                   return absl::OkStatus();
+                 })
+            .ok());
+  CHECK(attempts == 2);
+}
+
+}  // namespace
+}  // namespace cqrs

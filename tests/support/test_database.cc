@@ -1,0 +1,84 @@
+#include "tests/support/test_database.h"
+
+#include <cstdlib>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "framework/uuid.h"
+
+namespace cqrs::testing {
+
+std::string TestDatabaseUrl() {
+  const char* url = std::getenv(kTestDatabaseEnv);
+  if (url == nullptr || *url == '\0') {
+    FAIL(kTestDatabaseEnv
+         << " is not set: this test needs PostgreSQL. Run the suite with "
+            "scripts/test, which starts a throwaway cluster and sets it.");
+  }
+  return url;
+}
+
+TestSchema::TestSchema(int pool_size) : url_(TestDatabaseUrl()) {
+  std::string suffix = NewUuid().substr(24);  // 12 random hex digits
+  name_ = absl::StrCat("t_", suffix);
+  Exec(absl::StrCat("CREATE SCHEMA ", name_));
+  // Tagging the pool's sessions lets fault-injection tests find them in
+  // pg_stat_activity.
+  PgPoolOptions options;
+  options.conninfo = absl::StrCat(url_, " application_name=", name_);
+  options.max_connections = pool_size;
+  absl::StatusOr<std::unique_ptr<PgPool>> pool =
+      PgPool::Create(std::move(options));
+  REQUIRE(pool.ok());
+  pool_ = *std::move(pool);
+}
+
+TestSchema::~TestSchema() {
+  pool_.reset();
+  try {
+    pqxx::connection conn(url_);
+    pqxx::nontransaction tx(conn);
+    tx.exec(absl::StrCat("DROP SCHEMA IF EXISTS ", name_, " CASCADE"));
+  } catch (const std::exception&) {
+    // Best effort: the whole cluster is thrown away after the run anyway.
+  }
+}
+
+std::unique_ptr<eventstore::PostgresEventStore> TestSchema::NewEventStore(
+    eventstore::PostgresEventStoreOptions options) {
+  if (!migrated_) {
+    absl::Status migrated =
+        eventstore::PostgresEventStore::Migrate(*pool_, name_);
+    INFO(migrated.ToString());
+    REQUIRE(migrated.ok());
+    migrated_ = true;
+  }
+  options.schema = name_;
+  auto store = eventstore::PostgresEventStore::Create(pool_.get(), options);
+  INFO(store.status().ToString());
+  REQUIRE(store.ok());
+  return *std::move(store);
+}
+
+void TestSchema::Exec(const std::string& sql) {
+  pqxx::connection conn(url_);
+  pqxx::nontransaction tx(conn);
+  tx.exec(sql);
+}
+
+int TestSchema::TerminatePoolSessions() {
+  return static_cast<int>(QueryInt(absl::StrCat(
+      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+      "WHERE application_name = '",
+      name_, "'")));
+}
+
+long long TestSchema::QueryInt(const std::string& sql) {
+  pqxx::connection conn(url_);
+  pqxx::nontransaction tx(conn);
+  return tx.exec1(sql)[0].as<long long>();
+}
+
+}  // namespace cqrs::testing
