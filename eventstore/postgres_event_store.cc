@@ -217,11 +217,14 @@ $fn$;
 )sql"},
 };
 
-// The columns every event read returns, in this order.
+// The columns every event read returns, in this order. Converted columns
+// get names of their own: an output column named like a table column would
+// capture that name in ORDER BY (sorting xid8 as text, without the index).
 constexpr char kEventColumns[] =
-    "global_position, transaction_id::text, stream_id, stream_version, "
-    "event_id::text, event_type, schema_version, data::text, "
-    "metadata::text, (date_part('epoch', recorded_at) * 1000000)::int8";
+    "global_position, transaction_id::text AS xid_text, stream_id, "
+    "stream_version, event_id::text AS id_text, event_type, schema_version, "
+    "data::text AS data_text, metadata::text AS metadata_text, "
+    "(date_part('epoch', recorded_at) * 1000000)::int8 AS recorded_us";
 
 // Events whose transaction is older than every running transaction: nothing
 // can commit before them any more (docs/event-store.md).
@@ -347,7 +350,8 @@ class PostgresEventStore::Statements {
         "(date_part('epoch', created_at) * 1000000)::int8 FROM {s}.snapshots "
         "WHERE stream_id = $1");
     add(head, "head",
-        absl::StrCat("SELECT transaction_id::text, global_position FROM "
+        absl::StrCat("SELECT transaction_id::text AS xid_text, "
+                     "global_position FROM "
                      "{s}.events WHERE ",
                      kCommittedBeforeAllRunning,
                      " ORDER BY transaction_id DESC, global_position DESC "

@@ -209,6 +209,43 @@ TEST_CASE("a transaction that commits late is not skipped by a reader",
   CHECK(after[2].position == c->position);
 }
 
+TEST_CASE("commit order holds across transaction ids of different lengths",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  auto first = store->Append("acc-1", ExpectedVersion::NoStream(),
+                             {MakeEvent("Opened", 1)});
+  REQUIRE(first.ok());
+  // Burn transaction ids up to the next power of ten, so the next append's
+  // id has one more decimal digit: ordering ids as text would put it first.
+  uint64_t boundary = 10;
+  while (boundary <= first->position.transaction_id) boundary *= 10;
+  const uint64_t to_burn = boundary - first->position.transaction_id;
+  REQUIRE(to_burn < 20000000);  // at most ~1 minute
+  schema.Exec(absl::StrCat(
+      "DO $$ BEGIN FOR i IN 1..", to_burn,
+      " LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$"));
+  auto second = store->Append("acc-2", ExpectedVersion::NoStream(),
+                              {MakeEvent("Opened", 2)});
+  REQUIRE(second.ok());
+  REQUIRE(std::to_string(second->position.transaction_id).size() >
+          std::to_string(first->position.transaction_id).size());
+
+  Position from = Position::Start();
+  std::vector<RecordedEvent> events = DrainAtLeast(*store, &from, 2);
+  REQUIRE(events.size() == 2);
+  CHECK(events[0].position == first->position);
+  CHECK(events[1].position == second->position);
+  // Resuming from the first event's token returns the second one.
+  auto page = store->ReadAll(first->position, 10);
+  REQUIRE(page.ok());
+  REQUIRE(page->events.size() == 1);
+  CHECK(page->events[0].position == second->position);
+  auto head = store->HeadPosition();
+  REQUIRE(head.ok());
+  CHECK(*head == second->position);
+}
+
 TEST_CASE("concurrent appends with expected version any stay contiguous",
           "[eventstore][pg]") {
   TestSchema schema;
