@@ -46,7 +46,7 @@ struct NewEvent {
   std::string event_id;
   std::string event_type;
   int schema_version = 1;
-  // A JSON object.
+  // A JSON object, nested at most kMaxJsonDepth (framework/json.h) deep.
   std::string data = "{}";
   // A JSON object. By convention "correlation_id" and "causation_id" plus any
   // free fields.
@@ -206,8 +206,9 @@ class EventStore {
   virtual absl::Status DeleteStream(absl::string_view stream_id,
                                     ExpectedVersion expected) = 0;
 
-  // Saves `snapshot` as the stream's latest snapshot (replacing an older
-  // one; a snapshot older than the stored one is ignored). Errors:
+  // Saves `snapshot` as the stream's latest snapshot: it replaces a stored
+  // snapshot of an older or the same version (a new state layout); one older
+  // than the stored snapshot is ignored. Errors:
   // kInvalidArgument for a bad stream id, a non-positive version or a state
   // that is not a JSON object.
   virtual absl::Status SaveSnapshot(const Snapshot& snapshot) = 0;

@@ -8,8 +8,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "eventstore/internal/validation.h"
+#include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -40,32 +40,8 @@ int64_t ToSqlExpected(const ExpectedVersion& expected) {
   return kSqlAny;
 }
 
-absl::Status ValidateSchemaName(absl::string_view schema) {
-  bool ok = !schema.empty() && schema.size() <= 63 &&
-            !(schema[0] >= '0' && schema[0] <= '9');
-  for (char c : schema) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid schema name '", schema,
-        "': use 1 to 63 characters of [a-z0-9_], not starting with a digit"));
-  }
-  return absl::OkStatus();
-}
-
-// Substitutes the (validated, hence safe to splice) schema name for "{s}".
-std::string WithSchema(absl::string_view sql, absl::string_view schema) {
-  return absl::StrReplaceAll(sql, {{"{s}", schema}});
-}
-
-struct Migration {
-  int version;
-  const char* description;
-  const char* sql;
-};
-
 // Never edit a migration that has shipped; append a new one instead.
+constexpr char kComponent[] = "eventstore";
 constexpr Migration kMigrations[] = {
     {1, "events, deleted streams, snapshots, append function", R"sql(
 CREATE TABLE {s}.events (
@@ -344,7 +320,7 @@ class PostgresEventStore::Statements {
         "ON CONFLICT (stream_id) DO UPDATE SET stream_version = "
         "EXCLUDED.stream_version, schema_version = EXCLUDED.schema_version, "
         "state = EXCLUDED.state, created_at = now() "
-        "WHERE s.stream_version < EXCLUDED.stream_version");
+        "WHERE s.stream_version <= EXCLUDED.stream_version");
     add(load_snapshot, "snap_load",
         "SELECT stream_version, schema_version, state::text, "
         "(date_part('epoch', created_at) * 1000000)::int8 FROM {s}.snapshots "
@@ -384,58 +360,12 @@ std::string PostgresEventStore::NotificationChannel(absl::string_view schema) {
 
 absl::Status PostgresEventStore::Migrate(PgPool& pool,
                                          absl::string_view schema) {
-  RETURN_IF_ERROR(ValidateSchemaName(schema));
-  const std::string s(schema);
-  return pool.Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::work tx(conn);
-        // Concurrent migrators of one schema wait for each other.
-        tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
-                       absl::StrCat("cqrs.migrate.", s));
-        tx.exec(WithSchema("CREATE SCHEMA IF NOT EXISTS {s}", s));
-        tx.exec(WithSchema(
-            "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
-            " version integer PRIMARY KEY, description text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())",
-            s));
-        const int current = tx.exec(WithSchema(
-            "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations",
-            s))[0][0]
-                                .as<int>();
-        for (const Migration& m : kMigrations) {
-          if (m.version <= current) continue;
-          tx.exec(WithSchema(m.sql, s));
-          tx.exec_params(
-              WithSchema(
-                  "INSERT INTO {s}.schema_migrations (version, description)"
-                  " VALUES ($1, $2)",
-                  s),
-              m.version, std::string(m.description));
-        }
-        tx.commit();
-        return absl::OkStatus();
-      });
+  return ApplyMigrations(pool, schema, kComponent, kMigrations);
 }
 
 absl::StatusOr<int> PostgresEventStore::SchemaVersion(
     PgPool& pool, absl::string_view schema) {
-  RETURN_IF_ERROR(ValidateSchemaName(schema));
-  int version = 0;
-  RETURN_IF_ERROR(
-      pool.Run(PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        pqxx::result r =
-            tx.exec_params("SELECT to_regclass($1) IS NOT NULL",
-                           absl::StrCat(schema, ".schema_migrations"));
-        if (!r[0][0].as<bool>()) return absl::OkStatus();
-        version =
-            tx.exec(WithSchema("SELECT coalesce(max(version), 0) FROM "
-                               "{s}.schema_migrations",
-                               schema))[0][0]
-                .as<int>();
-        return absl::OkStatus();
-      }));
-  return version;
+  return MigratedVersion(pool, schema, kComponent);
 }
 
 absl::StatusOr<std::unique_ptr<PostgresEventStore>> PostgresEventStore::Create(

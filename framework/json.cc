@@ -12,16 +12,29 @@ bool IsJsonSpace(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-// Accepts every value except strings holding U+0000: PostgreSQL's jsonb
-// rejects that escape, and a store must refuse the same input everywhere.
-struct NoNulHandler
-    : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, NoNulHandler> {
+// Accepts every value except strings holding U+0000 (PostgreSQL's jsonb
+// rejects that escape) and nesting deeper than kMaxJsonDepth (PostgreSQL's
+// parser runs out of stack): every store must refuse the same input.
+struct CheckingHandler
+    : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CheckingHandler> {
   bool String(const char* str, rapidjson::SizeType length, bool) {
     return std::memchr(str, '\0', length) == nullptr;
   }
   bool Key(const char* str, rapidjson::SizeType length, bool copy) {
     return String(str, length, copy);
   }
+  bool StartObject() { return ++depth <= kMaxJsonDepth; }
+  bool EndObject(rapidjson::SizeType) {
+    --depth;
+    return true;
+  }
+  bool StartArray() { return ++depth <= kMaxJsonDepth; }
+  bool EndArray(rapidjson::SizeType) {
+    --depth;
+    return true;
+  }
+
+  int depth = 0;
 };
 
 }  // namespace
@@ -35,7 +48,7 @@ bool IsJsonObject(absl::string_view text) {
   rapidjson::EncodedInputStream<rapidjson::UTF8<>, rapidjson::MemoryStream>
       input(stream);
   rapidjson::Reader reader;
-  NoNulHandler handler;
+  CheckingHandler handler;
   constexpr unsigned kFlags =
       rapidjson::kParseValidateEncodingFlag | rapidjson::kParseStopWhenDoneFlag;
   if (reader.Parse<kFlags>(input, handler).IsError()) return false;

@@ -13,9 +13,13 @@
 
 namespace cqrs {
 
+// Deepest nesting of objects and arrays IsJsonObject() accepts.
+inline constexpr int kMaxJsonDepth = 100;
+
 // Returns true when `text` is one complete, valid JSON document (RFC 8259,
 // UTF-8) whose top-level value is an object, with nothing but whitespace
-// after it.
+// after it, nested at most kMaxJsonDepth deep, and without U+0000 in any
+// string (PostgreSQL cannot store it).
 bool IsJsonObject(absl::string_view text);
 
 }  // namespace cqrs
