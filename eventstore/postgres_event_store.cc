@@ -341,7 +341,8 @@ class PostgresEventStore::Statements {
 
   // Prepares `st` on `conn` unless it is already (libpqxx ignores a repeated
   // identical definition), and returns its name for exec_prepared.
-  static const std::string& On(pqxx::connection& conn, const Statement& st) {
+  static const std::string& On(pqxx::connection_base& conn,
+                               const Statement& st) {
     conn.prepare(st.name, st.sql);
     return st.name;
   }
@@ -440,58 +441,328 @@ void PostgresEventStore::NotifierLoop() {
   }
 }
 
+// ---------------------------------------------------------------------------
+// The operations, each on a transaction the caller provides: a
+// nontransaction (autocommit) from the pool, or a caller's own transaction
+// (InTransaction). They may throw libpqxx exceptions; callers translate them.
+
+namespace {
+
+using Statements = PostgresEventStore::Statements;
+
+// The raw outcome of append_events.
+struct AppendRow {
+  std::string outcome;
+  AppendResult result;
+};
+
+AppendRow AppendOn(pqxx::transaction_base& tx, const Statements& sql,
+                   const std::string& stream, const ExpectedVersion& expected,
+                   const std::string& payload, const std::string& channel) {
+  pqxx::row row =
+      tx.exec_prepared1(Statements::On(tx.conn(), sql.append), stream,
+                        ToSqlExpected(expected), payload, channel);
+  AppendRow out;
+  out.outcome = row[0].as<std::string>();
+  out.result.stream_id = stream;
+  out.result.first_version = row[1].as<int64_t>();
+  out.result.last_version = row[2].as<int64_t>();
+  if (!row[3].is_null()) {
+    out.result.position.transaction_id = ParseXid(row[3]);
+    out.result.position.global_position = row[4].as<int64_t>();
+  }
+  return out;
+}
+
+absl::StatusOr<AppendResult> InterpretAppend(
+    AppendRow row, absl::string_view stream_id, const ExpectedVersion& expected,
+    const std::vector<NewEvent>& events) {
+  if (row.outcome == "ok") return std::move(row.result);
+  if (row.outcome == "already_stored") {
+    row.result.already_stored = true;
+    return std::move(row.result);
+  }
+  if (row.outcome == "conflict") {
+    return eventstore_internal::VersionConflict(stream_id, expected,
+                                                row.result.last_version);
+  }
+  if (row.outcome == "deleted") return StreamDeleted(stream_id);
+  if (row.outcome == "id_conflict") {
+    return eventstore_internal::EventIdConflict(events.front().event_id);
+  }
+  return absl::InternalError(
+      absl::StrCat("unexpected append outcome '", row.outcome, "'"));
+}
+
+std::vector<RecordedEvent> ReadStreamOn(pqxx::transaction_base& tx,
+                                        const Statements& sql,
+                                        const std::string& stream,
+                                        Direction direction,
+                                        int64_t from_version, int limit) {
+  const auto& st =
+      direction == Direction::kForward ? sql.read_forward : sql.read_backward;
+  pqxx::result rows = tx.exec_prepared(Statements::On(tx.conn(), st), stream,
+                                       from_version, limit);
+  std::vector<RecordedEvent> events;
+  events.reserve(rows.size());
+  for (const pqxx::row& row : rows) events.push_back(ToEvent(row));
+  return events;
+}
+
+ReadAllResult ReadAllOn(pqxx::transaction_base& tx, const Statements& sql,
+                        Position after, int limit) {
+  return ToReadAllResult(
+      tx.exec_prepared(Statements::On(tx.conn(), sql.read_all),
+                       std::to_string(after.transaction_id),
+                       after.global_position, limit),
+      after);
+}
+
+ReadAllResult ReadCategoryOn(pqxx::transaction_base& tx, const Statements& sql,
+                             const std::string& category, Position after,
+                             int limit) {
+  return ToReadAllResult(
+      tx.exec_prepared(Statements::On(tx.conn(), sql.read_category),
+                       std::to_string(after.transaction_id),
+                       after.global_position, limit, category),
+      after);
+}
+
+// (version, deleted)
+std::pair<int64_t, bool> StreamInfoOn(pqxx::transaction_base& tx,
+                                      const Statements& sql,
+                                      const std::string& stream) {
+  pqxx::row row =
+      tx.exec_prepared1(Statements::On(tx.conn(), sql.stream_info), stream);
+  return {row[0].as<int64_t>(), row[1].as<bool>()};
+}
+
+absl::StatusOr<StreamInfo> ToStreamInfo(absl::string_view stream_id,
+                                        std::pair<int64_t, bool> row) {
+  if (row.first == 0 || row.second) return StreamNotFound(stream_id);
+  return StreamInfo{std::string(stream_id), row.first};
+}
+
+// (outcome, version)
+std::pair<std::string, int64_t> DeleteOn(pqxx::transaction_base& tx,
+                                         const Statements& sql,
+                                         const std::string& stream,
+                                         const ExpectedVersion& expected) {
+  pqxx::row row =
+      tx.exec_prepared1(Statements::On(tx.conn(), sql.delete_stream), stream,
+                        ToSqlExpected(expected));
+  return {row[0].as<std::string>(), row[1].as<int64_t>()};
+}
+
+absl::Status InterpretDelete(std::pair<std::string, int64_t> row,
+                             absl::string_view stream_id,
+                             const ExpectedVersion& expected) {
+  if (row.first == "ok") return absl::OkStatus();
+  if (row.first == "not_found") return StreamNotFound(stream_id);
+  return eventstore_internal::VersionConflict(stream_id, expected, row.second);
+}
+
+void SaveSnapshotOn(pqxx::transaction_base& tx, const Statements& sql,
+                    const Snapshot& snapshot) {
+  tx.exec_prepared(Statements::On(tx.conn(), sql.save_snapshot),
+                   snapshot.stream_id, snapshot.stream_version,
+                   snapshot.schema_version, snapshot.state);
+}
+
+std::optional<Snapshot> LoadSnapshotOn(pqxx::transaction_base& tx,
+                                       const Statements& sql,
+                                       const std::string& stream) {
+  pqxx::result rows =
+      tx.exec_prepared(Statements::On(tx.conn(), sql.load_snapshot), stream);
+  if (rows.empty()) return std::nullopt;
+  Snapshot snapshot;
+  snapshot.stream_id = stream;
+  snapshot.stream_version = rows[0][0].as<int64_t>();
+  snapshot.schema_version = rows[0][1].as<int>();
+  snapshot.state = rows[0][2].as<std::string>();
+  snapshot.created_at = absl::FromUnixMicros(rows[0][3].as<int64_t>());
+  return snapshot;
+}
+
+absl::Status NoSnapshot(absl::string_view stream_id) {
+  return absl::NotFoundError(
+      absl::StrCat("no snapshot for stream '", stream_id, "'"));
+}
+
+Position HeadOn(pqxx::transaction_base& tx, const Statements& sql) {
+  pqxx::result rows = tx.exec_prepared(Statements::On(tx.conn(), sql.head));
+  if (rows.empty()) return Position::Start();
+  return Position{ParseXid(rows[0][0]), rows[0][1].as<int64_t>()};
+}
+
+// Runs `fn` (which may throw) and translates exceptions.
+template <typename Fn>
+absl::Status Translate(Fn&& fn) {
+  try {
+    return fn();
+  } catch (...) {
+    return StatusFromCurrentPgException();
+  }
+}
+
+}  // namespace
+
+// An EventStore on a transaction that its creator owns.
+class PostgresEventStore::TransactionStore : public EventStore {
+ public:
+  TransactionStore(pqxx::transaction_base& tx, const PostgresEventStore& owner)
+      : tx_(tx), owner_(owner) {}
+
+  absl::StatusOr<AppendResult> Append(absl::string_view stream_id,
+                                      ExpectedVersion expected,
+                                      std::vector<NewEvent> events) override {
+    RETURN_IF_ERROR(eventstore_internal::ValidateAppend(stream_id, events));
+    const std::string stream(stream_id);
+    const std::string payload = EncodeEvents(events);
+    AppendRow row;
+    RETURN_IF_ERROR(Translate([&] {
+      row = AppendOn(tx_, *owner_.sql_, stream, expected, payload,
+                     owner_.InTransactionChannel());
+      return absl::OkStatus();
+    }));
+    return InterpretAppend(std::move(row), stream_id, expected, events);
+  }
+
+  absl::StatusOr<std::vector<RecordedEvent>> ReadStream(
+      absl::string_view stream_id, Direction direction, int64_t from_version,
+      int limit) override {
+    RETURN_IF_ERROR(ValidateStreamId(stream_id));
+    RETURN_IF_ERROR(ValidateLimit(limit));
+    const std::string stream(stream_id);
+    std::vector<RecordedEvent> events;
+    std::pair<int64_t, bool> info{1, false};
+    RETURN_IF_ERROR(Translate([&] {
+      events = ReadStreamOn(tx_, *owner_.sql_, stream, direction, from_version,
+                            limit);
+      if (events.empty()) info = StreamInfoOn(tx_, *owner_.sql_, stream);
+      return absl::OkStatus();
+    }));
+    RETURN_IF_ERROR(ToStreamInfo(stream_id, info).status());
+    return events;
+  }
+
+  absl::StatusOr<ReadAllResult> ReadAll(Position after, int limit) override {
+    RETURN_IF_ERROR(ValidateLimit(limit));
+    ReadAllResult result;
+    RETURN_IF_ERROR(Translate([&] {
+      result = ReadAllOn(tx_, *owner_.sql_, after, limit);
+      return absl::OkStatus();
+    }));
+    return result;
+  }
+
+  absl::StatusOr<ReadAllResult> ReadCategory(absl::string_view category,
+                                             Position after,
+                                             int limit) override {
+    RETURN_IF_ERROR(ValidateStreamId(category));
+    RETURN_IF_ERROR(ValidateLimit(limit));
+    ReadAllResult result;
+    RETURN_IF_ERROR(Translate([&] {
+      result = ReadCategoryOn(tx_, *owner_.sql_, std::string(category), after,
+                              limit);
+      return absl::OkStatus();
+    }));
+    return result;
+  }
+
+  absl::StatusOr<StreamInfo> GetStreamInfo(
+      absl::string_view stream_id) override {
+    RETURN_IF_ERROR(ValidateStreamId(stream_id));
+    std::pair<int64_t, bool> info;
+    RETURN_IF_ERROR(Translate([&] {
+      info = StreamInfoOn(tx_, *owner_.sql_, std::string(stream_id));
+      return absl::OkStatus();
+    }));
+    return ToStreamInfo(stream_id, info);
+  }
+
+  absl::Status DeleteStream(absl::string_view stream_id,
+                            ExpectedVersion expected) override {
+    RETURN_IF_ERROR(ValidateStreamId(stream_id));
+    std::pair<std::string, int64_t> row;
+    RETURN_IF_ERROR(Translate([&] {
+      row = DeleteOn(tx_, *owner_.sql_, std::string(stream_id), expected);
+      return absl::OkStatus();
+    }));
+    return InterpretDelete(std::move(row), stream_id, expected);
+  }
+
+  absl::Status SaveSnapshot(const Snapshot& snapshot) override {
+    RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
+    return Translate([&] {
+      SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<Snapshot> LoadSnapshot(absl::string_view stream_id) override {
+    RETURN_IF_ERROR(ValidateStreamId(stream_id));
+    std::optional<Snapshot> snapshot;
+    RETURN_IF_ERROR(Translate([&] {
+      snapshot = LoadSnapshotOn(tx_, *owner_.sql_, std::string(stream_id));
+      return absl::OkStatus();
+    }));
+    if (!snapshot.has_value()) return NoSnapshot(stream_id);
+    return *std::move(snapshot);
+  }
+
+  absl::StatusOr<Position> HeadPosition() override {
+    Position head;
+    RETURN_IF_ERROR(Translate([&] {
+      head = HeadOn(tx_, *owner_.sql_);
+      return absl::OkStatus();
+    }));
+    return head;
+  }
+
+ private:
+  pqxx::transaction_base& tx_;
+  const PostgresEventStore& owner_;
+};
+
+std::unique_ptr<EventStore> PostgresEventStore::InTransaction(
+    pqxx::transaction_base& tx) const {
+  return std::make_unique<TransactionStore>(tx, *this);
+}
+
+void PostgresEventStore::NotifyCommitted(Position position) {
+  if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
+    SignalNotifier(position);
+  }
+}
+
+std::string PostgresEventStore::InTransactionChannel() const {
+  return options_.notify == PostgresEventStoreOptions::Notify::kInTransaction
+             ? NotificationChannel(options_.schema)
+             : std::string();
+}
+
 absl::StatusOr<AppendResult> PostgresEventStore::Append(
     absl::string_view stream_id, ExpectedVersion expected,
     std::vector<NewEvent> events) {
   RETURN_IF_ERROR(eventstore_internal::ValidateAppend(stream_id, events));
   const std::string stream(stream_id);
   const std::string payload = EncodeEvents(events);
-  const std::string channel =
-      options_.notify == PostgresEventStoreOptions::Notify::kInTransaction
-          ? NotificationChannel(options_.schema)
-          : std::string();
-
-  AppendResult result;
-  std::string outcome;
+  const std::string channel = InTransactionChannel();
+  AppendRow row;
   // Event ids are fixed before the first attempt, so repeating the append on
   // a fresh connection is an idempotent retry.
   RETURN_IF_ERROR(pool_->Run(
       PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        pqxx::row row =
-            tx.exec_prepared1(Statements::On(conn, sql_->append), stream,
-                              ToSqlExpected(expected), payload, channel);
-        outcome = row[0].as<std::string>();
-        result.stream_id = stream;
-        result.first_version = row[1].as<int64_t>();
-        result.last_version = row[2].as<int64_t>();
-        if (!row[3].is_null()) {
-          result.position.transaction_id = ParseXid(row[3]);
-          result.position.global_position = row[4].as<int64_t>();
-        }
+        row = AppendOn(tx, *sql_, stream, expected, payload, channel);
         return absl::OkStatus();
       }));
-
-  if (outcome == "ok") {
-    if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
-      SignalNotifier(result.position);
-    }
-    return result;
-  }
-  if (outcome == "already_stored") {
-    result.already_stored = true;
-    return result;
-  }
-  if (outcome == "conflict") {
-    return eventstore_internal::VersionConflict(stream_id, expected,
-                                                result.last_version);
-  }
-  if (outcome == "deleted") return StreamDeleted(stream_id);
-  if (outcome == "id_conflict") {
-    return eventstore_internal::EventIdConflict(events.front().event_id);
-  }
-  return absl::InternalError(
-      absl::StrCat("unexpected append outcome '", outcome, "'"));
+  const bool fresh = row.outcome == "ok";
+  absl::StatusOr<AppendResult> result =
+      InterpretAppend(std::move(row), stream_id, expected, events);
+  if (fresh && result.ok()) NotifyCommitted(result->position);
+  return result;
 }
 
 absl::StatusOr<std::vector<RecordedEvent>> PostgresEventStore::ReadStream(
@@ -501,22 +772,18 @@ absl::StatusOr<std::vector<RecordedEvent>> PostgresEventStore::ReadStream(
   RETURN_IF_ERROR(ValidateLimit(limit));
   const std::string stream(stream_id);
   std::vector<RecordedEvent> events;
+  // An empty range of an existing stream is not an error; a missing or
+  // deleted stream is.
+  std::pair<int64_t, bool> info{1, false};
   RETURN_IF_ERROR(pool_->Run(
       PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        const auto& st = direction == Direction::kForward ? sql_->read_forward
-                                                          : sql_->read_backward;
-        pqxx::result rows = tx.exec_prepared(Statements::On(conn, st), stream,
-                                             from_version, limit);
-        events.reserve(rows.size());
-        for (const pqxx::row& row : rows) events.push_back(ToEvent(row));
+        events =
+            ReadStreamOn(tx, *sql_, stream, direction, from_version, limit);
+        if (events.empty()) info = StreamInfoOn(tx, *sql_, stream);
         return absl::OkStatus();
       }));
-  if (events.empty()) {
-    // An empty range of an existing stream is not an error; a missing or
-    // deleted stream is.
-    RETURN_IF_ERROR(GetStreamInfo(stream_id).status());
-  }
+  RETURN_IF_ERROR(ToStreamInfo(stream_id, info).status());
   return events;
 }
 
@@ -524,16 +791,12 @@ absl::StatusOr<ReadAllResult> PostgresEventStore::ReadAll(Position after,
                                                           int limit) {
   RETURN_IF_ERROR(ValidateLimit(limit));
   ReadAllResult result;
-  RETURN_IF_ERROR(pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        result = ToReadAllResult(
-            tx.exec_prepared(Statements::On(conn, sql_->read_all),
-                             std::to_string(after.transaction_id),
-                             after.global_position, limit),
-            after);
-        return absl::OkStatus();
-      }));
+  RETURN_IF_ERROR(pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                             [&](pqxx::connection& conn) {
+                               pqxx::nontransaction tx(conn);
+                               result = ReadAllOn(tx, *sql_, after, limit);
+                               return absl::OkStatus();
+                             }));
   return result;
 }
 
@@ -542,15 +805,11 @@ absl::StatusOr<ReadAllResult> PostgresEventStore::ReadCategory(
   RETURN_IF_ERROR(ValidateStreamId(category));
   RETURN_IF_ERROR(ValidateLimit(limit));
   ReadAllResult result;
+  const std::string cat(category);
   RETURN_IF_ERROR(pool_->Run(
       PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        result = ToReadAllResult(
-            tx.exec_prepared(Statements::On(conn, sql_->read_category),
-                             std::to_string(after.transaction_id),
-                             after.global_position, limit,
-                             std::string(category)),
-            after);
+        result = ReadCategoryOn(tx, *sql_, cat, after, limit);
         return absl::OkStatus();
       }));
   return result;
@@ -559,94 +818,64 @@ absl::StatusOr<ReadAllResult> PostgresEventStore::ReadCategory(
 absl::StatusOr<StreamInfo> PostgresEventStore::GetStreamInfo(
     absl::string_view stream_id) {
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
-  StreamInfo info;
-  info.stream_id = std::string(stream_id);
-  bool deleted = false;
-  RETURN_IF_ERROR(pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        pqxx::row row = tx.exec_prepared1(
-            Statements::On(conn, sql_->stream_info), info.stream_id);
-        info.version = row[0].as<int64_t>();
-        deleted = row[1].as<bool>();
-        return absl::OkStatus();
-      }));
-  if (info.version == 0 || deleted) return StreamNotFound(stream_id);
-  return info;
+  std::pair<int64_t, bool> info;
+  const std::string stream(stream_id);
+  RETURN_IF_ERROR(pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                             [&](pqxx::connection& conn) {
+                               pqxx::nontransaction tx(conn);
+                               info = StreamInfoOn(tx, *sql_, stream);
+                               return absl::OkStatus();
+                             }));
+  return ToStreamInfo(stream_id, info);
 }
 
 absl::Status PostgresEventStore::DeleteStream(absl::string_view stream_id,
                                               ExpectedVersion expected) {
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
-  std::string outcome;
-  int64_t version = 0;
+  std::pair<std::string, int64_t> row;
+  const std::string stream(stream_id);
   RETURN_IF_ERROR(
       pool_->Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        pqxx::row row =
-            tx.exec_prepared1(Statements::On(conn, sql_->delete_stream),
-                              std::string(stream_id), ToSqlExpected(expected));
-        outcome = row[0].as<std::string>();
-        version = row[1].as<int64_t>();
+        row = DeleteOn(tx, *sql_, stream, expected);
         return absl::OkStatus();
       }));
-  if (outcome == "ok") return absl::OkStatus();
-  if (outcome == "not_found") return StreamNotFound(stream_id);
-  // kStreamExists and kAny cannot conflict on an existing stream; kNoStream
-  // and kExactly can.
-  return eventstore_internal::VersionConflict(stream_id, expected, version);
+  return InterpretDelete(std::move(row), stream_id, expected);
 }
 
 absl::Status PostgresEventStore::SaveSnapshot(const Snapshot& snapshot) {
   RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
-  return pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        tx.exec_prepared(Statements::On(conn, sql_->save_snapshot),
-                         snapshot.stream_id, snapshot.stream_version,
-                         snapshot.schema_version, snapshot.state);
-        return absl::OkStatus();
-      });
+  return pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                    [&](pqxx::connection& conn) {
+                      pqxx::nontransaction tx(conn);
+                      SaveSnapshotOn(tx, *sql_, snapshot);
+                      return absl::OkStatus();
+                    });
 }
 
 absl::StatusOr<Snapshot> PostgresEventStore::LoadSnapshot(
     absl::string_view stream_id) {
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
-  Snapshot snapshot;
-  snapshot.stream_id = std::string(stream_id);
-  bool found = false;
-  RETURN_IF_ERROR(pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        pqxx::result rows = tx.exec_prepared(
-            Statements::On(conn, sql_->load_snapshot), snapshot.stream_id);
-        if (rows.empty()) return absl::OkStatus();
-        found = true;
-        snapshot.stream_version = rows[0][0].as<int64_t>();
-        snapshot.schema_version = rows[0][1].as<int>();
-        snapshot.state = rows[0][2].as<std::string>();
-        snapshot.created_at = absl::FromUnixMicros(rows[0][3].as<int64_t>());
-        return absl::OkStatus();
-      }));
-  if (!found) {
-    return absl::NotFoundError(
-        absl::StrCat("no snapshot for stream '", stream_id, "'"));
-  }
-  return snapshot;
+  std::optional<Snapshot> snapshot;
+  const std::string stream(stream_id);
+  RETURN_IF_ERROR(pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                             [&](pqxx::connection& conn) {
+                               pqxx::nontransaction tx(conn);
+                               snapshot = LoadSnapshotOn(tx, *sql_, stream);
+                               return absl::OkStatus();
+                             }));
+  if (!snapshot.has_value()) return NoSnapshot(stream_id);
+  return *std::move(snapshot);
 }
 
 absl::StatusOr<Position> PostgresEventStore::HeadPosition() {
-  Position head = Position::Start();
-  RETURN_IF_ERROR(pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        pqxx::result rows = tx.exec_prepared(Statements::On(conn, sql_->head));
-        if (!rows.empty()) {
-          head.transaction_id = ParseXid(rows[0][0]);
-          head.global_position = rows[0][1].as<int64_t>();
-        }
-        return absl::OkStatus();
-      }));
+  Position head;
+  RETURN_IF_ERROR(pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                             [&](pqxx::connection& conn) {
+                               pqxx::nontransaction tx(conn);
+                               head = HeadOn(tx, *sql_);
+                               return absl::OkStatus();
+                             }));
   return head;
 }
 

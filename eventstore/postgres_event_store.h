@@ -26,6 +26,10 @@
 #include "eventstore/event_store.h"
 #include "framework/pg_pool.h"
 
+namespace pqxx {
+class transaction_base;
+}  // namespace pqxx
+
 namespace cqrs::eventstore {
 
 struct PostgresEventStoreOptions {
@@ -90,9 +94,25 @@ class PostgresEventStore : public EventStore {
   absl::StatusOr<Snapshot> LoadSnapshot(absl::string_view stream_id) override;
   absl::StatusOr<Position> HeadPosition() override;
 
+  // An EventStore whose every operation runs inside `tx`, a transaction the
+  // caller owns and commits or aborts: appends become atomic with whatever
+  // else `tx` writes (the command side stores idempotency records this way).
+  // Errors are those of the EventStore methods; an error from PostgreSQL
+  // leaves `tx` aborted, so the caller must roll back. `tx` and this store
+  // must outlive the result. After committing, pass each new position to
+  // NotifyCommitted() so that subscribers wake up.
+  std::unique_ptr<EventStore> InTransaction(pqxx::transaction_base& tx) const;
+
+  // Announces events committed through InTransaction() on the notification
+  // channel (a no-op unless Notify::kAfterCommit).
+  void NotifyCommitted(Position position);
+
+  class Statements;  // the store's SQL; public for the .cc's helpers only
+
  private:
-  class Statements;
+  class TransactionStore;
   PostgresEventStore(PgPool* pool, PostgresEventStoreOptions options);
+  std::string InTransactionChannel() const;
   void SignalNotifier(Position position);
   void NotifierLoop();
 

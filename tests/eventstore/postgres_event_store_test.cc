@@ -457,3 +457,57 @@ TEST_CASE("events are stored as given including ids and JSON and metadata",
 
 }  // namespace
 }  // namespace cqrs::eventstore
+
+namespace cqrs::eventstore {
+namespace {
+
+TEST_CASE("appends in a caller's transaction commit or roll back with it",
+          "[eventstore][pg]") {
+  testing::TestSchema schema;
+  auto store = schema.NewEventStore();
+  pqxx::connection conn(schema.url());
+  {
+    pqxx::work tx(conn);
+    std::unique_ptr<EventStore> in_tx = store->InTransaction(tx);
+    auto r = in_tx->Append("acc-1", ExpectedVersion::NoStream(),
+                           {MakeEvent("Opened", 1)});
+    REQUIRE(r.ok());
+    // Visible inside the transaction, not outside.
+    auto inside = in_tx->GetStreamInfo("acc-1");
+    REQUIRE(inside.ok());
+    CHECK(inside->version == 1);
+    CHECK(store->GetStreamInfo("acc-1").status().code() ==
+          absl::StatusCode::kNotFound);
+    auto conflict = in_tx->Append("acc-1", ExpectedVersion::NoStream(),
+                                  {MakeEvent("Opened", 2)});
+    CHECK(ConflictActualVersion(conflict.status()) == 1);
+    tx.abort();
+  }
+  CHECK(store->GetStreamInfo("acc-1").status().code() ==
+        absl::StatusCode::kNotFound);
+
+  Position committed;
+  {
+    pqxx::work tx(conn);
+    std::unique_ptr<EventStore> in_tx = store->InTransaction(tx);
+    auto r = in_tx->Append("acc-1", ExpectedVersion::NoStream(),
+                           {MakeEvent("Opened", 1), MakeEvent("Deposited", 2)});
+    REQUIRE(r.ok());
+    auto events = in_tx->ReadStream("acc-1", Direction::kForward, 1, 10);
+    REQUIRE(events.ok());
+    CHECK(events->size() == 2);
+    tx.commit();
+    committed = r->position;
+    store->NotifyCommitted(committed);
+  }
+  auto info = store->GetStreamInfo("acc-1");
+  REQUIRE(info.ok());
+  CHECK(info->version == 2);
+  Position from = Position::Start();
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 2);
+  REQUIRE(all.size() == 2);
+  CHECK(all[1].position == committed);
+}
+
+}  // namespace
+}  // namespace cqrs::eventstore
