@@ -597,7 +597,7 @@ Position HeadOn(pqxx::transaction_base& tx, const Statements& sql) {
 
 // Runs `fn` (which may throw) and translates exceptions.
 template <typename Fn>
-absl::Status Translate(Fn&& fn) {
+absl::Status TranslateExceptions(Fn&& fn) {
   try {
     return fn();
   } catch (...) {
@@ -608,7 +608,8 @@ absl::Status Translate(Fn&& fn) {
 }  // namespace
 
 // An EventStore on a transaction that its creator owns.
-class PostgresEventStore::TransactionStore : public EventStore {
+class PostgresEventStore::TransactionStore
+    : public PostgresEventStore::TransactionEventStore {
  public:
   TransactionStore(pqxx::transaction_base& tx, const PostgresEventStore& owner)
       : tx_(tx), owner_(owner) {}
@@ -625,8 +626,20 @@ class PostgresEventStore::TransactionStore : public EventStore {
                      owner_.InTransactionChannel());
       return absl::OkStatus();
     }));
-    return InterpretAppend(std::move(row), stream_id, expected, events);
+    const bool fresh = row.outcome == "ok";
+    absl::StatusOr<AppendResult> result =
+        InterpretAppend(std::move(row), stream_id, expected, events);
+    if (fresh && result.ok() &&
+        (!last_appended_.has_value() || *last_appended_ < result->position)) {
+      last_appended_ = result->position;
+    }
+    return result;
   }
+
+  std::optional<Position> last_appended() const override {
+    return last_appended_;
+  }
+  bool failed() const override { return failed_; }
 
   absl::StatusOr<std::vector<RecordedEvent>> ReadStream(
       absl::string_view stream_id, Direction direction, int64_t from_version,
@@ -721,12 +734,23 @@ class PostgresEventStore::TransactionStore : public EventStore {
   }
 
  private:
+  // Runs `fn` (which may throw) and translates exceptions; any exception
+  // means PostgreSQL aborted the transaction.
+  template <typename Fn>
+  absl::Status Translate(Fn&& fn) {
+    absl::Status status = TranslateExceptions(std::forward<Fn>(fn));
+    if (!status.ok()) failed_ = true;
+    return status;
+  }
+
   pqxx::transaction_base& tx_;
   const PostgresEventStore& owner_;
+  std::optional<Position> last_appended_;
+  bool failed_ = false;
 };
 
-std::unique_ptr<EventStore> PostgresEventStore::InTransaction(
-    pqxx::transaction_base& tx) const {
+std::unique_ptr<PostgresEventStore::TransactionEventStore>
+PostgresEventStore::InTransaction(pqxx::transaction_base& tx) const {
   return std::make_unique<TransactionStore>(tx, *this);
 }
 

@@ -97,11 +97,19 @@ class PostgresEventStore : public EventStore {
   // An EventStore whose every operation runs inside `tx`, a transaction the
   // caller owns and commits or aborts: appends become atomic with whatever
   // else `tx` writes (the command side stores idempotency records this way).
-  // Errors are those of the EventStore methods; an error from PostgreSQL
-  // leaves `tx` aborted, so the caller must roll back. `tx` and this store
-  // must outlive the result. After committing, pass each new position to
-  // NotifyCommitted() so that subscribers wake up.
-  std::unique_ptr<EventStore> InTransaction(pqxx::transaction_base& tx) const;
+  // Errors are those of the EventStore methods; after an error from
+  // PostgreSQL (failed() is true) `tx` is aborted and the caller must roll
+  // back. `tx` and this store must outlive the result. After committing,
+  // pass last_appended() to NotifyCommitted() so that subscribers wake up.
+  class TransactionEventStore : public EventStore {
+   public:
+    // The position of the newest event appended through this store.
+    virtual std::optional<Position> last_appended() const = 0;
+    // True once a database error has aborted the transaction.
+    virtual bool failed() const = 0;
+  };
+  std::unique_ptr<TransactionEventStore> InTransaction(
+      pqxx::transaction_base& tx) const;
 
   // Announces events committed through InTransaction() on the notification
   // channel (a no-op unless Notify::kAfterCommit).
