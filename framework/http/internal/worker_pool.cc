@@ -1,0 +1,63 @@
+#include "framework/http/internal/worker_pool.h"
+
+#include <utility>
+
+namespace cqrs {
+namespace http_internal {
+
+WorkerPool::WorkerPool(int threads, size_t max_queued)
+    : max_queued_(max_queued) {
+  threads_.reserve(static_cast<size_t>(threads));
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+bool WorkerPool::TrySubmit(std::function<void()> task) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_ && queue_.size() < max_queued_) {
+      queue_.push_back(std::move(task));
+      return true;
+    }
+  }
+  // Destroyed outside the lock: a task's captures may run code (a Responder
+  // answering 500) that must not run under mu_.
+  return false;
+}
+
+void WorkerPool::Stop() {
+  std::deque<std::function<void()>> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    dropped.swap(queue_);
+  }
+  dropped.clear();
+  absl::MutexLock lock(&join_mu_);
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
+}
+
+void WorkerPool::WorkerLoop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace http_internal
+}  // namespace cqrs

@@ -1,0 +1,56 @@
+// A fixed set of threads running queued tasks, with a bounded queue.
+//
+//   http_internal::WorkerPool pool(/*threads=*/16, /*max_queued=*/1024);
+//   if (!pool.TrySubmit([] { BlockingWork(); })) Reject503();
+//
+// Thread-safety: all methods are thread-safe. Tasks must not call Stop().
+#ifndef FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_
+#define FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace cqrs {
+namespace http_internal {
+
+class WorkerPool {
+ public:
+  WorkerPool(int threads, size_t max_queued);
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+  // Stops the pool.
+  ~WorkerPool();
+
+  // Queues `task`. Returns false, and drops `task`, when `max_queued` tasks
+  // are already waiting or the pool is stopped.
+  bool TrySubmit(std::function<void()> task);
+
+  // Refuses new tasks, destroys the queued ones without running them, and
+  // waits for the running ones to return. Idempotent.
+  void Stop();
+
+ private:
+  void WorkerLoop();
+
+  // Constant after construction.
+  const size_t max_queued_;
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Written by the constructor and Stop() only.
+  std::vector<std::thread> threads_;
+  absl::Mutex join_mu_;
+};
+
+}  // namespace http_internal
+}  // namespace cqrs
+
+#endif  // FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_

@@ -1,0 +1,997 @@
+// The Beast side of the server. The structure follows Beast's
+// example/http/server/async/http_server_async.cpp and
+// example/advanced/server/advanced_server.cpp (boost-1.74): a listener
+// accepts, a session per connection loops read -> handle -> write, and the
+// handler is a plain function of the request that never touches a socket.
+#include "framework/http/server.h"
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/optional.h"
+#include "framework/http/internal/worker_pool.h"
+#include "framework/log.h"
+#include "framework/uuid.h"
+
+namespace cqrs {
+namespace http {
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = boost::asio::ip::tcp;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr absl::string_view kUnmatched = "unmatched";
+constexpr char kCorrelationIdHeader[] = "X-Correlation-Id";
+constexpr size_t kMaxCorrelationIdLength = 200;
+// How long a connection closed after an error keeps reading (and discarding)
+// what the client still sends, so that the kernel does not answer that data
+// with a reset that could destroy the error response before it is read.
+constexpr auto kLingerTime = std::chrono::seconds(5);
+
+absl::string_view ToAbsl(beast::string_view text) {
+  return absl::string_view(text.data(), text.size());
+}
+
+std::string ToString(beast::string_view text) {
+  return std::string(text.data(), text.size());
+}
+
+std::chrono::nanoseconds ToChrono(absl::Duration duration) {
+  return absl::ToChronoNanoseconds(duration);
+}
+
+bool IsValidCorrelationId(absl::string_view id) {
+  if (id.empty() || id.size() > kMaxCorrelationIdLength) return false;
+  for (char c : id) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+bool IsJsonContentType(absl::string_view value) {
+  const absl::string_view media_type =
+      absl::StripAsciiWhitespace(value.substr(0, value.find(';')));
+  return absl::EqualsIgnoreCase(media_type, "application/json");
+}
+
+// Header fields whose value the server owns.
+bool IsManagedHeader(absl::string_view name) {
+  return absl::EqualsIgnoreCase(name, "Content-Length") ||
+         absl::EqualsIgnoreCase(name, "Transfer-Encoding") ||
+         absl::EqualsIgnoreCase(name, "Connection") ||
+         absl::EqualsIgnoreCase(name, "X-Correlation-Id");
+}
+
+// Rejects names and values that would break the response framing (header
+// injection through CR/LF).
+bool IsSafeHeader(absl::string_view name, absl::string_view value) {
+  if (name.empty()) return false;
+  for (char c : name) {
+    if (c <= 0x20 || c >= 0x7f || c == ':') return false;
+  }
+  for (char c : value) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  }
+  return true;
+}
+
+class Session;
+
+// Lets Responders post into the io_context only while the server runs: a
+// Responder may be called long after the server (and its io_context) is gone.
+class DeliveryGate {
+ public:
+  // Runs `post` under the gate's lock when the gate is open.
+  template <typename F>
+  void IfOpen(F&& post) {
+    absl::MutexLock lock(&mu_);
+    if (open_) post();
+  }
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    open_ = false;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool open_ ABSL_GUARDED_BY(mu_) = true;
+};
+
+// State shared by the listener and all sessions of one server.
+struct Core {
+  Core(ServerOptions server_options, const Router* server_router)
+      : options(std::move(server_options)),
+        router(server_router),
+        pool(options.worker_threads, options.max_queued_requests),
+        gate(std::make_shared<DeliveryGate>()) {}
+
+  // Constant after construction.
+  const ServerOptions options;
+  const Router* const router;
+  http_internal::WorkerPool pool;
+  const std::shared_ptr<DeliveryGate> gate;
+
+  std::atomic<bool> draining{false};
+
+  // Open connections. The map owns the sessions (a Responder holds only a
+  // weak reference); a session removes itself when its socket is closed.
+  absl::Mutex mu;
+  std::unordered_map<Session*, std::shared_ptr<Session>> sessions
+      ABSL_GUARDED_BY(mu);
+
+  // Returns false when at max_connections or draining.
+  bool TryRegister(std::shared_ptr<Session> session) {
+    absl::MutexLock lock(&mu);
+    if (draining.load() ||
+        sessions.size() >= static_cast<size_t>(options.max_connections)) {
+      return false;
+    }
+    Session* key = session.get();
+    sessions.emplace(key, std::move(session));
+    return true;
+  }
+
+  void Unregister(Session* session) {
+    std::shared_ptr<Session> owned;  // Released after the lock.
+    absl::MutexLock lock(&mu);
+    auto it = sessions.find(session);
+    if (it == sessions.end()) return;
+    owned = std::move(it->second);
+    sessions.erase(it);
+  }
+
+  std::vector<std::shared_ptr<Session>> Snapshot() {
+    absl::MutexLock lock(&mu);
+    std::vector<std::shared_ptr<Session>> all;
+    all.reserve(sessions.size());
+    for (const auto& entry : sessions) all.push_back(entry.second);
+    return all;
+  }
+};
+
+// Handles one connection. Every member function runs on the connection's
+// strand, so members need no lock.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket&& socket, Core* core)
+      : stream_(std::move(socket)), core_(core) {}
+
+  void Run() {
+    net::dispatch(stream_.get_executor(),
+                  beast::bind_front_handler(&Session::DoWaitForRequest,
+                                            shared_from_this()));
+  }
+
+  // Shutdown began: close the connection if it waits for a request, else
+  // close it after the current response.
+  void Drain() {
+    net::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->phase_ != Phase::kWaiting) return;
+      beast::error_code ec;
+      self->stream_.socket().cancel(ec);
+    });
+  }
+
+  // The drain timeout passed: close now, whatever is in flight.
+  void ForceClose() {
+    net::post(stream_.get_executor(),
+              [self = shared_from_this()] { self->CloseNow(); });
+  }
+
+ private:
+  enum class Phase {
+    kWaiting,
+    kReading,
+    kHandling,
+    kWriting,
+    kLingering,
+    kClosed
+  };
+
+  // What the access log needs about the request being served.
+  struct InFlight {
+    bool active = false;
+    std::string method = "-";
+    std::string path = "-";
+    std::string route;
+    std::string correlation_id;
+    SteadyClock::time_point start;
+    bool head = false;
+  };
+
+  // ---- Reading --------------------------------------------------------
+
+  void DoWaitForRequest() {
+    if (phase_ == Phase::kClosed) return;
+    if (core_->draining.load()) return CloseNow();
+    if (buffer_.size() > 0) return DoReadHeader();  // Pipelined request.
+    phase_ = Phase::kWaiting;
+    // A new connection gets read_timeout for its first request; a kept-alive
+    // one may idle for idle_timeout.
+    stream_.expires_after(ToChrono(requests_served_ == 0
+                                       ? core_->options.read_timeout
+                                       : core_->options.idle_timeout));
+    stream_.async_read_some(
+        buffer_.prepare(4096),
+        beast::bind_front_handler(&Session::OnFirstBytes, shared_from_this()));
+  }
+
+  void OnFirstBytes(beast::error_code ec, std::size_t bytes) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return CloseNow();  // Idle timeout, EOF, or cancelled by Drain().
+    buffer_.commit(bytes);
+    DoReadHeader();
+  }
+
+  void DoReadHeader() {
+    phase_ = Phase::kReading;
+    request_ = InFlight();
+    request_.active = true;
+    request_.start = SteadyClock::now();
+    parser_.emplace();
+    parser_->header_limit(
+        static_cast<std::uint32_t>(core_->options.header_limit));
+    parser_->body_limit(core_->options.body_limit);
+    stream_.expires_after(ToChrono(core_->options.read_timeout));
+    bhttp::async_read_header(
+        stream_, buffer_, *parser_,
+        beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
+  }
+
+  void OnReadHeader(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return OnReadError(ec);
+    const auto& header = parser_->get();
+    request_.method = ToString(header.method_string());
+    request_.path =
+        ToString(header.target().substr(0, header.target().find('?')));
+    if (header.version() >= 11 && !parser_->is_done() &&
+        beast::iequals(header[bhttp::field::expect], "100-continue")) {
+      continue_.emplace(bhttp::status::continue_, header.version());
+      bhttp::async_write(stream_, *continue_,
+                         beast::bind_front_handler(&Session::OnWriteContinue,
+                                                   shared_from_this()));
+      return;
+    }
+    DoReadBody();
+  }
+
+  void OnWriteContinue(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return CloseNow();
+    DoReadBody();
+  }
+
+  void DoReadBody() {
+    bhttp::async_read(
+        stream_, buffer_, *parser_,
+        beast::bind_front_handler(&Session::OnRead, shared_from_this()));
+  }
+
+  void OnRead(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return OnReadError(ec);
+    stream_.expires_never();  // A slow handler must not close the stream.
+    HandleRequest(parser_->release());
+  }
+
+  void OnReadError(beast::error_code ec) {
+    if (ec == bhttp::error::body_limit) {
+      return RespondToBrokenRequest(
+          ErrorResponse(413, "payload_too_large",
+                        absl::StrCat("request body exceeds ",
+                                     core_->options.body_limit, " bytes")));
+    }
+    if (ec == bhttp::error::header_limit) {
+      return RespondToBrokenRequest(
+          ErrorResponse(431, "request_header_fields_too_large",
+                        absl::StrCat("request line and headers exceed ",
+                                     core_->options.header_limit, " bytes")));
+    }
+    // Any other parser error means the bytes are not HTTP.
+    if (ec.category() ==
+            bhttp::make_error_code(bhttp::error::end_of_stream).category() &&
+        ec != bhttp::error::end_of_stream &&
+        ec != bhttp::error::partial_message) {
+      return RespondToBrokenRequest(ErrorResponse(
+          400, "invalid_request",
+          absl::StrCat("malformed HTTP request: ", ec.message())));
+    }
+    // The client went away, timed out, or we are closing: nobody to answer.
+    if (ec != net::error::operation_aborted) {
+      Log(LogLevel::kDebug, "http connection closed while reading",
+          {{"error", ec.message()}});
+    }
+    request_.active = false;
+    CloseNow();
+  }
+
+  // Answers a request that could not be read completely, then closes.
+  void RespondToBrokenRequest(Response response) {
+    if (parser_.has_value() && parser_->is_header_done()) {
+      request_.correlation_id =
+          CorrelationIdFor(ToAbsl(parser_->get()[kCorrelationIdHeader]));
+    }
+    close_after_response_ = true;
+    linger_ = true;
+    version_ = 11;
+    keep_alive_ = false;
+    phase_ = Phase::kHandling;
+    if (request_.correlation_id.empty()) request_.correlation_id = NewUuid();
+    WriteResponse(std::move(response));
+  }
+
+  // ---- Handling -------------------------------------------------------
+
+  static std::string CorrelationIdFor(absl::string_view header) {
+    return IsValidCorrelationId(header) ? std::string(header) : NewUuid();
+  }
+
+  void HandleRequest(bhttp::request<bhttp::string_body> message) {
+    phase_ = Phase::kHandling;
+    version_ = message.version();
+    keep_alive_ = message.keep_alive();
+    request_.head = message.method() == bhttp::verb::head;
+    request_.correlation_id =
+        CorrelationIdFor(ToAbsl(message[kCorrelationIdHeader]));
+
+    HeaderList headers;
+    for (const auto& field : message) {
+      headers.emplace_back(ToString(field.name_string()),
+                           ToString(field.value()));
+    }
+    absl::StatusOr<Request> parsed = Request::Create(
+        ToString(message.method_string()), ToString(message.target()),
+        std::move(headers), std::move(message.body()));
+    if (!parsed.ok()) {
+      return WriteResponse(
+          ErrorResponse(400, "invalid_request", parsed.status().message()));
+    }
+    Request request = *std::move(parsed);
+    request.set_correlation_id(request_.correlation_id);
+    request_.path = request.path();
+
+    RouteMatch match =
+        core_->router->Match(request.method(), request.raw_path());
+    switch (match.result) {
+      case RouteMatch::Result::kFound:
+        break;
+      case RouteMatch::Result::kNotFound:
+        return WriteResponse(ErrorResponse(
+            404, "not_found", absl::StrCat("no route for ", request.path())));
+      case RouteMatch::Result::kMethodNotAllowed: {
+        Response response =
+            ErrorResponse(405, "method_not_allowed",
+                          absl::StrCat(request.method(), " is not allowed on ",
+                                       request.path()));
+        response.SetHeader("Allow", absl::StrJoin(match.allowed_methods, ", "));
+        return WriteResponse(std::move(response));
+      }
+      case RouteMatch::Result::kBadPath:
+        return WriteResponse(
+            ErrorResponse(400, "invalid_request",
+                          "malformed percent-encoding in request path"));
+    }
+    const Route& route = *match.route;
+    request_.route = route.pattern;
+    request.set_route_pattern(route.pattern);
+    request.set_path_params(std::move(match.params));
+
+    if (route.options.require_json_body && !request.body().empty() &&
+        !IsJsonContentType(request.Header("Content-Type").value_or(""))) {
+      return WriteResponse(ErrorResponse(
+          415, "unsupported_media_type",
+          "request body must have Content-Type application/json"));
+    }
+    Dispatch(route, std::move(request));
+  }
+
+  // Builds the Responder through which the handler answers: it posts the
+  // response onto this connection's strand, if the server still runs and
+  // the connection is still open.
+  Responder MakeResponder() {
+    std::weak_ptr<Session> weak = shared_from_this();
+    std::shared_ptr<DeliveryGate> gate = core_->gate;
+    return Responder([weak = std::move(weak),
+                      gate = std::move(gate)](Response response) mutable {
+      gate->IfOpen([&] {
+        std::shared_ptr<Session> self = weak.lock();
+        if (self == nullptr) return;
+        net::post(self->stream_.get_executor(),
+                  [self, response = std::move(response)]() mutable {
+                    self->OnResponse(std::move(response));
+                  });
+      });
+    });
+  }
+
+  static void RunHandler(const Route& route, const Request& request,
+                         const Responder& responder) {
+    // Handlers are application code: an exception must cost one request,
+    // not the process.
+    try {
+      if (route.handler) {
+        responder(route.handler(request));
+      } else {
+        route.async_handler(request, responder);
+      }
+    } catch (const std::exception& e) {
+      Response response = ErrorResponse(500, "internal", "internal error");
+      response.log_detail = absl::StrCat("handler threw: ", e.what());
+      responder(std::move(response));
+    } catch (...) {
+      Response response = ErrorResponse(500, "internal", "internal error");
+      response.log_detail = "handler threw a non-standard exception";
+      responder(std::move(response));
+    }
+  }
+
+  void Dispatch(const Route& route, Request request) {
+    Responder responder = MakeResponder();
+    if (route.options.execution == Execution::kNetworkThread) {
+      RunHandler(route, request, responder);
+      return;
+    }
+    const Route* route_ptr = &route;
+    auto shared_request = std::make_shared<const Request>(std::move(request));
+    if (!core_->pool.TrySubmit([route_ptr, shared_request, responder] {
+          RunHandler(*route_ptr, *shared_request, responder);
+        })) {
+      responder(ErrorResponse(503, "overloaded",
+                              "too many requests are waiting; retry later"));
+    }
+  }
+
+  void OnResponse(Response response) {
+    if (phase_ != Phase::kHandling) return;  // Closed in the meantime.
+    WriteResponse(std::move(response));
+  }
+
+  // ---- Writing --------------------------------------------------------
+
+  void WriteResponse(Response response) {
+    phase_ = Phase::kWriting;
+    if (response.status < 200 || response.status > 599) {
+      const std::string detail = absl::StrCat(
+          "handler returned invalid HTTP status ", response.status);
+      response = ErrorResponse(500, "internal", "internal error");
+      response.log_detail = detail;
+    }
+    status_ = response.status;
+    log_detail_ = std::move(response.log_detail);
+
+    auto message = std::make_unique<bhttp::response<bhttp::string_body>>();
+    message->version(version_);
+    message->result(static_cast<unsigned>(response.status));
+    const bool no_body = response.status == 204 || response.status == 304;
+    if (!response.content_type.empty() && !no_body) {
+      message->set(bhttp::field::content_type, response.content_type);
+    }
+    for (const auto& header : response.headers) {
+      if (IsManagedHeader(header.first)) continue;
+      if (!IsSafeHeader(header.first, header.second)) {
+        absl::StrAppend(&log_detail_, log_detail_.empty() ? "" : "; ",
+                        "dropped unsafe response header ", header.first);
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(header.first, "Content-Type")) {
+        message->set(bhttp::field::content_type, header.second);
+      } else {
+        message->insert(header.first, header.second);
+      }
+    }
+    message->set(kCorrelationIdHeader, request_.correlation_id);
+    const bool keep_alive =
+        keep_alive_ && !close_after_response_ && !core_->draining.load();
+    close_after_response_ = !keep_alive;
+    message->keep_alive(keep_alive);
+    if (!no_body) {
+      message->body() = std::move(response.body);
+      message->prepare_payload();
+      // A HEAD response announces the length but carries no body.
+      if (request_.head) message->body().clear();
+    }
+    response_ = std::move(message);
+
+    stream_.expires_after(ToChrono(core_->options.write_timeout));
+    bhttp::async_write(
+        stream_, *response_,
+        beast::bind_front_handler(&Session::OnWrite, shared_from_this()));
+  }
+
+  void OnWrite(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    response_.reset();
+    FinishRequest(ec ? ec.message() : std::string());
+    if (ec) return CloseNow();
+    ++requests_served_;
+    if (close_after_response_) return DoGracefulClose();
+    DoWaitForRequest();
+  }
+
+  // Writes the access-log line and calls on_request_done, once per request.
+  void FinishRequest(const std::string& write_error) {
+    if (!request_.active) return;
+    request_.active = false;
+    const auto elapsed = SteadyClock::now() - request_.start;
+    const absl::Duration duration = absl::FromChrono(elapsed);
+    const double duration_ms =
+        std::round(absl::ToDoubleMilliseconds(duration) * 1000) / 1000;
+    const absl::string_view route =
+        request_.route.empty() ? kUnmatched : absl::string_view(request_.route);
+    const LogLevel level = status_ >= 500 || !write_error.empty()
+                               ? LogLevel::kWarn
+                               : LogLevel::kInfo;
+    if (LogEnabled(level)) {
+      std::string detail = log_detail_;
+      if (!write_error.empty()) {
+        absl::StrAppend(&detail, detail.empty() ? "" : "; ",
+                        "write failed: ", write_error);
+      }
+      if (detail.empty()) {
+        Log(level, "http request",
+            {{"method", request_.method},
+             {"path", request_.path},
+             {"status", status_},
+             {"duration_ms", duration_ms},
+             {"correlation_id", request_.correlation_id},
+             {"route", route}});
+      } else {
+        Log(level, "http request",
+            {{"method", request_.method},
+             {"path", request_.path},
+             {"status", status_},
+             {"duration_ms", duration_ms},
+             {"correlation_id", request_.correlation_id},
+             {"route", route},
+             {"error", detail}});
+      }
+    }
+    if (core_->options.on_request_done) {
+      RequestInfo info;
+      info.method = request_.method;
+      info.route = route;
+      info.status = status_;
+      info.duration = duration;
+      core_->options.on_request_done(info);
+    }
+  }
+
+  // ---- Closing --------------------------------------------------------
+
+  void DoGracefulClose() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (!linger_ || ec) return CloseNow();
+    // Read and discard what the client still sends until it closes too.
+    phase_ = Phase::kLingering;
+    stream_.expires_after(kLingerTime);
+    DoLinger();
+  }
+
+  void DoLinger() {
+    stream_.async_read_some(
+        net::buffer(linger_buffer_),
+        beast::bind_front_handler(&Session::OnLinger, shared_from_this()));
+  }
+
+  void OnLinger(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return CloseNow();
+    DoLinger();
+  }
+
+  void CloseNow() {
+    if (phase_ == Phase::kClosed) return;
+    if (request_.active && phase_ != Phase::kReading) {
+      // Shutdown cut the request off before its response was written.
+      Log(LogLevel::kWarn, "http request",
+          {{"method", request_.method},
+           {"path", request_.path},
+           {"status", 0},
+           {"correlation_id", request_.correlation_id},
+           {"route", request_.route.empty()
+                         ? kUnmatched
+                         : absl::string_view(request_.route)},
+           {"error", "connection closed before the response was written"}});
+      request_.active = false;
+    }
+    phase_ = Phase::kClosed;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+    core_->Unregister(this);
+  }
+
+  beast::tcp_stream stream_;
+  // Owned by the server, which outlives every session it runs.
+  Core* const core_;
+
+  beast::flat_buffer buffer_;
+  absl::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  absl::optional<bhttp::response<bhttp::empty_body>> continue_;
+  std::unique_ptr<bhttp::response<bhttp::string_body>> response_;
+  char linger_buffer_[4096];
+
+  Phase phase_ = Phase::kWaiting;
+  InFlight request_;
+  int status_ = 0;
+  std::string log_detail_;
+  unsigned version_ = 11;
+  bool keep_alive_ = false;
+  bool close_after_response_ = false;
+  bool linger_ = false;
+  int64_t requests_served_ = 0;
+};
+
+// Accepts connections and starts a session for each.
+class Listener : public std::enable_shared_from_this<Listener> {
+ public:
+  Listener(net::io_context& ioc, tcp::acceptor acceptor, Core* core)
+      : ioc_(ioc),
+        acceptor_(std::move(acceptor)),
+        retry_timer_(acceptor_.get_executor()),
+        core_(core) {}
+
+  void Run() {
+    net::dispatch(
+        acceptor_.get_executor(),
+        beast::bind_front_handler(&Listener::DoAccept, shared_from_this()));
+  }
+
+  void Stop() {
+    net::post(acceptor_.get_executor(), [self = shared_from_this()] {
+      beast::error_code ec;
+      self->acceptor_.close(ec);
+      self->retry_timer_.cancel();
+    });
+  }
+
+ private:
+  void DoAccept() {
+    if (!acceptor_.is_open()) return;
+    // Each connection gets its own strand.
+    acceptor_.async_accept(
+        net::make_strand(ioc_),
+        beast::bind_front_handler(&Listener::OnAccept, shared_from_this()));
+  }
+
+  void OnAccept(beast::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
+    if (ec) {
+      // Typically out of file descriptors: pause instead of spinning.
+      Log(LogLevel::kWarn, "http accept failed", {{"error", ec.message()}});
+      retry_timer_.expires_after(std::chrono::milliseconds(100));
+      retry_timer_.async_wait(
+          [self = shared_from_this()](beast::error_code wait_ec) {
+            if (!wait_ec) self->DoAccept();
+          });
+      return;
+    }
+    beast::error_code option_ec;
+    socket.set_option(tcp::no_delay(true), option_ec);
+    auto session = std::make_shared<Session>(std::move(socket), core_);
+    if (core_->TryRegister(session)) {
+      session->Run();
+    } else {
+      // Over max_connections (or shutting down): the session's destructor
+      // closes the socket.
+      Log(LogLevel::kWarn, "http connection refused",
+          {{"reason", "too many open connections"},
+           {"max_connections", core_->options.max_connections}});
+    }
+    DoAccept();
+  }
+
+  net::io_context& ioc_;
+  tcp::acceptor acceptor_;
+  net::steady_timer retry_timer_;
+  Core* const core_;
+};
+
+absl::StatusOr<tcp::endpoint> ParseListenAddress(absl::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address \"", address, "\" must be host:port"));
+  }
+  absl::string_view host = address.substr(0, colon);
+  const absl::string_view port_text = address.substr(colon + 1);
+  int port = 0;
+  if (!absl::SimpleAtoi(port_text, &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address \"", address, "\" has a bad port"));
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) host = "0.0.0.0";
+  if (host == "localhost") host = "127.0.0.1";
+  beast::error_code ec;
+  const net::ip::address ip = net::ip::make_address(std::string(host), ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "listen address \"", address, "\" needs a numeric IP address"));
+  }
+  return tcp::endpoint(ip, static_cast<unsigned short>(port));
+}
+
+absl::Status ValidateOptions(const ServerOptions& options) {
+  if (options.network_threads < 1 || options.worker_threads < 1) {
+    return absl::InvalidArgumentError(
+        "network_threads and worker_threads must be at least 1");
+  }
+  if (options.max_connections < 1 || options.body_limit == 0 ||
+      options.header_limit == 0 || options.max_queued_requests == 0) {
+    return absl::InvalidArgumentError(
+        "max_connections, body_limit, header_limit and max_queued_requests "
+        "must be positive");
+  }
+  if (options.header_limit > UINT32_MAX) {
+    return absl::InvalidArgumentError("header_limit must fit in 32 bits");
+  }
+  if (options.read_timeout <= absl::ZeroDuration() ||
+      options.idle_timeout <= absl::ZeroDuration() ||
+      options.write_timeout <= absl::ZeroDuration() ||
+      options.drain_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("timeouts must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  Impl(ServerOptions options, const Router* router)
+      : core_(std::move(options), router),
+        ioc_(core_.options.network_threads),
+        work_guard_(net::make_work_guard(ioc_)) {}
+
+  ~Impl() {
+    // Stop() normally ran; this covers a server that was never started.
+    core_.gate->Close();
+  }
+
+  absl::StatusOr<int> Bind() {
+    absl::StatusOr<tcp::endpoint> endpoint =
+        ParseListenAddress(core_.options.listen_address);
+    if (!endpoint.ok()) return endpoint.status();
+    tcp::acceptor acceptor(net::make_strand(ioc_));
+    beast::error_code ec;
+    const auto fail = [&](absl::string_view what) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", core_.options.listen_address, ": ",
+                       what, ": ", ec.message()));
+    };
+    acceptor.open(endpoint->protocol(), ec);
+    if (ec) return fail("open");
+    acceptor.set_option(net::socket_base::reuse_address(true), ec);
+    if (ec) return fail("set_option");
+    acceptor.bind(*endpoint, ec);
+    if (ec) return fail("bind");
+    acceptor.listen(net::socket_base::max_listen_connections, ec);
+    if (ec) return fail("listen");
+    const int port = acceptor.local_endpoint(ec).port();
+    if (ec) return fail("local_endpoint");
+    listener_ = std::make_shared<Listener>(ioc_, std::move(acceptor), &core_);
+    return port;
+  }
+
+  void Start() {
+    listener_->Run();
+    threads_.reserve(static_cast<size_t>(core_.options.network_threads));
+    for (int i = 0; i < core_.options.network_threads; ++i) {
+      threads_.emplace_back([this] { RunNetworkThread(); });
+    }
+    Log(LogLevel::kInfo, "http server listening",
+        {{"address", core_.options.listen_address},
+         {"network_threads", core_.options.network_threads},
+         {"worker_threads", core_.options.worker_threads}});
+  }
+
+  // Makes the next SIGINT or SIGTERM call RequestStop().
+  void InstallSignalHandler() {
+    signals_ = std::make_unique<net::signal_set>(ioc_, SIGINT, SIGTERM);
+    signals_->async_wait([this](beast::error_code ec, int signal_number) {
+      if (ec) return;
+      Log(LogLevel::kInfo, "http server stopping on signal",
+          {{"signal", signal_number}});
+      RequestStop();
+    });
+  }
+
+  void RequestStop() {
+    absl::MutexLock lock(&stop_mu_);
+    stop_requested_ = true;
+  }
+
+  void WaitForStopRequest() {
+    absl::MutexLock lock(&stop_mu_);
+    stop_mu_.Await(absl::Condition(&stop_requested_));
+  }
+
+  // The graceful shutdown described in server.h.
+  void Stop(bool started) {
+    if (!started) {
+      core_.gate->Close();
+      core_.pool.Stop();
+      return;
+    }
+    const auto begin = SteadyClock::now();
+    core_.draining.store(true);
+    listener_->Stop();
+    for (const auto& session : core_.Snapshot()) session->Drain();
+    const bool drained = WaitForNoSessions(core_.options.drain_timeout);
+    if (!drained) {
+      Log(LogLevel::kWarn, "http drain timeout: closing remaining connections",
+          {{"connections", static_cast<int64_t>(core_.Snapshot().size())}});
+      for (const auto& session : core_.Snapshot()) session->ForceClose();
+      // Closing takes one trip through each strand; a strand stuck in an
+      // inline handler is not waited for beyond this.
+      WaitForNoSessions(absl::Seconds(1));
+    }
+    core_.gate->Close();
+    work_guard_.reset();
+    ioc_.stop();
+    for (std::thread& thread : threads_) thread.join();
+    threads_.clear();
+    signals_.reset();
+    // Waits for handlers still running; queued ones are dropped.
+    core_.pool.Stop();
+    {
+      // Sessions left (their strands were stuck) die here; the io_context
+      // destroys whatever handlers are still queued in it.
+      std::vector<std::shared_ptr<Session>> left;
+      absl::MutexLock lock(&core_.mu);
+      for (auto& entry : core_.sessions)
+        left.push_back(std::move(entry.second));
+      core_.sessions.clear();
+    }
+    Log(LogLevel::kInfo, "http server stopped",
+        {{"shutdown_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                             SteadyClock::now() - begin)
+                             .count()}});
+  }
+
+ private:
+  void RunNetworkThread() {
+    for (;;) {
+      try {
+        ioc_.run();
+        return;
+      } catch (const std::exception& e) {
+        Log(LogLevel::kError, "http network thread caught an exception",
+            {{"error", e.what()}});
+      }
+    }
+  }
+
+  bool WaitForNoSessions(absl::Duration timeout) {
+    absl::MutexLock lock(&core_.mu);
+    const auto empty = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(core_.mu) {
+      return core_.sessions.empty();
+    };
+    return core_.mu.AwaitWithTimeout(absl::Condition(&empty), timeout);
+  }
+
+  // Declared before the io_context, so that it outlives every session and
+  // handler the io_context still holds when destroyed.
+  Core core_;
+  net::io_context ioc_;
+  net::executor_work_guard<net::io_context::executor_type> work_guard_;
+  std::shared_ptr<Listener> listener_;
+  std::unique_ptr<net::signal_set> signals_;
+  std::vector<std::thread> threads_;
+
+  absl::Mutex stop_mu_;
+  bool stop_requested_ ABSL_GUARDED_BY(stop_mu_) = false;
+};
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
+                                                       const Router* router) {
+  if (router == nullptr) {
+    return absl::InvalidArgumentError("router must not be null");
+  }
+  if (!router->status().ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("router has a bad route: ", router->status().message()));
+  }
+  absl::Status valid = ValidateOptions(options);
+  if (!valid.ok()) return valid;
+  auto impl = std::make_unique<Impl>(std::move(options), router);
+  absl::StatusOr<int> port = impl->Bind();
+  if (!port.ok()) return port.status();
+  return std::unique_ptr<Server>(new Server(std::move(impl), *port));
+}
+
+Server::Server(std::unique_ptr<Impl> impl, int port)
+    : impl_(std::move(impl)), port_(port) {}
+
+Server::~Server() { Shutdown(); }
+
+absl::Status Server::Start() {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kCreated) {
+    return absl::FailedPreconditionError("server already started or stopped");
+  }
+  impl_->Start();
+  state_ = State::kRunning;
+  return absl::OkStatus();
+}
+
+absl::Status Server::Run() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (state_ == State::kStopping || state_ == State::kStopped) {
+      return absl::FailedPreconditionError("server already stopped");
+    }
+    impl_->InstallSignalHandler();
+    if (state_ == State::kCreated) {
+      impl_->Start();
+      state_ = State::kRunning;
+    }
+  }
+  impl_->WaitForStopRequest();
+  Shutdown();
+  return absl::OkStatus();
+}
+
+void Server::Shutdown() {
+  bool started = false;
+  {
+    absl::MutexLock lock(&mu_);
+    switch (state_) {
+      case State::kStopped:
+        return;
+      case State::kStopping: {
+        const auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return state_ == State::kStopped;
+        };
+        mu_.Await(absl::Condition(&stopped));
+        return;
+      }
+      case State::kCreated:
+        break;
+      case State::kRunning:
+        started = true;
+        break;
+    }
+    state_ = State::kStopping;
+  }
+  impl_->RequestStop();  // Wakes Run(), which then waits here for kStopped.
+  impl_->Stop(started);
+  absl::MutexLock lock(&mu_);
+  state_ = State::kStopped;
+}
+
+}  // namespace http
+}  // namespace cqrs

@@ -1,0 +1,138 @@
+// An HTTP/1.1 server (1.0 too) that feeds requests to a Router.
+//
+//   http::ServerOptions options;
+//   options.listen_address = "127.0.0.1:8080";
+//   ASSIGN_OR_RETURN(auto server, http::Server::Create(options, &router));
+//   RETURN_IF_ERROR(server->Run());   // Until SIGINT/SIGTERM or Shutdown().
+//   pool.reset();                     // Only now close the database pool.
+//
+// Threads: `network_threads` threads run one io_context that accepts,
+// parses and writes; they never block. Handlers with Execution::kWorkerPool
+// (the default) run on `worker_threads` separate threads fed by a queue of at
+// most `max_queued_requests`; when it is full the request is answered 503
+// overloaded at once. Handlers with Execution::kNetworkThread run inline.
+//
+// Per request the server: enforces header_limit (431) and body_limit (413,
+// also when Content-Length announces more), answers malformed HTTP with 400
+// and closes, takes X-Correlation-Id (1..200 printable ASCII; otherwise a new
+// UUID) and echoes it, routes (404 / 405 with Allow), applies the route's
+// options (415), runs the handler (an exception escaping it becomes 500), and
+// writes exactly one access-log line (framework/log.h) once the response is
+// written: method, path, status, duration_ms, correlation_id, route.
+//
+// Shutdown, on Shutdown() or a signal during Run(): stop accepting; close
+// idle keep-alive connections; let requests in flight finish and their
+// responses be written, each connection closing after its response; after
+// `drain_timeout` close whatever remains; then wait for handlers still
+// running on the worker pool to return. When Run() or Shutdown() returns, no
+// handler is running and none will start, so the owner may then close what
+// handlers use (the database pool). A Responder called after that is
+// ignored.
+//
+// Thread-safety: Start(), Run(), Shutdown() and port() are thread-safe.
+// Shutdown() blocks and must not be called from a handler.
+#ifndef FRAMEWORK_HTTP_SERVER_H_
+#define FRAMEWORK_HTTP_SERVER_H_
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "framework/http/router.h"
+
+namespace cqrs {
+namespace http {
+
+// What on_request_done learns about each request.
+struct RequestInfo {
+  absl::string_view method;
+  // The matched route pattern, or "unmatched" (404, 405, malformed, ...).
+  absl::string_view route;
+  int status = 0;
+  absl::Duration duration;
+};
+
+struct ServerOptions {
+  // "host:port" with a numeric IPv4 or bracketed IPv6 host ("[::1]:8080").
+  // Port 0 picks a free port; see Server::port().
+  std::string listen_address = "127.0.0.1:8080";
+  int network_threads = 2;
+  // Threads for blocking handlers; size it like the database pool.
+  int worker_threads = 16;
+  // Requests waiting for a worker beyond this many get 503 overloaded.
+  size_t max_queued_requests = 1024;
+  // Largest accepted request body in bytes (413 payload_too_large above).
+  size_t body_limit = 1 << 20;
+  // Largest accepted request line plus headers (431 above).
+  size_t header_limit = 16 << 10;
+  // Time allowed to receive a whole request once its first byte arrived, and
+  // for a new connection's first request to arrive.
+  absl::Duration read_timeout = absl::Seconds(30);
+  // Time a kept-alive connection may wait for its next request.
+  absl::Duration idle_timeout = absl::Seconds(60);
+  // Time allowed to write one response.
+  absl::Duration write_timeout = absl::Seconds(30);
+  // How long shutdown waits for requests in flight.
+  absl::Duration drain_timeout = absl::Seconds(10);
+  // Connections beyond this many are accepted and closed at once.
+  int max_connections = 1024;
+  // Called once per request after its response is written (or failed to
+  // be), on a network thread: keep it cheap and thread-safe. For metrics.
+  std::function<void(const RequestInfo&)> on_request_done;
+};
+
+class Server {
+ public:
+  // Validates `options`, resolves and binds the listen address. Returns
+  // kInvalidArgument for bad options or a router whose status() is not OK,
+  // and kUnavailable when the address cannot be bound (e.g. in use).
+  // `router` must outlive the server.
+  static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
+                                                        const Router* router);
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  // Shuts down (see above) if still running.
+  ~Server();
+
+  // Starts the threads and accepting; returns at once. Returns
+  // kFailedPrecondition when already started or shut down.
+  absl::Status Start();
+
+  // Starts if not started, then blocks until SIGINT or SIGTERM arrives or
+  // Shutdown() is called, and shuts down gracefully. Returns
+  // kFailedPrecondition when the server was already shut down.
+  absl::Status Run();
+
+  // Graceful shutdown as described above; blocks until it completes.
+  // Idempotent: later and concurrent calls wait for the same shutdown.
+  void Shutdown();
+
+  // The bound port (useful with port 0).
+  int port() const { return port_; }
+
+ private:
+  class Impl;
+  enum class State { kCreated, kRunning, kStopping, kStopped };
+
+  Server(std::unique_ptr<Impl> impl, int port);
+
+  // Constant after construction.
+  const std::unique_ptr<Impl> impl_;
+  const int port_;
+
+  mutable absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kCreated;
+};
+
+}  // namespace http
+}  // namespace cqrs
+
+#endif  // FRAMEWORK_HTTP_SERVER_H_

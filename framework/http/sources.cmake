@@ -1,0 +1,11 @@
+# Sources of the HTTP runtime, relative to framework/ (included by
+# framework/CMakeLists.txt).
+set(CQRS_FRAMEWORK_HTTP_SOURCES
+  http/internal/utf8.cc
+  http/internal/worker_pool.cc
+  http/json_body.cc
+  http/message.cc
+  http/router.cc
+  http/server.cc
+  http/status_mapping.cc
+)

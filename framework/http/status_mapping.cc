@@ -1,0 +1,118 @@
+#include "framework/http/status_mapping.h"
+
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace cqrs {
+namespace http {
+namespace {
+
+constexpr char kErrorCodeUrl[] = "type.cqrs.dev/http.error_code";
+constexpr char kHttpStatusUrl[] = "type.cqrs.dev/http.status";
+
+struct DefaultMapping {
+  int http_status;
+  absl::string_view code;
+  // Sent instead of the Status message for 5xx statuses without an attached
+  // code; empty for 4xx statuses, whose message is always sent.
+  absl::string_view generic_message;
+};
+
+DefaultMapping DefaultFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return {400, "invalid_request", ""};
+    case absl::StatusCode::kUnauthenticated:
+      return {401, "unauthenticated", ""};
+    case absl::StatusCode::kPermissionDenied:
+      return {403, "permission_denied", ""};
+    case absl::StatusCode::kNotFound:
+      return {404, "not_found", ""};
+    case absl::StatusCode::kAlreadyExists:
+      return {409, "conflict", ""};
+    case absl::StatusCode::kAborted:
+      return {409, "version_conflict", ""};
+    case absl::StatusCode::kFailedPrecondition:
+      return {422, "unprocessable", ""};
+    case absl::StatusCode::kUnimplemented:
+      return {501, "not_implemented", "not implemented"};
+    case absl::StatusCode::kUnavailable:
+      return {503, "unavailable", "the service is temporarily unavailable"};
+    case absl::StatusCode::kDeadlineExceeded:
+      return {503, "timeout", "the request timed out"};
+    case absl::StatusCode::kResourceExhausted:
+      return {503, "overloaded", "the server is overloaded"};
+    default:
+      return {500, "internal", "internal error"};
+  }
+}
+
+}  // namespace
+
+absl::Status WithErrorCode(absl::Status status, absl::string_view code) {
+  if (!status.ok()) status.SetPayload(kErrorCodeUrl, absl::Cord(code));
+  return status;
+}
+
+std::string ErrorCodeOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kErrorCodeUrl);
+  if (!payload.has_value()) return std::string();
+  return std::string(*payload);
+}
+
+absl::Status WithHttpStatus(absl::Status status, int http_status) {
+  if (!status.ok()) {
+    status.SetPayload(kHttpStatusUrl, absl::Cord(absl::StrCat(http_status)));
+  }
+  return status;
+}
+
+absl::optional<int> HttpStatusOf(const absl::Status& status) {
+  absl::optional<absl::Cord> payload = status.GetPayload(kHttpStatusUrl);
+  int value = 0;
+  if (!payload.has_value() ||
+      !absl::SimpleAtoi(std::string(*payload), &value)) {
+    return absl::nullopt;
+  }
+  return value;
+}
+
+int HttpStatusFor(const absl::Status& status) {
+  if (status.ok()) return 500;
+  const absl::optional<int> explicit_status = HttpStatusOf(status);
+  if (explicit_status.has_value() && *explicit_status >= 400 &&
+      *explicit_status <= 599) {
+    return *explicit_status;
+  }
+  return DefaultFor(status.code()).http_status;
+}
+
+Response ResponseFromStatus(const absl::Status& status) {
+  if (status.ok()) {
+    Response response = ErrorResponse(500, "internal", "internal error");
+    response.log_detail = "ResponseFromStatus() called with an OK status";
+    return response;
+  }
+  const DefaultMapping mapping = DefaultFor(status.code());
+  const int http_status = HttpStatusFor(status);
+  const std::string attached_code = ErrorCodeOf(status);
+  const absl::string_view code =
+      attached_code.empty() ? mapping.code : absl::string_view(attached_code);
+  const bool hide_message =
+      attached_code.empty() && !mapping.generic_message.empty();
+  Response response =
+      ErrorResponse(http_status, code,
+                    hide_message ? mapping.generic_message : status.message());
+  if (hide_message || http_status >= 500) {
+    response.log_detail =
+        status.ToString(absl::StatusToStringMode::kWithNoExtraData);
+  }
+  return response;
+}
+
+}  // namespace http
+}  // namespace cqrs
