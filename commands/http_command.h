@@ -1,0 +1,69 @@
+// Runs a command for an HTTP request: command metadata from the request,
+// If-Match, and Idempotency-Key handling, so that route handlers only parse
+// their input and decide.
+//
+//   http::Response Deposit(const http::Request& request) {
+//     return runner.Run(request, [&](eventstore::EventStore& store,
+//                                    const CommandContext& ctx)
+//                                    -> absl::StatusOr<http::Response> {
+//       ASSIGN_OR_RETURN(auto out, accounts.Execute(store, id, ctx.metadata,
+//                                                   ctx.execute, decide));
+//       return http::JsonResponse(200, ...);
+//     });
+//   }
+//
+// With an Idempotency-Key header the command runs through the
+// IdempotencyStore: its response (status and body) is stored with its events
+// and replayed byte for byte on retries; the replay carries the header
+// `Idempotent-Replayed: true`. The request is identified by method, target
+// and body. Responses with status >= 500 are not stored.
+//
+// Thread-safety: thread-safe; the stores must outlive the runner.
+#ifndef COMMANDS_HTTP_COMMAND_H_
+#define COMMANDS_HTTP_COMMAND_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "commands/aggregate.h"
+#include "commands/command_metadata.h"
+#include "commands/idempotency.h"
+#include "eventstore/event_store.h"
+#include "framework/http/message.h"
+
+namespace cqrs::commands {
+
+struct CommandContext {
+  CommandMetadata metadata;
+  ExecuteOptions execute;  // required_version from If-Match
+};
+
+// Parses If-Match: a version number, optionally in double quotes. Absent:
+// nullopt. Anything else: kInvalidArgument (invalid_request).
+absl::StatusOr<std::optional<int64_t>> ParseIfMatch(
+    const http::Request& request);
+
+class HttpCommandRunner {
+ public:
+  using Command = std::function<absl::StatusOr<http::Response>(
+      eventstore::EventStore&, const CommandContext&)>;
+
+  // `store` and `idempotency` must outlive the runner.
+  HttpCommandRunner(eventstore::EventStore* store,
+                    IdempotencyStore* idempotency)
+      : store_(store), idempotency_(idempotency) {}
+
+  // Runs `command`; errors become responses (http::ResponseFromStatus).
+  http::Response Run(const http::Request& request,
+                     const Command& command) const;
+
+ private:
+  eventstore::EventStore* const store_;
+  IdempotencyStore* const idempotency_;
+};
+
+}  // namespace cqrs::commands
+
+#endif  // COMMANDS_HTTP_COMMAND_H_

@@ -1,0 +1,70 @@
+// The example bank: wires the event store, the command side and the HTTP
+// routes of ../shared/specs/bank-api.md together.
+//
+//   RETURN_IF_ERROR(bank::BankApp::Migrate(*pool, "bank"));
+//   ASSIGN_OR_RETURN(auto app, bank::BankApp::Create(pool.get(), {}));
+//   http::Router router;
+//   app->RegisterRoutes(router);
+//
+// Thread-safety: thread-safe after construction; `pool` must outlive the
+// app, and the app must outlive the router's use.
+#ifndef EXAMPLE_APP_BANK_APP_H_
+#define EXAMPLE_APP_BANK_APP_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "commands/http_command.h"
+#include "commands/idempotency.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/http/router.h"
+#include "framework/pg_pool.h"
+
+namespace bank {
+
+struct BankOptions {
+  // PostgreSQL schema of the event store, idempotency keys and read models.
+  std::string schema = "bank";
+  cqrs::commands::IdempotencyOptions idempotency;
+};
+
+class BankApp {
+ public:
+  // Creates or upgrades every table the bank needs in `schema`.
+  static absl::Status Migrate(cqrs::PgPool& pool, absl::string_view schema);
+
+  // kFailedPrecondition when the schema is not migrated.
+  static absl::StatusOr<std::unique_ptr<BankApp>> Create(cqrs::PgPool* pool,
+                                                         BankOptions options);
+
+  // Adds the command routes, /healthz and /readyz.
+  void RegisterRoutes(cqrs::http::Router& router);
+
+  // 200 when the database answers and the schema is migrated, else 503.
+  cqrs::http::Response Ready() const;
+
+  cqrs::eventstore::PostgresEventStore& store() { return *store_; }
+  cqrs::commands::IdempotencyStore& idempotency() { return *idempotency_; }
+
+ private:
+  BankApp(cqrs::PgPool* pool, BankOptions options,
+          std::unique_ptr<cqrs::eventstore::PostgresEventStore> store,
+          std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idem);
+
+  cqrs::http::Response OpenAccount(const cqrs::http::Request& request) const;
+  cqrs::http::Response MoveMoney(const cqrs::http::Request& request,
+                                 bool deposit) const;
+  cqrs::http::Response CloseAccount(const cqrs::http::Request& request) const;
+
+  cqrs::PgPool* const pool_;
+  const BankOptions options_;
+  std::unique_ptr<cqrs::eventstore::PostgresEventStore> store_;
+  std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idempotency_;
+  cqrs::commands::HttpCommandRunner runner_;
+};
+
+}  // namespace bank
+
+#endif  // EXAMPLE_APP_BANK_APP_H_

@@ -1,0 +1,260 @@
+// The `bank` command: the example bank's HTTP API and its operations.
+// Usage and exit codes follow ../shared/specs/bank-api.md (CLI section):
+// 0 success, 1 runtime failure, 2 usage error.
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "example_app/bank_app.h"
+#include "framework/embedded_postgres.h"
+#include "framework/http/server.h"
+#include "framework/log.h"
+#include "framework/pg_pool.h"
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kFailure = 1;
+constexpr int kUsage = 2;
+
+constexpr char kMainHelp[] = R"(usage: bank <command> [options]
+
+commands:
+  serve     run the HTTP API
+  migrate   create or upgrade the database schema and exit
+
+Run `bank <command> --help` for the options of a command.
+Without --database-url or DATABASE_URL, bank runs on an embedded PostgreSQL
+cluster kept in --data-dir (default ./bank-data).
+)";
+
+constexpr char kServeHelp[] = R"(usage: bank serve [options]
+
+Runs the bank's HTTP API until SIGINT or SIGTERM. Migrates the schema first.
+
+options:
+  --listen HOST:PORT     address to listen on (default 127.0.0.1:8080)
+  --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
+                         else the embedded cluster in --data-dir)
+  --data-dir DIR         embedded cluster directory (default ./bank-data)
+  --schema NAME          PostgreSQL schema (default bank)
+  --threads N            network threads (default 2)
+  --workers N            threads for database work (default 16)
+  --pool-size N          database connections (default: --workers + 4)
+  --log-format text|json log line format (default text)
+  --help                 show this help
+)";
+
+constexpr char kMigrateHelp[] = R"(usage: bank migrate [options]
+
+Creates or upgrades the bank's tables and exits.
+
+options:
+  --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
+                         else the embedded cluster in --data-dir)
+  --data-dir DIR         embedded cluster directory (default ./bank-data)
+  --schema NAME          PostgreSQL schema (default bank)
+  --help                 show this help
+)";
+
+struct Flags {
+  std::string listen = "127.0.0.1:8080";
+  std::string database_url;
+  std::string data_dir = "./bank-data";
+  std::string schema = "bank";
+  std::string log_format = "text";
+  int threads = 2;
+  int workers = 16;
+  int pool_size = 0;
+  bool help = false;
+};
+
+int UsageError(absl::string_view message, absl::string_view command) {
+  std::cerr << "bank: " << message << " (see `bank "
+            << (command.empty() ? "" : absl::StrCat(command, " ")) << "--help`)"
+            << std::endl;
+  return kUsage;
+}
+
+// Parses `args` (after the command) into `flags`; returns a usage error
+// message, or empty on success. `allowed` lists the flags this command takes.
+std::string ParseFlags(const std::vector<std::string>& args,
+                       const std::vector<std::string>& allowed, Flags& flags) {
+  auto allowed_flag = [&](const std::string& name) {
+    for (const auto& a : allowed) {
+      if (a == name) return true;
+    }
+    return false;
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i];
+    std::string value;
+    bool has_value = false;
+    if (const size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (name == "--help" || name == "-h") {
+      flags.help = true;
+      continue;
+    }
+    if (name.rfind("--", 0) != 0 || !allowed_flag(name)) {
+      return absl::StrCat("unknown option '", args[i], "'");
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) return absl::StrCat(name, " needs a value");
+      value = args[++i];
+    }
+    auto positive = [&](int* out) {
+      return absl::SimpleAtoi(value, out) && *out > 0 && *out <= 1024;
+    };
+    if (name == "--listen") {
+      flags.listen = value;
+    } else if (name == "--database-url") {
+      flags.database_url = value;
+    } else if (name == "--data-dir") {
+      flags.data_dir = value;
+    } else if (name == "--schema") {
+      flags.schema = value;
+    } else if (name == "--log-format") {
+      if (value != "text" && value != "json") {
+        return "--log-format must be text or json";
+      }
+      flags.log_format = value;
+    } else if (name == "--threads") {
+      if (!positive(&flags.threads)) return "--threads must be 1 to 1024";
+    } else if (name == "--workers") {
+      if (!positive(&flags.workers)) return "--workers must be 1 to 1024";
+    } else if (name == "--pool-size") {
+      if (!positive(&flags.pool_size)) return "--pool-size must be 1 to 1024";
+    }
+  }
+  return "";
+}
+
+// The database to use: --database-url, $DATABASE_URL, or the embedded
+// cluster (started here and kept in `embedded` for the life of the caller).
+absl::StatusOr<std::string> DatabaseUrl(
+    const Flags& flags, std::unique_ptr<cqrs::EmbeddedPostgres>& embedded) {
+  if (!flags.database_url.empty()) return flags.database_url;
+  if (const char* env = std::getenv("DATABASE_URL"); env && *env) return env;
+  cqrs::EmbeddedPostgresOptions options;
+  options.data_dir = flags.data_dir;
+  auto started = cqrs::EmbeddedPostgres::Start(options);
+  if (!started.ok()) return started.status();
+  embedded = *std::move(started);
+  cqrs::Log(cqrs::LogLevel::kInfo, "embedded PostgreSQL ready",
+            {{"data_dir", flags.data_dir},
+             {"owner", embedded->owns_server() ? "this process" : "another"}});
+  return embedded->conninfo();
+}
+
+absl::StatusOr<std::unique_ptr<cqrs::PgPool>> OpenPool(const std::string& url,
+                                                       int size) {
+  cqrs::PgPoolOptions options;
+  options.conninfo = url;
+  options.max_connections = size;
+  return cqrs::PgPool::Create(std::move(options));
+}
+
+int Fail(const absl::Status& status) {
+  std::cerr << "bank: " << status.message() << std::endl;
+  return kFailure;
+}
+
+int Migrate(const Flags& flags) {
+  std::unique_ptr<cqrs::EmbeddedPostgres> embedded;
+  absl::StatusOr<std::string> url = DatabaseUrl(flags, embedded);
+  if (!url.ok()) return Fail(url.status());
+  auto pool = OpenPool(*url, 2);
+  if (!pool.ok()) return Fail(pool.status());
+  absl::Status migrated = bank::BankApp::Migrate(**pool, flags.schema);
+  if (!migrated.ok()) return Fail(migrated);
+  std::cout << "schema '" << flags.schema << "' is up to date" << std::endl;
+  return kOk;
+}
+
+int Serve(const Flags& flags) {
+  cqrs::SetLogFormat(flags.log_format == "json" ? cqrs::LogFormat::kJson
+                                                : cqrs::LogFormat::kText);
+  std::unique_ptr<cqrs::EmbeddedPostgres> embedded;
+  absl::StatusOr<std::string> url = DatabaseUrl(flags, embedded);
+  if (!url.ok()) return Fail(url.status());
+  const int pool_size =
+      flags.pool_size > 0 ? flags.pool_size : flags.workers + 4;
+  auto pool = OpenPool(*url, pool_size);
+  if (!pool.ok()) return Fail(pool.status());
+  if (absl::Status s = bank::BankApp::Migrate(**pool, flags.schema); !s.ok()) {
+    return Fail(s);
+  }
+  bank::BankOptions options;
+  options.schema = flags.schema;
+  auto app = bank::BankApp::Create(pool->get(), options);
+  if (!app.ok()) return Fail(app.status());
+  cqrs::http::Router router;
+  (*app)->RegisterRoutes(router);
+
+  cqrs::http::ServerOptions server_options;
+  server_options.listen_address = flags.listen;
+  server_options.network_threads = flags.threads;
+  server_options.worker_threads = flags.workers;
+  auto server = cqrs::http::Server::Create(server_options, &router);
+  if (!server.ok()) return Fail(server.status());
+  cqrs::Log(cqrs::LogLevel::kInfo, "bank listening",
+            {{"address", flags.listen}});
+  absl::Status ran = (*server)->Run();
+  // Order matters: the server has drained, so nothing uses the pool now.
+  server->reset();
+  app->reset();
+  pool->reset();
+  if (!ran.ok()) return Fail(ran);
+  cqrs::Log(cqrs::LogLevel::kInfo, "bank stopped");
+  return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << kMainHelp;
+    return kUsage;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::cout << kMainHelp;
+    return kOk;
+  }
+  Flags flags;
+  if (command == "serve") {
+    std::string error =
+        ParseFlags(args,
+                   {"--listen", "--database-url", "--data-dir", "--schema",
+                    "--threads", "--workers", "--pool-size", "--log-format"},
+                   flags);
+    if (flags.help) {
+      std::cout << kServeHelp;
+      return kOk;
+    }
+    if (!error.empty()) return UsageError(error, command);
+    return Serve(flags);
+  }
+  if (command == "migrate") {
+    std::string error =
+        ParseFlags(args, {"--database-url", "--data-dir", "--schema"}, flags);
+    if (flags.help) {
+      std::cout << kMigrateHelp;
+      return kOk;
+    }
+    if (!error.empty()) return UsageError(error, command);
+    return Migrate(flags);
+  }
+  return UsageError(absl::StrCat("unknown command '", command, "'"), "");
+}
