@@ -15,7 +15,7 @@ namespace {
 
 using http_test::LogCapture;
 
-TEST_CASE("text log line has timestamp, level, message and fields",
+TEST_CASE("text log line has timestamp level message and fields",
           "[http][log]") {
   LogCapture capture;
   Log(LogLevel::kInfo, "account opened",

@@ -196,7 +196,7 @@ TEST_CASE("FromStatusOr maps errors through ResponseFromStatus", "[http]") {
   CHECK(handler(request).status == 200);
 }
 
-TEST_CASE("a responder delivers once, from any thread", "[http]") {
+TEST_CASE("a responder delivers once from any thread", "[http]") {
   std::atomic<int> calls{0};
   std::atomic<int> last_status{0};
   {

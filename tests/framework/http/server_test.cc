@@ -417,7 +417,7 @@ TEST_CASE("a dropped responder or a throwing handler is 500", "[http]") {
   CHECK(ErrorCode(response) == "account_not_found");
 }
 
-TEST_CASE("no-content responses carry no body; unsafe headers dropped",
+TEST_CASE("no-content responses carry no body and unsafe headers are dropped",
           "[http]") {
   TestServer server;
   auto client = server.Connect();
@@ -728,7 +728,7 @@ TEST_CASE("access log in JSON format", "[http]") {
   CHECK(doc["duration_ms"].GetDouble() >= 0);
 }
 
-TEST_CASE("on_request_done sees route, status and duration", "[http]") {
+TEST_CASE("on_request_done sees route status and duration", "[http]") {
   struct Seen {
     std::string method;
     std::string route;
@@ -762,7 +762,7 @@ TEST_CASE("on_request_done sees route, status and duration", "[http]") {
   CHECK(seen[1].status == 405);
 }
 
-TEST_CASE("Create rejects bad options, routers and busy ports", "[http]") {
+TEST_CASE("Create rejects bad options and routers and busy ports", "[http]") {
   Router router;
   router.Add("GET", "/x",
              [](const Request&) { return JsonResponse(200, "{}"); });
@@ -801,7 +801,7 @@ TEST_CASE("Create rejects bad options, routers and busy ports", "[http]") {
         absl::StatusCode::kUnavailable);
 }
 
-TEST_CASE("Start twice fails; Shutdown is idempotent", "[http]") {
+TEST_CASE("Start twice fails and Shutdown is idempotent", "[http]") {
   TestServer server;
   CHECK(server.server().Start().code() ==
         absl::StatusCode::kFailedPrecondition);
