@@ -4,6 +4,7 @@
 #include "example_app/account.h"
 #include "framework/http/json_body.h"
 #include "framework/http/status_mapping.h"
+#include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "framework/uuid.h"
@@ -72,6 +73,34 @@ BankApp::BankApp(cqrs::PgPool* pool, BankOptions options,
       store_(std::move(store)),
       idempotency_(std::move(idem)),
       runner_(store_.get(), idempotency_.get()) {}
+
+BankApp::~BankApp() {
+  {
+    absl::MutexLock lock(&maintenance_mu_);
+    stopping_ = true;
+  }
+  if (maintenance_.joinable()) maintenance_.join();
+}
+
+void BankApp::StartMaintenance(absl::Duration interval) {
+  maintenance_ = std::thread([this, interval] {
+    while (true) {
+      absl::StatusOr<int64_t> purged = idempotency_->PurgeExpired();
+      if (!purged.ok()) {
+        cqrs::Log(cqrs::LogLevel::kWarn, "idempotency purge failed",
+                  {{"error", purged.status().ToString()}});
+      } else if (*purged > 0) {
+        cqrs::Log(cqrs::LogLevel::kInfo, "idempotency records purged",
+                  {{"count", *purged}});
+      }
+      absl::MutexLock lock(&maintenance_mu_);
+      if (maintenance_mu_.AwaitWithTimeout(absl::Condition(&stopping_),
+                                           interval)) {
+        return;
+      }
+    }
+  });
+}
 
 void BankApp::RegisterRoutes(http::Router& router) {
   http::RouteOptions command;

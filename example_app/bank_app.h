@@ -13,9 +13,12 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "commands/http_command.h"
 #include "commands/idempotency.h"
 #include "eventstore/postgres_event_store.h"
@@ -38,12 +41,17 @@ class BankApp {
   // kFailedPrecondition when the schema is not migrated.
   static absl::StatusOr<std::unique_ptr<BankApp>> Create(cqrs::PgPool* pool,
                                                          BankOptions options);
+  ~BankApp();
 
   // Adds the command routes, /healthz and /readyz.
   void RegisterRoutes(cqrs::http::Router& router);
 
   // 200 when the database answers and the schema is migrated, else 503.
   cqrs::http::Response Ready() const;
+
+  // Deletes expired idempotency records now and then every `interval` on a
+  // background thread, until the app is destroyed.
+  void StartMaintenance(absl::Duration interval = absl::Hours(1));
 
   cqrs::eventstore::PostgresEventStore& store() { return *store_; }
   cqrs::commands::IdempotencyStore& idempotency() { return *idempotency_; }
@@ -63,6 +71,10 @@ class BankApp {
   std::unique_ptr<cqrs::eventstore::PostgresEventStore> store_;
   std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idempotency_;
   cqrs::commands::HttpCommandRunner runner_;
+
+  absl::Mutex maintenance_mu_;
+  bool stopping_ ABSL_GUARDED_BY(maintenance_mu_) = false;
+  std::thread maintenance_;
 };
 
 }  // namespace bank

@@ -14,6 +14,7 @@
 #include "framework/embedded_postgres.h"
 #include "framework/http/server.h"
 #include "framework/log.h"
+#include "framework/migrations.h"
 #include "framework/pg_pool.h"
 
 namespace {
@@ -121,6 +122,9 @@ std::string ParseFlags(const std::vector<std::string>& args,
     } else if (name == "--data-dir") {
       flags.data_dir = value;
     } else if (name == "--schema") {
+      if (absl::Status valid = cqrs::ValidateSchemaName(value); !valid.ok()) {
+        return std::string(valid.message());
+      }
       flags.schema = value;
     } else if (name == "--log-format") {
       if (value != "text" && value != "json") {
@@ -199,6 +203,7 @@ int Serve(const Flags& flags) {
   if (!app.ok()) return Fail(app.status());
   cqrs::http::Router router;
   (*app)->RegisterRoutes(router);
+  (*app)->StartMaintenance();
 
   cqrs::http::ServerOptions server_options;
   server_options.listen_address = flags.listen;
