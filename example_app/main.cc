@@ -48,6 +48,7 @@ options:
   --workers N            threads for database work (default 16)
   --pool-size N          database connections (default: --workers + 4)
   --log-format text|json log line format (default text)
+  --idempotency-hours N  keep Idempotency-Key records N hours (default 24)
   --help                 show this help
 )";
 
@@ -72,6 +73,7 @@ struct Flags {
   int threads = 2;
   int workers = 16;
   int pool_size = 0;
+  int idempotency_hours = 24;
   bool help = false;
 };
 
@@ -135,6 +137,11 @@ std::string ParseFlags(const std::vector<std::string>& args,
       if (!positive(&flags.threads)) return "--threads must be 1 to 1024";
     } else if (name == "--workers") {
       if (!positive(&flags.workers)) return "--workers must be 1 to 1024";
+    } else if (name == "--idempotency-hours") {
+      if (!absl::SimpleAtoi(value, &flags.idempotency_hours) ||
+          flags.idempotency_hours < 24 || flags.idempotency_hours > 24 * 365) {
+        return "--idempotency-hours must be 24 to 8760";
+      }
     } else if (name == "--pool-size") {
       if (!positive(&flags.pool_size)) return "--pool-size must be 1 to 1024";
     }
@@ -199,6 +206,7 @@ int Serve(const Flags& flags) {
   }
   bank::BankOptions options;
   options.schema = flags.schema;
+  options.idempotency.retention = absl::Hours(flags.idempotency_hours);
   auto app = bank::BankApp::Create(pool->get(), options);
   if (!app.ok()) return Fail(app.status());
   cqrs::http::Router router;
