@@ -247,11 +247,11 @@ int main(int argc, char** argv) {
   }
   Flags flags;
   if (command == "serve") {
-    std::string error =
-        ParseFlags(args,
-                   {"--listen", "--database-url", "--data-dir", "--schema",
-                    "--threads", "--workers", "--pool-size", "--log-format"},
-                   flags);
+    std::string error = ParseFlags(
+        args,
+        {"--listen", "--database-url", "--data-dir", "--schema", "--threads",
+         "--workers", "--pool-size", "--log-format", "--idempotency-hours"},
+        flags);
     if (flags.help) {
       std::cout << kServeHelp;
       return kOk;
