@@ -782,10 +782,11 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
         row = AppendOn(tx, *sql_, stream, expected, payload, channel);
         return absl::OkStatus();
       }));
-  const bool fresh = row.outcome == "ok";
   absl::StatusOr<AppendResult> result =
       InterpretAppend(std::move(row), stream_id, expected, events);
-  if (fresh && result.ok()) NotifyCommitted(result->position);
+  // Also for already_stored: the first attempt may have committed without
+  // its notification being sent (a connection lost after the commit).
+  if (result.ok()) NotifyCommitted(result->position);
   return result;
 }
 
