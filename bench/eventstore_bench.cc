@@ -586,6 +586,17 @@ std::string Header() {
                          "ratio", "srv us/ev", "cli us/ev");
 }
 
+// True when `pid` is a PostgreSQL process on this machine: then the server
+// is local and the CPU time of its processes can be read.
+bool IsLocalPostgres(int pid) {
+  std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/comm").c_str(), "r");
+  if (f == nullptr) return false;
+  char comm[64] = {};
+  const size_t n = std::fread(comm, 1, sizeof(comm) - 1, f);
+  std::fclose(f);
+  return absl::StartsWith(absl::string_view(comm, n), "postgres");
+}
+
 // User plus system CPU seconds of a local process; < 0 when unreadable.
 double ProcessCpuSeconds(int pid) {
   std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
@@ -757,8 +768,7 @@ class Bench {
     RETURN_IF_ERROR(Guard([&] {
       pqxx::nontransaction tx(*admin_);
       server_local_ =
-          ProcessCpuSeconds(tx.exec1("SELECT pg_backend_pid()")[0].as<int>()) >=
-          0;
+          IsLocalPostgres(tx.exec1("SELECT pg_backend_pid()")[0].as<int>());
     }));
 
     std::printf(

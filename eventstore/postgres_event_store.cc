@@ -6,6 +6,7 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "eventstore/internal/validation.h"
@@ -52,8 +53,8 @@ CREATE TABLE {s}.events (
   event_id        uuid        NOT NULL,
   event_type      text        NOT NULL,
   schema_version  integer     NOT NULL,
-  data            jsonb       NOT NULL,
-  metadata        jsonb       NOT NULL,
+  data            json        NOT NULL,
+  metadata        json        NOT NULL,
   recorded_at     timestamptz NOT NULL DEFAULT now(),
   CONSTRAINT events_event_id_key UNIQUE (event_id),
   CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)
@@ -78,18 +79,20 @@ CREATE TABLE {s}.snapshots (
   created_at     timestamptz NOT NULL DEFAULT now()
 );
 
--- Appends the events of p_events (a JSON array of
--- {"id","type","v","data","meta"}) to one stream in one statement.
+-- The careful path of an append (the store first tries a single INSERT
+-- statement, see kFastAppend): appends the events of p_events (a JSON array
+-- of {"id","type","v","data","meta"}) to one stream and classifies every
+-- outcome.
 -- p_expected: >= 0 exact version (0 = no stream), -1 any, -2 stream exists.
 -- outcome: 'ok', 'already_stored', 'conflict' (current version in
 -- last_version), 'id_conflict', 'deleted'.
 CREATE FUNCTION {s}.append_events(p_stream_id text, p_expected bigint,
-                                  p_events jsonb, p_notify_channel text)
+                                  p_events json, p_notify_channel text)
 RETURNS TABLE (outcome text, first_version bigint, last_version bigint,
                tx xid8, last_position bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
-  v_count   integer := jsonb_array_length(p_events);
+  v_count   integer := json_array_length(p_events);
   v_current bigint;
   v_first   bigint;
   v_matched integer;
@@ -106,7 +109,7 @@ BEGIN
   IF FOUND THEN
     IF v_stream = p_stream_id THEN
       SELECT count(*) INTO v_matched
-        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS n(j, i)
+        FROM json_array_elements(p_events) WITH ORDINALITY AS n(j, i)
         JOIN {s}.events e ON e.event_id = (n.j->>'id')::uuid
        WHERE e.stream_id = p_stream_id
          AND e.stream_version = v_first + n.i - 1;
@@ -146,7 +149,7 @@ BEGIN
                             schema_version, data, metadata)
     SELECT p_stream_id, v_current + n.i, (n.j->>'id')::uuid, n.j->>'type',
            (n.j->>'v')::integer, n.j->'data', n.j->'meta'
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS n(j, i)
+      FROM json_array_elements(p_events) WITH ORDINALITY AS n(j, i)
      ORDER BY n.i
     RETURNING global_position
   )
@@ -192,6 +195,38 @@ END
 $fn$;
 )sql"},
 };
+
+// The common case of an append as one INSERT statement: the version check
+// and the deleted-stream check are conditions of the INSERT, so a mismatch
+// inserts nothing (count 0), and a race with another writer of the stream,
+// or an event id stored already, fails on a unique index. Both cases then
+// take the careful path (append_events), which classifies the outcome under
+// the stream's lock. Parameters as for append_events.
+constexpr char kFastAppend[] = R"sql(
+WITH cur AS (
+  SELECT coalesce(max(stream_version), 0) AS v
+    FROM {s}.events WHERE stream_id = $1
+), ok AS (
+  SELECT cur.v FROM cur
+   WHERE ($2 = -1 OR ($2 >= 0 AND cur.v = $2) OR ($2 = -2 AND cur.v > 0))
+     AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                      WHERE d.stream_id = $1)
+), ins AS (
+  INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                          schema_version, data, metadata)
+  SELECT $1, ok.v + n.i, (n.j->>'id')::uuid, n.j->>'type',
+         (n.j->>'v')::integer, n.j->'data', n.j->'meta'
+    FROM ok, json_array_elements($3::json) WITH ORDINALITY AS n(j, i)
+   ORDER BY n.i
+  RETURNING global_position, stream_version, transaction_id
+)
+SELECT count(*), min(stream_version), max(stream_version),
+       max(transaction_id)::text, max(global_position),
+       CASE WHEN count(*) > 0 AND $4 <> '' THEN
+         pg_notify($4, max(transaction_id)::text || '.' ||
+                       max(global_position)::text)::text END
+  FROM ins
+)sql";
 
 // The columns every event read returns, in this order. Converted columns
 // get names of their own: an output column named like a table column would
@@ -281,7 +316,8 @@ class PostgresEventStore::Statements {
     };
     add(append, "append",
         "SELECT outcome, first_version, last_version, tx::text, "
-        "last_position FROM {s}.append_events($1, $2, $3::jsonb, $4)");
+        "last_position FROM {s}.append_events($1, $2, $3::json, $4)");
+    add(fast_append, "append_fast", kFastAppend);
     add(read_forward, "read_fwd",
         absl::StrCat(
             "SELECT ", kEventColumns,
@@ -347,8 +383,9 @@ class PostgresEventStore::Statements {
     return st.name;
   }
 
-  Statement append, read_forward, read_backward, read_all, read_category,
-      stream_info, delete_stream, save_snapshot, load_snapshot, head;
+  Statement append, fast_append, read_forward, read_backward, read_all,
+      read_category, stream_info, delete_stream, save_snapshot, load_snapshot,
+      head;
 };
 
 int PostgresEventStore::LatestSchemaVersion() {
@@ -410,7 +447,12 @@ void PostgresEventStore::SignalNotifier(Position position) {
 void PostgresEventStore::NotifierLoop() {
   const std::string channel = NotificationChannel(options_.schema);
   std::unique_ptr<pqxx::connection> conn;
+  absl::Time last_sent = absl::InfinitePast();
   while (true) {
+    // Rate limit: appends that commit meanwhile collect in pending_notify_.
+    const absl::Duration wait =
+        last_sent + options_.notify_min_interval - absl::Now();
+    if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
     Position position;
     {
       absl::MutexLock lock(&notify_mu_);
@@ -776,12 +818,47 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
   AppendRow row;
   // Event ids are fixed before the first attempt, so repeating the append on
   // a fresh connection is an idempotent retry.
-  RETURN_IF_ERROR(pool_->Run(
+  bool careful = false;
+  absl::Status fast = pool_->Run(
       PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        row = AppendOn(tx, *sql_, stream, expected, payload, channel);
+        pqxx::row r =
+            tx.exec_prepared1(Statements::On(conn, sql_->fast_append), stream,
+                              ToSqlExpected(expected), payload, channel);
+        if (r[0].as<int64_t>() == 0) {
+          careful = true;  // a version mismatch or a deleted stream
+          return absl::OkStatus();
+        }
+        row.outcome = "ok";
+        row.result.stream_id = stream;
+        row.result.first_version = r[1].as<int64_t>();
+        row.result.last_version = r[2].as<int64_t>();
+        row.result.position.transaction_id = ParseXid(r[3]);
+        row.result.position.global_position = r[4].as<int64_t>();
         return absl::OkStatus();
-      }));
+      });
+  // A unique index said no: a concurrent writer took the version, or an
+  // event id is stored already (a retry). The careful path tells which.
+  if (absl::IsAlreadyExists(fast)) careful = true;
+  if (!fast.ok() && !careful) return fast;
+  // The careful path holds the stream's lock, but fast-path writers do not
+  // take it, so it can still lose a race for a version to one of them; each
+  // loss means another append succeeded, and the next attempt sees it.
+  for (int attempt = 0; careful; ++attempt) {
+    absl::Status status = pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::nontransaction tx(conn);
+          row = AppendOn(tx, *sql_, stream, expected, payload, channel);
+          return absl::OkStatus();
+        });
+    const bool lost_race =
+        absl::IsAlreadyExists(status) &&
+        absl::StrContains(status.message(), "events_stream_version_key");
+    if (!lost_race || attempt >= 100) {
+      RETURN_IF_ERROR(status);
+      careful = false;
+    }
+  }
   absl::StatusOr<AppendResult> result =
       InterpretAppend(std::move(row), stream_id, expected, events);
   // Also for already_stored: the first attempt may have committed without

@@ -50,6 +50,10 @@ struct PostgresEventStoreOptions {
     kNone,
   };
   Notify notify = Notify::kAfterCommit;
+  // With kAfterCommit: at most one NOTIFY per interval; appends in between
+  // are covered by the next one. Bounds the cost under load at the price of
+  // up to this much extra wake-up latency.
+  absl::Duration notify_min_interval = absl::Milliseconds(5);
 };
 
 class PostgresEventStore : public EventStore {
