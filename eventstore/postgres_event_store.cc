@@ -472,6 +472,11 @@ void PostgresEventStore::NotifierLoop() {
       try {
         if (conn == nullptr || !conn->is_open()) {
           conn = std::make_unique<pqxx::connection>(pool_->conninfo());
+          // PostgreSQL gives a NOTIFY's transaction an xid, so its commit
+          // would wait for a WAL flush while holding the global notify lock.
+          // A notification is not durable anyway: don't wait.
+          pqxx::nontransaction setup(*conn);
+          setup.exec("SET synchronous_commit = off");
         }
         pqxx::nontransaction tx(*conn);
         tx.exec_params("SELECT pg_notify($1, $2)", channel, position.ToToken());
