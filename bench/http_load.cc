@@ -58,6 +58,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "eventstore/postgres_event_store.h"
 #include "framework/pg_pool.h"
 #include "framework/status_macros.h"
@@ -280,6 +281,45 @@ double ServerCpuSeconds(int postmaster) {
   return Ticks(ticks);
 }
 
+// Nanoseconds the threads of `pid` have spent runnable but waiting for a
+// CPU (the second field of /proc/<pid>/task/<tid>/schedstat), summed over
+// its live threads; < 0 when unreadable.
+int64_t RunQueueWaitNanos(int pid) {
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  DIR* dir = opendir(tasks.c_str());
+  if (dir == nullptr) return -1;
+  int64_t total = 0;
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::FILE* f = std::fopen(
+        absl::StrCat(tasks, "/", entry->d_name, "/schedstat").c_str(), "r");
+    if (f == nullptr) continue;
+    long long run = 0, wait = 0;
+    if (std::fscanf(f, "%lld %lld", &run, &wait) == 2) total += wait;
+    std::fclose(f);
+  }
+  closedir(dir);
+  return total;
+}
+
+// The same for a server: the postmaster and its live children.
+int64_t ServerRunQueueWaitNanos(int postmaster) {
+  int64_t total = RunQueueWaitNanos(postmaster);
+  if (total < 0) return -1;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  while (const dirent* entry = readdir(proc)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    const std::vector<int64_t> s = ProcStat(pid);
+    if (!s.empty() && s[1] == postmaster) {
+      total += std::max<int64_t>(0, RunQueueWaitNanos(pid));
+    }
+  }
+  closedir(proc);
+  return total;
+}
+
 double SelfCpuSeconds() {
   rusage usage;
   if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
@@ -317,6 +357,10 @@ struct ServerCounters {
   int64_t xacts = 0;       // commits + rollbacks in this database
   int64_t wal_bytes = 0;
   int64_t wal_syncs = 0;
+  // Run-queue waits in nanoseconds; < 0 unknown.
+  int64_t server_wait = -1;
+  int64_t bank_wait = -1;
+  int64_t client_wait = -1;
 };
 
 // Samples counters at the start and end of the window and pg_stat_activity
@@ -391,6 +435,19 @@ class Sampler {
         after_.wal_syncs > before_.wal_syncs
             ? static_cast<double>(ops) / (after_.wal_syncs - before_.wal_syncs)
             : 0.0);
+    auto wait_us = [&](int64_t ServerCounters::*field) -> std::string {
+      const int64_t delta = after_.*field - before_.*field;
+      // Negative when threads that waited exited inside the window.
+      if (before_.*field < 0 || after_.*field < 0 || delta < 0) return "n/a";
+      return absl::StrFormat("%.0f us/op", static_cast<double>(delta) / 1e3 /
+                                               static_cast<double>(ops));
+    };
+    std::printf(
+        "runnable but waiting for a CPU, summed over threads: postgres %s, "
+        "bank %s, load generator %s\n",
+        wait_us(&ServerCounters::server_wait).c_str(),
+        wait_us(&ServerCounters::bank_wait).c_str(),
+        wait_us(&ServerCounters::client_wait).c_str());
     int64_t total = 0;
     for (const auto& [name, count] : activity_) total += count;
     if (total == 0) return;
@@ -417,7 +474,12 @@ class Sampler {
     ServerCounters c;
     c.client_cpu = SelfCpuSeconds();
     if (server_pid_ > 0) c.bank_cpu = ProcessCpuSeconds(server_pid_);
-    if (postmaster_ > 0) c.server_cpu = ServerCpuSeconds(postmaster_);
+    if (postmaster_ > 0) {
+      c.server_cpu = ServerCpuSeconds(postmaster_);
+      c.server_wait = ServerRunQueueWaitNanos(postmaster_);
+    }
+    if (server_pid_ > 0) c.bank_wait = RunQueueWaitNanos(server_pid_);
+    c.client_wait = RunQueueWaitNanos(getpid());
     pqxx::nontransaction tx(conn);
     pqxx::row r = tx.exec1(
         "SELECT xact_commit + xact_rollback,"
@@ -785,10 +847,10 @@ int LoadDeposits(const Flags& flags) {
   std::printf("load average at the end: %s\n", LoadAverage().c_str());
   std::printf(
       "http_load: result mode=load ops_per_s=%.1f ok=%lld failed=%lld "
-      "p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f max_ms=%.2f\n",
+      "completed=%lld p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f max_ms=%.2f\n",
       rps, static_cast<long long>(r->ok), static_cast<long long>(r->failed),
-      l.Percentile(0.5), l.Percentile(0.9), l.Percentile(0.99),
-      l.Percentile(1.0));
+      static_cast<long long>(r->completed), l.Percentile(0.5),
+      l.Percentile(0.9), l.Percentile(0.99), l.Percentile(1.0));
   return r->ok > 0 ? 0 : 1;
 }
 
@@ -920,7 +982,13 @@ int Baseline(const Flags& flags) {
   const Clock::time_point window_end =
       window_start + SecondsToDuration(flags.seconds);
   Sampler sampler(flags.database_url, 0);
-  std::thread sampler_thread([&] { sampler.Run(window_start, window_end); });
+  // Writers stay alive until the last sample: their threads' scheduler
+  // statistics vanish with them.
+  absl::Notification sampled;
+  std::thread sampler_thread([&] {
+    sampler.Run(window_start, window_end);
+    sampled.Notify();
+  });
   absl::Mutex mu;
   absl::Status first_error;
   std::vector<int64_t> ok(flags.writers, 0);
@@ -930,19 +998,20 @@ int Baseline(const Flags& flags) {
     threads.emplace_back([&, w] {
       while (true) {
         const Clock::time_point t0 = Clock::now();
-        if (t0 >= window_end) return;
+        if (t0 >= window_end) break;
         absl::Status s = Guard([&] { writers[w]->Write(); });
         const Clock::time_point t1 = Clock::now();
         if (!s.ok()) {
           absl::MutexLock lock(&mu);
           if (first_error.ok()) first_error = s;
-          return;
+          break;
         }
         if (t1 >= window_start && t1 <= window_end) {
           ++ok[w];
           latencies[w].push_back((t1 - t0).count());
         }
       }
+      sampled.WaitForNotification();
     });
   }
   for (std::thread& t : threads) t.join();
