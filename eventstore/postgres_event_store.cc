@@ -516,6 +516,7 @@ void PostgresEventStore::NotifierLoop() {
         }
         pqxx::nontransaction tx(*conn);
         tx.exec_params("SELECT pg_notify($1, $2)", channel, position.ToToken());
+        last_sent = absl::Now();
         break;
       } catch (const std::exception&) {
         conn.reset();
