@@ -98,6 +98,9 @@ struct Flags {
   // The store's notification mode; the default is production's.
   eventstore::PostgresEventStoreOptions::Notify notify =
       eventstore::PostgresEventStoreOptions::Notify::kAfterCommit;
+  // The after-commit notifier's rate limit (--notify-interval-ms).
+  absl::Duration notify_interval =
+      eventstore::PostgresEventStoreOptions().notify_min_interval;
 };
 
 constexpr char kUsage[] =
@@ -111,6 +114,8 @@ constexpr char kUsage[] =
   --read-page=N        ReadAll page size (default 1000)
   --notify=MODE        the store's notifications: after-commit (default),
                        in-transaction or none
+  --notify-interval-ms=N  at most one after-commit notification per N ms
+                       (default: the store's default)
   --phases=LIST        comma-separated subset of single,batch,read (default:
                        all)
   --keep-schema        do not drop the bench_<random> schema at the end
@@ -189,6 +194,9 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
           return bad();
         }
       }
+    } else if (name == "notify-interval-ms") {
+      if (!absl::SimpleAtoi(value, &number) || number < 0) return bad();
+      flags.notify_interval = absl::Milliseconds(number);
     } else if (name == "notify") {
       using Notify = eventstore::PostgresEventStoreOptions::Notify;
       if (value == "after-commit") {
@@ -762,6 +770,7 @@ class Bench {
     eventstore::PostgresEventStoreOptions store_options;
     store_options.schema = schema_;
     store_options.notify = flags_.notify;
+    store_options.notify_min_interval = flags_.notify_interval;
     ASSIGN_OR_RETURN(store_, PostgresEventStore::Create(
                                  pool_.get(), std::move(store_options)));
     RETURN_IF_ERROR(CreateRawTable());

@@ -264,6 +264,27 @@ SELECT count(*), min(stream_version), max(stream_version),
   FROM ins
 )sql";
 
+// The fast path for the most common append, an exact expected version
+// without an in-transaction notification: a plain INSERT of versions
+// $2+1.. that checks only that version $2 exists (or $2 is 0) and that the
+// stream is not deleted. A version above $2 that exists already fails on the
+// unique index (stream_id, stream_version), so no max() is needed; every
+// other mismatch inserts no row. Both then take the careful path, as for
+// kFastAppend. Returns one row per event, in version order.
+constexpr char kFastAppendExact[] = R"sql(
+INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                        schema_version, data, metadata)
+SELECT $1, $2 + n.i, n.id, n.type, n.v, n.data, n.meta
+  FROM unnest($3::uuid[], $4::text[], $5::integer[], $6::json[], $7::json[])
+       WITH ORDINALITY AS n(id, type, v, data, meta, i)
+ WHERE ($2 = 0 OR EXISTS (SELECT 1 FROM {s}.events e
+                           WHERE e.stream_id = $1 AND e.stream_version = $2))
+   AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                    WHERE d.stream_id = $1)
+ ORDER BY n.i
+RETURNING global_position, stream_version, transaction_id::text
+)sql";
+
 // The columns every event read returns, in this order. Converted columns
 // get names of their own: an output column named like a table column would
 // capture that name in ORDER BY (sorting xid8 as text, without the index).
@@ -354,6 +375,7 @@ class PostgresEventStore::Statements {
         "SELECT outcome, first_version, last_version, tx::text, "
         "last_position FROM {s}.append_events($1, $2, $3::json, $4)");
     add(fast_append, "append_fast", kFastAppend);
+    add(fast_append_exact, "append_exact", kFastAppendExact);
     add(read_forward, "read_fwd",
         absl::StrCat(
             "SELECT ", kEventColumns,
@@ -419,9 +441,9 @@ class PostgresEventStore::Statements {
     return st.name;
   }
 
-  Statement append, fast_append, read_forward, read_backward, read_all,
-      read_category, stream_info, delete_stream, save_snapshot, load_snapshot,
-      head;
+  Statement append, fast_append, fast_append_exact, read_forward, read_backward,
+      read_all, read_category, stream_info, delete_stream, save_snapshot,
+      load_snapshot, head;
 };
 
 int PostgresEventStore::LatestSchemaVersion() {
@@ -864,16 +886,33 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
   absl::Status fast = pool_->Run(
       PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
         pqxx::nontransaction tx(conn);
-        pqxx::row r = tx.exec_prepared1(
-            Statements::On(conn, sql_->fast_append), stream,
-            ToSqlExpected(expected), arrays.ids, arrays.types, arrays.versions,
-            arrays.data, arrays.metadata, channel);
+        const int64_t sql_expected = ToSqlExpected(expected);
+        row.outcome = "ok";
+        row.result.stream_id = stream;
+        if (sql_expected >= 0 && channel.empty()) {
+          const pqxx::result rows =
+              tx.exec_prepared(Statements::On(conn, sql_->fast_append_exact),
+                               stream, sql_expected, arrays.ids, arrays.types,
+                               arrays.versions, arrays.data, arrays.metadata);
+          if (rows.empty()) {
+            careful = true;  // a version mismatch or a deleted stream
+            return absl::OkStatus();
+          }
+          const pqxx::row last = rows[rows.size() - 1];
+          row.result.first_version = rows[0][1].as<int64_t>();
+          row.result.last_version = last[1].as<int64_t>();
+          row.result.position.transaction_id = ParseXid(last[2]);
+          row.result.position.global_position = last[0].as<int64_t>();
+          return absl::OkStatus();
+        }
+        pqxx::row r = tx.exec_prepared1(Statements::On(conn, sql_->fast_append),
+                                        stream, sql_expected, arrays.ids,
+                                        arrays.types, arrays.versions,
+                                        arrays.data, arrays.metadata, channel);
         if (r[0].as<int64_t>() == 0) {
           careful = true;  // a version mismatch or a deleted stream
           return absl::OkStatus();
         }
-        row.outcome = "ok";
-        row.result.stream_id = stream;
         row.result.first_version = r[1].as<int64_t>();
         row.result.last_version = r[2].as<int64_t>();
         row.result.position.transaction_id = ParseXid(r[3]);
