@@ -214,16 +214,29 @@ TEST_CASE("required versions and stale caches", "[commands]") {
 
 TEST_CASE("concurrent commands on one aggregate all land exactly once",
           "[commands]") {
+  // Serialized in the process (the default), and racing through the
+  // optimistic version check alone (as commands of separate processes do).
+  const bool serialized = GENERATE(true, false);
+  CAPTURE(serialized);
   eventstore::InMemoryEventStore store;
-  AggregateType<Counter, CounterEvent> counters(CounterOptions());
+  AggregateType<Counter, CounterEvent>::Options options = CounterOptions();
+  options.serialize_in_process = serialized;
+  AggregateType<Counter, CounterEvent> counters(std::move(options));
   std::atomic<int> failures{0};
+  std::atomic<int> decisions{0};
+  const AggregateType<Counter, CounterEvent>::Decide add = Add(1);
+  const AggregateType<Counter, CounterEvent>::Decide counted =
+      [&](const Counter& c, int64_t version) {
+        ++decisions;
+        return add(c, version);
+      };
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 10; ++i) {
         if (!counters
                  .Execute(store, "c", CommandMetadata::ForCommand(""), {},
-                          Add(1))
+                          counted)
                  .ok()) {
           ++failures;
         }
@@ -232,6 +245,8 @@ TEST_CASE("concurrent commands on one aggregate all land exactly once",
   }
   for (auto& t : threads) t.join();
   CHECK(failures == 0);
+  // In one process, serialized commands never decide on a stale version.
+  if (serialized) CHECK(decisions == 80);
   counters.ClearCache();
   auto loaded = counters.Load(store, "c");
   REQUIRE(loaded.ok());
