@@ -1,11 +1,15 @@
 #include "eventstore/postgres_event_store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include <pqxx/pqxx>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -286,6 +290,31 @@ SELECT $1, $2 + n.i, n.id, n.type, n.v, n.data, n.meta
 RETURNING global_position, stream_version, transaction_id::text
 )sql";
 
+// Group commit (PostgresEventStoreOptions::group_commit_in_flight): many
+// single-event appends at exact versions, each to its stream, in one
+// statement. Each row is checked as in kFastAppendExact; a row whose version
+// or event id is taken is skipped (ON CONFLICT DO NOTHING) instead of
+// failing the others, and its append takes the careful path. Rows go in in
+// stream order, so that two groups never wait for each other in a cycle.
+// Returns the inserted rows.
+constexpr char kGroupAppend[] = R"sql(
+INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                        schema_version, data, metadata)
+SELECT r.stream, r.expected + 1, r.id, r.type, r.v, r.data, r.meta
+  FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[],
+              $5::integer[], $6::json[], $7::json[])
+       AS r(stream, expected, id, type, v, data, meta)
+ WHERE (r.expected = 0 OR EXISTS (SELECT 1 FROM {s}.events e
+                                   WHERE e.stream_id = r.stream
+                                     AND e.stream_version = r.expected))
+   AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                    WHERE d.stream_id = r.stream)
+ ORDER BY r.stream
+ON CONFLICT DO NOTHING
+RETURNING event_id::text AS id_text, stream_version, global_position,
+          transaction_id::text AS xid_text
+)sql";
+
 // The columns every event read returns, in this order. Converted columns
 // get names of their own: an output column named like a table column would
 // capture that name in ORDER BY (sorting xid8 as text, without the index).
@@ -377,6 +406,7 @@ class PostgresEventStore::Statements {
         "last_position FROM {s}.append_events($1, $2, $3::json, $4)");
     add(fast_append, "append_fast", kFastAppend);
     add(fast_append_exact, "append_exact", kFastAppendExact);
+    add(group_append, "append_group", kGroupAppend);
     add(read_forward, "read_fwd",
         absl::StrCat(
             "SELECT ", kEventColumns,
@@ -442,9 +472,9 @@ class PostgresEventStore::Statements {
     return st.name;
   }
 
-  Statement append, fast_append, fast_append_exact, read_forward, read_backward,
-      read_all, read_category, stream_info, delete_stream, save_snapshot,
-      load_snapshot, head;
+  Statement append, fast_append, fast_append_exact, group_append, read_forward,
+      read_backward, read_all, read_category, stream_info, delete_stream,
+      save_snapshot, load_snapshot, head;
 };
 
 int PostgresEventStore::LatestSchemaVersion() {
@@ -873,6 +903,105 @@ std::string PostgresEventStore::InTransactionChannel() const {
              : std::string();
 }
 
+struct PostgresEventStore::GroupedAppend {
+  enum class Outcome { kPending, kInserted, kCareful };
+  const std::string* stream = nullptr;
+  int64_t expected = 0;
+  const NewEvent* event = nullptr;
+  // Written by the group's leader; read by the appender once `outcome` is
+  // no longer kPending (which is written under group_mu_).
+  Outcome outcome = Outcome::kPending;
+  int64_t version = 0;
+  Position position;
+};
+
+int PostgresEventStore::grouped_appends_waiting() const {
+  absl::MutexLock lock(&group_mu_);
+  return static_cast<int>(group_queue_.size());
+}
+
+void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
+  using Outcome = GroupedAppend::Outcome;
+  absl::MutexLock lock(&group_mu_);
+  group_queue_.push_back(g);
+  while (true) {
+    auto done_or_can_lead = [this,
+                             g]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(group_mu_) {
+      return g->outcome != Outcome::kPending ||
+             (groups_in_flight_ < options_.group_commit_in_flight &&
+              !group_queue_.empty());
+    };
+    group_mu_.Await(absl::Condition(&done_or_can_lead));
+    if (g->outcome != Outcome::kPending) return;
+    // Lead a group: whatever is queued, oldest first (not necessarily g).
+    const size_t n = std::min(
+        group_queue_.size(),
+        static_cast<size_t>(std::max(1, options_.group_commit_max_events)));
+    std::vector<GroupedAppend*> group(group_queue_.begin(),
+                                      group_queue_.begin() + n);
+    group_queue_.erase(group_queue_.begin(), group_queue_.begin() + n);
+    ++groups_in_flight_;
+    group_mu_.Unlock();
+    std::vector<bool> inserted(group.size(), false);
+    WriteGroup(group, &inserted);
+    group_mu_.Lock();
+    --groups_in_flight_;
+    for (size_t i = 0; i < group.size(); ++i) {
+      group[i]->outcome = inserted[i] ? Outcome::kInserted : Outcome::kCareful;
+    }
+  }
+}
+
+void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
+                                    std::vector<bool>* inserted) {
+  std::vector<size_t> order(group.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return *group[a]->stream < *group[b]->stream;
+  });
+  EventArrays arrays;
+  std::string streams = "{", expected = "{";
+  absl::flat_hash_map<std::string, size_t> by_id;
+  for (size_t i : order) {
+    const GroupedAppend& g = *group[i];
+    AppendArrayElement(streams, *g.stream);
+    AppendArrayElement(expected, absl::StrCat(g.expected));
+    AppendArrayElement(arrays.ids, g.event->event_id);
+    AppendArrayElement(arrays.types, g.event->event_type);
+    AppendArrayElement(arrays.versions, absl::StrCat(g.event->schema_version));
+    AppendArrayElement(arrays.data, g.event->data);
+    AppendArrayElement(arrays.metadata, g.event->metadata);
+    by_id.emplace(absl::AsciiStrToLower(g.event->event_id), i);
+  }
+  for (std::string* a : {&streams, &expected, &arrays.ids, &arrays.types,
+                         &arrays.versions, &arrays.data, &arrays.metadata}) {
+    a->push_back('}');
+  }
+  // Any error leaves every append not inserted: each then runs on its
+  // own and meets (or reports) the problem itself.
+  pool_
+      ->Run(PgPool::Retry::kOnBrokenConnection,
+            [&](pqxx::connection& conn) {
+              pqxx::nontransaction tx(conn);
+              const pqxx::result rows = tx.exec_prepared(
+                  Statements::On(conn, sql_->group_append), streams, expected,
+                  arrays.ids, arrays.types, arrays.versions, arrays.data,
+                  arrays.metadata);
+              for (const pqxx::row& row : rows) {
+                auto it = by_id.find(
+                    absl::string_view(row[0].c_str(), row[0].size()));
+                if (it == by_id.end()) continue;
+                GroupedAppend& g = *group[it->second];
+                g.version = row[1].as<int64_t>();
+                g.position.global_position = row[2].as<int64_t>();
+                g.position.transaction_id = ParseXid(row[3]);
+                (*inserted)[it->second] = true;
+              }
+              return absl::OkStatus();
+            })
+      .IgnoreError();
+}
+
 absl::StatusOr<AppendResult> PostgresEventStore::Append(
     absl::string_view stream_id, ExpectedVersion expected,
     std::vector<NewEvent> events) {
@@ -884,42 +1013,60 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
   // Event ids are fixed before the first attempt, so repeating the append on
   // a fresh connection is an idempotent retry.
   bool careful = false;
-  absl::Status fast = pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        const int64_t sql_expected = ToSqlExpected(expected);
-        row.outcome = "ok";
-        row.result.stream_id = stream;
-        if (sql_expected >= 0 && channel.empty() && events.size() == 1) {
-          const pqxx::result rows =
-              tx.exec_prepared(Statements::On(conn, sql_->fast_append_exact),
-                               stream, sql_expected, arrays.ids, arrays.types,
-                               arrays.versions, arrays.data, arrays.metadata);
-          if (rows.empty()) {
+  absl::Status fast;
+  if (options_.group_commit_in_flight > 0 && events.size() == 1 &&
+      channel.empty() && ToSqlExpected(expected) >= 0) {
+    GroupedAppend g;
+    g.stream = &stream;
+    g.expected = ToSqlExpected(expected);
+    g.event = &events[0];
+    AppendGrouped(&g);
+    if (g.outcome == GroupedAppend::Outcome::kInserted) {
+      row.outcome = "ok";
+      row.result.stream_id = stream;
+      row.result.first_version = row.result.last_version = g.version;
+      row.result.position = g.position;
+    } else {
+      careful = true;
+    }
+  } else {
+    fast = pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::nontransaction tx(conn);
+          const int64_t sql_expected = ToSqlExpected(expected);
+          row.outcome = "ok";
+          row.result.stream_id = stream;
+          if (sql_expected >= 0 && channel.empty() && events.size() == 1) {
+            const pqxx::result rows =
+                tx.exec_prepared(Statements::On(conn, sql_->fast_append_exact),
+                                 stream, sql_expected, arrays.ids, arrays.types,
+                                 arrays.versions, arrays.data, arrays.metadata);
+            if (rows.empty()) {
+              careful = true;  // a version mismatch or a deleted stream
+              return absl::OkStatus();
+            }
+            const pqxx::row last = rows[rows.size() - 1];
+            row.result.first_version = rows[0][1].as<int64_t>();
+            row.result.last_version = last[1].as<int64_t>();
+            row.result.position.transaction_id = ParseXid(last[2]);
+            row.result.position.global_position = last[0].as<int64_t>();
+            return absl::OkStatus();
+          }
+          pqxx::row r = tx.exec_prepared1(
+              Statements::On(conn, sql_->fast_append), stream, sql_expected,
+              arrays.ids, arrays.types, arrays.versions, arrays.data,
+              arrays.metadata, channel);
+          if (r[0].as<int64_t>() == 0) {
             careful = true;  // a version mismatch or a deleted stream
             return absl::OkStatus();
           }
-          const pqxx::row last = rows[rows.size() - 1];
-          row.result.first_version = rows[0][1].as<int64_t>();
-          row.result.last_version = last[1].as<int64_t>();
-          row.result.position.transaction_id = ParseXid(last[2]);
-          row.result.position.global_position = last[0].as<int64_t>();
+          row.result.first_version = r[1].as<int64_t>();
+          row.result.last_version = r[2].as<int64_t>();
+          row.result.position.transaction_id = ParseXid(r[3]);
+          row.result.position.global_position = r[4].as<int64_t>();
           return absl::OkStatus();
-        }
-        pqxx::row r = tx.exec_prepared1(Statements::On(conn, sql_->fast_append),
-                                        stream, sql_expected, arrays.ids,
-                                        arrays.types, arrays.versions,
-                                        arrays.data, arrays.metadata, channel);
-        if (r[0].as<int64_t>() == 0) {
-          careful = true;  // a version mismatch or a deleted stream
-          return absl::OkStatus();
-        }
-        row.result.first_version = r[1].as<int64_t>();
-        row.result.last_version = r[2].as<int64_t>();
-        row.result.position.transaction_id = ParseXid(r[3]);
-        row.result.position.global_position = r[4].as<int64_t>();
-        return absl::OkStatus();
-      });
+        });
+  }
   // A unique index said no: a concurrent writer took the version, or an
   // event id is stored already (a retry). The careful path tells which.
   if (absl::IsAlreadyExists(fast)) careful = true;

@@ -312,6 +312,77 @@ TEST_CASE("exact-version races: exactly one writer wins each version",
   CHECK(other == 0);
 }
 
+TEST_CASE("group commit: appends queued behind another share one statement",
+          "[eventstore][pg]") {
+  TestSchema schema;
+  PostgresEventStoreOptions options;
+  options.group_commit_in_flight = 1;
+  auto store = schema.NewEventStore(options);
+  // Holds the first group inside PostgreSQL while the others queue.
+  pqxx::connection blocker(schema.url());
+  pqxx::work lock(blocker);
+  lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
+  std::thread first([&] {
+    CHECK(store
+              ->Append("g-0", ExpectedVersion::NoStream(),
+                       {MakeEvent("Opened", 0)})
+              .ok());
+  });
+  const std::string blocked = absl::StrCat(
+      "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '",
+      schema.name(), ".events'::regclass");
+  for (int i = 0; i < 2000 && schema.QueryInt(blocked) == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  REQUIRE(schema.QueryInt(blocked) == 1);
+
+  // Ten new streams, a second append to g-1 and one to g-0 (taken by the
+  // first append) at "no stream": two must conflict, without failing the
+  // others of their group.
+  std::vector<std::string> streams;
+  for (int i = 1; i <= 10; ++i) streams.push_back(absl::StrCat("g-", i));
+  streams.push_back("g-1");
+  streams.push_back("g-0");
+  std::atomic<int> ok{0};
+  std::atomic<int> conflicts{0};
+  std::vector<std::thread> queued;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    queued.emplace_back([&, i] {
+      auto r = store->Append(streams[i], ExpectedVersion::NoStream(),
+                             {MakeEvent("Opened", static_cast<int>(i))});
+      if (r.ok()) {
+        ++ok;
+      } else if (ConflictActualVersion(r.status()) == 1) {
+        ++conflicts;
+      }
+    });
+  }
+  for (int i = 0; i < 2000 && store->grouped_appends_waiting() < 12; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  REQUIRE(store->grouped_appends_waiting() == 12);
+  lock.abort();
+  first.join();
+  for (auto& t : queued) t.join();
+  CHECK(ok == 10);
+  CHECK(conflicts == 2);
+
+  Position from = Position::Start();
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 11);
+  REQUIRE(all.size() == 11);
+  CHECK(all[0].stream_id == "g-0");
+  std::set<uint64_t> group_transactions;
+  std::set<std::string> group_streams;
+  for (size_t i = 1; i < all.size(); ++i) {
+    group_transactions.insert(all[i].position.transaction_id);
+    group_streams.insert(all[i].stream_id);
+    CHECK(all[i].stream_version == 1);
+  }
+  CHECK(group_transactions.size() == 1);
+  CHECK(group_streams.size() == 10);
+  CHECK(*group_transactions.begin() != all[0].position.transaction_id);
+}
+
 TEST_CASE("a terminated connection does not fail the next operation",
           "[eventstore][pg]") {
   TestSchema schema;
