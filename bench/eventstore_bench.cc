@@ -101,6 +101,9 @@ struct Flags {
   // The after-commit notifier's rate limit (--notify-interval-ms).
   absl::Duration notify_interval =
       eventstore::PostgresEventStoreOptions().notify_min_interval;
+  // The store's group commit (--group-in-flight; 0 turns it off).
+  int group_in_flight =
+      eventstore::PostgresEventStoreOptions().group_commit_in_flight;
 };
 
 constexpr char kUsage[] =
@@ -116,6 +119,8 @@ constexpr char kUsage[] =
                        in-transaction or none
   --notify-interval-ms=N  at most one after-commit notification per N ms
                        (default: the store's default)
+  --group-in-flight=N  the store's group_commit_in_flight (0: no grouping;
+                       default: the store's default)
   --phases=LIST        comma-separated subset of single,batch,read (default:
                        all)
   --keep-schema        do not drop the bench_<random> schema at the end
@@ -194,6 +199,11 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
           return bad();
         }
       }
+    } else if (name == "group-in-flight") {
+      if (!absl::SimpleAtoi(value, &number) || number < 0 || number > 1000) {
+        return bad();
+      }
+      flags.group_in_flight = static_cast<int>(number);
     } else if (name == "notify-interval-ms") {
       if (!absl::SimpleAtoi(value, &number) || number < 0) return bad();
       flags.notify_interval = absl::Milliseconds(number);
@@ -771,6 +781,7 @@ class Bench {
     store_options.schema = schema_;
     store_options.notify = flags_.notify;
     store_options.notify_min_interval = flags_.notify_interval;
+    store_options.group_commit_in_flight = flags_.group_in_flight;
     ASSIGN_OR_RETURN(store_, PostgresEventStore::Create(
                                  pool_.get(), std::move(store_options)));
     RETURN_IF_ERROR(CreateRawTable());

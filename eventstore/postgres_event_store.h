@@ -63,7 +63,7 @@ struct PostgresEventStoreOptions {
   // conflict or error of one never fails another. At most
   // `group_commit_in_flight` such statements run at once; 0 turns grouping
   // off (each append is its own statement).
-  int group_commit_in_flight = 2;
+  int group_commit_in_flight = 4;
   int group_commit_max_events = 64;  // appends per statement
 };
 
