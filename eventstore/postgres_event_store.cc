@@ -1296,7 +1296,9 @@ absl::StatusOr<std::unique_ptr<ChangeListener>> ChangeListener::Create(
     // returning, so no notification after Create() is missed.
     state->conn->get_notifs();
     pqxx::nontransaction tx(*state->conn);
-    tx.exec("SELECT 1");
+    // Named, so that operators (and tests) can tell the session apart.
+    tx.exec_params("SELECT set_config('application_name', $1, false)",
+                   absl::StrCat("cqrs listener ", schema));
   } catch (...) {
     absl::Status status = StatusFromCurrentPgException();
     if (status.code() == absl::StatusCode::kInternal) {

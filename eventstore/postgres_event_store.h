@@ -130,6 +130,9 @@ class PostgresEventStore : public EventStore {
   // channel (a no-op unless Notify::kAfterCommit).
   void NotifyCommitted(Position position);
 
+  // The PostgreSQL schema of the store's tables.
+  const std::string& schema() const { return options_.schema; }
+
   // Grouped appends waiting for a statement to carry them (tests,
   // diagnostics).
   int grouped_appends_waiting() const;
@@ -170,7 +173,8 @@ class PostgresEventStore : public EventStore {
 //                    listener->Wait(absl::Seconds(1)));
 class ChangeListener {
  public:
-  // Connects and LISTENs. kUnavailable when the database is unreachable.
+  // Connects and LISTENs, on a session named (application_name)
+  // "cqrs listener <schema>". kUnavailable when the database is unreachable.
   static absl::StatusOr<std::unique_ptr<ChangeListener>> Create(
       std::string conninfo, absl::string_view schema);
   ~ChangeListener();

@@ -1,0 +1,101 @@
+// A projection: a named, versioned read model kept in PostgreSQL tables and
+// built from the event stream by a ProjectionRunner (projections/runner.h).
+//
+//   Projection p;
+//   p.name = "account_balances";
+//   p.event_types = {"AccountOpened", "MoneyDeposited"};
+//   p.tables = {{"account_balances",
+//                "CREATE TABLE {table} (id text PRIMARY KEY, balance
+//                bigint)"}};
+//   p.apply = [](ProjectionContext& ctx, const EventBatch& events) {...};
+//
+// The runner owns the transaction: it hands the handler a batch of events
+// (in commit order, only of the declared types) and commits the handler's
+// writes together with the projection's new checkpoint, so that each event
+// takes effect exactly once. A handler should apply a batch with few
+// statements (for example one INSERT ... SELECT FROM unnest(...)): rebuild
+// speed depends on it.
+//
+// Tables: readers query `<schema>.<name>`, a view over the physical table of
+// the live generation (`<schema>.<name>_g<N>`); a rebuild fills generation
+// N+1 and swaps the views. A handler therefore always writes through
+// ctx.Table(name), and the DDL names its table `{table}` (also inside index
+// names: `CREATE INDEX {table}_owner_idx ON {table} (owner)`).
+//
+// Thread-safety: a Projection is immutable once given to a runner; `apply`
+// may run on several threads at once (live runner and rebuild), each with
+// its own context.
+#ifndef PROJECTIONS_PROJECTION_H_
+#define PROJECTIONS_PROJECTION_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "eventstore/event_store.h"
+
+namespace pqxx {
+class transaction_base;
+}  // namespace pqxx
+
+namespace cqrs::projections {
+
+using EventBatch = absl::Span<const eventstore::RecordedEvent>;
+
+struct ProjectionTable {
+  std::string name;  // a lower-case identifier; the view readers query
+  std::string ddl;   // CREATE TABLE {table} ...; more statements allowed
+};
+
+// What the runner does with an event that keeps failing.
+enum class ErrorPolicy {
+  // The projection stops at the event (state "failed", the error and its
+  // position in the status) until it is fixed and restarted.
+  kStop,
+  // The event is parked in the dead-letter table and the projection goes
+  // on. Later events of the same stream are parked behind it (per-stream
+  // order) until the parked events are replayed.
+  kPark,
+};
+
+// Handed to `apply`: the transaction and the physical table names of the
+// generation being written.
+class ProjectionContext {
+ public:
+  virtual ~ProjectionContext() = default;
+  // The transaction the runner commits with the checkpoint. Do not commit or
+  // abort it; throw or return an error to roll the batch back.
+  virtual pqxx::transaction_base& tx() = 0;
+  // The schema-qualified physical name of the projection's table `name`
+  // (one of Projection::tables), to splice into SQL.
+  virtual const std::string& Table(absl::string_view name) const = 0;
+};
+
+struct Projection {
+  std::string name;  // lower-case identifier, unique in the schema
+  // Bump when the handler or the tables change meaning: the new code then
+  // needs `projections rebuild` (docs/projections.md).
+  int version = 1;
+  // Only these event types reach `apply`; others are skipped.
+  std::vector<std::string> event_types;
+  std::vector<ProjectionTable> tables;
+  // Applies a batch (never empty). An error, or an exception, rolls the
+  // batch back; the runner retries and then follows `on_error`.
+  std::function<absl::Status(ProjectionContext&, EventBatch)> apply;
+  ErrorPolicy on_error = ErrorPolicy::kStop;
+  // Attempts of a failing batch before `on_error` applies to its first
+  // failing event.
+  int max_attempts = 5;
+};
+
+// kInvalidArgument unless `p` has a valid name, version >= 1, at least one
+// event type and table, valid table names, `{table}` in every DDL and an
+// `apply` function.
+absl::Status ValidateProjection(const Projection& p);
+
+}  // namespace cqrs::projections
+
+#endif  // PROJECTIONS_PROJECTION_H_

@@ -1,0 +1,717 @@
+#include "projections/runner.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include <pqxx/pqxx>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "framework/log.h"
+#include "framework/migrations.h"
+#include "framework/status_macros.h"
+
+namespace cqrs::projections {
+namespace {
+
+using eventstore::Position;
+using eventstore::RecordedEvent;
+
+constexpr char kComponent[] = "projections";
+
+constexpr Migration kMigrations[] = {
+    {1, "projection checkpoints and dead letters", R"sql(
+CREATE TABLE {s}.projections (
+  name            text        PRIMARY KEY,
+  version         integer     NOT NULL,
+  generation      integer     NOT NULL,
+  position_xid    xid8        NOT NULL DEFAULT '0',
+  position_gp     bigint      NOT NULL DEFAULT 0,
+  state           text        NOT NULL DEFAULT 'running',
+  last_error      text,
+  failed_position text,
+  updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.projection_parked (
+  name            text        NOT NULL,
+  generation      integer     NOT NULL,
+  transaction_id  xid8        NOT NULL,
+  global_position bigint      NOT NULL,
+  stream_id       text        NOT NULL,
+  event_id        uuid        NOT NULL,
+  event_type      text        NOT NULL,
+  error           text        NOT NULL,
+  parked_at       timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (name, generation, transaction_id, global_position)
+);
+)sql"},
+};
+
+// Advisory-lock key space of projection ownership (pg_try_advisory_lock's
+// two-int form: this class id and a hash of "<schema>.<name>").
+constexpr int kOwnershipLockClass = 0x70726f6a;  // "proj"
+
+std::string PhysicalTable(absl::string_view schema, absl::string_view table,
+                          int generation) {
+  return absl::StrCat(schema, ".", table, "_g", generation);
+}
+
+uint64_t ParseXid(const pqxx::field& f) {
+  uint64_t xid = 0;
+  if (!absl::SimpleAtoi(absl::string_view(f.c_str(), f.size()), &xid)) {
+    throw pqxx::conversion_error("transaction id out of range");
+  }
+  return xid;
+}
+
+// Creates the tables of `p` for `generation`, and the views readers query
+// when `with_views`. Runs inside `tx`.
+void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
+                  const Projection& p, int generation, bool with_views) {
+  for (const ProjectionTable& t : p.tables) {
+    const std::string physical = PhysicalTable(schema, t.name, generation);
+    tx.exec(absl::StrReplaceAll(t.ddl, {{"{table}", physical}}));
+    if (with_views) {
+      tx.exec(absl::StrCat("CREATE VIEW ", schema, ".", t.name,
+                           " AS SELECT * FROM ", physical));
+    }
+  }
+}
+
+class Context : public ProjectionContext {
+ public:
+  Context(pqxx::transaction_base& tx,
+          const absl::flat_hash_map<std::string, std::string>* tables)
+      : tx_(tx), tables_(tables) {}
+  pqxx::transaction_base& tx() override { return tx_; }
+  const std::string& Table(absl::string_view name) const override {
+    auto it = tables_->find(name);
+    if (it == tables_->end()) {
+      throw std::invalid_argument(
+          absl::StrCat("no table '", name, "' in this projection"));
+    }
+    return it->second;
+  }
+
+ private:
+  pqxx::transaction_base& tx_;
+  const absl::flat_hash_map<std::string, std::string>* tables_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+// One projection's worker: ownership, batches, error policy, live waiting.
+class Worker {
+ public:
+  Worker(PgPool* pool, eventstore::PostgresEventStore* store,
+         const ProjectionRunnerOptions* options, Projection projection)
+      : pool_(pool),
+        store_(store),
+        options_(options),
+        p_(std::move(projection)),
+        types_(p_.event_types.begin(), p_.event_types.end()) {
+    status_.name = p_.name;
+    status_.version = p_.version;
+    status_.state = "stopped";
+  }
+
+  const Projection& projection() const { return p_; }
+
+  void Start() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = false;
+    }
+    thread_ = std::thread([this] { Loop(); });
+  }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+    ownership_.reset();
+    SetState("stopped");
+  }
+
+  // A notification: events up to `position` are committed.
+  void Notify(Position position) {
+    absl::MutexLock lock(&mu_);
+    if (notified_ < position) notified_ = position;
+  }
+  // The listener reconnected: notifications may have been lost.
+  void Poke() {
+    absl::MutexLock lock(&mu_);
+    poked_ = true;
+  }
+
+  ProjectionStatus Status() const {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+ private:
+  enum class BatchResult { kFull, kPartial, kEmpty, kRaced };
+
+  struct Failure {
+    absl::Status status;
+    std::optional<RecordedEvent> event;  // the failing event, when known
+  };
+
+  void SetState(absl::string_view state) {
+    absl::MutexLock lock(&mu_);
+    status_.state = std::string(state);
+  }
+
+  bool stopping() const {
+    absl::MutexLock lock(&mu_);
+    return stopping_;
+  }
+
+  // Sleeps up to `d`, returning early when stopping.
+  void SleepFor(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), d);
+  }
+
+  void Loop() {
+    int attempts = 0;
+    // After a failed batch: one event at a time up to here, to find the
+    // failing event. (Not std::optional: GCC 12 warns falsely on it.)
+    bool isolating = false;
+    Position isolate_until;
+    absl::Duration busy_wait = absl::Milliseconds(1);
+    while (!stopping()) {
+      if (!Owned()) {
+        SetState("standby");
+        SleepFor(options_->takeover_interval);
+        continue;
+      }
+      if (!prepared_) {
+        absl::Status s = Prepare();
+        if (!s.ok()) {
+          Log(LogLevel::kWarn, "projection not ready",
+              {{"projection", p_.name}, {"error", s.ToString()}});
+          SleepFor(Backoff(attempts++));
+          continue;
+        }
+        if (status_state() == "stopped_version") {
+          SleepFor(options_->takeover_interval);
+          continue;
+        }
+      }
+      if (failed_) {
+        SleepFor(options_->poll_interval);
+        continue;
+      }
+      const int limit = isolating ? 1 : options_->batch_size;
+      Failure failure;
+      absl::StatusOr<BatchResult> r = RunBatch(limit, &failure);
+      if (!r.ok()) {
+        ++attempts;
+        Log(LogLevel::kWarn, "projection batch failed",
+            {{"projection", p_.name},
+             {"attempt", absl::StrCat(attempts)},
+             {"error", r.status().ToString()}});
+        if (attempts >= p_.max_attempts && failure.event.has_value()) {
+          attempts = 0;
+          if (limit > 1) {
+            // Find the failing event: one event at a time up to the end of
+            // this batch, each with max_attempts attempts of its own.
+            isolating = true;
+            isolate_until = last_read_;
+            continue;
+          }
+          HandlePoison(*failure.event, r.status());
+          continue;
+        }
+        SleepFor(Backoff(attempts));
+        continue;
+      }
+      attempts = 0;
+      if (isolating && !(checkpoint() < isolate_until)) isolating = false;
+      switch (*r) {
+        case BatchResult::kFull:
+        case BatchResult::kRaced:
+          SetState("catching_up");
+          busy_wait = absl::Milliseconds(1);
+          continue;
+        case BatchResult::kPartial:
+          busy_wait = absl::Milliseconds(1);
+          SetState("running");
+          break;
+        case BatchResult::kEmpty:
+          SetState("running");
+          break;
+      }
+      WaitForEvents(&busy_wait);
+    }
+  }
+
+  std::string status_state() const {
+    absl::MutexLock lock(&mu_);
+    return status_.state;
+  }
+
+  Position checkpoint() const {
+    absl::MutexLock lock(&mu_);
+    return status_.position;
+  }
+
+  absl::Duration Backoff(int attempt) const {
+    return std::min(absl::Seconds(5),
+                    options_->retry_backoff *
+                        (int64_t{1} << std::min(std::max(attempt - 1, 0), 7)));
+  }
+
+  // Live mode: returns when a notification says there is more, when the
+  // poll interval passed, or when stopping. A notified position that the
+  // last read did not reach yet (its transaction was not yet visible to
+  // readers) is retried after a short, growing pause.
+  void WaitForEvents(absl::Duration* busy_wait) {
+    absl::MutexLock lock(&mu_);
+    if (status_.position < notified_) {
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), *busy_wait);
+      *busy_wait = std::min(*busy_wait * 2, absl::Milliseconds(50));
+      return;
+    }
+    auto more = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || poked_ || status_.position < notified_;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&more), options_->poll_interval);
+    poked_ = false;
+  }
+
+  // Takes or confirms ownership on the dedicated session.
+  bool Owned() {
+    const absl::Time now = absl::Now();
+    if (ownership_ != nullptr && now < next_ownership_check_) return true;
+    next_ownership_check_ = now + options_->poll_interval;
+    try {
+      if (ownership_ != nullptr && ownership_->is_open()) {
+        pqxx::nontransaction tx(*ownership_);
+        tx.exec("SELECT 1");
+        return true;
+      }
+      ownership_.reset();
+      prepared_ = false;
+      auto conn = std::make_unique<pqxx::connection>(pool_->conninfo());
+      pqxx::nontransaction tx(*conn);
+      tx.exec_params(
+          "SELECT set_config('application_name', $1, false)",
+          absl::StrCat("cqrs projection ", options_->schema, ".", p_.name));
+      const bool got =
+          tx.exec_params1("SELECT pg_try_advisory_lock($1, hashtext($2))",
+                          kOwnershipLockClass,
+                          absl::StrCat(options_->schema, ".", p_.name))[0]
+              .as<bool>();
+      if (!got) return false;
+      ownership_ = std::move(conn);
+      Log(LogLevel::kInfo, "projection owned",
+          {{"projection", p_.name}, {"schema", options_->schema}});
+      return true;
+    } catch (const std::exception& e) {
+      Log(LogLevel::kWarn, "projection ownership session failed",
+          {{"projection", p_.name}, {"error", e.what()}});
+      ownership_.reset();
+      prepared_ = false;
+      return false;
+    }
+  }
+
+  // Loads the projection's row: generation, checkpoint, state, parked
+  // streams. The row and tables exist (Create made them).
+  absl::Status Prepare() {
+    return pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::work tx(conn);
+          pqxx::row row = tx.exec_params1(
+              absl::StrCat("SELECT version, generation, position_xid::text, "
+                           "position_gp, state, coalesce(last_error, ''), "
+                           "coalesce(failed_position, '') FROM ",
+                           options_->schema, ".projections WHERE name = $1"),
+              p_.name);
+          const int version = row[0].as<int>();
+          generation_ = row[1].as<int>();
+          tables_.clear();
+          for (const ProjectionTable& t : p_.tables) {
+            tables_[t.name] =
+                PhysicalTable(options_->schema, t.name, generation_);
+          }
+          parked_streams_.clear();
+          int64_t parked = 0;
+          for (const pqxx::row& r : tx.exec_params(
+                   absl::StrCat("SELECT stream_id, count(*) FROM ",
+                                options_->schema,
+                                ".projection_parked WHERE name = $1 AND "
+                                "generation = $2 GROUP BY stream_id"),
+                   p_.name, generation_)) {
+            parked_streams_.insert(r[0].as<std::string>());
+            parked += r[1].as<int64_t>();
+          }
+          tx.commit();
+          absl::MutexLock lock(&mu_);
+          status_.position = Position{ParseXid(row[2]), row[3].as<int64_t>()};
+          status_.parked = parked;
+          failed_ = row[4].as<std::string>() == "failed";
+          status_.last_error = row[5].as<std::string>();
+          status_.failed_position.reset();
+          if (failed_) {
+            absl::StatusOr<Position> fp =
+                Position::FromToken(row[6].as<std::string>());
+            if (fp.ok()) status_.failed_position = *fp;
+            status_.state = "failed";
+          }
+          if (version != p_.version) {
+            status_.state = "stopped_version";
+            status_.last_error = absl::StrCat(
+                "stored version ", version, ", this build has ", p_.version,
+                ": run `projections rebuild ", p_.name, "`");
+          }
+          prepared_ = true;
+          return absl::OkStatus();
+        });
+  }
+
+  // One batch: read after the checkpoint, lock and re-check the checkpoint,
+  // apply, move the checkpoint, commit.
+  absl::StatusOr<BatchResult> RunBatch(int limit, Failure* failure) {
+    BatchResult result = BatchResult::kEmpty;
+    Position next;
+    int64_t newly_parked = 0;
+    absl::Status status = pool_->Run(
+        PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+          pqxx::work tx(conn);
+          auto events_tx = store_->InTransaction(tx);
+          const Position from = checkpoint();
+          // Reading first: the transaction takes no transaction id (which
+          // would hold back every reader of the event store) until the lock
+          // below, just before the writes.
+          ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
+                           events_tx->ReadAll(from, limit));
+          if (page.events.empty()) return absl::OkStatus();
+          last_read_ = page.next;
+          pqxx::row row = tx.exec_params1(
+              absl::StrCat("SELECT generation, position_xid::text, "
+                           "position_gp, version FROM ",
+                           options_->schema,
+                           ".projections WHERE name = $1 FOR UPDATE"),
+              p_.name);
+          const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
+          if (row[0].as<int>() != generation_ || stored != from ||
+              row[3].as<int>() != p_.version) {
+            // Another process or a rebuild moved it: start over from there.
+            prepared_ = false;
+            result = BatchResult::kRaced;
+            return absl::OkStatus();
+          }
+          std::vector<RecordedEvent> relevant;
+          relevant.reserve(page.events.size());
+          for (RecordedEvent& e : page.events) {
+            if (!types_.contains(e.event_type)) continue;
+            if (parked_streams_.contains(e.stream_id)) {
+              Park(tx, e, "parked behind an earlier event of its stream");
+              ++newly_parked;
+              continue;
+            }
+            relevant.push_back(std::move(e));
+          }
+          if (!relevant.empty()) {
+            Context ctx(tx, &tables_);
+            absl::Status applied;
+            try {
+              applied = p_.apply(ctx, relevant);
+            } catch (const std::exception& e) {
+              applied = absl::InternalError(e.what());
+            }
+            if (applied.ok() && options_->before_commit_for_testing) {
+              applied = options_->before_commit_for_testing(p_.name, page.next);
+            }
+            if (!applied.ok()) {
+              failure->event = relevant.front();
+              return applied;
+            }
+          }
+          tx.exec_params(
+              absl::StrCat("UPDATE ", options_->schema,
+                           ".projections SET position_xid = $2::text::xid8, "
+                           "position_gp = $3, updated_at = now() "
+                           "WHERE name = $1"),
+              p_.name, absl::StrCat(page.next.transaction_id),
+              page.next.global_position);
+          tx.commit();
+          next = page.next;
+          result = static_cast<int>(page.events.size()) >= limit
+                       ? BatchResult::kFull
+                       : BatchResult::kPartial;
+          return absl::OkStatus();
+        });
+    if (!status.ok()) return status;
+    if (result == BatchResult::kFull || result == BatchResult::kPartial) {
+      absl::MutexLock lock(&mu_);
+      status_.position = next;
+      status_.parked += newly_parked;
+    }
+    return result;
+  }
+
+  void Park(pqxx::transaction_base& tx, const RecordedEvent& e,
+            absl::string_view error) {
+    tx.exec_params(
+        absl::StrCat("INSERT INTO ", options_->schema,
+                     ".projection_parked (name, generation, transaction_id, "
+                     "global_position, stream_id, event_id, event_type, "
+                     "error) VALUES ($1, $2, $3::text::xid8, $4, $5, $6, $7, "
+                     "$8) ON CONFLICT DO NOTHING"),
+        p_.name, generation_, absl::StrCat(e.position.transaction_id),
+        e.position.global_position, e.stream_id, e.event_id, e.event_type,
+        std::string(error));
+  }
+
+  // `event` failed max_attempts times on its own: stop or park.
+  void HandlePoison(const RecordedEvent& event, const absl::Status& error) {
+    const std::string message(error.message());
+    Log(LogLevel::kError, "projection event failed",
+        {{"projection", p_.name},
+         {"position", event.position.ToToken()},
+         {"stream", event.stream_id},
+         {"policy", p_.on_error == ErrorPolicy::kPark ? "park" : "stop"},
+         {"error", message}});
+    absl::Status s = pool_->Run(
+        PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+          pqxx::work tx(conn);
+          pqxx::row row = tx.exec_params1(
+              absl::StrCat("SELECT generation, position_xid::text, "
+                           "position_gp FROM ",
+                           options_->schema,
+                           ".projections WHERE name = $1 FOR UPDATE"),
+              p_.name);
+          const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
+          if (row[0].as<int>() != generation_ || stored != checkpoint()) {
+            prepared_ = false;
+            return absl::OkStatus();
+          }
+          if (p_.on_error == ErrorPolicy::kStop) {
+            tx.exec_params(
+                absl::StrCat("UPDATE ", options_->schema,
+                             ".projections SET state = 'failed', "
+                             "last_error = $2, failed_position = $3, "
+                             "updated_at = now() WHERE name = $1"),
+                p_.name, message, event.position.ToToken());
+            tx.commit();
+            absl::MutexLock lock(&mu_);
+            failed_ = true;
+            status_.state = "failed";
+            status_.last_error = message;
+            status_.failed_position = event.position;
+            return absl::OkStatus();
+          }
+          Park(tx, event, message);
+          tx.exec_params(
+              absl::StrCat("UPDATE ", options_->schema,
+                           ".projections SET position_xid = $2::text::xid8, "
+                           "position_gp = $3, last_error = $4, "
+                           "updated_at = now() WHERE name = $1"),
+              p_.name, absl::StrCat(event.position.transaction_id),
+              event.position.global_position, message);
+          tx.commit();
+          parked_streams_.insert(event.stream_id);
+          absl::MutexLock lock(&mu_);
+          status_.position = event.position;
+          status_.parked += 1;
+          status_.last_error = message;
+          return absl::OkStatus();
+        });
+    if (!s.ok()) {
+      Log(LogLevel::kWarn, "projection could not record a failed event",
+          {{"projection", p_.name}, {"error", s.ToString()}});
+    }
+  }
+
+  PgPool* const pool_;
+  eventstore::PostgresEventStore* const store_;
+  const ProjectionRunnerOptions* const options_;
+  const Projection p_;
+  const absl::flat_hash_set<std::string> types_;
+
+  // Worker thread only.
+  std::unique_ptr<pqxx::connection> ownership_;
+  absl::Time next_ownership_check_ = absl::InfinitePast();
+  bool prepared_ = false;
+  bool failed_ = false;
+  int generation_ = 0;
+  absl::flat_hash_map<std::string, std::string> tables_;
+  absl::flat_hash_set<std::string> parked_streams_;
+  Position last_read_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool poked_ ABSL_GUARDED_BY(mu_) = false;
+  Position notified_ ABSL_GUARDED_BY(mu_);
+  ProjectionStatus status_ ABSL_GUARDED_BY(mu_);
+};
+
+// ---------------------------------------------------------------------------
+
+class ProjectionRunner::Impl {
+ public:
+  Impl(PgPool* pool, eventstore::PostgresEventStore* store,
+       ProjectionRunnerOptions options)
+      : pool_(pool), store_(store), options_(std::move(options)) {}
+
+  absl::Status Init(std::vector<Projection> projections) {
+    std::set<std::string> names;
+    for (const Projection& p : projections) {
+      RETURN_IF_ERROR(ValidateProjection(p));
+      if (!names.insert(p.name).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("projection '", p.name, "' given twice"));
+      }
+    }
+    ASSIGN_OR_RETURN(int version,
+                     MigratedVersion(*pool_, options_.schema, kComponent));
+    if (version < static_cast<int>(std::size(kMigrations))) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("projection tables in schema '", options_.schema,
+                       "' are not migrated: run the migration"));
+    }
+    for (Projection& p : projections) {
+      RETURN_IF_ERROR(Register(p));
+      workers_.push_back(
+          std::make_unique<Worker>(pool_, store_, &options_, std::move(p)));
+    }
+    return absl::OkStatus();
+  }
+
+  void Start() {
+    if (started_) return;
+    started_ = true;
+    listening_ = true;
+    listener_ = std::thread([this] { Listen(); });
+    for (auto& w : workers_) w->Start();
+  }
+
+  void Stop() {
+    if (!started_) return;
+    listening_ = false;
+    if (listener_.joinable()) listener_.join();
+    for (auto& w : workers_) w->Stop();
+    started_ = false;
+  }
+
+  std::vector<ProjectionStatus> Statuses() const {
+    std::vector<ProjectionStatus> out;
+    for (const auto& w : workers_) out.push_back(w->Status());
+    return out;
+  }
+
+ private:
+  // First sight of a projection: its row and its generation-1 tables and
+  // views, in one transaction (serialized with other processes by an
+  // advisory lock).
+  absl::Status Register(const Projection& p) {
+    return pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::work tx(conn);
+          tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                         kOwnershipLockClass + 1,
+                         absl::StrCat(options_.schema, ".", p.name));
+          pqxx::result row =
+              tx.exec_params(absl::StrCat("SELECT 1 FROM ", options_.schema,
+                                          ".projections WHERE name = $1"),
+                             p.name);
+          if (!row.empty()) return absl::OkStatus();
+          CreateTables(tx, options_.schema, p, 1, /*with_views=*/true);
+          tx.exec_params(absl::StrCat("INSERT INTO ", options_.schema,
+                                      ".projections (name, version, "
+                                      "generation) VALUES ($1, $2, 1)"),
+                         p.name, p.version);
+          tx.commit();
+          return absl::OkStatus();
+        });
+  }
+
+  // Forwards notifications to the workers; reconnects with backoff.
+  void Listen() {
+    absl::Duration backoff = absl::Milliseconds(100);
+    std::unique_ptr<eventstore::ChangeListener> listener;
+    while (listening_) {
+      if (listener == nullptr) {
+        absl::StatusOr<std::unique_ptr<eventstore::ChangeListener>> l =
+            eventstore::ChangeListener::Create(pool_->conninfo(),
+                                               store_->schema());
+        if (!l.ok()) {
+          absl::SleepFor(backoff);
+          backoff = std::min(backoff * 2, absl::Seconds(5));
+          continue;
+        }
+        listener = *std::move(l);
+        backoff = absl::Milliseconds(100);
+        // Anything committed while not listening was not announced.
+        for (auto& w : workers_) w->Poke();
+      }
+      absl::StatusOr<std::optional<Position>> p =
+          listener->Wait(absl::Milliseconds(200));
+      if (!p.ok()) {
+        Log(LogLevel::kWarn, "projection listener lost its connection",
+            {{"error", p.status().ToString()}});
+        listener.reset();
+        continue;
+      }
+      if (p->has_value()) {
+        for (auto& w : workers_) w->Notify(**p);
+      }
+    }
+  }
+
+  PgPool* const pool_;
+  eventstore::PostgresEventStore* const store_;
+  const ProjectionRunnerOptions options_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool started_ = false;
+  std::atomic<bool> listening_{false};
+  std::thread listener_;
+};
+
+absl::Status ProjectionRunner::Migrate(PgPool& pool, absl::string_view schema) {
+  return ApplyMigrations(pool, schema, kComponent, kMigrations);
+}
+
+absl::StatusOr<std::unique_ptr<ProjectionRunner>> ProjectionRunner::Create(
+    PgPool* pool, eventstore::PostgresEventStore* store,
+    std::vector<Projection> projections, ProjectionRunnerOptions options) {
+  RETURN_IF_ERROR(ValidateSchemaName(options.schema));
+  if (options.batch_size < 1 || options.batch_size > 100000) {
+    return absl::InvalidArgumentError("batch_size must be 1 to 100000");
+  }
+  auto impl = std::make_unique<Impl>(pool, store, std::move(options));
+  RETURN_IF_ERROR(impl->Init(std::move(projections)));
+  return std::unique_ptr<ProjectionRunner>(
+      new ProjectionRunner(std::move(impl)));
+}
+
+ProjectionRunner::ProjectionRunner(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+ProjectionRunner::~ProjectionRunner() { impl_->Stop(); }
+
+void ProjectionRunner::Start() { impl_->Start(); }
+void ProjectionRunner::Stop() { impl_->Stop(); }
+
+std::vector<ProjectionStatus> ProjectionRunner::Statuses() const {
+  return impl_->Statuses();
+}
+
+}  // namespace cqrs::projections

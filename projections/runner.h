@@ -1,0 +1,107 @@
+// Runs projections (projections/projection.h): each follows the global event
+// order from its checkpoint, in batches, and commits every batch's read-model
+// writes together with its new checkpoint, so each event takes effect
+// exactly once across crashes. After catching up it waits for the event
+// store's NOTIFY, polling as a fallback.
+//
+//   RETURN_IF_ERROR(ProjectionRunner::Migrate(*pool, "bank"));
+//   ASSIGN_OR_RETURN(auto runner, ProjectionRunner::Create(
+//       pool.get(), store.get(), {AccountBalances()}, options));
+//   runner->Start();  ...  runner->Stop();
+//
+// Ownership: each projection is run by one process at a time. A runner holds
+// a PostgreSQL advisory lock per projection on a dedicated session; a
+// second process running the same projections is a hot standby that takes
+// over within `takeover_interval` after the owner's session ends. (Even two
+// runners working at once could not apply an event twice: every batch
+// re-checks the checkpoint under a row lock before it commits.)
+//
+// Bookkeeping tables (docs/projections.md): `<schema>.projections` (one row
+// per projection: version, live generation, checkpoint, state, last error)
+// and `<schema>.projection_parked` (the dead letters).
+//
+// Thread-safety: Start/Stop from one thread; Statuses() from any thread.
+#ifndef PROJECTIONS_RUNNER_H_
+#define PROJECTIONS_RUNNER_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/pg_pool.h"
+#include "projections/projection.h"
+
+namespace cqrs::projections {
+
+struct ProjectionRunnerOptions {
+  // Schema of the read-model tables and the bookkeeping tables. The event
+  // store's schema is the store's own.
+  std::string schema = "cqrs";
+  // Events per batch (and per read-model transaction).
+  int batch_size = 1000;
+  // Live mode: how often to look for new events without a notification.
+  absl::Duration poll_interval = absl::Seconds(1);
+  // A standby tries to take ownership this often.
+  absl::Duration takeover_interval = absl::Seconds(1);
+  // Backoff after a failed batch: base * 2^attempt, at most 5 s.
+  absl::Duration retry_backoff = absl::Milliseconds(50);
+  // Fault injection for tests: runs after the handler, before the commit;
+  // an error rolls the batch back as a handler error would.
+  std::function<absl::Status(absl::string_view projection,
+                             eventstore::Position last)>
+      before_commit_for_testing;
+};
+
+// What one projection is doing, as seen by this process.
+struct ProjectionStatus {
+  std::string name;
+  int version = 0;
+  // "running" (caught up), "catching_up", "standby" (another process owns
+  // it), "failed" (stopped by an error; see last_error), "stopped" (not
+  // started, or its stored version differs: rebuild it).
+  std::string state;
+  eventstore::Position position;  // the committed checkpoint
+  std::string last_error;         // empty when none
+  std::optional<eventstore::Position> failed_position;
+  int64_t parked = 0;  // events in the dead-letter table
+};
+
+class ProjectionRunner {
+ public:
+  // Creates or upgrades the bookkeeping tables in `schema` (idempotent).
+  static absl::Status Migrate(PgPool& pool, absl::string_view schema);
+
+  // Validates the projections and creates the read-model tables of those
+  // seen for the first time. `pool` and `store` must outlive the runner; the
+  // pool needs a connection per projection that runs a batch at once.
+  // Errors: kInvalidArgument for a bad projection or duplicate names,
+  // kFailedPrecondition when Migrate() has not run, kUnavailable when the
+  // database is unreachable.
+  static absl::StatusOr<std::unique_ptr<ProjectionRunner>> Create(
+      PgPool* pool, eventstore::PostgresEventStore* store,
+      std::vector<Projection> projections, ProjectionRunnerOptions options);
+  ~ProjectionRunner();  // stops
+
+  // Starts one worker thread per projection and a listener thread.
+  void Start();
+  // Stops every thread; a batch in flight commits or rolls back first.
+  void Stop();
+
+  std::vector<ProjectionStatus> Statuses() const;
+
+ private:
+  class Impl;
+  explicit ProjectionRunner(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cqrs::projections
+
+#endif  // PROJECTIONS_RUNNER_H_

@@ -1,0 +1,377 @@
+// The projection runner against a real PostgreSQL: checkpoints committed
+// with the read model (exactly once, also when commits fail), live
+// notifications surviving a killed listener, ownership with a standby, and
+// the stop and park error policies.
+#include "projections/runner.h"
+
+#include <atomic>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "tests/support/test_database.h"
+
+namespace cqrs::projections {
+namespace {
+
+using eventstore::ExpectedVersion;
+using eventstore::NewEvent;
+using eventstore::Position;
+using eventstore::RecordedEvent;
+using testing::TestSchema;
+
+// Sums {"amount": N} of "Added" events per stream, in one statement per
+// batch. An amount of 666 is poison (fails the handler) while `poison` is
+// set.
+Projection Totals(std::atomic<bool>* poison = nullptr,
+                  std::atomic<int64_t>* applied = nullptr) {
+  Projection p;
+  p.name = "totals";
+  p.event_types = {"Added"};
+  p.tables = {{"totals",
+               "CREATE TABLE {table} (stream text PRIMARY KEY, "
+               "total bigint NOT NULL, events bigint NOT NULL)"}};
+  p.apply = [poison, applied](ProjectionContext& ctx,
+                              EventBatch events) -> absl::Status {
+    std::map<std::string, std::pair<int64_t, int64_t>> delta;
+    for (const RecordedEvent& e : events) {
+      const size_t colon = e.data.find(':');
+      int64_t amount = 0;
+      if (!absl::SimpleAtoi(absl::string_view(e.data).substr(
+                                colon + 1, e.data.size() - colon - 2),
+                            &amount)) {
+        return absl::InvalidArgumentError("bad event data " + e.data);
+      }
+      if (amount == 666 && poison != nullptr && poison->load()) {
+        return absl::InternalError("poison amount 666");
+      }
+      delta[e.stream_id].first += amount;
+      delta[e.stream_id].second += 1;
+    }
+    std::vector<std::string> streams, totals, counts;
+    for (const auto& [stream, d] : delta) {
+      streams.push_back(stream);
+      totals.push_back(absl::StrCat(d.first));
+      counts.push_back(absl::StrCat(d.second));
+    }
+    ctx.tx().exec_params(
+        absl::StrCat("INSERT INTO ", ctx.Table("totals"),
+                     " AS t SELECT * FROM unnest($1::text[], $2::bigint[], "
+                     "$3::bigint[]) ON CONFLICT (stream) DO UPDATE SET "
+                     "total = t.total + EXCLUDED.total, "
+                     "events = t.events + EXCLUDED.events"),
+        absl::StrCat("{", absl::StrJoin(streams, ","), "}"),
+        absl::StrCat("{", absl::StrJoin(totals, ","), "}"),
+        absl::StrCat("{", absl::StrJoin(counts, ","), "}"));
+    if (applied != nullptr) *applied += static_cast<int64_t>(events.size());
+    return absl::OkStatus();
+  };
+  return p;
+}
+
+NewEvent Added(int64_t amount) {
+  NewEvent e;
+  e.event_type = "Added";
+  e.data = absl::StrCat("{\"amount\":", amount, "}");
+  return e;
+}
+
+NewEvent Other() {
+  NewEvent e;
+  e.event_type = "SomethingElse";
+  e.data = "{}";
+  return e;
+}
+
+// Appends `n` events round robin over `streams` streams ("s-<i>"), amounts
+// 1, 2, 3, ...; returns the expected fold.
+std::map<std::string, std::pair<int64_t, int64_t>> AppendMany(
+    eventstore::EventStore& store, int n, int streams, int first_amount = 1) {
+  std::map<std::string, std::pair<int64_t, int64_t>> fold;
+  for (int i = 0; i < n; ++i) {
+    const std::string stream = absl::StrCat("s-", i % streams);
+    const int64_t amount = first_amount + i;
+    REQUIRE(store.Append(stream, ExpectedVersion::Any(), {Added(amount)}).ok());
+    fold[stream].first += amount;
+    fold[stream].second += 1;
+  }
+  return fold;
+}
+
+std::map<std::string, std::pair<int64_t, int64_t>> ReadTotals(
+    TestSchema& schema) {
+  std::map<std::string, std::pair<int64_t, int64_t>> out;
+  pqxx::connection conn(schema.url());
+  pqxx::nontransaction tx(conn);
+  for (const pqxx::row& r : tx.exec(absl::StrCat(
+           "SELECT stream, total, events FROM ", schema.name(), ".totals"))) {
+    out[r[0].as<std::string>()] = {r[1].as<int64_t>(), r[2].as<int64_t>()};
+  }
+  return out;
+}
+
+ProjectionStatus StatusOf(const ProjectionRunner& runner) {
+  std::vector<ProjectionStatus> s = runner.Statuses();
+  REQUIRE(s.size() == 1);
+  return s[0];
+}
+
+// Waits (bounded) until `done()`; returns its last value.
+template <typename Fn>
+bool WaitUntil(Fn done, absl::Duration timeout = absl::Seconds(20)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+bool ReachedHead(const ProjectionRunner& runner,
+                 eventstore::EventStore& store) {
+  absl::StatusOr<Position> head = store.HeadPosition();
+  REQUIRE(head.ok());
+  return !(StatusOf(runner).position < *head);
+}
+
+ProjectionRunnerOptions Options(TestSchema& schema) {
+  ProjectionRunnerOptions o;
+  o.schema = schema.name();
+  o.batch_size = 50;
+  o.poll_interval = absl::Milliseconds(200);
+  o.takeover_interval = absl::Milliseconds(100);
+  return o;
+}
+
+TEST_CASE("a projection catches up and follows live appends exactly",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 500, 17);
+  REQUIRE(store->Append("x-1", ExpectedVersion::Any(), {Other()}).ok());
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, Options(schema));
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  CHECK(ReadTotals(schema) == fold);
+
+  // Live: appended after catching up.
+  auto more = AppendMany(*store, 100, 23, 1000);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  CHECK(ReadTotals(schema) == fold);
+  CHECK(StatusOf(**runner).state == "running");
+
+  // A restart resumes from the checkpoint: nothing is applied twice.
+  (*runner)->Stop();
+  auto again = ProjectionRunner::Create(&schema.pool(), store.get(), {Totals()},
+                                        Options(schema));
+  REQUIRE(again.ok());
+  (*again)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**again, *store); }));
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE("failed commits after the handler ran apply nothing twice",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 400, 7);
+  std::atomic<int> commits{0};
+  std::atomic<int> injected{0};
+  ProjectionRunnerOptions options = Options(schema);
+  options.retry_backoff = absl::Milliseconds(1);
+  // Every other commit fails after the handler wrote its rows.
+  options.before_commit_for_testing = [&](absl::string_view, Position) {
+    if (commits++ % 2 == 0) {
+      ++injected;
+      return absl::UnavailableError("injected failure before commit");
+    }
+    return absl::OkStatus();
+  };
+  std::atomic<int64_t> applied{0};
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals(nullptr, &applied)}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  (*runner)->Stop();
+  CHECK(injected >= 8);
+  CHECK(applied > 400);  // handlers ran for batches that rolled back
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE("live events still arrive after the listening session is killed",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  ProjectionRunnerOptions options = Options(schema);
+  // Polling alone would take a minute: only notifications can pass this.
+  options.poll_interval = absl::Seconds(60);
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  auto fold = AppendMany(*store, 10, 3);
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+
+  const std::string listener = absl::StrCat(
+      "FROM pg_stat_activity WHERE application_name = 'cqrs listener ",
+      schema.name(), "'");
+  const std::string listening = "SELECT count(*) " + listener;
+  REQUIRE(schema.QueryInt(listening) == 1);
+  CHECK(schema.QueryInt("SELECT count(pg_terminate_backend(pid)) " +
+                        listener) == 1);
+  // Wait for the new LISTEN session, then append.
+  REQUIRE(WaitUntil([&] { return schema.QueryInt(listening) >= 1; }));
+  auto more = AppendMany(*store, 10, 3, 100);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); },
+                    absl::Seconds(30)));
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE("a standby takes over when the owner stops", "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 200, 5);
+  auto first = ProjectionRunner::Create(&schema.pool(), store.get(), {Totals()},
+                                        Options(schema));
+  auto second = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, Options(schema));
+  REQUIRE(first.ok());
+  REQUIRE(second.ok());
+  (*first)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**first, *store); }));
+  (*second)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**second).state == "standby"; }));
+  CHECK(StatusOf(**first).state == "running");
+
+  (*first)->Stop();  // closes its ownership session
+  const absl::Time stopped = absl::Now();
+  auto more = AppendMany(*store, 50, 5, 500);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  REQUIRE(WaitUntil([&] { return ReachedHead(**second, *store); }));
+  CHECK(absl::Now() - stopped < absl::Seconds(5));
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE("a poison event stops a projection with kStop", "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  std::atomic<bool> poison{true};
+  AppendMany(*store, 30, 3);
+  auto bad = store->Append("s-1", ExpectedVersion::Any(), {Added(666)});
+  REQUIRE(bad.ok());
+  AppendMany(*store, 30, 3, 1000);
+  ProjectionRunnerOptions options = Options(schema);
+  Projection p = Totals(&poison);
+  p.max_attempts = 2;
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(absl::StrContains(s.last_error, "poison amount 666"));
+  REQUIRE(s.failed_position.has_value());
+  CHECK(*s.failed_position == bad->position);
+  // Everything before the poison event is applied, nothing after it.
+  auto totals = ReadTotals(schema);
+  int64_t events = 0;
+  for (const auto& [stream, d] : totals) events += d.second;
+  CHECK(events == 30);
+  (*runner)->Stop();
+  // The state is stored: a new runner reports it without retrying.
+  auto again = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                        {Totals(&poison)}, options);
+  REQUIRE(again.ok());
+  (*again)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**again).state == "failed"; }));
+  CHECK(StatusOf(**again).failed_position == bad->position);
+}
+
+TEST_CASE("a poison event is parked with kPark and its stream waits",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  std::atomic<bool> poison{true};
+  auto before = AppendMany(*store, 30, 3);
+  REQUIRE(store->Append("s-1", ExpectedVersion::Any(), {Added(666)}).ok());
+  // Later events: s-1's are parked behind the poison, others applied.
+  auto after = AppendMany(*store, 30, 3, 1000);
+  Projection p = Totals(&poison);
+  p.max_attempts = 2;
+  p.on_error = ErrorPolicy::kPark;
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, Options(schema));
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(s.state == "running");
+  CHECK(s.parked == 11);  // the poison and the 10 later events of s-1
+  auto expected = before;
+  for (const auto& [stream, d] : after) {
+    if (stream == "s-1") continue;
+    expected[stream].first += d.first;
+    expected[stream].second += d.second;
+  }
+  CHECK(ReadTotals(schema) == expected);
+  CHECK(schema.QueryInt(
+            absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                         ".projection_parked WHERE stream_id = 's-1'")) == 11);
+}
+
+TEST_CASE("bad projections are refused", "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto create = [&](Projection p) {
+    return ProjectionRunner::Create(&schema.pool(), store.get(), {std::move(p)},
+                                    Options(schema))
+        .status();
+  };
+  Projection p = Totals();
+  p.name = "Bad Name";
+  CHECK(absl::IsInvalidArgument(create(p)));
+  p = Totals();
+  p.tables[0].ddl = "CREATE TABLE totals (x int)";
+  CHECK(absl::IsInvalidArgument(create(p)));
+  p = Totals();
+  p.event_types.clear();
+  CHECK(absl::IsInvalidArgument(create(p)));
+  CHECK(absl::IsInvalidArgument(
+      ProjectionRunner::Create(&schema.pool(), store.get(),
+                               {Totals(), Totals()}, Options(schema))
+          .status()));
+  // Nothing was created by the refused calls.
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".projections")) == 0);
+}
+
+}  // namespace
+}  // namespace cqrs::projections
