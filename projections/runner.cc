@@ -18,12 +18,15 @@
 #include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
+#include "projections/internal/common.h"
 
 namespace cqrs::projections {
 namespace {
 
 using eventstore::Position;
 using eventstore::RecordedEvent;
+using projections_internal::kOwnershipLockClass;
+using projections_internal::ParseXid;
 
 constexpr char kComponent[] = "projections";
 
@@ -38,72 +41,42 @@ CREATE TABLE {s}.projections (
   state           text        NOT NULL DEFAULT 'running',
   last_error      text,
   failed_position text,
+  -- Bumped by a replay of parked events, so that runners reload the set of
+  -- streams that wait behind a parked event.
+  parked_epoch    integer     NOT NULL DEFAULT 0,
   updated_at      timestamptz NOT NULL DEFAULT now()
 );
+-- Dead letters: the whole event, so that a replay needs nothing else.
 CREATE TABLE {s}.projection_parked (
   name            text        NOT NULL,
   generation      integer     NOT NULL,
   transaction_id  xid8        NOT NULL,
   global_position bigint      NOT NULL,
   stream_id       text        NOT NULL,
+  stream_version  bigint      NOT NULL,
   event_id        uuid        NOT NULL,
   event_type      text        NOT NULL,
+  schema_version  integer     NOT NULL,
+  data            json        NOT NULL,
+  metadata        json        NOT NULL,
+  recorded_at     timestamptz NOT NULL,
   error           text        NOT NULL,
   parked_at       timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (name, generation, transaction_id, global_position)
 );
 )sql"},
-};
-
-// Advisory-lock key space of projection ownership (pg_try_advisory_lock's
-// two-int form: this class id and a hash of "<schema>.<name>").
-constexpr int kOwnershipLockClass = 0x70726f6a;  // "proj"
-
-std::string PhysicalTable(absl::string_view schema, absl::string_view table,
-                          int generation) {
-  return absl::StrCat(schema, ".", table, "_g", generation);
-}
-
-uint64_t ParseXid(const pqxx::field& f) {
-  uint64_t xid = 0;
-  if (!absl::SimpleAtoi(absl::string_view(f.c_str(), f.size()), &xid)) {
-    throw pqxx::conversion_error("transaction id out of range");
-  }
-  return xid;
-}
-
-// Creates the tables of `p` for `generation`, and the views readers query
-// when `with_views`. Runs inside `tx`.
-void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
-                  const Projection& p, int generation, bool with_views) {
-  for (const ProjectionTable& t : p.tables) {
-    const std::string physical = PhysicalTable(schema, t.name, generation);
-    tx.exec(absl::StrReplaceAll(t.ddl, {{"{table}", physical}}));
-    if (with_views) {
-      tx.exec(absl::StrCat("CREATE VIEW ", schema, ".", t.name,
-                           " AS SELECT * FROM ", physical));
-    }
-  }
-}
-
-class Context : public ProjectionContext {
- public:
-  Context(pqxx::transaction_base& tx,
-          const absl::flat_hash_map<std::string, std::string>* tables)
-      : tx_(tx), tables_(tables) {}
-  pqxx::transaction_base& tx() override { return tx_; }
-  const std::string& Table(absl::string_view name) const override {
-    auto it = tables_->find(name);
-    if (it == tables_->end()) {
-      throw std::invalid_argument(
-          absl::StrCat("no table '", name, "' in this projection"));
-    }
-    return it->second;
-  }
-
- private:
-  pqxx::transaction_base& tx_;
-  const absl::flat_hash_map<std::string, std::string>* tables_;
+    {2, "rebuild checkpoints", R"sql(
+-- A rebuild in progress (or interrupted): the generation it fills and how
+-- far it got. Deleted by the swap.
+CREATE TABLE {s}.projection_rebuilds (
+  name         text        PRIMARY KEY,
+  version      integer     NOT NULL,
+  generation   integer     NOT NULL,
+  position_xid xid8        NOT NULL DEFAULT '0',
+  position_gp  bigint      NOT NULL DEFAULT 0,
+  started_at   timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
 };
 
 }  // namespace
@@ -339,16 +312,14 @@ class Worker {
           pqxx::row row = tx.exec_params1(
               absl::StrCat("SELECT version, generation, position_xid::text, "
                            "position_gp, state, coalesce(last_error, ''), "
-                           "coalesce(failed_position, '') FROM ",
+                           "coalesce(failed_position, ''), parked_epoch FROM ",
                            options_->schema, ".projections WHERE name = $1"),
               p_.name);
           const int version = row[0].as<int>();
           generation_ = row[1].as<int>();
-          tables_.clear();
-          for (const ProjectionTable& t : p_.tables) {
-            tables_[t.name] =
-                PhysicalTable(options_->schema, t.name, generation_);
-          }
+          parked_epoch_ = row[7].as<int>();
+          tables_ =
+              projections_internal::TableMap(options_->schema, p_, generation_);
           parked_streams_.clear();
           int64_t parked = 0;
           for (const pqxx::row& r : tx.exec_params(
@@ -404,13 +375,14 @@ class Worker {
           last_read_ = page.next;
           pqxx::row row = tx.exec_params1(
               absl::StrCat("SELECT generation, position_xid::text, "
-                           "position_gp, version FROM ",
+                           "position_gp, version, parked_epoch FROM ",
                            options_->schema,
                            ".projections WHERE name = $1 FOR UPDATE"),
               p_.name);
           const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
           if (row[0].as<int>() != generation_ || stored != from ||
-              row[3].as<int>() != p_.version) {
+              row[3].as<int>() != p_.version ||
+              row[4].as<int>() != parked_epoch_) {
             // Another process or a rebuild moved it: start over from there.
             prepared_ = false;
             result = BatchResult::kRaced;
@@ -428,13 +400,8 @@ class Worker {
             relevant.push_back(std::move(e));
           }
           if (!relevant.empty()) {
-            Context ctx(tx, &tables_);
-            absl::Status applied;
-            try {
-              applied = p_.apply(ctx, relevant);
-            } catch (const std::exception& e) {
-              applied = absl::InternalError(e.what());
-            }
+            absl::Status applied =
+                projections_internal::ApplyHandler(p_, tx, tables_, relevant);
             if (applied.ok() && options_->before_commit_for_testing) {
               applied = options_->before_commit_for_testing(p_.name, page.next);
             }
@@ -471,12 +438,16 @@ class Worker {
     tx.exec_params(
         absl::StrCat("INSERT INTO ", options_->schema,
                      ".projection_parked (name, generation, transaction_id, "
-                     "global_position, stream_id, event_id, event_type, "
-                     "error) VALUES ($1, $2, $3::text::xid8, $4, $5, $6, $7, "
-                     "$8) ON CONFLICT DO NOTHING"),
+                     "global_position, stream_id, stream_version, event_id, "
+                     "event_type, schema_version, data, metadata, "
+                     "recorded_at, error) VALUES ($1, $2, $3::text::xid8, "
+                     "$4, $5, $6, $7, $8, $9, $10, $11, "
+                     "to_timestamp($12 / 1000000.0), $13) "
+                     "ON CONFLICT DO NOTHING"),
         p_.name, generation_, absl::StrCat(e.position.transaction_id),
-        e.position.global_position, e.stream_id, e.event_id, e.event_type,
-        std::string(error));
+        e.position.global_position, e.stream_id, e.stream_version, e.event_id,
+        e.event_type, e.schema_version, e.data, e.metadata,
+        absl::ToUnixMicros(e.recorded_at), std::string(error));
   }
 
   // `event` failed max_attempts times on its own: stop or park.
@@ -551,6 +522,7 @@ class Worker {
   bool prepared_ = false;
   bool failed_ = false;
   int generation_ = 0;
+  int parked_epoch_ = 0;
   absl::flat_hash_map<std::string, std::string> tables_;
   absl::flat_hash_set<std::string> parked_streams_;
   Position last_read_;
@@ -588,7 +560,8 @@ class ProjectionRunner::Impl {
                        "' are not migrated: run the migration"));
     }
     for (Projection& p : projections) {
-      RETURN_IF_ERROR(Register(p));
+      RETURN_IF_ERROR(
+          projections_internal::EnsureRegistered(*pool_, options_.schema, p));
       workers_.push_back(
           std::make_unique<Worker>(pool_, store_, &options_, std::move(p)));
     }
@@ -618,31 +591,6 @@ class ProjectionRunner::Impl {
   }
 
  private:
-  // First sight of a projection: its row and its generation-1 tables and
-  // views, in one transaction (serialized with other processes by an
-  // advisory lock).
-  absl::Status Register(const Projection& p) {
-    return pool_->Run(
-        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-          pqxx::work tx(conn);
-          tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                         kOwnershipLockClass + 1,
-                         absl::StrCat(options_.schema, ".", p.name));
-          pqxx::result row =
-              tx.exec_params(absl::StrCat("SELECT 1 FROM ", options_.schema,
-                                          ".projections WHERE name = $1"),
-                             p.name);
-          if (!row.empty()) return absl::OkStatus();
-          CreateTables(tx, options_.schema, p, 1, /*with_views=*/true);
-          tx.exec_params(absl::StrCat("INSERT INTO ", options_.schema,
-                                      ".projections (name, version, "
-                                      "generation) VALUES ($1, $2, 1)"),
-                         p.name, p.version);
-          tx.commit();
-          return absl::OkStatus();
-        });
-  }
-
   // Forwards notifications to the workers; reconnects with backoff.
   void Listen() {
     absl::Duration backoff = absl::Milliseconds(100);

@@ -1,0 +1,120 @@
+#include "projections/internal/common.h"
+
+#include <stdexcept>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace cqrs::projections_internal {
+namespace {
+
+class Context : public projections::ProjectionContext {
+ public:
+  Context(pqxx::transaction_base& tx,
+          const absl::flat_hash_map<std::string, std::string>& tables)
+      : tx_(tx), tables_(tables) {}
+  pqxx::transaction_base& tx() override { return tx_; }
+  const std::string& Table(absl::string_view name) const override {
+    auto it = tables_.find(name);
+    if (it == tables_.end()) {
+      throw std::invalid_argument(
+          absl::StrCat("no table '", name, "' in this projection"));
+    }
+    return it->second;
+  }
+
+ private:
+  pqxx::transaction_base& tx_;
+  const absl::flat_hash_map<std::string, std::string>& tables_;
+};
+
+}  // namespace
+
+std::string PhysicalTable(absl::string_view schema, absl::string_view table,
+                          int generation) {
+  return absl::StrCat(schema, ".", table, "_g", generation);
+}
+
+absl::flat_hash_map<std::string, std::string> TableMap(
+    absl::string_view schema, const projections::Projection& p,
+    int generation) {
+  absl::flat_hash_map<std::string, std::string> out;
+  for (const projections::ProjectionTable& t : p.tables) {
+    out[t.name] = PhysicalTable(schema, t.name, generation);
+  }
+  return out;
+}
+
+uint64_t ParseXid(const pqxx::field& f) {
+  uint64_t xid = 0;
+  if (!absl::SimpleAtoi(absl::string_view(f.c_str(), f.size()), &xid)) {
+    throw pqxx::conversion_error("transaction id out of range");
+  }
+  return xid;
+}
+
+void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
+                  const projections::Projection& p, int generation) {
+  for (const projections::ProjectionTable& t : p.tables) {
+    tx.exec(absl::StrReplaceAll(
+        t.ddl, {{"{table}", PhysicalTable(schema, t.name, generation)}}));
+  }
+}
+
+void PointViews(pqxx::dbtransaction& tx, absl::string_view schema,
+                const projections::Projection& p, int generation) {
+  for (const projections::ProjectionTable& t : p.tables) {
+    const std::string view = absl::StrCat(schema, ".", t.name);
+    const std::string select = absl::StrCat(
+        " AS SELECT * FROM ", PhysicalTable(schema, t.name, generation));
+    // Replacing keeps the view's identity, so queries waiting for it go on;
+    // it works while the columns stay the same (a rebuild of the same
+    // version). Otherwise the view is dropped and created anew.
+    try {
+      pqxx::subtransaction replace(tx, "replace_view");
+      replace.exec(absl::StrCat("CREATE OR REPLACE VIEW ", view, select));
+      replace.commit();
+    } catch (const pqxx::sql_error&) {
+      tx.exec(absl::StrCat("DROP VIEW IF EXISTS ", view));
+      tx.exec(absl::StrCat("CREATE VIEW ", view, select));
+    }
+  }
+}
+
+absl::Status EnsureRegistered(PgPool& pool, absl::string_view schema,
+                              const projections::Projection& p) {
+  return pool.Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::work tx(conn);
+        tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                       kRegisterLockClass, absl::StrCat(schema, ".", p.name));
+        pqxx::result row =
+            tx.exec_params(absl::StrCat("SELECT 1 FROM ", schema,
+                                        ".projections WHERE name = $1"),
+                           p.name);
+        if (!row.empty()) return absl::OkStatus();
+        CreateTables(tx, schema, p, 1);
+        PointViews(tx, schema, p, 1);
+        tx.exec_params(absl::StrCat("INSERT INTO ", schema,
+                                    ".projections (name, version, "
+                                    "generation) VALUES ($1, $2, 1)"),
+                       p.name, p.version);
+        tx.commit();
+        return absl::OkStatus();
+      });
+}
+
+absl::Status ApplyHandler(
+    const projections::Projection& p, pqxx::transaction_base& tx,
+    const absl::flat_hash_map<std::string, std::string>& tables,
+    projections::EventBatch events) {
+  Context ctx(tx, tables);
+  try {
+    return p.apply(ctx, events);
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+}  // namespace cqrs::projections_internal
