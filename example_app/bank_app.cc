@@ -8,6 +8,7 @@
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "framework/uuid.h"
+#include "projections/runner.h"
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -49,6 +50,7 @@ std::string CommandBody(absl::string_view id, int64_t version,
 
 absl::Status BankApp::Migrate(cqrs::PgPool& pool, absl::string_view schema) {
   RETURN_IF_ERROR(cqrs::eventstore::PostgresEventStore::Migrate(pool, schema));
+  RETURN_IF_ERROR(cqrs::projections::ProjectionRunner::Migrate(pool, schema));
   return cqrs::commands::PostgresIdempotencyStore::Migrate(pool, schema);
 }
 

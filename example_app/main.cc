@@ -10,12 +10,16 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "eventstore/postgres_event_store.h"
 #include "example_app/bank_app.h"
+#include "example_app/bank_projections.h"
+#include "example_app/projection_cli.h"
 #include "framework/embedded_postgres.h"
 #include "framework/http/server.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/pg_pool.h"
+#include "projections/runner.h"
 
 namespace {
 
@@ -26,8 +30,11 @@ constexpr int kUsage = 2;
 constexpr char kMainHelp[] = R"(usage: bank <command> [options]
 
 commands:
-  serve     run the HTTP API
-  migrate   create or upgrade the database schema and exit
+  serve        run the HTTP API (and the projections, unless
+               --no-projections)
+  project      run the projections only (a separate worker process)
+  projections  list, status, rebuild: operate the projections
+  migrate      create or upgrade the database schema and exit
 
 Run `bank <command> --help` for the options of a command.
 Without --database-url or DATABASE_URL, bank runs on an embedded PostgreSQL
@@ -49,6 +56,24 @@ options:
   --pool-size N          database connections (default: --workers + 4)
   --log-format text|json log line format (default text)
   --idempotency-hours N  keep Idempotency-Key records N hours (default 24)
+  --no-projections       do not run the projections in this process (run
+                         `bank project` beside it)
+  --help                 show this help
+)";
+
+constexpr char kProjectHelp[] = R"(usage: bank project [options]
+
+Runs the projections (read models) until SIGINT or SIGTERM: a worker process
+beside `bank serve --no-projections`. Several may run: each projection is
+owned by one process at a time, the others stand by and take over within
+seconds. Migrates the schema first.
+
+options:
+  --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
+                         else the embedded cluster in --data-dir)
+  --data-dir DIR         embedded cluster directory (default ./bank-data)
+  --schema NAME          PostgreSQL schema (default bank)
+  --log-format text|json log line format (default text)
   --help                 show this help
 )";
 
@@ -74,7 +99,9 @@ struct Flags {
   int workers = 16;
   int pool_size = 0;
   int idempotency_hours = 24;
+  bool no_projections = false;
   bool help = false;
+  std::vector<std::string> positional;  // when the command takes them
 };
 
 int UsageError(absl::string_view message, absl::string_view command) {
@@ -105,6 +132,15 @@ std::string ParseFlags(const std::vector<std::string>& args,
     }
     if (name == "--help" || name == "-h") {
       flags.help = true;
+      continue;
+    }
+    if (name == "--no-projections" && allowed_flag(name) && !has_value) {
+      flags.no_projections = true;
+      continue;
+    }
+    if (allowed_flag("positional") &&
+        (name.rfind("--", 0) != 0 || name == "--json" || name == "--all")) {
+      flags.positional.push_back(args[i]);
       continue;
     }
     if (name.rfind("--", 0) != 0 || !allowed_flag(name)) {
@@ -191,6 +227,32 @@ int Migrate(const Flags& flags) {
   return kOk;
 }
 
+int Project(const Flags& flags) {
+  cqrs::SetLogFormat(flags.log_format == "json" ? cqrs::LogFormat::kJson
+                                                : cqrs::LogFormat::kText);
+  std::unique_ptr<cqrs::EmbeddedPostgres> embedded;
+  absl::StatusOr<std::string> url = DatabaseUrl(flags, embedded);
+  if (!url.ok()) return Fail(url.status());
+  auto pool = OpenPool(*url, 8);
+  if (!pool.ok()) return Fail(pool.status());
+  if (absl::Status s = bank::BankApp::Migrate(**pool, flags.schema); !s.ok()) {
+    return Fail(s);
+  }
+  return bank::RunProjector(**pool, flags.schema);
+}
+
+int Projections(const Flags& flags) {
+  std::unique_ptr<cqrs::EmbeddedPostgres> embedded;
+  absl::StatusOr<std::string> url = DatabaseUrl(flags, embedded);
+  if (!url.ok()) return Fail(url.status());
+  auto pool = OpenPool(*url, 4);
+  if (!pool.ok()) return Fail(pool.status());
+  if (absl::Status s = bank::BankApp::Migrate(**pool, flags.schema); !s.ok()) {
+    return Fail(s);
+  }
+  return bank::RunProjectionsCommand(**pool, flags.schema, flags.positional);
+}
+
 int Serve(const Flags& flags) {
   cqrs::SetLogFormat(flags.log_format == "json" ? cqrs::LogFormat::kJson
                                                 : cqrs::LogFormat::kText);
@@ -212,6 +274,24 @@ int Serve(const Flags& flags) {
   cqrs::http::Router router;
   (*app)->RegisterRoutes(router);
   (*app)->StartMaintenance();
+  std::unique_ptr<cqrs::eventstore::PostgresEventStore> projection_store;
+  std::unique_ptr<cqrs::projections::ProjectionRunner> projector;
+  if (!flags.no_projections) {
+    cqrs::eventstore::PostgresEventStoreOptions store_options;
+    store_options.schema = flags.schema;
+    auto store = cqrs::eventstore::PostgresEventStore::Create(pool->get(),
+                                                              store_options);
+    if (!store.ok()) return Fail(store.status());
+    projection_store = *std::move(store);
+    cqrs::projections::ProjectionRunnerOptions runner_options;
+    runner_options.schema = flags.schema;
+    auto runner = cqrs::projections::ProjectionRunner::Create(
+        pool->get(), projection_store.get(), bank::BankProjections(),
+        runner_options);
+    if (!runner.ok()) return Fail(runner.status());
+    projector = *std::move(runner);
+    projector->Start();
+  }
 
   cqrs::http::ServerOptions server_options;
   server_options.listen_address = flags.listen;
@@ -224,6 +304,8 @@ int Serve(const Flags& flags) {
   absl::Status ran = (*server)->Run();
   // Order matters: the server has drained, so nothing uses the pool now.
   server->reset();
+  projector.reset();
+  projection_store.reset();
   app->reset();
   pool->reset();
   if (!ran.ok()) return Fail(ran);
@@ -247,17 +329,43 @@ int main(int argc, char** argv) {
   }
   Flags flags;
   if (command == "serve") {
-    std::string error = ParseFlags(
-        args,
-        {"--listen", "--database-url", "--data-dir", "--schema", "--threads",
-         "--workers", "--pool-size", "--log-format", "--idempotency-hours"},
-        flags);
+    std::string error =
+        ParseFlags(args,
+                   {"--listen", "--database-url", "--data-dir", "--schema",
+                    "--threads", "--workers", "--pool-size", "--log-format",
+                    "--idempotency-hours", "--no-projections"},
+                   flags);
     if (flags.help) {
       std::cout << kServeHelp;
       return kOk;
     }
     if (!error.empty()) return UsageError(error, command);
     return Serve(flags);
+  }
+  if (command == "project") {
+    std::string error = ParseFlags(
+        args, {"--database-url", "--data-dir", "--schema", "--log-format"},
+        flags);
+    if (flags.help) {
+      std::cout << kProjectHelp;
+      return kOk;
+    }
+    if (!error.empty()) return UsageError(error, command);
+    return Project(flags);
+  }
+  if (command == "projections") {
+    std::string error = ParseFlags(
+        args, {"--database-url", "--data-dir", "--schema", "positional"},
+        flags);
+    if (flags.help) {
+      std::cout << bank::kProjectionsHelp;
+      return kOk;
+    }
+    if (!error.empty()) return UsageError(error, command);
+    if (flags.positional.empty()) {
+      return UsageError("missing projections command", command);
+    }
+    return Projections(flags);
   }
   if (command == "migrate") {
     std::string error =

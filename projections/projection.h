@@ -19,8 +19,9 @@
 // Tables: readers query `<schema>.<name>`, a view over the physical table of
 // the live generation (`<schema>.<name>_g<N>`); a rebuild fills generation
 // N+1 and swaps the views. A handler therefore always writes through
-// ctx.Table(name), and the DDL names its table `{table}` (also inside index
-// names: `CREATE INDEX {table}_owner_idx ON {table} (owner)`).
+// ctx.Table(name), and the DDL names its table `{table}` (schema-qualified)
+// and derives index names from `{table_name}` (the unqualified physical
+// name): `CREATE INDEX {table_name}_owner_idx ON {table} (owner)`.
 //
 // Thread-safety: a Projection is immutable once given to a runner; `apply`
 // may run on several threads at once (live runner and rebuild), each with
@@ -47,7 +48,9 @@ using EventBatch = absl::Span<const eventstore::RecordedEvent>;
 
 struct ProjectionTable {
   std::string name;  // a lower-case identifier; the view readers query
-  std::string ddl;   // CREATE TABLE {table} ...; more statements allowed
+  // CREATE TABLE {table} ...; more statements allowed. {table_name} is the
+  // unqualified name, for names of indexes and constraints.
+  std::string ddl;
 };
 
 // What the runner does with an event that keeps failing.

@@ -58,7 +58,8 @@ void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
                   const projections::Projection& p, int generation) {
   for (const projections::ProjectionTable& t : p.tables) {
     tx.exec(absl::StrReplaceAll(
-        t.ddl, {{"{table}", PhysicalTable(schema, t.name, generation)}}));
+        t.ddl, {{"{table}", PhysicalTable(schema, t.name, generation)},
+                {"{table_name}", absl::StrCat(t.name, "_g", generation)}}));
   }
 }
 

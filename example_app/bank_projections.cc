@@ -1,0 +1,314 @@
+#include "example_app/bank_projections.h"
+
+#include <map>
+#include <string>
+#include <utility>
+#include <variant>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "example_app/account.h"
+#include "projections/sql_array.h"
+
+namespace bank {
+namespace {
+
+using cqrs::eventstore::RecordedEvent;
+using cqrs::projections::EventBatch;
+using cqrs::projections::Projection;
+using cqrs::projections::ProjectionContext;
+using cqrs::projections::SqlArray;
+
+constexpr absl::string_view kAccountPrefix = "account-";
+
+const std::vector<std::string>& AccountEventTypes() {
+  static const auto* types = new std::vector<std::string>{
+      "AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed"};
+  return *types;
+}
+
+// The account id of an account stream ("account-<id>").
+std::string AccountId(const RecordedEvent& e) {
+  absl::string_view s = e.stream_id;
+  if (s.substr(0, kAccountPrefix.size()) == kAccountPrefix) {
+    s.remove_prefix(kAccountPrefix.size());
+  }
+  return std::string(s);
+}
+
+absl::StatusOr<AccountEvent> Decode(const RecordedEvent& e) {
+  absl::StatusOr<AccountEvent> event =
+      AccountEvents().Decode(e.event_type, e.schema_version, e.data);
+  if (!event.ok()) {
+    return absl::Status(event.status().code(),
+                        absl::StrCat("event at ", e.position.ToToken(), ": ",
+                                     event.status().message()));
+  }
+  return event;
+}
+
+// Applies the signed change of money of `event`, 0 for lifecycle events.
+int64_t MoneyDelta(const AccountEvent& event) {
+  if (auto* d = std::get_if<MoneyDeposited>(&event)) return d->amount;
+  if (auto* w = std::get_if<MoneyWithdrawn>(&event)) return -w->amount;
+  return 0;
+}
+
+std::string Bools(bool b) { return b ? "t" : "f"; }
+
+// --- account_balances ------------------------------------------------------
+
+absl::Status ApplyBalances(ProjectionContext& ctx, EventBatch events) {
+  struct Change {
+    bool opened = false;
+    std::string owner, currency;
+    int64_t delta = 0;
+    bool closed = false;
+    int64_t version = 0;
+  };
+  std::map<std::string, Change> changes;
+  for (const RecordedEvent& e : events) {
+    absl::StatusOr<AccountEvent> event = Decode(e);
+    if (!event.ok()) return event.status();
+    Change& c = changes[AccountId(e)];
+    if (auto* o = std::get_if<AccountOpened>(&*event)) {
+      c.opened = true;
+      c.owner = o->owner;
+      c.currency = o->currency;
+    }
+    if (std::holds_alternative<AccountClosed>(*event)) c.closed = true;
+    c.delta += MoneyDelta(*event);
+    c.version = e.stream_version;
+  }
+  SqlArray new_ids, owners, currencies, balances, statuses, new_versions;
+  SqlArray ids, deltas, closed, versions;
+  for (const auto& [id, c] : changes) {
+    if (c.opened) {
+      new_ids.Add(id);
+      owners.Add(c.owner);
+      currencies.Add(c.currency);
+      balances.Add(c.delta);
+      statuses.Add(c.closed ? "closed" : "open");
+      new_versions.Add(c.version);
+    } else {
+      ids.Add(id);
+      deltas.Add(c.delta);
+      closed.Add(Bools(c.closed));
+      versions.Add(c.version);
+    }
+  }
+  const std::string& table = ctx.Table("account_balances");
+  if (!new_ids.empty()) {
+    ctx.tx().exec_params(
+        absl::StrCat("INSERT INTO ", table,
+                     " (account_id, owner, currency, balance, status, "
+                     "version) SELECT * FROM unnest($1::text[], $2::text[], "
+                     "$3::text[], $4::bigint[], $5::text[], $6::bigint[])"),
+        new_ids.literal(), owners.literal(), currencies.literal(),
+        balances.literal(), statuses.literal(), new_versions.literal());
+  }
+  if (!ids.empty()) {
+    ctx.tx().exec_params(
+        absl::StrCat(
+            "UPDATE ", table,
+            " AS t SET balance = t.balance + d.delta, status = CASE WHEN "
+            "d.closed THEN 'closed' ELSE t.status END, version = d.version "
+            "FROM unnest($1::text[], $2::bigint[], $3::boolean[], "
+            "$4::bigint[]) AS d(id, delta, closed, version) "
+            "WHERE t.account_id = d.id"),
+        ids.literal(), deltas.literal(), closed.literal(), versions.literal());
+  }
+  return absl::OkStatus();
+}
+
+// --- account_transactions --------------------------------------------------
+
+absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
+  const std::string& table = ctx.Table("account_transactions");
+  // Running balances: from this batch's openings, else from the table.
+  std::map<std::string, int64_t> balance;
+  SqlArray unknown;
+  {
+    std::map<std::string, bool> seen;
+    for (const RecordedEvent& e : events) {
+      const std::string id = AccountId(e);
+      if (seen.count(id) > 0) continue;
+      seen[id] = true;
+      if (e.event_type != "AccountOpened") unknown.Add(id);
+    }
+  }
+  if (!unknown.empty()) {
+    for (const pqxx::row& r : ctx.tx().exec_params(
+             absl::StrCat("SELECT DISTINCT ON (account_id) account_id, "
+                          "balance_after FROM ",
+                          table,
+                          " WHERE account_id = ANY($1::text[]) "
+                          "ORDER BY account_id, version DESC"),
+             unknown.literal())) {
+      balance[r[0].as<std::string>()] = r[1].as<int64_t>();
+    }
+  }
+  SqlArray ids, versions, types, amounts, after, at;
+  for (const RecordedEvent& e : events) {
+    absl::StatusOr<AccountEvent> event = Decode(e);
+    if (!event.ok()) return event.status();
+    const std::string id = AccountId(e);
+    int64_t& b = balance[id];
+    const int64_t delta = MoneyDelta(*event);
+    b += delta;
+    const char* type = "opened";
+    if (std::holds_alternative<MoneyDeposited>(*event)) type = "deposit";
+    if (std::holds_alternative<MoneyWithdrawn>(*event)) type = "withdrawal";
+    if (std::holds_alternative<AccountClosed>(*event)) type = "closed";
+    ids.Add(id);
+    versions.Add(e.stream_version);
+    types.Add(type);
+    amounts.Add(delta < 0 ? -delta : delta);
+    after.Add(b);
+    at.Add(absl::ToUnixMicros(e.recorded_at));
+  }
+  ctx.tx().exec_params(
+      absl::StrCat("INSERT INTO ", table,
+                   " (account_id, version, type, amount, balance_after, at) "
+                   "SELECT d.id, d.v, d.type, d.amount, d.after, "
+                   "to_timestamp(d.us / 1000000.0) FROM unnest($1::text[], "
+                   "$2::bigint[], $3::text[], $4::bigint[], $5::bigint[], "
+                   "$6::bigint[]) AS d(id, v, type, amount, after, us)"),
+      ids.literal(), versions.literal(), types.literal(), amounts.literal(),
+      after.literal(), at.literal());
+  return absl::OkStatus();
+}
+
+// --- bank_stats --------------------------------------------------------------
+
+absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
+  const std::string& stats = ctx.Table("bank_stats");
+  const std::string& accounts = ctx.Table("bank_stats_accounts");
+  std::map<std::string, std::string> currency;  // account id -> currency
+  SqlArray unknown;
+  for (const RecordedEvent& e : events) {
+    if (e.event_type == "AccountOpened") continue;
+    unknown.Add(AccountId(e));
+  }
+  if (!unknown.empty()) {
+    for (const pqxx::row& r : ctx.tx().exec_params(
+             absl::StrCat("SELECT account_id, currency FROM ", accounts,
+                          " WHERE account_id = ANY($1::text[])"),
+             unknown.literal())) {
+      currency[r[0].as<std::string>()] = r[1].as<std::string>();
+    }
+  }
+  std::map<std::string, int64_t> delta;
+  SqlArray new_ids, new_currencies;
+  for (const RecordedEvent& e : events) {
+    absl::StatusOr<AccountEvent> event = Decode(e);
+    if (!event.ok()) return event.status();
+    const std::string id = AccountId(e);
+    if (auto* o = std::get_if<AccountOpened>(&*event)) {
+      currency[id] = o->currency;
+      new_ids.Add(id);
+      new_currencies.Add(o->currency);
+      delta["accounts"] += 1;
+      delta["open_accounts"] += 1;
+      delta[absl::StrCat("balance:", o->currency)] += 0;
+    } else if (std::holds_alternative<AccountClosed>(*event)) {
+      delta["open_accounts"] -= 1;
+    } else {
+      auto it = currency.find(id);
+      if (it == currency.end()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("event at ", e.position.ToToken(), ": account '", id,
+                         "' was never opened"));
+      }
+      delta[absl::StrCat("balance:", it->second)] += MoneyDelta(*event);
+    }
+  }
+  if (!new_ids.empty()) {
+    ctx.tx().exec_params(absl::StrCat("INSERT INTO ", accounts,
+                                      " (account_id, currency) SELECT * FROM "
+                                      "unnest($1::text[], $2::text[])"),
+                         new_ids.literal(), new_currencies.literal());
+  }
+  SqlArray keys, values;
+  for (const auto& [key, value] : delta) {
+    keys.Add(key);
+    values.Add(value);
+  }
+  ctx.tx().exec_params(
+      absl::StrCat("INSERT INTO ", stats,
+                   " AS s (key, value) SELECT * FROM unnest($1::text[], "
+                   "$2::bigint[]) ON CONFLICT (key) DO UPDATE SET "
+                   "value = s.value + EXCLUDED.value"),
+      keys.literal(), values.literal());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Projection AccountBalancesProjection() {
+  Projection p;
+  p.name = "account_balances";
+  p.version = 1;
+  p.event_types = AccountEventTypes();
+  p.tables = {
+      {"account_balances",
+       "CREATE TABLE {table} ("
+       "  account_id text PRIMARY KEY,"
+       "  owner      text NOT NULL,"
+       "  currency   text NOT NULL,"
+       "  balance    bigint NOT NULL,"
+       "  status     text NOT NULL,"
+       "  version    bigint NOT NULL);"
+       "CREATE INDEX {table_name}_owner_idx ON {table} (owner, account_id)"}};
+  p.apply = ApplyBalances;
+  return p;
+}
+
+Projection AccountTransactionsProjection() {
+  Projection p;
+  p.name = "account_transactions";
+  p.version = 1;
+  p.event_types = AccountEventTypes();
+  p.tables = {{"account_transactions",
+               "CREATE TABLE {table} ("
+               "  account_id    text NOT NULL,"
+               "  version       bigint NOT NULL,"
+               "  type          text NOT NULL,"
+               "  amount        bigint NOT NULL,"
+               "  balance_after bigint NOT NULL,"
+               "  transfer_id   text,"
+               "  at            timestamptz NOT NULL,"
+               "  PRIMARY KEY (account_id, version))"}};
+  p.apply = ApplyTransactions;
+  return p;
+}
+
+Projection BankStatsProjection() {
+  Projection p;
+  p.name = "bank_stats";
+  p.version = 1;
+  p.event_types = AccountEventTypes();
+  p.tables = {{"bank_stats",
+               "CREATE TABLE {table} ("
+               "  key   text PRIMARY KEY,"
+               "  value bigint NOT NULL)"},
+              {"bank_stats_accounts",
+               "CREATE TABLE {table} ("
+               "  account_id text PRIMARY KEY,"
+               "  currency   text NOT NULL)"}};
+  p.apply = ApplyStats;
+  return p;
+}
+
+std::vector<Projection> BankProjections() {
+  std::vector<Projection> all;
+  all.push_back(AccountBalancesProjection());
+  all.push_back(AccountTransactionsProjection());
+  all.push_back(BankStatsProjection());
+  return all;
+}
+
+}  // namespace bank

@@ -1,0 +1,301 @@
+#include "example_app/projection_cli.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "eventstore/postgres_event_store.h"
+#include "example_app/bank_projections.h"
+#include "framework/log.h"
+#include "projections/rebuild.h"
+#include "projections/runner.h"
+#include "projections/status.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+
+namespace bank {
+
+const char kProjectionsHelp[] = R"(usage: bank projections <command> [options]
+
+commands:
+  list                      the projections this build has
+  status [--json]           state, checkpoint, lag, owner, parked events and
+                            last error of every projection
+  rebuild <name>... | --all rebuild read models without downtime (a progress
+                            bar on a terminal); Ctrl-C stops it and leaves the
+                            live read model untouched; running it again
+                            resumes
+
+options (before or after the command):
+  --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
+                         else the embedded cluster in --data-dir)
+  --data-dir DIR         embedded cluster directory (default ./bank-data)
+  --schema NAME          PostgreSQL schema (default bank)
+  --help                 show this help
+)";
+
+namespace {
+
+using cqrs::projections::Projection;
+
+constexpr int kOk = 0;
+constexpr int kFailure = 1;
+constexpr int kUsage = 2;
+
+int Fail(const absl::Status& status) {
+  std::cerr << "bank: " << status.message() << std::endl;
+  return kFailure;
+}
+
+int Usage(const std::string& message) {
+  std::cerr << "bank: " << message << " (see `bank projections --help`)"
+            << std::endl;
+  return kUsage;
+}
+
+absl::StatusOr<std::unique_ptr<cqrs::eventstore::PostgresEventStore>> OpenStore(
+    cqrs::PgPool& pool, const std::string& schema) {
+  cqrs::eventstore::PostgresEventStoreOptions options;
+  options.schema = schema;
+  return cqrs::eventstore::PostgresEventStore::Create(&pool,
+                                                      std::move(options));
+}
+
+int List() {
+  for (const Projection& p : BankProjections()) {
+    std::vector<std::string> tables;
+    for (const auto& t : p.tables) tables.push_back(t.name);
+    std::cout << p.name << "  version " << p.version << "  tables "
+              << absl::StrJoin(tables, ",") << "  events "
+              << absl::StrJoin(p.event_types, ",") << "\n";
+  }
+  return kOk;
+}
+
+int Status(cqrs::PgPool& pool, const std::string& schema, bool json) {
+  auto statuses =
+      cqrs::projections::ReadProjectionStatuses(pool, schema, schema);
+  if (!statuses.ok()) return Fail(statuses.status());
+  if (json) {
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+    w.StartArray();
+    for (const auto& s : *statuses) {
+      w.StartObject();
+      w.Key("name");
+      w.String(s.name.c_str());
+      w.Key("version");
+      w.Int(s.version);
+      w.Key("generation");
+      w.Int(s.generation);
+      w.Key("state");
+      w.String(s.state.c_str());
+      w.Key("position");
+      w.String(s.position.c_str());
+      w.Key("lag_events");
+      w.Int64(s.lag_events);
+      w.Key("lag_seconds");
+      w.Double(s.lag_seconds);
+      w.Key("owner");
+      w.String(s.owner.c_str());
+      w.Key("parked");
+      w.Int64(s.parked);
+      if (!s.last_error.empty()) {
+        w.Key("last_error");
+        w.String(s.last_error.c_str());
+      }
+      if (!s.failed_position.empty()) {
+        w.Key("failed_position");
+        w.String(s.failed_position.c_str());
+      }
+      w.EndObject();
+    }
+    w.EndArray();
+    std::cout << buffer.GetString() << std::endl;
+    return kOk;
+  }
+  std::cout << absl::StrFormat("%-22s %3s %4s %-12s %-16s %10s %9s %6s  %s\n",
+                               "NAME", "VER", "GEN", "STATE", "POSITION", "LAG",
+                               "LAG_S", "PARKED", "OWNER");
+  for (const auto& s : *statuses) {
+    std::cout << absl::StrFormat(
+        "%-22s %3d %4d %-12s %-16s %10d %9.1f %6d  %s\n", s.name, s.version,
+        s.generation, s.state, s.position, s.lag_events, s.lag_seconds,
+        s.parked, s.owner.empty() ? "-" : s.owner);
+    if (!s.last_error.empty()) {
+      std::cout << "    last error: " << s.last_error
+                << (s.failed_position.empty()
+                        ? ""
+                        : absl::StrCat(" (at ", s.failed_position, ")"))
+                << "\n";
+    }
+  }
+  return kOk;
+}
+
+std::atomic<bool> interrupted{false};
+
+void OnInterrupt(int) { interrupted = true; }
+
+std::string Thousands(int64_t n) {
+  std::string digits = absl::StrCat(n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+std::string Duration(absl::Duration d) {
+  const int64_t s = absl::ToInt64Seconds(d);
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+// Progress: a bar redrawn in place on a terminal, plain lines otherwise.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(std::string name)
+      : name_(std::move(name)), tty_(isatty(STDERR_FILENO) == 1) {}
+
+  void Print(const cqrs::projections::RebuildProgress& p) {
+    const absl::Time now = absl::Now();
+    const absl::Duration every =
+        tty_ ? absl::Milliseconds(100) : absl::Seconds(2);
+    if (!p.swapped && now - last_ < every) return;
+    last_ = now;
+    const double fraction =
+        p.total > 0 ? static_cast<double>(p.done) / p.total : 1.0;
+    const std::string figures = absl::StrFormat(
+        "%s/%s events  %s ev/s  ETA %s", Thousands(p.done), Thousands(p.total),
+        Thousands(static_cast<int64_t>(p.events_per_second)), Duration(p.eta));
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(fraction * kWidth);
+      std::string bar(filled, '#');
+      bar.append(kWidth - filled, '.');
+      std::fprintf(stderr, "\r%s [%s] %3.0f%%  %s%s", name_.c_str(),
+                   bar.c_str(), fraction * 100, figures.c_str(),
+                   p.swapped ? "  swapped\n" : "");
+    } else {
+      std::fprintf(stderr, "%s: %3.0f%%  %s%s\n", name_.c_str(), fraction * 100,
+                   figures.c_str(), p.swapped ? "  swapped" : "");
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  const std::string name_;
+  const bool tty_;
+  absl::Time last_ = absl::InfinitePast();
+};
+
+int Rebuild(cqrs::PgPool& pool, const std::string& schema,
+            const std::vector<std::string>& names, bool all) {
+  std::vector<Projection> chosen;
+  std::vector<Projection> known = BankProjections();
+  if (all) {
+    if (!names.empty())
+      return Usage("give projection names or --all, not both");
+    chosen = known;
+  } else {
+    if (names.empty()) return Usage("rebuild needs projection names or --all");
+    std::set<std::string> seen;
+    for (const std::string& name : names) {
+      bool found = false;
+      for (const Projection& p : known) {
+        if (p.name == name) {
+          found = true;
+          if (seen.insert(name).second) chosen.push_back(p);
+        }
+      }
+      if (!found) {
+        std::vector<std::string> valid;
+        for (const Projection& p : known) valid.push_back(p.name);
+        return Usage(absl::StrCat("unknown projection '", name, "' (known: ",
+                                  absl::StrJoin(valid, ", "), ")"));
+      }
+    }
+  }
+  auto store = OpenStore(pool, schema);
+  if (!store.ok()) return Fail(store.status());
+  struct sigaction action = {};
+  action.sa_handler = OnInterrupt;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  for (const Projection& p : chosen) {
+    ProgressPrinter printer(p.name);
+    cqrs::projections::RebuildOptions options;
+    options.progress = [&](const cqrs::projections::RebuildProgress& r) {
+      printer.Print(r);
+    };
+    options.cancelled = [] { return interrupted.load(); };
+    absl::Status s = cqrs::projections::RebuildProjection(&pool, store->get(),
+                                                          p, schema, options);
+    if (!s.ok()) {
+      std::fprintf(stderr, "\n");
+      return Fail(s);
+    }
+  }
+  return kOk;
+}
+
+}  // namespace
+
+int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
+                          const std::vector<std::string>& args) {
+  if (args.empty()) return Usage("missing command (list, status, rebuild)");
+  const std::string& command = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  bool json = false, all = false;
+  std::vector<std::string> names;
+  for (const std::string& a : rest) {
+    if (a == "--json" && command == "status") {
+      json = true;
+    } else if (a == "--all" && command == "rebuild") {
+      all = true;
+    } else if (a.rfind("--", 0) == 0 || command != "rebuild") {
+      return Usage(absl::StrCat("unexpected argument '", a, "' for ", command));
+    } else {
+      names.push_back(a);
+    }
+  }
+  if (command == "list") return List();
+  if (command == "status") return Status(pool, schema, json);
+  if (command == "rebuild") return Rebuild(pool, schema, names, all);
+  return Usage(absl::StrCat("unknown projections command '", command, "'"));
+}
+
+int RunProjector(cqrs::PgPool& pool, const std::string& schema) {
+  // Signals are taken synchronously: blocked here, before any thread
+  // starts, and awaited below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  auto store = OpenStore(pool, schema);
+  if (!store.ok()) return Fail(store.status());
+  cqrs::projections::ProjectionRunnerOptions options;
+  options.schema = schema;
+  auto runner = cqrs::projections::ProjectionRunner::Create(
+      &pool, store->get(), BankProjections(), options);
+  if (!runner.ok()) return Fail(runner.status());
+  (*runner)->Start();
+  cqrs::Log(cqrs::LogLevel::kInfo, "projector running", {{"schema", schema}});
+  int signal = 0;
+  sigwait(&signals, &signal);
+  cqrs::Log(cqrs::LogLevel::kInfo, "projector stopping", {{"signal", signal}});
+  (*runner)->Stop();
+  return kOk;
+}
+
+}  // namespace bank

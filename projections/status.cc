@@ -1,0 +1,85 @@
+#include "projections/status.h"
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "framework/migrations.h"
+#include "framework/status_macros.h"
+#include "projections/internal/common.h"
+
+namespace cqrs::projections {
+
+absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
+    PgPool& pool, absl::string_view schema, absl::string_view event_schema) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  RETURN_IF_ERROR(ValidateSchemaName(event_schema));
+  ASSIGN_OR_RETURN(int migrated, MigratedVersion(pool, schema, "projections"));
+  if (migrated == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no projections in schema '", schema, "': run `bank migrate`"));
+  }
+  std::vector<StoredStatus> out;
+  RETURN_IF_ERROR(
+      pool.Run(PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::read_transaction tx(conn);
+        // The owner is whoever holds the ownership lock; the lag counts
+        // events after the checkpoint by global position (gaps from rolled
+        // back appends make it an estimate) and dates the oldest of them.
+        const std::string sql = absl::StrCat(
+            "SELECT p.name, p.version, p.generation, p.state, "
+            "p.position_xid::text || '.' || p.position_gp::text, "
+            "greatest(coalesce((SELECT max(global_position) FROM ",
+            event_schema,
+            ".events), 0) - p.position_gp, 0), "
+            "coalesce(extract(epoch FROM now() - (SELECT e.recorded_at FROM ",
+            event_schema,
+            ".events e WHERE (e.transaction_id, e.global_position) > "
+            "(p.position_xid, p.position_gp) ORDER BY e.transaction_id, "
+            "e.global_position LIMIT 1)), 0)::float8, "
+            "coalesce((SELECT a.application_name || ' pid ' || a.pid FROM "
+            "pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE "
+            "l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid "
+            "AND l.objid = hashtext($2 || '.' || p.name)::oid "
+            "AND l.objsubid = 2 LIMIT 1), ''), "
+            "(SELECT count(*) FROM ",
+            schema,
+            ".projection_parked k WHERE k.name = p.name AND k.generation = "
+            "p.generation), coalesce(p.last_error, ''), "
+            "coalesce(p.failed_position, ''), "
+            "EXISTS (SELECT 1 FROM ",
+            schema,
+            ".projection_rebuilds r WHERE r.name = p.name) "
+            "FROM ",
+            schema, ".projections p ORDER BY p.name");
+        for (const pqxx::row& r :
+             tx.exec_params(sql, projections_internal::kOwnershipLockClass,
+                            std::string(schema))) {
+          StoredStatus s;
+          s.name = r[0].as<std::string>();
+          s.version = r[1].as<int>();
+          s.generation = r[2].as<int>();
+          s.position = r[4].as<std::string>();
+          s.lag_events = r[5].as<int64_t>();
+          s.lag_seconds = r[6].as<double>();
+          s.owner = r[7].as<std::string>();
+          s.parked = r[8].as<int64_t>();
+          s.last_error = r[9].as<std::string>();
+          s.failed_position = r[10].as<std::string>();
+          const bool rebuilding = r[11].as<bool>();
+          if (r[3].as<std::string>() == "failed") {
+            s.state = "failed";
+          } else if (rebuilding) {
+            s.state = "rebuilding";
+          } else if (s.owner.empty()) {
+            s.state = "stopped";
+          } else {
+            s.state = s.lag_events > 1000 ? "catching_up" : "running";
+          }
+          out.push_back(std::move(s));
+        }
+        return absl::OkStatus();
+      }));
+  return out;
+}
+
+}  // namespace cqrs::projections
