@@ -47,7 +47,7 @@ struct Flags {
   int64_t accounts = 10000;
   int rate = 1000;
   int seconds = 10;
-  int batch = 5000;
+  int batch = 10000;
   bool rebuild = true;
   bool lag = true;
 };

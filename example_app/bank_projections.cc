@@ -130,28 +130,34 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
   const std::string& table = ctx.Table("account_transactions");
   // Running balances: from this batch's openings, else from the table.
   std::map<std::string, int64_t> balance;
+  // In key order, for the index's sake (here and for the rows below).
   SqlArray unknown;
   {
-    std::map<std::string, bool> seen;
+    std::map<std::string, bool> first_is_opening;
     for (const RecordedEvent& e : events) {
-      const std::string id = AccountId(e);
-      if (seen.count(id) > 0) continue;
-      seen[id] = true;
-      if (e.event_type != "AccountOpened") unknown.Add(id);
+      first_is_opening.emplace(AccountId(e), e.event_type == "AccountOpened");
+    }
+    for (const auto& [id, opening] : first_is_opening) {
+      if (!opening) unknown.Add(id);
     }
   }
   if (!unknown.empty()) {
     for (const pqxx::row& r : ctx.tx().exec_params(
-             absl::StrCat("SELECT DISTINCT ON (account_id) account_id, "
-                          "balance_after FROM ",
-                          table,
-                          " WHERE account_id = ANY($1::text[]) "
-                          "ORDER BY account_id, version DESC"),
+             absl::StrCat("SELECT d.id, (SELECT t.balance_after FROM ", table,
+                          " t WHERE t.account_id = d.id ORDER BY t.version "
+                          "DESC LIMIT 1) FROM unnest($1::text[]) AS d(id)"),
              unknown.literal())) {
-      balance[r[0].as<std::string>()] = r[1].as<int64_t>();
+      if (!r[1].is_null()) balance[r[0].as<std::string>()] = r[1].as<int64_t>();
     }
   }
-  SqlArray ids, versions, types, amounts, after, at;
+  struct Row {
+    int64_t version;
+    const char* type;
+    int64_t amount;
+    int64_t after;
+    int64_t at_us;
+  };
+  std::map<std::string, std::vector<Row>> rows;
   for (const RecordedEvent& e : events) {
     absl::StatusOr<AccountEvent> event = Decode(e);
     if (!event.ok()) return event.status();
@@ -163,18 +169,25 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
     if (std::holds_alternative<MoneyDeposited>(*event)) type = "deposit";
     if (std::holds_alternative<MoneyWithdrawn>(*event)) type = "withdrawal";
     if (std::holds_alternative<AccountClosed>(*event)) type = "closed";
-    ids.Add(id);
-    versions.Add(e.stream_version);
-    types.Add(type);
-    amounts.Add(delta < 0 ? -delta : delta);
-    after.Add(b);
-    at.Add(absl::ToUnixMicros(e.recorded_at));
+    rows[id].push_back(Row{e.stream_version, type, delta < 0 ? -delta : delta,
+                           b, absl::ToUnixMicros(e.recorded_at)});
+  }
+  SqlArray ids, versions, types, amounts, after, at;
+  for (const auto& [id, list] : rows) {
+    for (const Row& r : list) {
+      ids.Add(id);
+      versions.Add(r.version);
+      types.Add(r.type);
+      amounts.Add(r.amount);
+      after.Add(r.after);
+      at.Add(r.at_us);
+    }
   }
   ctx.tx().exec_params(
       absl::StrCat("INSERT INTO ", table,
                    " (account_id, version, type, amount, balance_after, at) "
                    "SELECT d.id, d.v, d.type, d.amount, d.after, "
-                   "to_timestamp(d.us / 1000000.0) FROM unnest($1::text[], "
+                   "to_timestamp(d.us::float8 / 1000000) FROM unnest($1::text[], "
                    "$2::bigint[], $3::text[], $4::bigint[], $5::bigint[], "
                    "$6::bigint[]) AS d(id, v, type, amount, after, us)"),
       ids.literal(), versions.literal(), types.literal(), amounts.literal(),

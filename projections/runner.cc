@@ -442,7 +442,7 @@ class Worker {
                      "event_type, schema_version, data, metadata, "
                      "recorded_at, error) VALUES ($1, $2, $3::text::xid8, "
                      "$4, $5, $6, $7, $8, $9, $10, $11, "
-                     "to_timestamp($12 / 1000000.0), $13) "
+                     "to_timestamp($12::float8 / 1000000), $13) "
                      "ON CONFLICT DO NOTHING"),
         p_.name, generation_, absl::StrCat(e.position.transaction_id),
         e.position.global_position, e.stream_id, e.stream_version, e.event_id,
