@@ -12,9 +12,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "eventstore/postgres_event_store.h"
 #include "example_app/bank_projections.h"
 #include "framework/log.h"
+#include "projections/parked.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
 #include "projections/status.h"
@@ -33,6 +35,9 @@ commands:
                             bar on a terminal); Ctrl-C stops it and leaves the
                             live read model untouched; running it again
                             resumes
+  parked [<name>]           the parked (dead-letter) events, oldest first
+  replay-parked <name>      apply a projection's parked events again, in
+                            order; those that fail again stay parked
 
 options (before or after the command):
   --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
@@ -248,11 +253,61 @@ int Rebuild(cqrs::PgPool& pool, const std::string& schema,
   return kOk;
 }
 
+// The projection of this build called `name`, or a usage error.
+absl::StatusOr<Projection> Find(const std::string& name) {
+  std::vector<std::string> valid;
+  for (const Projection& p : BankProjections()) {
+    if (p.name == name) return p;
+    valid.push_back(p.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown projection '", name,
+                   "' (known: ", absl::StrJoin(valid, ", "), ")"));
+}
+
+int Parked(cqrs::PgPool& pool, const std::string& schema,
+           const std::vector<std::string>& names) {
+  if (names.size() > 1) return Usage("parked takes at most one projection");
+  std::string name;
+  if (!names.empty()) {
+    absl::StatusOr<Projection> p = Find(names[0]);
+    if (!p.ok()) return Usage(std::string(p.status().message()));
+    name = p->name;
+  }
+  auto parked = cqrs::projections::ListParked(pool, schema, name, 10000);
+  if (!parked.ok()) return Fail(parked.status());
+  for (const auto& e : *parked) {
+    std::cout << e.projection << "  " << e.position << "  " << e.stream_id
+              << " v" << e.stream_version << "  " << e.event_type << "  "
+              << absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", e.parked_at,
+                                  absl::UTCTimeZone())
+              << "  " << e.error << "\n";
+  }
+  std::cout << parked->size() << " parked event(s)" << std::endl;
+  return kOk;
+}
+
+int ReplayParked(cqrs::PgPool& pool, const std::string& schema,
+                 const std::vector<std::string>& names) {
+  if (names.size() != 1) return Usage("replay-parked takes one projection");
+  absl::StatusOr<Projection> p = Find(names[0]);
+  if (!p.ok()) return Usage(std::string(p.status().message()));
+  auto result = cqrs::projections::ReplayParked(pool, *p, schema);
+  if (!result.ok()) return Fail(result.status());
+  std::cout << p->name << ": replayed " << result->replayed << ", still parked "
+            << result->still_parked << std::endl;
+  return result->still_parked == 0 ? kOk : kFailure;
+}
+
 }  // namespace
 
 int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
                           const std::vector<std::string>& args) {
-  if (args.empty()) return Usage("missing command (list, status, rebuild)");
+  if (args.empty()) {
+    return Usage(
+        "missing command (list, status, rebuild, parked, "
+        "replay-parked)");
+  }
   const std::string& command = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   bool json = false, all = false;
@@ -262,7 +317,9 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
       json = true;
     } else if (a == "--all" && command == "rebuild") {
       all = true;
-    } else if (a.rfind("--", 0) == 0 || command != "rebuild") {
+    } else if (a.rfind("--", 0) == 0 ||
+               (command != "rebuild" && command != "parked" &&
+                command != "replay-parked")) {
       return Usage(absl::StrCat("unexpected argument '", a, "' for ", command));
     } else {
       names.push_back(a);
@@ -271,6 +328,8 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
   if (command == "list") return List();
   if (command == "status") return Status(pool, schema, json);
   if (command == "rebuild") return Rebuild(pool, schema, names, all);
+  if (command == "parked") return Parked(pool, schema, names);
+  if (command == "replay-parked") return ReplayParked(pool, schema, names);
   return Usage(absl::StrCat("unknown projections command '", command, "'"));
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "projections/internal/common.h"
+#include "projections/parked.h"
 #include "projections/rebuild.h"
 #include "tests/support/test_database.h"
 
@@ -362,6 +363,38 @@ TEST_CASE("a poison event is parked with kPark and its stream waits",
   CHECK(schema.QueryInt(
             absl::StrCat("SELECT count(*) FROM ", schema.name(),
                          ".projection_parked WHERE stream_id = 's-1'")) == 11);
+  auto listed = ListParked(schema.pool(), schema.name(), "totals", 100);
+  REQUIRE(listed.ok());
+  REQUIRE(listed->size() == 11);
+  CHECK(absl::StrContains((*listed)[0].error, "poison amount 666"));
+  CHECK(absl::StrContains((*listed)[1].error, "parked behind"));
+
+  // Still broken: a replay changes nothing.
+  auto replay = ReplayParked(schema.pool(), Totals(&poison), schema.name());
+  REQUIRE(replay.ok());
+  CHECK(replay->replayed == 0);
+  CHECK(replay->still_parked == 11);
+  CHECK(ReadTotals(schema) == expected);
+
+  // Fixed: the replay applies them in order, and s-1 is live again.
+  poison = false;
+  replay = ReplayParked(schema.pool(), Totals(&poison), schema.name());
+  REQUIRE(replay.ok());
+  CHECK(replay->replayed == 11);
+  CHECK(replay->still_parked == 0);
+  auto full = before;
+  full["s-1"].first += 666;
+  full["s-1"].second += 1;
+  for (const auto& [stream, d] : after) {
+    full[stream].first += d.first;
+    full[stream].second += d.second;
+  }
+  CHECK(Converges(schema, full));
+  REQUIRE(store->Append("s-1", ExpectedVersion::Any(), {Added(5)}).ok());
+  full["s-1"].first += 5;
+  full["s-1"].second += 1;
+  CHECK(Converges(schema, full));
+  CHECK(WaitUntil([&] { return StatusOf(**runner).parked == 0; }));
 }
 
 TEST_CASE("bad projections are refused", "[projections][pg]") {
