@@ -134,7 +134,8 @@ std::string ParseFlags(const std::vector<std::string>& args,
       flags.help = true;
       continue;
     }
-    if (name == "--no-projections" && allowed_flag(name) && !has_value) {
+    if (name == "--no-projections" && allowed_flag(name)) {
+      if (has_value) return "--no-projections takes no value";
       flags.no_projections = true;
       continue;
     }
@@ -364,6 +365,12 @@ int main(int argc, char** argv) {
     if (!error.empty()) return UsageError(error, command);
     if (flags.positional.empty()) {
       return UsageError("missing projections command", command);
+    }
+    const std::string& sub = flags.positional[0];
+    if (sub != "list" && sub != "status" && sub != "rebuild" &&
+        sub != "parked" && sub != "replay-parked") {
+      return UsageError(absl::StrCat("unknown projections command '", sub, "'"),
+                        command);
     }
     return Projections(flags);
   }

@@ -33,7 +33,8 @@ Run Bank(const std::string& args) {
 }
 
 TEST_CASE("help on every subcommand exits 0", "[bank][cli]") {
-  for (const char* args : {"--help", "serve --help", "migrate --help"}) {
+  for (const char* args : {"--help", "serve --help", "migrate --help",
+                           "project --help", "projections --help"}) {
     INFO(args);
     Run r = Bank(args);
     CHECK(r.exit_code == 0);
@@ -44,8 +45,9 @@ TEST_CASE("help on every subcommand exits 0", "[bank][cli]") {
 TEST_CASE("usage errors exit 2 with one actionable line", "[bank][cli]") {
   for (const char* args :
        {"", "frobnicate", "serve --bogus", "serve --threads zero",
-        "serve --listen", "migrate --log-format json",
-        "serve --log-format xml"}) {
+        "serve --listen", "migrate --log-format json", "serve --log-format xml",
+        "projections", "projections frobnicate", "project --no-projections",
+        "serve --no-projections=yes"}) {
     INFO(args);
     Run r = Bank(args);
     CHECK(r.exit_code == 2);

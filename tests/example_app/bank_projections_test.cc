@@ -1,0 +1,300 @@
+// The bank's read models against a fold of the events: in-process, after a
+// rebuild, and with `bank project` worker processes that are killed with
+// SIGKILL (mid catch-up, and as the owner with a standby waiting).
+#include "example_app/bank_projections.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "example_app/account.h"
+#include "example_app/bank_app.h"
+#include "framework/uuid.h"
+#include "projections/rebuild.h"
+#include "projections/runner.h"
+#include "tests/support/test_database.h"
+
+extern char** environ;
+
+namespace bank {
+namespace {
+
+using cqrs::eventstore::ExpectedVersion;
+using cqrs::eventstore::NewEvent;
+using cqrs::testing::TestSchema;
+
+struct Row {
+  std::string owner, currency, status;
+  int64_t balance = 0, version = 0;
+  bool operator==(const Row& o) const {
+    return owner == o.owner && currency == o.currency && status == o.status &&
+           balance == o.balance && version == o.version;
+  }
+};
+using Balances = std::map<std::string, Row>;
+
+// Empty until a runner has created the read model.
+Balances ReadBalances(TestSchema& schema) {
+  Balances out;
+  pqxx::connection conn(schema.url());
+  pqxx::nontransaction tx(conn);
+  if (schema.QueryInt(absl::StrCat(
+          "SELECT count(*) FROM pg_views WHERE schemaname = '", schema.name(),
+          "' AND viewname = 'account_balances'")) == 0) {
+    return out;
+  }
+  for (const pqxx::row& r : tx.exec(
+           absl::StrCat("SELECT account_id, owner, currency, status, balance, "
+                        "version FROM ",
+                        schema.name(), ".account_balances"))) {
+    out[r[0].as<std::string>()] =
+        Row{r[1].as<std::string>(), r[2].as<std::string>(),
+            r[3].as<std::string>(), r[4].as<int64_t>(), r[5].as<int64_t>()};
+  }
+  return out;
+}
+
+bool WaitFor(const std::function<bool()>& done,
+             absl::Duration timeout = absl::Seconds(60)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return true;
+}
+
+std::unique_ptr<cqrs::eventstore::PostgresEventStore> Store(
+    TestSchema& schema) {
+  REQUIRE(BankApp::Migrate(schema.pool(), schema.name()).ok());
+  cqrs::eventstore::PostgresEventStoreOptions options;
+  options.schema = schema.name();
+  auto store =
+      cqrs::eventstore::PostgresEventStore::Create(&schema.pool(), options);
+  REQUIRE(store.ok());
+  return *std::move(store);
+}
+
+// Checks account_transactions and bank_stats against `want` (the balances).
+void CheckOtherModels(TestSchema& schema, const Balances& want) {
+  int64_t open = 0, total = 0;
+  for (const auto& [id, row] : want) {
+    open += row.status == "open" ? 1 : 0;
+    total += row.balance;
+    INFO(id);
+    CHECK(schema.QueryInt(absl::StrCat(
+              "SELECT count(*) FROM ", schema.name(),
+              ".account_transactions WHERE account_id = '", id, "'")) ==
+          row.version);
+    CHECK(schema.QueryInt(
+              absl::StrCat("SELECT balance_after FROM ", schema.name(),
+                           ".account_transactions WHERE account_id = '", id,
+                           "' ORDER BY version DESC LIMIT 1")) == row.balance);
+  }
+  auto stat = [&](const std::string& key) {
+    return schema.QueryInt(absl::StrCat("SELECT coalesce(sum(value), 0) FROM ",
+                                        schema.name(),
+                                        ".bank_stats WHERE key = '", key, "'"));
+  };
+  CHECK(stat("accounts") == static_cast<int64_t>(want.size()));
+  CHECK(stat("open_accounts") == open);
+  CHECK(stat("balance:EUR") == total);
+}
+
+TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
+          "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  const std::string prefix = cqrs::NewUuid().substr(0, 8);
+  absl::BitGen gen;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 20; ++i) {
+    ids.push_back(absl::StrCat(prefix, "-", i));
+    REQUIRE(AccountAggregate()
+                .Execute(*store, ids.back(),
+                         cqrs::commands::CommandMetadata::ForCommand(""), {},
+                         DecideOpen(absl::StrCat("owner", i % 3), "EUR"))
+                .ok());
+  }
+  auto random_commands = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      const std::string& id = ids[absl::Uniform(gen, 0u, ids.size())];
+      const int what = absl::Uniform(gen, 0, 10);
+      const int64_t amount = absl::Uniform<int64_t>(gen, 1, 1000);
+      auto decide = what < 6   ? DecideDeposit(amount)
+                    : what < 9 ? DecideWithdraw(amount)
+                               : DecideClose();
+      // Business-rule refusals are part of the game.
+      (void)AccountAggregate().Execute(
+          *store, id, cqrs::commands::CommandMetadata::ForCommand(""), {},
+          decide);
+    }
+  };
+  random_commands(400);
+  auto expected = [&] {
+    Balances want;
+    for (const std::string& id : ids) {
+      auto loaded = AccountAggregate().Load(*store, id);
+      REQUIRE(loaded.ok());
+      const Account& a = loaded->first;
+      want[id] = Row{a.owner, a.currency, a.closed ? "closed" : "open",
+                     a.balance, loaded->second};
+    }
+    return want;
+  };
+
+  cqrs::projections::ProjectionRunnerOptions options;
+  options.schema = schema.name();
+  auto runner = cqrs::projections::ProjectionRunner::Create(
+      &schema.pool(), store.get(), BankProjections(), options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  Balances want = expected();
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  CheckOtherModels(schema, want);
+
+  // Rebuild everything while commands keep coming.
+  std::thread more([&] { random_commands(200); });
+  for (const auto& p : BankProjections()) {
+    absl::Status s = cqrs::projections::RebuildProjection(
+        &schema.pool(), store.get(), p, schema.name(), {});
+    INFO(s.ToString());
+    CHECK(s.ok());
+  }
+  more.join();
+  want = expected();
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  CheckOtherModels(schema, want);
+  CHECK(schema.QueryInt(absl::StrCat("SELECT min(generation) FROM ",
+                                     schema.name(), ".projections")) == 2);
+}
+
+// A `bank project` worker process on the test database.
+class Projector {
+ public:
+  explicit Projector(TestSchema& schema) {
+    std::vector<std::string> args = {BANK_BINARY,  "project",  "--database-url",
+                                     schema.url(), "--schema", schema.name()};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    REQUIRE(posix_spawn(&pid_, BANK_BINARY, nullptr, nullptr, argv.data(),
+                        environ) == 0);
+  }
+  ~Projector() { Kill(SIGKILL); }
+  int Kill(int signal) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, signal);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Appends `accounts` accounts of 1 opening and `deposits` deposits of
+// 1..deposits each, 100 events per append; returns the expected balances.
+Balances Fill(cqrs::eventstore::EventStore& store, const std::string& prefix,
+              int accounts, int deposits) {
+  Balances want;
+  for (int a = 0; a < accounts; ++a) {
+    const std::string id = absl::StrCat(prefix, a);
+    std::vector<NewEvent> events;
+    NewEvent open;
+    open.event_type = "AccountOpened";
+    open.data = R"({"owner":"o","currency":"EUR"})";
+    events.push_back(open);
+    int64_t balance = 0;
+    for (int d = 1; d <= deposits; ++d) {
+      NewEvent e;
+      e.event_type = "MoneyDeposited";
+      e.data = absl::StrCat(R"({"amount":)", d, "}");
+      events.push_back(e);
+      balance += d;
+    }
+    for (size_t from = 0; from < events.size(); from += 100) {
+      std::vector<NewEvent> chunk(
+          events.begin() + from,
+          events.begin() + std::min(events.size(), from + 100));
+      REQUIRE(store
+                  .Append(absl::StrCat("account-", id),
+                          ExpectedVersion::Exactly(static_cast<int64_t>(from)),
+                          std::move(chunk))
+                  .ok());
+    }
+    want[id] = Row{"o", "EUR", "open", balance, deposits + 1};
+  }
+  return want;
+}
+
+int64_t Checkpoint(TestSchema& schema, const std::string& projection) {
+  return schema.QueryInt(
+      absl::StrCat("SELECT coalesce(max(position_gp), 0) FROM ", schema.name(),
+                   ".projections WHERE name = '", projection, "'"));
+}
+
+TEST_CASE("a projector killed with SIGKILL mid catch-up resumes exactly",
+          "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  Balances want = Fill(*store, "k", 200, 149);  // 30,000 events
+  const int64_t total = 200 * 150;
+  {
+    Projector first(schema);
+    REQUIRE(WaitFor(
+        [&] { return Checkpoint(schema, "account_transactions") >= 2000; }));
+    first.Kill(SIGKILL);
+  }
+  const int64_t at_kill = Checkpoint(schema, "account_transactions");
+  INFO("account_transactions checkpoint at the kill: " << at_kill);
+  CHECK(at_kill < total);  // the kill came in the middle of the catch-up
+  Projector second(schema);
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitFor([&] {
+    return Checkpoint(schema, "account_transactions") == total &&
+           Checkpoint(schema, "bank_stats") == total;
+  }));
+  CheckOtherModels(schema, want);
+  CHECK(second.Kill(SIGTERM) == 0);
+}
+
+TEST_CASE("a standby projector takes over from a killed owner",
+          "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  Balances want = Fill(*store, "s", 20, 9);
+  Projector owner(schema);
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  Projector standby(schema);
+  absl::SleepFor(absl::Milliseconds(500));  // let it find the locks taken
+  owner.Kill(SIGKILL);
+  const absl::Time killed = absl::Now();
+  Balances more = Fill(*store, "t", 5, 9);
+  want.insert(more.begin(), more.end());
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  // Takeover within 5 s of the kill (the standby retries every second).
+  CHECK(absl::Now() - killed < absl::Seconds(5));
+  REQUIRE(WaitFor([&] {
+    return Checkpoint(schema, "bank_stats") ==
+           Checkpoint(schema, "account_balances");
+  }));
+  CheckOtherModels(schema, want);
+}
+
+}  // namespace
+}  // namespace bank
