@@ -1,12 +1,15 @@
 #include "projections/rebuild.h"
 
+#include <deque>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include <pqxx/pqxx>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
@@ -17,6 +20,62 @@ namespace {
 using eventstore::Position;
 using eventstore::RecordedEvent;
 using projections_internal::ParseXid;
+
+// Reads the next pages of the global order on its own connection while the
+// current one is being applied: on two cores this overlaps reading with
+// applying. Keeps at most two pages ahead; stops after a short page.
+class Prefetcher {
+ public:
+  Prefetcher(eventstore::EventStore* store, Position from, int batch)
+      : store_(store), thread_([this, from, batch] { Loop(from, batch); }) {}
+  ~Prefetcher() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+
+  absl::StatusOr<eventstore::ReadAllResult> Next() {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !pages_.empty();
+    };
+    mu_.Await(absl::Condition(&ready));
+    absl::StatusOr<eventstore::ReadAllResult> page = std::move(pages_.front());
+    pages_.pop_front();
+    return page;
+  }
+
+ private:
+  void Loop(Position at, int batch) {
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || pages_.size() < 2;
+        };
+        mu_.Await(absl::Condition(&room));
+        if (stop_) return;
+      }
+      absl::StatusOr<eventstore::ReadAllResult> page =
+          store_->ReadAll(at, batch);
+      const bool last =
+          !page.ok() || static_cast<int>(page->events.size()) < batch;
+      if (page.ok()) at = page->next;
+      absl::MutexLock lock(&mu_);
+      pages_.push_back(std::move(page));
+      if (last) return;
+    }
+  }
+
+  eventstore::EventStore* const store_;
+  absl::Mutex mu_;
+  std::deque<absl::StatusOr<eventstore::ReadAllResult>> pages_
+      ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts after the members above exist
+};
 
 class Rebuild {
  public:
@@ -44,6 +103,7 @@ class Rebuild {
     progress_.total = head.global_position;
     started_ = absl::Now();
     done_at_start_ = position_.global_position;
+    Prefetcher prefetcher(store_, position_, options_.batch_size);
     while (true) {
       if (options_.cancelled && options_.cancelled()) {
         return absl::CancelledError(absl::StrCat(
@@ -51,7 +111,8 @@ class Rebuild {
             "' interrupted; the live read model is untouched; run it again "
             "to resume"));
       }
-      ASSIGN_OR_RETURN(int read, Batch());
+      ASSIGN_OR_RETURN(eventstore::ReadAllResult page, prefetcher.Next());
+      ASSIGN_OR_RETURN(int read, Batch(std::move(page)));
       Report(false);
       if (read < options_.batch_size) break;
     }
@@ -146,6 +207,13 @@ class Rebuild {
     auto events_tx = store_->InTransaction(tx);
     ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
                      events_tx->ReadAll(position_, options_.batch_size));
+    return ApplyPage(tx, std::move(page));
+  }
+
+  // Applies `page` (read after position_) to the target tables. Returns how
+  // many events it had (of any type).
+  absl::StatusOr<int> ApplyPage(pqxx::transaction_base& tx,
+                                eventstore::ReadAllResult page) {
     if (page.events.empty()) return 0;
     std::vector<RecordedEvent> relevant;
     relevant.reserve(page.events.size());
@@ -169,12 +237,12 @@ class Rebuild {
     return read;
   }
 
-  absl::StatusOr<int> Batch() {
+  absl::StatusOr<int> Batch(eventstore::ReadAllResult page) {
     int read = 0;
     RETURN_IF_ERROR(pool_->Run(
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           pqxx::work tx(conn);
-          ASSIGN_OR_RETURN(read, ApplyNext(tx));
+          ASSIGN_OR_RETURN(read, ApplyPage(tx, std::move(page)));
           if (read == 0) return absl::OkStatus();
           tx.exec_params(
               absl::StrCat("UPDATE ", schema_,
