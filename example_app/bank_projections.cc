@@ -274,7 +274,7 @@ Projection AccountBalancesProjection() {
        "  currency   text NOT NULL,"
        "  balance    bigint NOT NULL,"
        "  status     text NOT NULL,"
-       "  version    bigint NOT NULL);"
+       "  version    bigint NOT NULL) WITH (fillfactor = 50);"
        "CREATE INDEX {table_name}_owner_idx ON {table} (owner, account_id)"}};
   p.apply = ApplyBalances;
   return p;
