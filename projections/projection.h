@@ -31,6 +31,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -47,10 +48,22 @@ namespace cqrs::projections {
 using EventBatch = absl::Span<const eventstore::RecordedEvent>;
 
 struct ProjectionTable {
+  ProjectionTable() = default;
+  ProjectionTable(std::string name, std::string ddl,
+                  std::vector<std::string> deferred_indexes = {})
+      : name(std::move(name)),
+        ddl(std::move(ddl)),
+        deferred_indexes(std::move(deferred_indexes)) {}
+
   std::string name;  // a lower-case identifier; the view readers query
   // CREATE TABLE {table} ...; more statements allowed. {table_name} is the
   // unqualified name, for names of indexes and constraints.
   std::string ddl;
+  // Indexes (and constraints) that the handler does not rely on, e.g.
+  // "ALTER TABLE {table} ADD PRIMARY KEY (id, version)": a rebuild creates
+  // them after filling the table, which is much faster than maintaining
+  // them row by row. (Indexes that ON CONFLICT clauses need belong in ddl.)
+  std::vector<std::string> deferred_indexes;
 };
 
 // What the runner does with an event that keeps failing.

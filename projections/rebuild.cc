@@ -181,7 +181,9 @@ class Rebuild {
           for (const auto& [name, physical] : tables_) {
             tx.exec(absl::StrCat("DROP TABLE IF EXISTS ", physical));
           }
-          projections_internal::CreateTables(tx, schema_, p_, target_);
+          projections_internal::CreateTables(
+              tx, schema_, p_, target_,
+              projections_internal::DeferredIndexes::kLater);
           // Filled unlogged (no WAL per row: several times faster), made
           // logged before the swap (SetLogged).
           for (const auto& [name, physical] : tables_) {
@@ -193,7 +195,8 @@ class Rebuild {
                            "VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE "
                            "SET version = EXCLUDED.version, generation = "
                            "EXCLUDED.generation, position_xid = '0', "
-                           "position_gp = 0, started_at = now()"),
+                           "position_gp = 0, finished = false, "
+                           "started_at = now()"),
               p_.name, p_.version, target_);
           tx.commit();
           position_ = Position::Start();
@@ -258,15 +261,27 @@ class Rebuild {
   }
 
   // Writes the new tables to the WAL (a bulk copy), so that they survive a
-  // crash from the swap on. Outside the swap's transaction, which stays
-  // short.
+  // crash from the swap on, and builds their deferred indexes. Outside the
+  // swap's transaction, which stays short.
   absl::Status SetLogged() {
     return pool_->Run(
         PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
           pqxx::work tx(conn);
+          const bool finished =
+              tx.exec_params1(absl::StrCat("SELECT finished FROM ", schema_,
+                                           ".projection_rebuilds WHERE name "
+                                           "= $1 FOR UPDATE"),
+                              p_.name)[0]
+                  .as<bool>();
+          if (finished) return absl::OkStatus();  // a resumed rebuild
           for (const auto& [name, physical] : tables_) {
             tx.exec(absl::StrCat("ALTER TABLE ", physical, " SET LOGGED"));
           }
+          projections_internal::CreateDeferredIndexes(tx, schema_, p_, target_);
+          tx.exec_params(absl::StrCat("UPDATE ", schema_,
+                                      ".projection_rebuilds SET finished = "
+                                      "true WHERE name = $1"),
+                         p_.name);
           tx.commit();
           return absl::OkStatus();
         });

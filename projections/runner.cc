@@ -74,6 +74,8 @@ CREATE TABLE {s}.projection_rebuilds (
   generation   integer     NOT NULL,
   position_xid xid8        NOT NULL DEFAULT '0',
   position_gp  bigint      NOT NULL DEFAULT 0,
+  -- The tables are logged and indexed: only the swap is left.
+  finished     boolean     NOT NULL DEFAULT false,
   started_at   timestamptz NOT NULL DEFAULT now()
 );
 )sql"},

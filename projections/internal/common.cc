@@ -54,12 +54,34 @@ uint64_t ParseXid(const pqxx::field& f) {
   return xid;
 }
 
+namespace {
+
+std::string Expand(absl::string_view sql, absl::string_view schema,
+                   absl::string_view table, int generation) {
+  return absl::StrReplaceAll(
+      sql, {{"{table}", PhysicalTable(schema, table, generation)},
+            {"{table_name}", absl::StrCat(table, "_g", generation)}});
+}
+
+}  // namespace
+
 void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
-                  const projections::Projection& p, int generation) {
+                  const projections::Projection& p, int generation,
+                  DeferredIndexes deferred) {
   for (const projections::ProjectionTable& t : p.tables) {
-    tx.exec(absl::StrReplaceAll(
-        t.ddl, {{"{table}", PhysicalTable(schema, t.name, generation)},
-                {"{table_name}", absl::StrCat(t.name, "_g", generation)}}));
+    tx.exec(Expand(t.ddl, schema, t.name, generation));
+  }
+  if (deferred == DeferredIndexes::kNow) {
+    CreateDeferredIndexes(tx, schema, p, generation);
+  }
+}
+
+void CreateDeferredIndexes(pqxx::transaction_base& tx, absl::string_view schema,
+                           const projections::Projection& p, int generation) {
+  for (const projections::ProjectionTable& t : p.tables) {
+    for (const std::string& index : t.deferred_indexes) {
+      tx.exec(Expand(index, schema, t.name, generation));
+    }
   }
 }
 
@@ -95,7 +117,7 @@ absl::Status EnsureRegistered(PgPool& pool, absl::string_view schema,
                                         ".projections WHERE name = $1"),
                            p.name);
         if (!row.empty()) return absl::OkStatus();
-        CreateTables(tx, schema, p, 1);
+        CreateTables(tx, schema, p, 1, DeferredIndexes::kNow);
         PointViews(tx, schema, p, 1);
         tx.exec_params(absl::StrCat("INSERT INTO ", schema,
                                     ".projections (name, version, "

@@ -33,9 +33,15 @@ absl::flat_hash_map<std::string, std::string> TableMap(
 // Parses a xid8 column sent as text; throws pqxx::conversion_error.
 uint64_t ParseXid(const pqxx::field& f);
 
-// Creates the tables of `p` for `generation` inside `tx`.
+// Creates the tables of `p` for `generation` inside `tx`, with their
+// deferred indexes unless `deferred` is kLater.
+enum class DeferredIndexes { kNow, kLater };
 void CreateTables(pqxx::transaction_base& tx, absl::string_view schema,
-                  const projections::Projection& p, int generation);
+                  const projections::Projection& p, int generation,
+                  DeferredIndexes deferred);
+// Creates the deferred indexes of `p`'s tables for `generation`.
+void CreateDeferredIndexes(pqxx::transaction_base& tx, absl::string_view schema,
+                           const projections::Projection& p, int generation);
 
 // Points the views readers query at `generation` (creating them if needed).
 void PointViews(pqxx::dbtransaction& tx, absl::string_view schema,
