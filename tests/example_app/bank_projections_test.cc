@@ -3,6 +3,7 @@
 // SIGKILL (mid catch-up, and as the owner with a standby waiting).
 #include "example_app/bank_projections.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -207,6 +208,40 @@ class Projector {
   pid_t pid_ = -1;
 };
 
+// A `bank projections rebuild <name>` process on the test database.
+class Rebuilder {
+ public:
+  Rebuilder(TestSchema& schema, const std::string& name) {
+    std::vector<std::string> args = {
+        BANK_BINARY, "projections", "rebuild",        name,
+        "--schema",  schema.name(), "--database-url", schema.url()};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
+    REQUIRE(posix_spawn(&pid_, BANK_BINARY, &files, nullptr, argv.data(),
+                        environ) == 0);
+    posix_spawn_file_actions_destroy(&files);
+  }
+  ~Rebuilder() { Kill(SIGKILL); }
+  int Kill(int signal) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, signal);
+    return Wait();
+  }
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
 // Appends `accounts` accounts of 1 opening and `deposits` deposits of
 // 1..deposits each, 100 events per append; returns the expected balances.
 Balances Fill(cqrs::eventstore::EventStore& store, const std::string& prefix,
@@ -294,6 +329,107 @@ TEST_CASE("a standby projector takes over from a killed owner",
            Checkpoint(schema, "account_balances");
   }));
   CheckOtherModels(schema, want);
+}
+
+int64_t RebuildCheckpoint(TestSchema& schema) {
+  return schema.QueryInt(
+      absl::StrCat("SELECT coalesce(max(position_gp), 0) FROM ", schema.name(),
+                   ".projection_rebuilds"));
+}
+
+TEST_CASE("a CLI rebuild stopped by Ctrl-C or kill -9 leaves the live model",
+          "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  Balances want = Fill(*store, "r", 400, 149);  // 60,000 events
+  Projector projector(schema);
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  for (int signal : {SIGINT, SIGKILL}) {
+    INFO("signal " << signal);
+    Rebuilder rebuild(schema, "account_transactions");
+    const int64_t before = RebuildCheckpoint(schema);
+    REQUIRE(WaitFor([&] { return RebuildCheckpoint(schema) > before; }));
+    const int code = rebuild.Kill(signal);
+    CHECK(code == (signal == SIGINT ? 1 : 128 + SIGKILL));
+    // Interrupted mid-way: the live model is untouched.
+    CHECK(schema.QueryInt(absl::StrCat("SELECT generation FROM ", schema.name(),
+                                       ".projections WHERE name = "
+                                       "'account_transactions'")) == 1);
+    CHECK(RebuildCheckpoint(schema) < 60000);
+    CheckOtherModels(schema, want);
+  }
+  Rebuilder again(schema, "account_transactions");
+  CHECK(again.Wait() == 0);
+  CHECK(schema.QueryInt(absl::StrCat("SELECT generation FROM ", schema.name(),
+                                     ".projections WHERE name = "
+                                     "'account_transactions'")) == 2);
+  CheckOtherModels(schema, want);
+}
+
+struct Run {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Run BankCli(TestSchema& schema, const std::string& args) {
+  const std::string command =
+      absl::StrCat(BANK_BINARY, " ", args, " --database-url '", schema.url(),
+                   "' --schema ", schema.name(), " 2>&1 </dev/null");
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
+    output.append(buffer, n);
+  }
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST_CASE("bank projections: status, rebuild, parked from the CLI",
+          "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  Balances want = Fill(*store, "c", 10, 9);
+  {
+    Projector projector(schema);
+    REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+    Run status = BankCli(schema, "projections status --json");
+    INFO(status.output);
+    CHECK(status.exit_code == 0);
+    for (const char* name :
+         {"account_balances", "account_transactions", "bank_stats"}) {
+      CHECK(absl::StrContains(status.output,
+                              absl::StrCat("\"name\":\"", name, "\"")));
+    }
+    CHECK(absl::StrContains(status.output, "\"owner\":\"cqrs projection"));
+
+    // Rebuilt while the projector runs: plain progress lines (no terminal).
+    Run rebuild = BankCli(schema, "projections rebuild --all");
+    INFO(rebuild.output);
+    CHECK(rebuild.exit_code == 0);
+    size_t swapped = 0;
+    for (size_t at = 0;
+         (at = rebuild.output.find("swapped", at)) != std::string::npos; ++at) {
+      ++swapped;
+    }
+    CHECK(swapped == 3);
+    CHECK(ReadBalances(schema) == want);
+    CheckOtherModels(schema, want);
+  }
+  Run parked = BankCli(schema, "projections parked");
+  CHECK(parked.exit_code == 0);
+  CHECK(absl::StrContains(parked.output, "0 parked event(s)"));
+  Run replay = BankCli(schema, "projections replay-parked account_balances");
+  CHECK(replay.exit_code == 0);
+  CHECK(absl::StrContains(replay.output, "replayed 0, still parked 0"));
+  Run unknown = BankCli(schema, "projections rebuild nope");
+  CHECK(unknown.exit_code == 2);
+  CHECK(absl::StrContains(unknown.output, "unknown projection 'nope'"));
+  Run list = BankCli(schema, "projections list");
+  CHECK(list.exit_code == 0);
+  CHECK(absl::StrContains(list.output, "account_transactions"));
 }
 
 }  // namespace
