@@ -181,7 +181,10 @@ class Worker {
           SleepFor(Backoff(attempts++));
           continue;
         }
-        if (status_state() == "stopped_version") {
+        if (version_mismatch_) {
+          // Another version's read model: leave it alone, and look again
+          // later (a rebuild with this version swaps it in).
+          prepared_ = false;
           SleepFor(options_->takeover_interval);
           continue;
         }
@@ -346,8 +349,9 @@ class Worker {
             if (fp.ok()) status_.failed_position = *fp;
             status_.state = "failed";
           }
-          if (version != p_.version) {
-            status_.state = "stopped_version";
+          version_mismatch_ = version != p_.version;
+          if (version_mismatch_) {
+            status_.state = "stopped";
             status_.last_error = absl::StrCat(
                 "stored version ", version, ", this build has ", p_.version,
                 ": run `projections rebuild ", p_.name, "`");
@@ -523,6 +527,7 @@ class Worker {
   absl::Time next_ownership_check_ = absl::InfinitePast();
   bool prepared_ = false;
   bool failed_ = false;
+  bool version_mismatch_ = false;  // the stored version is not ours
   int generation_ = 0;
   int parked_epoch_ = 0;
   absl::flat_hash_map<std::string, std::string> tables_;

@@ -397,6 +397,50 @@ TEST_CASE("a poison event is parked with kPark and its stream waits",
   CHECK(WaitUntil([&] { return StatusOf(**runner).parked == 0; }));
 }
 
+TEST_CASE("a new projection version waits for its rebuild, then takes over",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 300, 7);
+  auto old_code = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                           {Totals()}, Options(schema));
+  REQUIRE(old_code.ok());
+  (*old_code)->Start();
+  REQUIRE(Converges(schema, fold));
+  (*old_code)->Stop();
+
+  // New code: version 2 of the same projection.
+  Projection v2 = Totals();
+  v2.version = 2;
+  auto new_code = ProjectionRunner::Create(&schema.pool(), store.get(), {v2},
+                                           Options(schema));
+  REQUIRE(new_code.ok());
+  (*new_code)->Start();
+  REQUIRE(WaitUntil([&] {
+    return absl::StrContains(StatusOf(**new_code).last_error, "rebuild");
+  }));
+  CHECK(StatusOf(**new_code).state == "stopped");
+  auto more = AppendMany(*store, 50, 7, 1000);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  REQUIRE(RebuildProjection(&schema.pool(), store.get(), v2, schema.name(), {})
+              .ok());
+  CHECK(schema.QueryInt(absl::StrCat("SELECT version FROM ", schema.name(),
+                                     ".projections WHERE name = 'totals'")) ==
+        2);
+  // The new code's runner takes over from the rebuilt checkpoint.
+  CHECK(WaitUntil([&] { return StatusOf(**new_code).state == "running"; }));
+  auto last = AppendMany(*store, 20, 7, 5000);
+  for (const auto& [stream, d] : last) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  CHECK(Converges(schema, fold));
+}
+
 TEST_CASE("bad projections are refused", "[projections][pg]") {
   TestSchema schema;
   auto store = schema.NewEventStore();
