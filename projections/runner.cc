@@ -190,6 +190,9 @@ class Worker {
         }
       }
       if (failed_) {
+        // Stopped by a failing event until a rebuild replaces the read
+        // model (which clears the state): look again now and then.
+        prepared_ = false;
         SleepFor(options_->poll_interval);
         continue;
       }

@@ -329,6 +329,17 @@ TEST_CASE("a poison event stops a projection with kStop", "[projections][pg]") {
   (*again)->Start();
   REQUIRE(WaitUntil([&] { return StatusOf(**again).state == "failed"; }));
   CHECK(StatusOf(**again).failed_position == bad->position);
+
+  // Fixed and rebuilt: the running worker picks the projection up again.
+  poison = false;
+  REQUIRE(RebuildProjection(&schema.pool(), store.get(), Totals(&poison),
+                            schema.name(), {})
+              .ok());
+  CHECK(WaitUntil([&] { return StatusOf(**again).state == "running"; }));
+  totals = ReadTotals(schema);
+  events = 0;
+  for (const auto& [stream, d] : totals) events += d.second;
+  CHECK(events == 61);
 }
 
 TEST_CASE("a poison event is parked with kPark and its stream waits",
