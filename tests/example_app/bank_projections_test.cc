@@ -91,18 +91,25 @@ std::unique_ptr<cqrs::eventstore::PostgresEventStore> Store(
 // Checks account_transactions and bank_stats against `want` (the balances).
 void CheckOtherModels(TestSchema& schema, const Balances& want) {
   int64_t open = 0, total = 0;
+  // Per account: rows and the last balance_after, in one query.
+  std::map<std::string, std::pair<int64_t, int64_t>> got;
+  {
+    pqxx::connection conn(schema.url());
+    pqxx::nontransaction tx(conn);
+    for (const pqxx::row& r : tx.exec(absl::StrCat(
+             "SELECT account_id, count(*), (array_agg(balance_after ORDER BY "
+             "version DESC))[1] FROM ",
+             schema.name(), ".account_transactions GROUP BY account_id"))) {
+      got[r[0].as<std::string>()] = {r[1].as<int64_t>(), r[2].as<int64_t>()};
+    }
+  }
+  CHECK(got.size() == want.size());
   for (const auto& [id, row] : want) {
     open += row.status == "open" ? 1 : 0;
     total += row.balance;
     INFO(id);
-    CHECK(schema.QueryInt(absl::StrCat(
-              "SELECT count(*) FROM ", schema.name(),
-              ".account_transactions WHERE account_id = '", id, "'")) ==
-          row.version);
-    CHECK(schema.QueryInt(
-              absl::StrCat("SELECT balance_after FROM ", schema.name(),
-                           ".account_transactions WHERE account_id = '", id,
-                           "' ORDER BY version DESC LIMIT 1")) == row.balance);
+    CHECK(got[id].first == row.version);
+    CHECK(got[id].second == row.balance);
   }
   auto stat = [&](const std::string& key) {
     return schema.QueryInt(absl::StrCat("SELECT coalesce(sum(value), 0) FROM ",
