@@ -88,8 +88,26 @@ std::unique_ptr<cqrs::eventstore::PostgresEventStore> Store(
   return *std::move(store);
 }
 
-// Checks account_transactions and bank_stats against `want` (the balances).
+void CheckOtherModelsNow(TestSchema& schema, const Balances& want);
+
+// Checks account_transactions and bank_stats against `want` (the balances),
+// once they have caught up: each projection follows the events on its own,
+// so they may still be behind account_balances.
 void CheckOtherModels(TestSchema& schema, const Balances& want) {
+  WaitFor([&] {
+    int64_t events = 0;
+    for (const auto& [id, row] : want) events += row.version;
+    return schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                        ".account_transactions")) == events &&
+           schema.QueryInt(absl::StrCat(
+               "SELECT coalesce(sum(value), 0) FROM ", schema.name(),
+               ".bank_stats WHERE key = 'accounts'")) ==
+               static_cast<int64_t>(want.size());
+  });
+  CheckOtherModelsNow(schema, want);
+}
+
+void CheckOtherModelsNow(TestSchema& schema, const Balances& want) {
   int64_t open = 0, total = 0;
   // Per account: rows and the last balance_after, in one query.
   std::map<std::string, std::pair<int64_t, int64_t>> got;
