@@ -95,14 +95,20 @@ void CheckOtherModelsNow(TestSchema& schema, const Balances& want);
 // so they may still be behind account_balances.
 void CheckOtherModels(TestSchema& schema, const Balances& want) {
   WaitFor([&] {
-    int64_t events = 0;
-    for (const auto& [id, row] : want) events += row.version;
+    int64_t events = 0, total = 0;
+    for (const auto& [id, row] : want) {
+      events += row.version;
+      total += row.balance;
+    }
+    auto stat = [&](const char* key) {
+      return schema.QueryInt(
+          absl::StrCat("SELECT coalesce(sum(value), 0) FROM ", schema.name(),
+                       ".bank_stats WHERE key = '", key, "'"));
+    };
     return schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
                                         ".account_transactions")) == events &&
-           schema.QueryInt(absl::StrCat(
-               "SELECT coalesce(sum(value), 0) FROM ", schema.name(),
-               ".bank_stats WHERE key = 'accounts'")) ==
-               static_cast<int64_t>(want.size());
+           stat("accounts") == static_cast<int64_t>(want.size()) &&
+           stat("balance:EUR") == total;
   });
   CheckOtherModelsNow(schema, want);
 }
