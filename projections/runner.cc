@@ -100,8 +100,6 @@ class Worker {
     status_.state = "stopped";
   }
 
-  const Projection& projection() const { return p_; }
-
   void Start() {
     {
       absl::MutexLock lock(&mu_);
@@ -238,11 +236,6 @@ class Worker {
       }
       WaitForEvents(&busy_wait);
     }
-  }
-
-  std::string status_state() const {
-    absl::MutexLock lock(&mu_);
-    return status_.state;
   }
 
   Position checkpoint() const {

@@ -213,39 +213,17 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
                                      schema.name(), ".projections")) == 2);
 }
 
-// A `bank project` worker process on the test database.
-class Projector {
+// A `bank <args> --database-url <test db> --schema <test schema>` child
+// process, its stderr discarded; killed with SIGKILL if still running at
+// the end.
+class BankProcess {
  public:
-  explicit Projector(TestSchema& schema) {
-    std::vector<std::string> args = {BANK_BINARY,  "project",  "--database-url",
-                                     schema.url(), "--schema", schema.name()};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    REQUIRE(posix_spawn(&pid_, BANK_BINARY, nullptr, nullptr, argv.data(),
-                        environ) == 0);
-  }
-  ~Projector() { Kill(SIGKILL); }
-  int Kill(int signal) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, signal);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-// A `bank projections rebuild <name>` process on the test database.
-class Rebuilder {
- public:
-  Rebuilder(TestSchema& schema, const std::string& name) {
-    std::vector<std::string> args = {
-        BANK_BINARY, "projections", "rebuild",        name,
-        "--schema",  schema.name(), "--database-url", schema.url()};
+  BankProcess(TestSchema& schema, std::vector<std::string> args) {
+    args.insert(args.begin(), BANK_BINARY);
+    for (const std::string& a : {std::string("--database-url"), schema.url(),
+                                 std::string("--schema"), schema.name()}) {
+      args.push_back(a);
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -256,7 +234,8 @@ class Rebuilder {
                         environ) == 0);
     posix_spawn_file_actions_destroy(&files);
   }
-  ~Rebuilder() { Kill(SIGKILL); }
+  ~BankProcess() { Kill(SIGKILL); }
+  // Sends `signal` and returns the exit code (128 + signal when killed).
   int Kill(int signal) {
     if (pid_ <= 0) return -1;
     kill(pid_, signal);
@@ -271,6 +250,17 @@ class Rebuilder {
 
  private:
   pid_t pid_ = -1;
+};
+
+// A `bank project` worker.
+struct Projector : BankProcess {
+  explicit Projector(TestSchema& schema) : BankProcess(schema, {"project"}) {}
+};
+
+// A `bank projections rebuild <name>` process.
+struct Rebuilder : BankProcess {
+  Rebuilder(TestSchema& schema, const std::string& name)
+      : BankProcess(schema, {"projections", "rebuild", name}) {}
 };
 
 // Appends `accounts` accounts of 1 opening and `deposits` deposits of
