@@ -34,9 +34,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/optional.h"
-#include "framework/http/internal/worker_pool.h"
 #include "framework/log.h"
 #include "framework/uuid.h"
+#include "framework/worker_pool.h"
 
 namespace cqrs {
 namespace http {
@@ -136,7 +136,7 @@ struct Core {
   // Constant after construction.
   const ServerOptions options;
   const Router* const router;
-  http_internal::WorkerPool pool;
+  WorkerPool pool;
   const std::shared_ptr<DeliveryGate> gate;
 
   std::atomic<bool> draining{false};

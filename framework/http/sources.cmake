@@ -2,9 +2,9 @@
 # framework/CMakeLists.txt).
 set(CQRS_FRAMEWORK_HTTP_SOURCES
   http/internal/utf8.cc
-  http/internal/worker_pool.cc
   http/json_body.cc
   http/message.cc
+  http/request_metrics.cc
   http/router.cc
   http/server.cc
   http/status_mapping.cc

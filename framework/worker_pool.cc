@@ -1,9 +1,8 @@
-#include "framework/http/internal/worker_pool.h"
+#include "framework/worker_pool.h"
 
 #include <utility>
 
 namespace cqrs {
-namespace http_internal {
 
 WorkerPool::WorkerPool(int threads, size_t max_queued)
     : max_queued_(max_queued) {
@@ -59,5 +58,4 @@ void WorkerPool::WorkerLoop() {
   }
 }
 
-}  // namespace http_internal
 }  // namespace cqrs

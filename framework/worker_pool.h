@@ -1,11 +1,12 @@
-// A fixed set of threads running queued tasks, with a bounded queue.
+// A fixed set of threads running queued tasks, with a bounded queue: the
+// HTTP server's handlers and the query side's reads run on these.
 //
-//   http_internal::WorkerPool pool(/*threads=*/16, /*max_queued=*/1024);
+//   cqrs::WorkerPool pool(/*threads=*/16, /*max_queued=*/1024);
 //   if (!pool.TrySubmit([] { BlockingWork(); })) Reject503();
 //
 // Thread-safety: all methods are thread-safe. Tasks must not call Stop().
-#ifndef FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_
-#define FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_
+#ifndef FRAMEWORK_WORKER_POOL_H_
+#define FRAMEWORK_WORKER_POOL_H_
 
 #include <cstddef>
 #include <deque>
@@ -17,7 +18,6 @@
 #include "absl/synchronization/mutex.h"
 
 namespace cqrs {
-namespace http_internal {
 
 class WorkerPool {
  public:
@@ -50,7 +50,6 @@ class WorkerPool {
   absl::Mutex join_mu_;
 };
 
-}  // namespace http_internal
 }  // namespace cqrs
 
-#endif  // FRAMEWORK_HTTP_INTERNAL_WORKER_POOL_H_
+#endif  // FRAMEWORK_WORKER_POOL_H_
