@@ -5,14 +5,6 @@
 #include "framework/http/status_mapping.h"
 
 namespace cqrs::commands {
-namespace {
-
-http::Response ToResponse(absl::StatusOr<http::Response> result) {
-  if (!result.ok()) return http::ResponseFromStatus(result.status());
-  return *std::move(result);
-}
-
-}  // namespace
 
 absl::StatusOr<std::optional<int64_t>> ParseIfMatch(
     const http::Request& request) {
@@ -34,33 +26,69 @@ absl::StatusOr<std::optional<int64_t>> ParseIfMatch(
   return version;
 }
 
+absl::StatusOr<CounterFamily*> CommandsCounter(MetricsRegistry& registry) {
+  return registry.AddCounter(
+      "cqrs_commands_total",
+      "Commands run, by command and outcome (ok, replayed or the error code).",
+      {"command", "outcome"});
+}
+
 http::Response HttpCommandRunner::Run(const http::Request& request,
+                                      absl::string_view name,
                                       const Command& command) const {
+  std::string outcome;
+  http::Response response = Execute(request, command, &outcome);
+  if (commands_ != nullptr) {
+    commands_->WithLabels({std::string(name), outcome}).Increment();
+  }
+  return response;
+}
+
+http::Response HttpCommandRunner::Execute(const http::Request& request,
+                                          const Command& command,
+                                          std::string* outcome) const {
+  // The outcome of a response made here: "ok" or its error code.
+  auto finish = [outcome](absl::StatusOr<http::Response> result) {
+    if (!result.ok()) {
+      *outcome = http::ErrorCodeOf(result.status());
+      http::Response response = http::ResponseFromStatus(result.status());
+      if (outcome->empty()) *outcome = absl::StrCat(response.status);
+      return response;
+    }
+    *outcome = result->status < 400 ? "ok" : absl::StrCat(result->status);
+    return *std::move(result);
+  };
   CommandContext context;
   context.metadata = CommandMetadata::ForCommand(request.correlation_id());
   absl::StatusOr<std::optional<int64_t>> if_match = ParseIfMatch(request);
-  if (!if_match.ok()) return http::ResponseFromStatus(if_match.status());
+  if (!if_match.ok()) return finish(if_match.status());
   context.execute.required_version = *if_match;
 
   absl::optional<absl::string_view> key = request.Header("Idempotency-Key");
-  if (!key.has_value()) return ToResponse(command(*store_, context));
+  if (!key.has_value()) return finish(command(*store_, context));
 
   if (absl::Status valid = ValidateIdempotencyKey(*key); !valid.ok()) {
-    return http::ResponseFromStatus(
-        http::WithErrorCode(valid, "invalid_request"));
+    return finish(http::WithErrorCode(valid, "invalid_request"));
   }
   // The request's identity: anything that changes what it does.
   const std::string identity = absl::StrCat(
       request.method(), " ", request.target(), "\n", request.body());
+  std::string first_outcome;
   absl::StatusOr<IdempotentResult> result =
       idempotency_->Run(*key, identity, [&](eventstore::EventStore& store) {
-        http::Response response = ToResponse(command(store, context));
+        http::Response response = finish(command(store, context));
+        first_outcome = *outcome;
         return StoredResponse{response.status, std::move(response.body)};
       });
-  if (!result.ok()) return http::ResponseFromStatus(result.status());
+  if (!result.ok()) return finish(result.status());
   http::Response response =
       http::JsonResponse(result->response.status, result->response.body);
-  if (result->replayed) response.SetHeader("Idempotent-Replayed", "true");
+  if (result->replayed) {
+    response.SetHeader("Idempotent-Replayed", "true");
+    *outcome = "replayed";
+  } else {
+    *outcome = first_outcome;
+  }
   return response;
 }
 

@@ -32,6 +32,7 @@
 #include "commands/idempotency.h"
 #include "eventstore/event_store.h"
 #include "framework/http/message.h"
+#include "framework/metrics.h"
 
 namespace cqrs::commands {
 
@@ -50,19 +51,31 @@ class HttpCommandRunner {
   using Command = std::function<absl::StatusOr<http::Response>(
       eventstore::EventStore&, const CommandContext&)>;
 
-  // `store` and `idempotency` must outlive the runner.
+  // `store` and `idempotency` must outlive the runner, and so must
+  // `commands` when given: a counter family with the labels
+  // {"command", "outcome"} (see CommandsCounter()).
   HttpCommandRunner(eventstore::EventStore* store,
-                    IdempotencyStore* idempotency)
-      : store_(store), idempotency_(idempotency) {}
+                    IdempotencyStore* idempotency,
+                    CounterFamily* commands = nullptr)
+      : store_(store), idempotency_(idempotency), commands_(commands) {}
 
-  // Runs `command`; errors become responses (http::ResponseFromStatus).
-  http::Response Run(const http::Request& request,
+  // Runs `command`, named `name` in metrics ("deposit"); errors become
+  // responses (http::ResponseFromStatus). Counts the outcome: "ok",
+  // "replayed" (an Idempotency-Key retry), or the error code.
+  http::Response Run(const http::Request& request, absl::string_view name,
                      const Command& command) const;
 
  private:
+  http::Response Execute(const http::Request& request, const Command& command,
+                         std::string* outcome) const;
+
   eventstore::EventStore* const store_;
   IdempotencyStore* const idempotency_;
+  CounterFamily* const commands_;
 };
+
+// Registers cqrs_commands_total{command, outcome} in `registry`.
+absl::StatusOr<CounterFamily*> CommandsCounter(MetricsRegistry& registry);
 
 }  // namespace cqrs::commands
 

@@ -101,6 +101,7 @@ absl::StatusOr<IdempotentResult> PostgresIdempotencyStore::Run(
   IdempotentResult result;
   bool reused = false;
   std::optional<eventstore::Position> appended;
+  int64_t appended_events = 0;
   RETURN_IF_ERROR(pool_->Run(
       PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
         pqxx::work tx(conn);
@@ -130,10 +131,13 @@ absl::StatusOr<IdempotentResult> PostgresIdempotencyStore::Run(
                        result.response.body);
         tx.commit();
         appended = in_tx->last_appended();
+        appended_events = in_tx->appended_events();
         return absl::OkStatus();
       }));
   if (reused) return KeyReused();
-  if (appended.has_value()) store_->NotifyCommitted(*appended);
+  if (appended.has_value()) {
+    store_->NotifyCommitted(*appended, appended_events);
+  }
   return result;
 }
 

@@ -791,13 +791,16 @@ class PostgresEventStore::TransactionStore
     const bool fresh = row.outcome == "ok";
     absl::StatusOr<AppendResult> result =
         InterpretAppend(std::move(row), stream_id, expected, events);
-    if (fresh && result.ok() &&
-        (!last_appended_.has_value() || *last_appended_ < result->position)) {
-      last_appended_ = result->position;
+    if (fresh && result.ok()) {
+      appended_events_ += result->last_version - result->first_version + 1;
+      if (!last_appended_.has_value() || *last_appended_ < result->position) {
+        last_appended_ = result->position;
+      }
     }
     return result;
   }
 
+  int64_t appended_events() const override { return appended_events_; }
   std::optional<Position> last_appended() const override {
     return last_appended_;
   }
@@ -908,6 +911,7 @@ class PostgresEventStore::TransactionStore
   pqxx::transaction_base& tx_;
   const PostgresEventStore& owner_;
   std::optional<Position> last_appended_;
+  int64_t appended_events_ = 0;
   bool failed_ = false;
 };
 
@@ -916,7 +920,10 @@ PostgresEventStore::InTransaction(pqxx::transaction_base& tx) const {
   return std::make_unique<TransactionStore>(tx, *this);
 }
 
-void PostgresEventStore::NotifyCommitted(Position position) {
+void PostgresEventStore::NotifyCommitted(Position position, int64_t events) {
+  if (options_.events_appended != nullptr && events > 0) {
+    options_.events_appended->Increment(static_cast<double>(events));
+  }
   if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
     SignalNotifier(position);
   }
@@ -1135,11 +1142,16 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
       careful = false;
     }
   }
+  const bool fresh = row.outcome == "ok";
   absl::StatusOr<AppendResult> result =
       InterpretAppend(std::move(row), stream_id, expected, events);
   // Also for already_stored: the first attempt may have committed without
   // its notification being sent (a connection lost after the commit).
-  if (result.ok()) NotifyCommitted(result->position);
+  if (result.ok()) {
+    NotifyCommitted(
+        result->position,
+        fresh ? result->last_version - result->first_version + 1 : 0);
+  }
   return result;
 }
 

@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "eventstore/event_store.h"
+#include "framework/metrics.h"
 #include "framework/pg_pool.h"
 
 namespace pqxx {
@@ -65,6 +66,10 @@ struct PostgresEventStoreOptions {
   // off (each append is its own statement).
   int group_commit_in_flight = 4;
   int group_commit_max_events = 64;  // appends per statement
+
+  // When set, counts every event this store commits (not retries that found
+  // their events stored already). Not owned; must outlive the store.
+  Counter* events_appended = nullptr;
 };
 
 class PostgresEventStore : public EventStore {
@@ -122,13 +127,16 @@ class PostgresEventStore : public EventStore {
     virtual std::optional<Position> last_appended() const = 0;
     // True once a database error has aborted the transaction.
     virtual bool failed() const = 0;
+    // Events newly appended through this object (for NotifyCommitted).
+    virtual int64_t appended_events() const = 0;
   };
   std::unique_ptr<TransactionEventStore> InTransaction(
       pqxx::transaction_base& tx) const;
 
-  // Announces events committed through InTransaction() on the notification
-  // channel (a no-op unless Notify::kAfterCommit).
-  void NotifyCommitted(Position position);
+  // Announces `events` events committed through InTransaction() up to
+  // `position`: counts them (events_appended) and, with Notify::kAfterCommit,
+  // notifies the channel.
+  void NotifyCommitted(Position position, int64_t events);
 
   // The PostgreSQL schema of the store's tables.
   const std::string& schema() const { return options_.schema; }

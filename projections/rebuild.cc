@@ -13,6 +13,7 @@
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
+#include "projections/progress.h"
 
 namespace cqrs::projections {
 namespace {
@@ -321,6 +322,7 @@ class Rebuild {
               absl::StrCat(position_.transaction_id),
               position_.global_position);
           projections_internal::PointViews(tx, schema_, p_, target_);
+          NotifyProgress(tx, schema_, p_.name, position_);
           tx.exec_params(absl::StrCat("DELETE FROM ", schema_,
                                       ".projection_rebuilds WHERE name = $1"),
                          p_.name);

@@ -19,6 +19,7 @@
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
+#include "projections/progress.h"
 
 namespace cqrs::projections {
 namespace {
@@ -419,6 +420,7 @@ class Worker {
                            "WHERE name = $1"),
               p_.name, absl::StrCat(page.next.transaction_id),
               page.next.global_position);
+          NotifyProgress(tx, options_->schema, p_.name, page.next);
           tx.commit();
           next = page.next;
           result = static_cast<int>(page.events.size()) >= limit
@@ -428,9 +430,12 @@ class Worker {
         });
     if (!status.ok()) return status;
     if (result == BatchResult::kFull || result == BatchResult::kPartial) {
-      absl::MutexLock lock(&mu_);
-      status_.position = next;
-      status_.parked += newly_parked;
+      {
+        absl::MutexLock lock(&mu_);
+        status_.position = next;
+        status_.parked += newly_parked;
+      }
+      if (options_->on_progress) options_->on_progress(p_.name, next);
     }
     return result;
   }
@@ -498,12 +503,18 @@ class Worker {
                            "updated_at = now() WHERE name = $1"),
               p_.name, absl::StrCat(event.position.transaction_id),
               event.position.global_position, message);
+          NotifyProgress(tx, options_->schema, p_.name, event.position);
           tx.commit();
           parked_streams_.insert(event.stream_id);
-          absl::MutexLock lock(&mu_);
-          status_.position = event.position;
-          status_.parked += 1;
-          status_.last_error = message;
+          {
+            absl::MutexLock lock(&mu_);
+            status_.position = event.position;
+            status_.parked += 1;
+            status_.last_error = message;
+          }
+          if (options_->on_progress) {
+            options_->on_progress(p_.name, event.position);
+          }
           return absl::OkStatus();
         });
     if (!s.ok()) {

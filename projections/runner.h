@@ -52,6 +52,11 @@ struct ProjectionRunnerOptions {
   absl::Duration takeover_interval = absl::Seconds(1);
   // Backoff after a failed batch: base * 2^attempt, at most 5 s.
   absl::Duration retry_backoff = absl::Milliseconds(50);
+  // Called on the projection's worker thread after each committed
+  // checkpoint (the same progress is NOTIFYed to other processes, see
+  // projections/progress.h). Keep it cheap; it must not call the runner.
+  std::function<void(absl::string_view projection, eventstore::Position)>
+      on_progress;
   // Fault injection for tests: runs after the handler, before the commit;
   // an error rolls the batch back as a handler error would.
   std::function<absl::Status(absl::string_view projection,

@@ -569,7 +569,7 @@ TEST_CASE("appends in a caller's transaction commit or roll back with it",
     CHECK(events->size() == 2);
     tx.commit();
     committed = r->position;
-    store->NotifyCommitted(committed);
+    store->NotifyCommitted(committed, 2);
   }
   auto info = store->GetStreamInfo("acc-1");
   REQUIRE(info.ok());
