@@ -58,23 +58,35 @@ absl::StatusOr<std::unique_ptr<BankApp>> BankApp::Create(cqrs::PgPool* pool,
                                                          BankOptions options) {
   cqrs::eventstore::PostgresEventStoreOptions store_options;
   store_options.schema = options.schema;
+  cqrs::CounterFamily* commands = nullptr;
+  if (options.metrics != nullptr) {
+    ASSIGN_OR_RETURN(commands,
+                     cqrs::commands::CommandsCounter(*options.metrics));
+    ASSIGN_OR_RETURN(
+        cqrs::CounterFamily * appended,
+        options.metrics->AddCounter(
+            "cqrs_events_appended_total",
+            "Events appended to the event store by this process."));
+    store_options.events_appended = &appended->WithLabels({});
+  }
   ASSIGN_OR_RETURN(auto store, cqrs::eventstore::PostgresEventStore::Create(
                                    pool, store_options));
   ASSIGN_OR_RETURN(auto idem,
                    cqrs::commands::PostgresIdempotencyStore::Create(
                        pool, store.get(), options.schema, options.idempotency));
-  return std::unique_ptr<BankApp>(
-      new BankApp(pool, std::move(options), std::move(store), std::move(idem)));
+  return std::unique_ptr<BankApp>(new BankApp(
+      pool, std::move(options), std::move(store), std::move(idem), commands));
 }
 
 BankApp::BankApp(cqrs::PgPool* pool, BankOptions options,
                  std::unique_ptr<cqrs::eventstore::PostgresEventStore> store,
-                 std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idem)
+                 std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idem,
+                 cqrs::CounterFamily* commands)
     : pool_(pool),
       options_(std::move(options)),
       store_(std::move(store)),
       idempotency_(std::move(idem)),
-      runner_(store_.get(), idempotency_.get()) {}
+      runner_(store_.get(), idempotency_.get(), commands) {}
 
 BankApp::~BankApp() {
   {
@@ -152,7 +164,7 @@ http::Response BankApp::Ready() const {
 
 http::Response BankApp::OpenAccount(const http::Request& request) const {
   return runner_.Run(
-      request,
+      request, "open_account",
       [&](EventStore& store,
           const CommandContext& ctx) -> absl::StatusOr<http::Response> {
         rapidjson::Document doc;
@@ -180,7 +192,7 @@ http::Response BankApp::OpenAccount(const http::Request& request) const {
 http::Response BankApp::MoveMoney(const http::Request& request,
                                   bool deposit) const {
   return runner_.Run(
-      request,
+      request, deposit ? "deposit" : "withdraw",
       [&](EventStore& store,
           const CommandContext& ctx) -> absl::StatusOr<http::Response> {
         const absl::string_view id = request.PathParam("id");
@@ -202,7 +214,7 @@ http::Response BankApp::MoveMoney(const http::Request& request,
 
 http::Response BankApp::CloseAccount(const http::Request& request) const {
   return runner_.Run(
-      request,
+      request, "close_account",
       [&](EventStore& store,
           const CommandContext& ctx) -> absl::StatusOr<http::Response> {
         const absl::string_view id = request.PathParam("id");

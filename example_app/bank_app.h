@@ -23,6 +23,7 @@
 #include "commands/idempotency.h"
 #include "eventstore/postgres_event_store.h"
 #include "framework/http/router.h"
+#include "framework/metrics.h"
 #include "framework/pg_pool.h"
 
 namespace bank {
@@ -31,6 +32,9 @@ struct BankOptions {
   // PostgreSQL schema of the event store, idempotency keys and read models.
   std::string schema = "bank";
   cqrs::commands::IdempotencyOptions idempotency;
+  // When set, commands by outcome and events appended are counted here
+  // (cqrs_commands_total, cqrs_events_appended_total). Must outlive the app.
+  cqrs::MetricsRegistry* metrics = nullptr;
 };
 
 class BankApp {
@@ -59,7 +63,8 @@ class BankApp {
  private:
   BankApp(cqrs::PgPool* pool, BankOptions options,
           std::unique_ptr<cqrs::eventstore::PostgresEventStore> store,
-          std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idem);
+          std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idem,
+          cqrs::CounterFamily* commands);
 
   cqrs::http::Response OpenAccount(const cqrs::http::Request& request) const;
   cqrs::http::Response MoveMoney(const cqrs::http::Request& request,

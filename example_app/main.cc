@@ -13,6 +13,7 @@
 #include "eventstore/postgres_event_store.h"
 #include "example_app/bank_app.h"
 #include "example_app/bank_projections.h"
+#include "example_app/bank_service.h"
 #include "example_app/projection_cli.h"
 #include "framework/embedded_postgres.h"
 #include "framework/http/server.h"
@@ -52,8 +53,12 @@ options:
   --data-dir DIR         embedded cluster directory (default ./bank-data)
   --schema NAME          PostgreSQL schema (default bank)
   --threads N            network threads (default 2)
-  --workers N            threads for database work (default 16)
-  --pool-size N          database connections (default: --workers + 4)
+  --workers N            threads for commands and other database work
+                         (default 16)
+  --query-threads N      threads (and read-only sessions) for queries
+                         (default 8)
+  --pool-size N          database connections for commands (default:
+                         --workers + 4; queries have their own sessions)
   --log-format text|json log line format (default text)
   --idempotency-hours N  keep Idempotency-Key records N hours (default 24)
   --no-projections       do not run the projections in this process (run
@@ -97,6 +102,7 @@ struct Flags {
   std::string log_format = "text";
   int threads = 2;
   int workers = 16;
+  int query_threads = 8;
   int pool_size = 0;
   int idempotency_hours = 24;
   bool no_projections = false;
@@ -174,6 +180,10 @@ std::string ParseFlags(const std::vector<std::string>& args,
       if (!positive(&flags.threads)) return "--threads must be 1 to 1024";
     } else if (name == "--workers") {
       if (!positive(&flags.workers)) return "--workers must be 1 to 1024";
+    } else if (name == "--query-threads") {
+      if (!positive(&flags.query_threads)) {
+        return "--query-threads must be 1 to 1024";
+      }
     } else if (name == "--idempotency-hours") {
       if (!absl::SimpleAtoi(value, &flags.idempotency_hours) ||
           flags.idempotency_hours < 24 || flags.idempotency_hours > 24 * 365) {
@@ -267,47 +277,31 @@ int Serve(const Flags& flags) {
   if (absl::Status s = bank::BankApp::Migrate(**pool, flags.schema); !s.ok()) {
     return Fail(s);
   }
-  bank::BankOptions options;
+  bank::BankServiceOptions options;
   options.schema = flags.schema;
-  options.idempotency.retention = absl::Hours(flags.idempotency_hours);
-  auto app = bank::BankApp::Create(pool->get(), options);
-  if (!app.ok()) return Fail(app.status());
+  options.run_projections = !flags.no_projections;
+  options.query_threads = flags.query_threads;
+  options.idempotency_retention = absl::Hours(flags.idempotency_hours);
+  auto service = bank::BankService::Create(pool->get(), options);
+  if (!service.ok()) return Fail(service.status());
   cqrs::http::Router router;
-  (*app)->RegisterRoutes(router);
-  (*app)->StartMaintenance();
-  std::unique_ptr<cqrs::eventstore::PostgresEventStore> projection_store;
-  std::unique_ptr<cqrs::projections::ProjectionRunner> projector;
-  if (!flags.no_projections) {
-    cqrs::eventstore::PostgresEventStoreOptions store_options;
-    store_options.schema = flags.schema;
-    auto store = cqrs::eventstore::PostgresEventStore::Create(pool->get(),
-                                                              store_options);
-    if (!store.ok()) return Fail(store.status());
-    projection_store = *std::move(store);
-    cqrs::projections::ProjectionRunnerOptions runner_options;
-    runner_options.schema = flags.schema;
-    auto runner = cqrs::projections::ProjectionRunner::Create(
-        pool->get(), projection_store.get(), bank::BankProjections(),
-        runner_options);
-    if (!runner.ok()) return Fail(runner.status());
-    projector = *std::move(runner);
-    projector->Start();
-  }
+  (*service)->RegisterRoutes(router);
 
   cqrs::http::ServerOptions server_options;
   server_options.listen_address = flags.listen;
   server_options.network_threads = flags.threads;
   server_options.worker_threads = flags.workers;
+  (*service)->InstrumentServer(server_options);
   auto server = cqrs::http::Server::Create(server_options, &router);
   if (!server.ok()) return Fail(server.status());
+  (*service)->Start();
   cqrs::Log(cqrs::LogLevel::kInfo, "bank listening",
-            {{"address", flags.listen}});
+            {{"address", flags.listen},
+             {"projections", flags.no_projections ? "elsewhere" : "here"}});
   absl::Status ran = (*server)->Run();
   // Order matters: the server has drained, so nothing uses the pool now.
   server->reset();
-  projector.reset();
-  projection_store.reset();
-  app->reset();
+  service->reset();
   pool->reset();
   if (!ran.ok()) return Fail(ran);
   cqrs::Log(cqrs::LogLevel::kInfo, "bank stopped");
@@ -333,8 +327,8 @@ int main(int argc, char** argv) {
     std::string error =
         ParseFlags(args,
                    {"--listen", "--database-url", "--data-dir", "--schema",
-                    "--threads", "--workers", "--pool-size", "--log-format",
-                    "--idempotency-hours", "--no-projections"},
+                    "--threads", "--workers", "--query-threads", "--pool-size",
+                    "--log-format", "--idempotency-hours", "--no-projections"},
                    flags);
     if (flags.help) {
       std::cout << kServeHelp;

@@ -1,0 +1,295 @@
+#include "example_app/bank_queries.h"
+
+#include <map>
+#include <optional>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "example_app/account.h"
+#include "framework/http/status_mapping.h"
+#include "framework/status_macros.h"
+#include "queries/pagination.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+
+namespace bank {
+namespace {
+
+namespace http = cqrs::http;
+namespace queries = cqrs::queries;
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr size_t kMaxOwnerLength = 200;
+
+void String(Writer& w, absl::string_view text) {
+  w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
+}
+
+std::string Finish(const rapidjson::StringBuffer& buffer) {
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+absl::Status AccountNotFound(absl::string_view id) {
+  return http::WithErrorCode(
+      absl::NotFoundError(absl::StrCat("account '", id, "' does not exist")),
+      "account_not_found");
+}
+
+std::optional<std::string> OptionalQuery(const http::Request& request,
+                                         absl::string_view name) {
+  absl::optional<absl::string_view> value = request.Query(name);
+  if (!value.has_value()) return std::nullopt;
+  return std::string(*value);
+}
+
+absl::StatusOr<queries::PageRequest> PageOf(const http::Request& request) {
+  return queries::ParsePageRequest(OptionalQuery(request, "limit"),
+                                   OptionalQuery(request, "after"), 1);
+}
+
+// Columns: account_id, owner, currency, balance, status, version.
+void WriteAccount(Writer& w, const pqxx::row& row) {
+  w.StartObject();
+  w.Key("account_id");
+  String(w, row[0].c_str());
+  w.Key("owner");
+  String(w, row[1].c_str());
+  w.Key("currency");
+  String(w, row[2].c_str());
+  w.Key("balance");
+  w.Int64(row[3].as<int64_t>());
+  w.Key("status");
+  String(w, row[4].c_str());
+  w.Key("version");
+  w.Int64(row[5].as<int64_t>());
+  w.EndObject();
+}
+
+// Writes "next": the cursor of the last row when there is a further page
+// (the query fetched one row more than the page), else null.
+void WriteNext(Writer& w, const std::optional<std::string>& last_key) {
+  w.Key("next");
+  if (last_key.has_value()) {
+    String(w, queries::EncodeCursor({*last_key}));
+  } else {
+    w.Null();
+  }
+}
+
+queries::QueryRoute GetAccount(const std::string& schema) {
+  queries::QueryRoute route;
+  route.pattern = "/accounts/{id}";
+  route.projections = {"account_balances"};
+  route.prepared = {
+      {"bank_get_account",
+       absl::StrCat("SELECT account_id, owner, currency, balance, status, "
+                    "version FROM ",
+                    schema, ".account_balances WHERE account_id = $1")}};
+  route.handler =
+      [](const http::Request& request,
+         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
+    const absl::string_view id = request.PathParam("id");
+    RETURN_IF_ERROR(ValidateAccountId(id));
+    const pqxx::result rows =
+        tx.exec_prepared("bank_get_account", std::string(id));
+    if (rows.empty()) return AccountNotFound(id);
+    rapidjson::StringBuffer buffer;
+    Writer w(buffer);
+    WriteAccount(w, rows[0]);
+    return http::JsonResponse(200, Finish(buffer));
+  };
+  return route;
+}
+
+queries::QueryRoute ListTransactions(const std::string& schema) {
+  queries::QueryRoute route;
+  route.pattern = "/accounts/{id}/transactions";
+  route.projections = {"account_transactions"};
+  route.prepared = {
+      {"bank_list_transactions",
+       absl::StrCat("SELECT version, type, amount, balance_after, "
+                    "transfer_id, to_char(at AT TIME ZONE 'UTC', "
+                    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM ",
+                    schema,
+                    ".account_transactions WHERE account_id = $1 AND "
+                    "version > $2 ORDER BY version LIMIT $3")}};
+  route.handler =
+      [](const http::Request& request,
+         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
+    const absl::string_view id = request.PathParam("id");
+    RETURN_IF_ERROR(ValidateAccountId(id));
+    ASSIGN_OR_RETURN(queries::PageRequest page, PageOf(request));
+    int64_t after = 0;
+    if (!page.after.empty() &&
+        (!absl::SimpleAtoi(page.after[0], &after) || after < 0)) {
+      return http::WithErrorCode(
+          absl::InvalidArgumentError("after is not a cursor of this list"),
+          "invalid_request");
+    }
+    const pqxx::result rows = tx.exec_prepared(
+        "bank_list_transactions", std::string(id), after, page.limit + 1);
+    // Every account has its "opened" row, so an empty first page means
+    // there is no such account (in this read model, at this position).
+    if (rows.empty() && page.after.empty()) return AccountNotFound(id);
+    const size_t shown = std::min<size_t>(rows.size(), page.limit);
+    rapidjson::StringBuffer buffer;
+    Writer w(buffer);
+    w.StartObject();
+    w.Key("items");
+    w.StartArray();
+    for (size_t i = 0; i < shown; ++i) {
+      const pqxx::row row = rows[static_cast<pqxx::result::size_type>(i)];
+      w.StartObject();
+      w.Key("type");
+      String(w, row[1].c_str());
+      w.Key("amount");
+      w.Int64(row[2].as<int64_t>());
+      w.Key("balance_after");
+      w.Int64(row[3].as<int64_t>());
+      if (!row[4].is_null()) {
+        w.Key("transfer_id");
+        String(w, row[4].c_str());
+      }
+      w.Key("version");
+      w.Int64(row[0].as<int64_t>());
+      w.Key("at");
+      String(w, row[5].c_str());
+      w.EndObject();
+    }
+    w.EndArray();
+    std::optional<std::string> last;
+    if (rows.size() > shown) {
+      last = rows[static_cast<pqxx::result::size_type>(shown - 1)][0].c_str();
+    }
+    WriteNext(w, last);
+    w.EndObject();
+    return http::JsonResponse(200, Finish(buffer));
+  };
+  return route;
+}
+
+queries::QueryRoute ListAccounts(const std::string& schema) {
+  queries::QueryRoute route;
+  route.pattern = "/accounts";
+  route.projections = {"account_balances"};
+  const std::string columns =
+      "SELECT account_id, owner, currency, balance, status, version FROM ";
+  route.prepared = {
+      {"bank_list_accounts_by_owner",
+       absl::StrCat(columns, schema,
+                    ".account_balances WHERE owner = $1 AND account_id > $2 "
+                    "ORDER BY account_id LIMIT $3")},
+      {"bank_list_accounts",
+       absl::StrCat(columns, schema,
+                    ".account_balances WHERE account_id > $1 "
+                    "ORDER BY account_id LIMIT $2")}};
+  route.handler =
+      [](const http::Request& request,
+         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
+    ASSIGN_OR_RETURN(queries::PageRequest page, PageOf(request));
+    // Ids are never empty, so "" sorts before every one.
+    const std::string after = page.after.empty() ? "" : page.after[0];
+    absl::optional<absl::string_view> owner = request.Query("owner");
+    pqxx::result rows;
+    if (owner.has_value()) {
+      if (owner->empty() || owner->size() > kMaxOwnerLength) {
+        return http::WithErrorCode(
+            absl::InvalidArgumentError("owner must be 1 to 200 characters"),
+            "invalid_request");
+      }
+      rows = tx.exec_prepared("bank_list_accounts_by_owner",
+                              std::string(*owner), after, page.limit + 1);
+    } else {
+      rows = tx.exec_prepared("bank_list_accounts", after, page.limit + 1);
+    }
+    const size_t shown = std::min<size_t>(rows.size(), page.limit);
+    rapidjson::StringBuffer buffer;
+    Writer w(buffer);
+    w.StartObject();
+    w.Key("items");
+    w.StartArray();
+    for (size_t i = 0; i < shown; ++i) {
+      WriteAccount(w, rows[static_cast<pqxx::result::size_type>(i)]);
+    }
+    w.EndArray();
+    std::optional<std::string> last;
+    if (rows.size() > shown) {
+      last = rows[static_cast<pqxx::result::size_type>(shown - 1)][0].c_str();
+    }
+    WriteNext(w, last);
+    w.EndObject();
+    return http::JsonResponse(200, Finish(buffer));
+  };
+  return route;
+}
+
+queries::QueryRoute GetStats(const std::string& schema) {
+  queries::QueryRoute route;
+  route.pattern = "/stats";
+  route.projections = {"bank_stats"};
+  route.prepared = {{"bank_get_stats", absl::StrCat("SELECT key, value FROM ",
+                                                    schema, ".bank_stats")}};
+  route.handler =
+      [](const http::Request&,
+         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
+    int64_t accounts = 0;
+    int64_t open_accounts = 0;
+    std::map<std::string, int64_t> balances;  // sorted by currency
+    std::map<std::string, int64_t> transfers = {
+        {"pending", 0}, {"completed", 0}, {"failed", 0}};
+    for (const pqxx::row& row : tx.exec_prepared("bank_get_stats")) {
+      absl::string_view key = row[0].c_str();
+      const int64_t value = row[1].as<int64_t>();
+      if (key == "accounts") {
+        accounts = value;
+      } else if (key == "open_accounts") {
+        open_accounts = value;
+      } else if (absl::ConsumePrefix(&key, "balance:")) {
+        balances[std::string(key)] = value;
+      } else if (absl::ConsumePrefix(&key, "transfers:")) {
+        transfers[std::string(key)] = value;
+      }
+    }
+    rapidjson::StringBuffer buffer;
+    Writer w(buffer);
+    w.StartObject();
+    w.Key("accounts");
+    w.Int64(accounts);
+    w.Key("open_accounts");
+    w.Int64(open_accounts);
+    w.Key("total_balance");
+    w.StartObject();
+    for (const auto& [currency, amount] : balances) {
+      String(w, currency);
+      w.Int64(amount);
+    }
+    w.EndObject();
+    w.Key("transfers");
+    w.StartObject();
+    for (const auto& [state, count] : transfers) {
+      String(w, state);
+      w.Int64(count);
+    }
+    w.EndObject();
+    w.EndObject();
+    return http::JsonResponse(200, Finish(buffer));
+  };
+  return route;
+}
+
+}  // namespace
+
+void RegisterBankQueries(cqrs::queries::QueryService& queries,
+                         http::Router& router, absl::string_view schema) {
+  const std::string s(schema);
+  queries.Add(router, GetAccount(s));
+  queries.Add(router, ListTransactions(s));
+  queries.Add(router, ListAccounts(s));
+  queries.Add(router, GetStats(s));
+}
+
+}  // namespace bank

@@ -1,0 +1,75 @@
+// The operations endpoints of an application built on the framework:
+//
+//   GET /metrics      Prometheus text format: everything in the registry,
+//                     plus gauges refreshed at each scrape (projection
+//                     position, lag, state and dead letters; connection
+//                     pools in use, idle and waiting; read-your-writes
+//                     queries waiting)
+//   GET /projections  the stored status of every projection, as JSON
+//
+//   OperationsOptions options;
+//   options.pool = pool.get(); options.schema = "bank"; ...
+//   ASSIGN_OR_RETURN(auto ops, Operations::Create(options));
+//   ops->RegisterRoutes(router);
+//
+// Both routes read the database (the projections' rows) and so run on the
+// server's worker pool. When the database cannot be reached, /metrics still
+// answers with what this process knows and cqrs_projections_scrape_ok 0.
+//
+// Thread-safety: thread-safe. Everything in the options must outlive it.
+#ifndef QUERIES_OPERATIONS_H_
+#define QUERIES_OPERATIONS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "framework/http/router.h"
+#include "framework/metrics.h"
+#include "framework/pg_pool.h"
+#include "queries/progress_tracker.h"
+
+namespace cqrs::queries {
+
+struct OperationsOptions {
+  // Reads the projections' rows and the event store's head.
+  PgPool* pool = nullptr;
+  // Schema of the projections' bookkeeping tables, and of the event store.
+  std::string schema = "cqrs";
+  std::string event_schema = "cqrs";
+  MetricsRegistry* metrics = nullptr;
+  // Connection pools to report, by name ("commands", "queries"); each
+  // function returns the pool's current stats.
+  std::vector<std::pair<std::string, std::function<PgPool::Stats()>>> pools;
+  // Optional: its waiting read-your-writes queries are reported.
+  const ProgressTracker* tracker = nullptr;
+};
+
+class Operations {
+ public:
+  // Registers the scrape-time gauges. kInvalidArgument for missing options
+  // or when the registry has those gauges already.
+  static absl::StatusOr<std::unique_ptr<Operations>> Create(
+      OperationsOptions options);
+  ~Operations();
+
+  // GET /metrics and GET /projections.
+  void RegisterRoutes(http::Router& router);
+
+  http::Response Metrics() const;
+  http::Response Projections() const;
+
+ private:
+  struct Gauges;
+  Operations(OperationsOptions options, std::unique_ptr<Gauges> gauges);
+
+  const OperationsOptions options_;
+  const std::unique_ptr<Gauges> gauges_;
+};
+
+}  // namespace cqrs::queries
+
+#endif  // QUERIES_OPERATIONS_H_

@@ -1,0 +1,155 @@
+// Serves REST reads from projections: binds query handlers to GET routes,
+// runs them on their own threads in read-only sessions, and implements
+// read-your-writes (../shared/specs/bank-api.md, "Queries").
+//
+//   ASSIGN_OR_RETURN(auto queries, QueryService::Create(tracker.get(), opts));
+//   queries->Add(router, {"/accounts/{id}", {"account_balances"},
+//       [](const http::Request& r, pqxx::transaction_base& tx)
+//           -> absl::StatusOr<http::Response> { ... }});
+//
+// For each request the service:
+//  - reads the wanted position from `X-Min-Position` (or `?min_position=`,
+//    the header wins) and the wait from `X-Max-Wait-Ms` (default 5000, at
+//    most 30000); a malformed value is 400 invalid_request;
+//  - with a position, waits (without holding any thread) until every
+//    projection the route declares has processed it, else answers 503
+//    projection_lagging when the wait is over;
+//  - runs the handler on a query thread with a session that is read-only
+//    (`default_transaction_read_only`), so a handler cannot write;
+//  - sets `X-Projection-Position` on every response, errors included: the
+//    least checkpoint of the route's projections taken before the read, so
+//    the answer reflects at least every event up to it.
+// Handlers read the projections' views (`<schema>.<table>`), never the
+// event store's tables.
+//
+// This header is for PostgreSQL-facing code: handlers receive a libpqxx
+// transaction.
+//
+// Thread-safety: Add() before the server starts; the rest is thread-safe.
+// `tracker` must outlive the service, and the service must outlive the
+// server that routes to it.
+#ifndef QUERIES_QUERY_SERVICE_H_
+#define QUERIES_QUERY_SERVICE_H_
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "eventstore/position.h"
+#include "framework/http/router.h"
+#include "framework/pg_pool.h"
+#include "framework/worker_pool.h"
+#include "queries/progress_tracker.h"
+
+namespace pqxx {
+class transaction_base;
+}  // namespace pqxx
+
+namespace cqrs::queries {
+
+inline constexpr absl::string_view kMinPositionHeader = "X-Min-Position";
+inline constexpr absl::string_view kMaxWaitHeader = "X-Max-Wait-Ms";
+inline constexpr absl::string_view kProjectionPositionHeader =
+    "X-Projection-Position";
+
+// Returns the response, or an error that becomes one
+// (http::ResponseFromStatus): attach codes with http::WithErrorCode.
+using QueryHandler = std::function<absl::StatusOr<http::Response>(
+    const http::Request&, pqxx::transaction_base&)>;
+
+enum class Snapshot {
+  // Each statement sees the data committed when it starts (autocommit):
+  // the cheapest, right for handlers that run one statement.
+  kPerStatement,
+  // One read-only REPEATABLE READ transaction for all statements.
+  kShared,
+};
+
+struct QueryRoute {
+  // Absolute path pattern (http::Router syntax); the method is GET.
+  std::string pattern;
+  // The projections whose tables the handler reads; read-your-writes waits
+  // for all of them.
+  std::vector<std::string> projections;
+  QueryHandler handler;
+  Snapshot snapshot = Snapshot::kPerStatement;
+  // Statements prepared on every read session as (name, SQL), for
+  // tx.exec_prepared(name, ...) in the handler. Names are global to the
+  // service: give each statement its own.
+  std::vector<std::pair<std::string, std::string>> prepared;
+};
+
+struct QueryServiceOptions {
+  // libpq connection string for the read sessions. Never logged.
+  std::string conninfo;
+  // Query threads, and read sessions (one each).
+  int threads = 8;
+  // Queries waiting for a thread beyond this many get 503 overloaded.
+  size_t max_queued = 1024;
+  absl::Duration default_wait = absl::Seconds(5);
+  absl::Duration max_wait = absl::Seconds(30);
+};
+
+// What a request asks of read-your-writes.
+struct Consistency {
+  // Absent: answer at once with whatever is there.
+  std::optional<eventstore::Position> min_position;
+  absl::Duration max_wait;
+};
+
+// Parses X-Min-Position / ?min_position= and X-Max-Wait-Ms. Returns
+// kInvalidArgument (invalid_request) for a malformed position, or a wait
+// that is not an integer in 0..max_wait milliseconds.
+absl::StatusOr<Consistency> ParseConsistency(
+    const http::Request& request, const QueryServiceOptions& options);
+
+class QueryService {
+ public:
+  // kInvalidArgument for bad options. Does not connect: the first query
+  // does.
+  static absl::StatusOr<std::unique_ptr<QueryService>> Create(
+      ProgressTracker* tracker, QueryServiceOptions options);
+  // Stops the query threads; queries not started are dropped (their
+  // connections get 500 if the server still runs: stop the server first).
+  ~QueryService();
+
+  // Registers `route` as GET in `router` (errors land in router.status()).
+  void Add(http::Router& router, QueryRoute route);
+
+  // The read sessions' pool, for metrics.
+  PgPool::Stats pool_stats() const { return pool_->stats(); }
+
+ private:
+  // Lets callbacks that outlive the service (a tracker's waiters) find out
+  // that it is gone.
+  struct Lifeline;
+
+  QueryService(ProgressTracker* tracker, QueryServiceOptions options);
+  void Handle(const QueryRoute& route, const http::Request& request,
+              http::Responder responder);
+  http::Response Run(const QueryRoute& route,
+                     const http::Request& request) const;
+  void Prepare(pqxx::connection& conn) const;
+
+  // Constant after Create().
+  ProgressTracker* const tracker_;
+  const QueryServiceOptions options_;
+  std::unique_ptr<PgPool> pool_;
+  // Written by Add() only, before serving; the router's handlers and the
+  // read sessions' setup point into it.
+  std::vector<std::unique_ptr<QueryRoute>> routes_;
+  std::shared_ptr<Lifeline> lifeline_;
+  // Last: stopped (threads joined) before the members above go.
+  WorkerPool workers_;
+};
+
+}  // namespace cqrs::queries
+
+#endif  // QUERIES_QUERY_SERVICE_H_

@@ -1,0 +1,620 @@
+// The bank's read side over real HTTP against the test PostgreSQL: every
+// query route and error code, cursor walks while rows are added,
+// read-your-writes (in-process projections, projections in "another
+// process", and none: 503), /metrics, /projections and /openapi.json.
+#include <atomic>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "eventstore/position.h"
+#include "example_app/bank_app.h"
+#include "example_app/bank_projections.h"
+#include "example_app/bank_service.h"
+#include "framework/http/server.h"
+#include "projections/runner.h"
+#include "rapidjson/document.h"
+#include "tests/framework/http/client.h"
+#include "tests/support/prometheus_text.h"
+#include "tests/support/test_database.h"
+
+namespace bank {
+namespace {
+
+namespace http = cqrs::http;
+using cqrs::http_test::ClientResponse;
+using cqrs::http_test::TestClient;
+
+const http::HeaderList kJson = {{"Content-Type", "application/json"}};
+
+enum class Projections { kHere, kNowhere };
+
+// The whole bank (BankService) on its own schema, on an ephemeral port.
+class QueryFixture {
+ public:
+  explicit QueryFixture(Projections projections = Projections::kHere) {
+    REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
+    BankServiceOptions options;
+    options.schema = schema_.name();
+    options.run_projections = projections == Projections::kHere;
+    options.poll_interval = absl::Milliseconds(200);
+    auto service = BankService::Create(&schema_.pool(), options);
+    REQUIRE(service.ok());
+    service_ = *std::move(service);
+    service_->RegisterRoutes(router_);
+    http::ServerOptions server_options;
+    server_options.listen_address = "127.0.0.1:0";
+    server_options.worker_threads = 8;
+    service_->InstrumentServer(server_options);
+    auto server = http::Server::Create(server_options, &router_);
+    REQUIRE(server.ok());
+    server_ = *std::move(server);
+    service_->Start();
+    REQUIRE(server_->Start().ok());
+  }
+  ~QueryFixture() {
+    server_->Shutdown();
+    service_->Stop();
+  }
+
+  std::unique_ptr<TestClient> Client() {
+    auto client = TestClient::Connect(server_->port());
+    REQUIRE(client.ok());
+    return *std::move(client);
+  }
+
+  ClientResponse Send(const std::string& method, const std::string& target,
+                      const std::string& body = "",
+                      const http::HeaderList& headers = {}) {
+    if (client_ == nullptr) client_ = Client();
+    auto r = client_->Send(method, target, body, headers);
+    if (!r.ok()) {  // the server closed the connection: once more
+      client_ = Client();
+      r = client_->Send(method, target, body, headers);
+    }
+    REQUIRE(r.ok());
+    return *std::move(r);
+  }
+  ClientResponse Get(const std::string& target,
+                     const http::HeaderList& headers = {}) {
+    return Send("GET", target, "", headers);
+  }
+  ClientResponse Post(const std::string& target, const std::string& body) {
+    return Send("POST", target, body, kJson);
+  }
+
+  cqrs::testing::TestSchema& schema() { return schema_; }
+  BankService& service() { return *service_; }
+  const http::Router& router() const { return router_; }
+
+ private:
+  cqrs::testing::TestSchema schema_{40};
+  std::unique_ptr<BankService> service_;
+  http::Router router_;
+  std::unique_ptr<http::Server> server_;
+  std::unique_ptr<TestClient> client_;
+};
+
+rapidjson::Document Parse(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.c_str());
+  REQUIRE(!doc.HasParseError());
+  return doc;
+}
+
+std::string ErrorCode(const ClientResponse& r) {
+  rapidjson::Document doc = Parse(r.body);
+  REQUIRE(doc.IsObject());
+  REQUIRE(doc.HasMember("error"));
+  return doc["error"]["code"].GetString();
+}
+
+// Opens `id` and returns the command's position token.
+std::string Open(QueryFixture& f, const std::string& id,
+                 const std::string& owner = "Ann",
+                 const std::string& currency = "EUR") {
+  auto r = f.Post("/accounts",
+                  absl::StrCat(R"({"owner":")", owner, R"(","currency":")",
+                               currency, R"(","account_id":")", id, R"("})"));
+  REQUIRE(r.status == 201);
+  return Parse(r.body)["position"].GetString();
+}
+
+struct Moved {
+  std::string position;
+  int64_t balance = 0;
+};
+
+Moved Deposit(QueryFixture& f, const std::string& id, int64_t amount) {
+  auto r = f.Post(absl::StrCat("/accounts/", id, "/deposit"),
+                  absl::StrCat(R"({"amount":)", amount, "}"));
+  REQUIRE(r.status == 200);
+  rapidjson::Document doc = Parse(r.body);
+  return {doc["position"].GetString(), doc["balance"].GetInt64()};
+}
+
+http::HeaderList AtLeast(const std::string& position) {
+  return {{"X-Min-Position", position}};
+}
+
+// A token the projections have not reached: the next transaction's.
+std::string FuturePosition(const std::string& token) {
+  auto p = cqrs::eventstore::Position::FromToken(token);
+  REQUIRE(p.ok());
+  p->transaction_id += 1000000;
+  return p->ToToken();
+}
+
+TEST_CASE("GET /accounts/{id} answers from account_balances",
+          "[bank][queries][pg]") {
+  QueryFixture f;
+  const std::string opened = Open(f, "acc-1", "Ann", "EUR");
+  Moved moved = Deposit(f, "acc-1", 1234);
+
+  auto r = f.Get("/accounts/acc-1", AtLeast(moved.position));
+  REQUIRE(r.status == 200);
+  rapidjson::Document doc = Parse(r.body);
+  CHECK(std::string(doc["account_id"].GetString()) == "acc-1");
+  CHECK(std::string(doc["owner"].GetString()) == "Ann");
+  CHECK(std::string(doc["currency"].GetString()) == "EUR");
+  CHECK(doc["balance"].GetInt64() == 1234);
+  CHECK(std::string(doc["status"].GetString()) == "open");
+  CHECK(doc["version"].GetInt64() == 2);
+  REQUIRE(r.Header("X-Projection-Position").has_value());
+  auto at =
+      cqrs::eventstore::Position::FromToken(*r.Header("X-Projection-Position"));
+  REQUIRE(at.ok());
+  CHECK(*cqrs::eventstore::Position::FromToken(moved.position) <= *at);
+
+  REQUIRE(f.Post("/accounts/acc-1/withdraw", R"({"amount":1234})").status ==
+          200);
+  auto closed = f.Post("/accounts/acc-1/close", "{}");
+  REQUIRE(closed.status == 200);
+  r = f.Get("/accounts/acc-1",
+            AtLeast(Parse(closed.body)["position"].GetString()));
+  REQUIRE(r.status == 200);
+  CHECK(std::string(Parse(r.body)["status"].GetString()) == "closed");
+
+  auto missing = f.Get("/accounts/nobody");
+  CHECK(missing.status == 404);
+  CHECK(ErrorCode(missing) == "account_not_found");
+  CHECK(missing.Header("X-Projection-Position").has_value());
+
+  auto bad = f.Get("/accounts/bad%21id");
+  CHECK(bad.status == 400);
+  CHECK(ErrorCode(bad) == "invalid_request");
+  CHECK(bad.Header("X-Projection-Position").has_value());
+
+  auto post = f.Send("DELETE", "/accounts/acc-1");
+  CHECK(post.status == 405);
+  (void)opened;
+}
+
+TEST_CASE("GET /accounts/{id}/transactions pages oldest first",
+          "[bank][queries][pg]") {
+  QueryFixture f;
+  Open(f, "t-1");
+  std::string last;
+  for (int i = 1; i <= 12; ++i) last = Deposit(f, "t-1", i * 10).position;
+  REQUIRE(f.Post("/accounts/t-1/withdraw", R"({"amount":5})").status == 200);
+  auto closing = f.Post("/accounts/t-1/withdraw", R"({"amount":775})");
+  REQUIRE(closing.status == 200);
+  auto closed = f.Post("/accounts/t-1/close", "");
+  REQUIRE(closed.status == 200);
+  const std::string at = Parse(closed.body)["position"].GetString();
+
+  // 16 rows: opened, 12 deposits, 2 withdrawals, closed; pages of 5.
+  std::vector<std::string> types;
+  std::vector<int64_t> versions;
+  std::string target = "/accounts/t-1/transactions?limit=5";
+  int pages = 0;
+  while (true) {
+    auto r = f.Get(target, AtLeast(at));
+    REQUIRE(r.status == 200);
+    CHECK(r.Header("X-Projection-Position").has_value());
+    rapidjson::Document doc = Parse(r.body);
+    REQUIRE(doc["items"].IsArray());
+    CHECK(doc["items"].Size() <= 5);
+    for (const auto& item : doc["items"].GetArray()) {
+      types.push_back(item["type"].GetString());
+      versions.push_back(item["version"].GetInt64());
+      CHECK(item["at"].IsString());
+      CHECK(!item.HasMember("transfer_id"));
+      if (types.back() == "deposit") {
+        CHECK(item["amount"].GetInt64() == 10 * (versions.back() - 1));
+      }
+    }
+    ++pages;
+    if (doc["next"].IsNull()) break;
+    target = absl::StrCat("/accounts/t-1/transactions?limit=5&after=",
+                          doc["next"].GetString());
+  }
+  CHECK(pages == 4);
+  REQUIRE(versions.size() == 16);
+  for (size_t i = 0; i < versions.size(); ++i) {
+    CHECK(versions[i] == static_cast<int64_t>(i + 1));
+  }
+  CHECK(types.front() == "opened");
+  CHECK(types[1] == "deposit");
+  CHECK(types[13] == "withdrawal");
+  CHECK(types.back() == "closed");
+
+  // The balance after each movement.
+  auto all = f.Get("/accounts/t-1/transactions?limit=500");
+  REQUIRE(all.status == 200);
+  rapidjson::Document doc = Parse(all.body);
+  CHECK(doc["items"].Size() == 16);
+  CHECK(doc["next"].IsNull());
+  CHECK(doc["items"][12]["balance_after"].GetInt64() == 780);
+  CHECK(doc["items"][13]["balance_after"].GetInt64() == 775);
+  CHECK(doc["items"][15]["balance_after"].GetInt64() == 0);
+
+  auto missing = f.Get("/accounts/ghost/transactions");
+  CHECK(missing.status == 404);
+  CHECK(ErrorCode(missing) == "account_not_found");
+
+  for (const char* bad : {"limit=0", "limit=501", "limit=-1", "limit=abc",
+                          "limit=", "after=not-a-cursor", "after="}) {
+    auto r = f.Get(absl::StrCat("/accounts/t-1/transactions?", bad));
+    INFO(bad);
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+  }
+  CHECK(f.Get("/accounts/t-1/transactions?limit=500").status == 200);
+  CHECK(f.Get("/accounts/t-1/transactions?limit=1").status == 200);
+}
+
+TEST_CASE(
+    "GET /accounts lists by owner and walks every row once while rows "
+    "are added",
+    "[bank][queries][pg]") {
+  QueryFixture f;
+  std::set<std::string> before;
+  std::string at;
+  for (int i = 0; i < 60; ++i) {
+    const std::string id = absl::StrCat("w-", i * 2);  // gaps for newcomers
+    at = Open(f, id, "Walker");
+    before.insert(id);
+  }
+  Open(f, "someone-else", "Other");
+  at = Open(f, "zz-other", "Other");
+
+  // Opens more of Walker's accounts, between and after the existing ones,
+  // while the walk runs.
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    auto client = f.Client();
+    for (int i = 0; !stop && i < 200; ++i) {
+      auto r = client->Send(
+          "POST", "/accounts",
+          absl::StrCat(R"({"owner":"Walker","currency":"EUR","account_id":")",
+                       "w-", i * 2 + 1, R"("})"),
+          kJson);
+      REQUIRE(r.ok());
+    }
+  });
+  std::multiset<std::string> seen;
+  std::string previous;
+  std::string target = "/accounts?owner=Walker&limit=7";
+  while (true) {
+    auto r = f.Get(target, AtLeast(at));
+    REQUIRE(r.status == 200);
+    rapidjson::Document doc = Parse(r.body);
+    for (const auto& item : doc["items"].GetArray()) {
+      const std::string id = item["account_id"].GetString();
+      CHECK(std::string(item["owner"].GetString()) == "Walker");
+      CHECK(id > previous);  // stable order, no repeats
+      previous = id;
+      seen.insert(id);
+    }
+    if (doc["next"].IsNull()) break;
+    target = absl::StrCat("/accounts?owner=Walker&limit=7&after=",
+                          doc["next"].GetString());
+  }
+  stop = true;
+  writer.join();
+  for (const std::string& id : before) CHECK(seen.count(id) == 1);
+  for (const std::string& id : seen) CHECK(seen.count(id) == 1);
+
+  // Without owner: everyone, in id order.
+  auto all = f.Get("/accounts?limit=500", AtLeast(at));
+  REQUIRE(all.status == 200);
+  rapidjson::Document doc = Parse(all.body);
+  std::set<std::string> owners;
+  for (const auto& item : doc["items"].GetArray()) {
+    owners.insert(item["owner"].GetString());
+  }
+  CHECK(owners == std::set<std::string>{"Other", "Walker"});
+
+  auto nobody = f.Get("/accounts?owner=Nobody");
+  REQUIRE(nobody.status == 200);
+  CHECK(Parse(nobody.body)["items"].Size() == 0);
+  CHECK(Parse(nobody.body)["next"].IsNull());
+  CHECK(f.Get("/accounts?owner=").status == 400);
+  CHECK(f.Get(absl::StrCat("/accounts?owner=", std::string(201, 'x'))).status ==
+        400);
+  CHECK(f.Get("/accounts?limit=501").status == 400);
+  CHECK(f.Get("/accounts?after=%%%").status == 400);
+}
+
+TEST_CASE("GET /stats sums the accounts", "[bank][queries][pg]") {
+  QueryFixture f;
+  Open(f, "s-1", "Ann", "EUR");
+  Open(f, "s-2", "Bob", "EUR");
+  Open(f, "s-3", "Cid", "USD");
+  Deposit(f, "s-1", 100);
+  Deposit(f, "s-2", 250);
+  Deposit(f, "s-3", 7);
+  auto closed = f.Post("/accounts/s-3/withdraw", R"({"amount":7})");
+  REQUIRE(closed.status == 200);
+  closed = f.Post("/accounts/s-3/close", "{}");
+  REQUIRE(closed.status == 200);
+  auto r = f.Get(absl::StrCat("/stats?min_position=",
+                              Parse(closed.body)["position"].GetString()));
+  REQUIRE(r.status == 200);
+  CHECK(r.Header("X-Projection-Position").has_value());
+  rapidjson::Document doc = Parse(r.body);
+  CHECK(doc["accounts"].GetInt64() == 3);
+  CHECK(doc["open_accounts"].GetInt64() == 2);
+  CHECK(doc["total_balance"]["EUR"].GetInt64() == 350);
+  CHECK(doc["total_balance"]["USD"].GetInt64() == 0);
+  CHECK(doc["transfers"]["pending"].GetInt64() == 0);
+  CHECK(doc["transfers"]["completed"].GetInt64() == 0);
+  CHECK(doc["transfers"]["failed"].GetInt64() == 0);
+}
+
+TEST_CASE(
+    "read-your-writes: a read with the position of a deposit sees it, "
+    "200 times in a row",
+    "[bank][queries][pg]") {
+  QueryFixture f;
+  Open(f, "ryw");
+  for (int i = 1; i <= 200; ++i) {
+    Moved moved = Deposit(f, "ryw", i);
+    auto r = f.Get("/accounts/ryw", AtLeast(moved.position));
+    INFO("round " << i);
+    REQUIRE(r.status == 200);
+    REQUIRE(Parse(r.body)["balance"].GetInt64() == moved.balance);
+  }
+  // The query parameter works as the header does.
+  Moved moved = Deposit(f, "ryw", 1);
+  auto r = f.Get(absl::StrCat("/accounts/ryw?min_position=", moved.position));
+  REQUIRE(r.status == 200);
+  CHECK(Parse(r.body)["balance"].GetInt64() == moved.balance);
+}
+
+TEST_CASE(
+    "read-your-writes: malformed positions and waits are "
+    "invalid_request",
+    "[bank][queries][pg]") {
+  QueryFixture f;
+  const std::string at = Open(f, "m-1");
+  for (const char* token : {"", "abc", "1", "1.", ".1", "-1.2", "1.2.3",
+                            "99999999999999999999999.1", "1. 2"}) {
+    INFO("token '" << token << "'");
+    auto r = f.Get("/accounts/m-1", {{"X-Min-Position", token}});
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+    CHECK(r.Header("X-Projection-Position").has_value());
+  }
+  CHECK(f.Get("/accounts/m-1?min_position=x.y").status == 400);
+  for (const char* wait : {"-1", "30001", "abc", "", "1.5", "+5"}) {
+    INFO("wait '" << wait << "'");
+    auto r = f.Get("/accounts/m-1",
+                   {{"X-Min-Position", at}, {"X-Max-Wait-Ms", wait}});
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+  }
+  CHECK(f.Get("/accounts/m-1",
+              {{"X-Min-Position", at}, {"X-Max-Wait-Ms", "30000"}})
+            .status == 200);
+  CHECK(f.Get("/accounts/m-1", {{"X-Min-Position", at}, {"X-Max-Wait-Ms", "0"}})
+            .status == 200);
+}
+
+TEST_CASE(
+    "read-your-writes: without projections running the read is "
+    "503 projection_lagging after the wait",
+    "[bank][queries][pg]") {
+  QueryFixture f(Projections::kNowhere);
+  const std::string at = Open(f, "lag-1");
+  const absl::Time start = absl::Now();
+  auto r = f.Get("/accounts/lag-1",
+                 {{"X-Min-Position", at}, {"X-Max-Wait-Ms", "300"}});
+  const absl::Duration took = absl::Now() - start;
+  CHECK(r.status == 503);
+  CHECK(ErrorCode(r) == "projection_lagging");
+  CHECK(r.Header("X-Projection-Position").has_value());
+  CHECK(took >= absl::Milliseconds(300));
+  // Without a position the read answers at once, from what is there.
+  auto now = f.Get("/accounts/lag-1");
+  CHECK(now.status == 404);
+  // A position far ahead also times out, on every query route.
+  for (const char* route :
+       {"/accounts/lag-1/transactions", "/accounts", "/stats"}) {
+    auto lagging = f.Get(route, {{"X-Min-Position", FuturePosition(at)},
+                                 {"X-Max-Wait-Ms", "50"}});
+    INFO(route);
+    CHECK(lagging.status == 503);
+    CHECK(ErrorCode(lagging) == "projection_lagging");
+  }
+}
+
+TEST_CASE("read-your-writes follows projections run by another process",
+          "[bank][queries][pg]") {
+  QueryFixture f(Projections::kNowhere);
+  // The "other process": a runner that does not tell this service anything
+  // directly; its progress arrives through NOTIFY.
+  auto store = f.schema().NewEventStore([&] {
+    cqrs::eventstore::PostgresEventStoreOptions o;
+    o.schema = f.schema().name();
+    return o;
+  }());
+  cqrs::projections::ProjectionRunnerOptions options;
+  options.schema = f.schema().name();
+  auto runner = cqrs::projections::ProjectionRunner::Create(
+      &f.schema().pool(), store.get(), BankProjections(), options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  Open(f, "far");
+  for (int i = 1; i <= 30; ++i) {
+    Moved moved = Deposit(f, "far", 5);
+    auto r = f.Get("/accounts/far", AtLeast(moved.position));
+    INFO("round " << i);
+    REQUIRE(r.status == 200);
+    REQUIRE(Parse(r.body)["balance"].GetInt64() == moved.balance);
+  }
+  // The listening session dies: the periodic re-read still moves on.
+  f.schema().Exec(absl::StrCat(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+      "application_name = 'cqrs progress ",
+      f.schema().name(), "'"));
+  Moved moved = Deposit(f, "far", 5);
+  auto r = f.Get("/accounts/far", AtLeast(moved.position));
+  REQUIRE(r.status == 200);
+  CHECK(Parse(r.body)["balance"].GetInt64() == moved.balance);
+  (*runner)->Stop();
+}
+
+// The value of the sample `name` with `labels`, or 0 when absent.
+double Sample(const cqrs::testing::ParsedMetrics& m, const std::string& name,
+              const std::map<std::string, std::string>& labels = {}) {
+  return m.Value(name, labels).value_or(0);
+}
+
+cqrs::testing::ParsedMetrics Scrape(QueryFixture& f) {
+  auto r = f.Get("/metrics");
+  REQUIRE(r.status == 200);
+  CHECK(r.Header("Content-Type").value_or("").find("text/plain") == 0);
+  auto parsed = cqrs::testing::ParsePrometheusText(r.body);
+  INFO(parsed.status().ToString());
+  REQUIRE(parsed.ok());
+  return *std::move(parsed);
+}
+
+TEST_CASE("GET /metrics is Prometheus text and its counters move",
+          "[bank][queries][pg]") {
+  QueryFixture f;
+  const std::string at = Open(f, "met-1");
+  REQUIRE(f.Get("/accounts/met-1", AtLeast(at)).status == 200);
+  cqrs::testing::ParsedMetrics before = Scrape(f);
+  CHECK(before.types.at("cqrs_http_requests_total") == "counter");
+  CHECK(before.types.at("cqrs_http_request_duration_seconds") == "histogram");
+  CHECK(before.types.at("cqrs_commands_total") == "counter");
+  CHECK(before.types.at("cqrs_events_appended_total") == "counter");
+  CHECK(before.types.at("cqrs_projection_lag_events") == "gauge");
+  CHECK(before.types.at("cqrs_db_pool_connections") == "gauge");
+
+  const std::map<std::string, std::string> get_account = {
+      {"method", "GET"}, {"route", "/accounts/{id}"}, {"status", "200"}};
+  const std::map<std::string, std::string> deposit_ok = {{"command", "deposit"},
+                                                         {"outcome", "ok"}};
+  const std::map<std::string, std::string> insufficient = {
+      {"command", "withdraw"}, {"outcome", "insufficient_funds"}};
+  std::string last;
+  for (int i = 0; i < 5; ++i) last = Deposit(f, "met-1", 10).position;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(f.Get("/accounts/met-1", AtLeast(last)).status == 200);
+  }
+  REQUIRE(f.Post("/accounts/met-1/withdraw", R"({"amount":999})").status ==
+          422);
+  REQUIRE(f.Get("/no/such/route").status == 404);
+  cqrs::testing::ParsedMetrics after = Scrape(f);
+
+  CHECK(Sample(after, "cqrs_http_requests_total", get_account) -
+            Sample(before, "cqrs_http_requests_total", get_account) ==
+        3);
+  CHECK(Sample(after, "cqrs_commands_total", deposit_ok) -
+            Sample(before, "cqrs_commands_total", deposit_ok) ==
+        5);
+  CHECK(Sample(after, "cqrs_commands_total", insufficient) == 1);
+  CHECK(Sample(after, "cqrs_events_appended_total") -
+            Sample(before, "cqrs_events_appended_total") ==
+        5);
+  CHECK(
+      Sample(after, "cqrs_http_requests_total",
+             {{"method", "GET"}, {"route", "unmatched"}, {"status", "404"}}) ==
+      1);
+  CHECK(Sample(after, "cqrs_http_request_duration_seconds_count",
+               {{"method", "GET"}, {"route", "/accounts/{id}"}}) >= 4);
+  CHECK(Sample(after, "cqrs_projection_state",
+               {{"projection", "account_balances"}, {"state", "running"}}) ==
+        1);
+  CHECK(Sample(after, "cqrs_projection_position",
+               {{"projection", "account_balances"}}) > 0);
+  CHECK(after
+            .Value("cqrs_db_pool_connections",
+                   {{"pool", "queries"}, {"state", "in_use"}})
+            .has_value());
+  CHECK(
+      after.Value("cqrs_db_pool_waiting", {{"pool", "commands"}}).has_value());
+  CHECK(Sample(after, "cqrs_projections_scrape_ok") == 1);
+}
+
+TEST_CASE("GET /projections reports every projection", "[bank][queries][pg]") {
+  QueryFixture f;
+  const std::string at = Open(f, "p-1");
+  REQUIRE(f.Get("/stats", AtLeast(at)).status == 200);
+  auto r = f.Get("/projections");
+  REQUIRE(r.status == 200);
+  rapidjson::Document doc = Parse(r.body);
+  REQUIRE(doc.IsArray());
+  std::set<std::string> names;
+  for (const auto& p : doc.GetArray()) {
+    names.insert(p["name"].GetString());
+    CHECK(p["version"].GetInt() == 1);
+    const std::string state = p["state"].GetString();
+    CHECK((state == "running" || state == "catching_up"));
+    CHECK(
+        cqrs::eventstore::Position::FromToken(p["position"].GetString()).ok());
+    CHECK(p["lag_events"].IsInt64());
+    CHECK(p["lag_seconds"].IsNumber());
+    CHECK(p["parked"].GetInt64() == 0);
+    CHECK(!p.HasMember("last_error"));
+  }
+  CHECK(names == std::set<std::string>{"account_balances",
+                                       "account_transactions", "bank_stats"});
+}
+
+TEST_CASE("GET /openapi.json documents every registered route",
+          "[bank][queries][pg]") {
+  QueryFixture f;
+  auto r = f.Get("/openapi.json");
+  REQUIRE(r.status == 200);
+  rapidjson::Document doc = Parse(r.body);
+  REQUIRE(doc.IsObject());
+  CHECK(std::string(doc["openapi"].GetString()).rfind("3.", 0) == 0);
+  const auto& paths = doc["paths"];
+  std::set<std::pair<std::string, std::string>> documented;
+  for (const auto& path : paths.GetObject()) {
+    for (const auto& op : path.value.GetObject()) {
+      std::string method = op.name.GetString();
+      if (method == "parameters") continue;
+      for (char& c : method) c = static_cast<char>(std::toupper(c));
+      documented.emplace(method, path.name.GetString());
+    }
+  }
+  std::set<std::pair<std::string, std::string>> registered;
+  for (const auto& [method, pattern] : f.router().Routes()) {
+    registered.emplace(method, pattern);
+  }
+  for (const auto& route : registered) {
+    INFO(route.first << " " << route.second);
+    CHECK(documented.count(route) == 1);
+  }
+  for (const auto& route : documented) {
+    INFO(route.first << " " << route.second << " documented, not served");
+    CHECK(registered.count(route) == 1);
+  }
+}
+
+}  // namespace
+}  // namespace bank
