@@ -85,6 +85,8 @@ constexpr char kUsage[] = R"(usage: http_load <mode> [flags]
 modes:
   open      open accounts <prefix>0 .. <prefix><accounts-1> (409 is fine)
   load      deposits into random accounts for --seconds after --warmup
+  read      GET --get TARGET for --seconds after --warmup; "{id}" in TARGET
+            becomes a random account id <prefix><0..accounts-1>
   baseline  raw single-row INSERTs (autocommit) from --writers connections
 
 flags (open, load):
@@ -94,7 +96,8 @@ flags (open, load):
   --accounts K         number of accounts (default 1000)
   --prefix S           account id prefix (default bench-)
   --client-threads N   threads driving the connections (default 1)
-  --server-pid PID     the server's pid, for its CPU time (load)
+  --server-pid PID     the server's pid, for its CPU time (load, read)
+  --get TARGET         read: the request target, e.g. /accounts/{id}
 flags (load, baseline):
   --seconds S          measured duration (default 20)
   --warmup S           unmeasured warm-up before it (default 3)
@@ -116,6 +119,7 @@ struct Flags {
   double warmup = 3;
   std::string database_url;
   int writers = 16;
+  std::string get;  // read: the target template
 };
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
@@ -125,7 +129,7 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   if (flags.mode == "--help" || flags.mode == "-h") {
     return absl::CancelledError("help");
   }
-  if (flags.mode != "open" && flags.mode != "load" &&
+  if (flags.mode != "open" && flags.mode != "load" && flags.mode != "read" &&
       flags.mode != "baseline") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown mode '", flags.mode, "'"));
@@ -180,12 +184,18 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
       flags.database_url = value;
     } else if (name == "writers") {
       if (!positive(&flags.writers)) return bad;
+    } else if (name == "get") {
+      if (value.empty() || value[0] != '/') return bad;
+      flags.get = value;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     }
   }
   if (flags.connections == 0)
     flags.connections = flags.mode == "open" ? 16 : 64;
+  if (flags.mode == "read" && flags.get.empty()) {
+    return absl::InvalidArgumentError("read needs --get");
+  }
   if (flags.mode == "baseline" && flags.database_url.empty()) {
     return absl::InvalidArgumentError("baseline needs --database-url");
   }
@@ -529,6 +539,8 @@ class Workload {
   virtual bool Next(std::mt19937_64& rng, std::string* target,
                     std::string* body) = 0;
   virtual bool Success(int status) const = 0;
+  // GET without a body, else POST with a JSON body.
+  virtual bool get() const { return false; }
 };
 
 class DepositWorkload : public Workload {
@@ -549,6 +561,36 @@ class DepositWorkload : public Workload {
     return true;
   }
   bool Success(int status) const override { return status == 200; }
+
+ private:
+  const Clock::time_point end_;
+  std::vector<std::string> targets_;
+};
+
+class ReadWorkload : public Workload {
+ public:
+  ReadWorkload(const Flags& flags, Clock::time_point end) : end_(end) {
+    const size_t id = flags.get.find("{id}");
+    if (id == std::string::npos) {
+      targets_.push_back(flags.get);
+      return;
+    }
+    targets_.reserve(flags.accounts);
+    for (int i = 0; i < flags.accounts; ++i) {
+      targets_.push_back(absl::StrCat(flags.get.substr(0, id), flags.prefix, i,
+                                      flags.get.substr(id + 4)));
+    }
+  }
+  bool Next(std::mt19937_64& rng, std::string* target,
+            std::string* body) override {
+    if (Clock::now() >= end_) return false;
+    std::uniform_int_distribution<size_t> pick(0, targets_.size() - 1);
+    *target = targets_[pick(rng)];
+    body->clear();
+    return true;
+  }
+  bool Success(int status) const override { return status == 200; }
+  bool get() const override { return true; }
 
  private:
   const Clock::time_point end_;
@@ -580,8 +622,9 @@ class OpenWorkload : public Workload {
 
 // One connection's results; only its own handlers touch it.
 struct ConnectionStats {
-  int64_t completed = 0;  // responses, warm-up included
-  int64_t ok = 0;         // successes that completed inside the window
+  int64_t completed = 0;   // responses, warm-up included
+  int64_t ok = 0;          // successes that completed inside the window
+  int64_t body_bytes = 0;  // their response bodies
   std::vector<int64_t> latencies_ns;  // of those
   // Failures over the whole run by status ("404") or I/O error, and the
   // first response body seen for each.
@@ -629,11 +672,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string target, body;
     if (!workload_->Next(rng_, &target, &body)) return Close();
     request_ = {};
-    request_.method(bhttp::verb::post);
+    request_.method(workload_->get() ? bhttp::verb::get : bhttp::verb::post);
     request_.target(target);
     request_.version(11);
     request_.set(bhttp::field::host, host_);
-    request_.set(bhttp::field::content_type, "application/json");
+    if (!workload_->get()) {
+      request_.set(bhttp::field::content_type, "application/json");
+    }
     request_.keep_alive(true);
     request_.body() = std::move(body);
     request_.prepare_payload();
@@ -662,6 +707,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (workload_->Success(status)) {
       if (now >= window_start_ && now <= window_end_) {
         ++stats_->ok;
+        stats_->body_bytes += static_cast<int64_t>(response_.body().size());
         stats_->latencies_ns.push_back((now - sent_at_).count());
       }
     } else {
@@ -719,6 +765,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 struct ClientResult {
   int64_t completed = 0;
   int64_t ok = 0;
+  int64_t body_bytes = 0;
   int64_t failed = 0;
   int gave_up = 0;
   Latencies latencies;
@@ -758,6 +805,7 @@ absl::StatusOr<ClientResult> RunClient(const Flags& flags, Workload* workload,
   for (ConnectionStats& s : stats) {
     result.completed += s.completed;
     result.ok += s.ok;
+    result.body_bytes += s.body_bytes;
     result.gave_up += s.gave_up ? 1 : 0;
     result.latencies.Add(std::move(s.latencies_ns));
     for (const auto& [key, count] : s.failures) {
@@ -805,13 +853,23 @@ int OpenAccounts(const Flags& flags) {
   return r->ok == flags.accounts ? 0 : 1;
 }
 
-int LoadDeposits(const Flags& flags) {
+// `load` and `read`: a closed loop of requests for --seconds.
+int Load(const Flags& flags) {
   const Clock::time_point start = Clock::now();
   const Clock::time_point window_start =
       start + SecondsToDuration(flags.warmup);
   const Clock::time_point window_end =
       window_start + SecondsToDuration(flags.seconds);
-  DepositWorkload workload(flags, window_end);
+  std::unique_ptr<Workload> owned;
+  if (flags.mode == "read") {
+    owned = std::make_unique<ReadWorkload>(flags, window_end);
+  } else {
+    owned = std::make_unique<DepositWorkload>(flags, window_end);
+  }
+  Workload& workload = *owned;
+  const std::string what = flags.mode == "read"
+                               ? absl::StrCat("GET ", flags.get)
+                               : std::string("POST /accounts/{id}/deposit");
   std::unique_ptr<Sampler> sampler;
   std::thread sampler_thread;
   if (!flags.database_url.empty()) {
@@ -820,12 +878,12 @@ int LoadDeposits(const Flags& flags) {
         std::thread([&] { sampler->Run(window_start, window_end); });
   }
   std::printf(
-      "http_load load: POST /accounts/{id}/deposit to %s:%d, %d keep-alive "
+      "http_load %s: %s to %s:%d, %d keep-alive "
       "connections, %d accounts, %d client thread(s), %.1f s after %.1f s "
       "warm-up; %u CPUs, load average %s\n",
-      flags.host.c_str(), flags.port, flags.connections, flags.accounts,
-      flags.client_threads, flags.seconds, flags.warmup,
-      std::thread::hardware_concurrency(), LoadAverage().c_str());
+      flags.mode.c_str(), what.c_str(), flags.host.c_str(), flags.port,
+      flags.connections, flags.accounts, flags.client_threads, flags.seconds,
+      flags.warmup, std::thread::hardware_concurrency(), LoadAverage().c_str());
   std::fflush(stdout);
   absl::StatusOr<ClientResult> r =
       RunClient(flags, &workload, window_start, window_end);
@@ -837,20 +895,26 @@ int LoadDeposits(const Flags& flags) {
   const double rps = r->ok / flags.seconds;
   Latencies& l = r->latencies;
   std::printf(
-      "deposits: %lld ok in %.1f s = %.0f requests/s; %lld failed; latency "
+      "%s: %lld ok in %.1f s = %.0f requests/s; %lld failed; latency "
       "ms p50 %.2f p90 %.2f p99 %.2f max %.2f\n",
+      flags.mode == "read" ? "reads" : "deposits",
       static_cast<long long>(r->ok), flags.seconds, rps,
       static_cast<long long>(r->failed), l.Percentile(0.5), l.Percentile(0.9),
       l.Percentile(0.99), l.Percentile(1.0));
+  if (r->ok > 0) {
+    std::printf("mean response body: %.1f bytes\n",
+                static_cast<double>(r->body_bytes) / r->ok);
+  }
   PrintFailures(*r);
   if (sampler) sampler->Print(r->ok, flags.seconds);
   std::printf("load average at the end: %s\n", LoadAverage().c_str());
   std::printf(
-      "http_load: result mode=load ops_per_s=%.1f ok=%lld failed=%lld "
+      "http_load: result mode=%s ops_per_s=%.1f ok=%lld failed=%lld "
       "completed=%lld p50_ms=%.2f p90_ms=%.2f p99_ms=%.2f max_ms=%.2f\n",
-      rps, static_cast<long long>(r->ok), static_cast<long long>(r->failed),
-      static_cast<long long>(r->completed), l.Percentile(0.5),
-      l.Percentile(0.9), l.Percentile(0.99), l.Percentile(1.0));
+      flags.mode.c_str(), rps, static_cast<long long>(r->ok),
+      static_cast<long long>(r->failed), static_cast<long long>(r->completed),
+      l.Percentile(0.5), l.Percentile(0.9), l.Percentile(0.99),
+      l.Percentile(1.0));
   return r->ok > 0 ? 0 : 1;
 }
 
@@ -1057,7 +1121,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   if (flags->mode == "open") return OpenAccounts(*flags);
-  if (flags->mode == "load") return LoadDeposits(*flags);
+  if (flags->mode == "load" || flags->mode == "read") return Load(*flags);
   return Baseline(*flags);
 }
 

@@ -6,12 +6,14 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "example_app/account.h"
 #include "framework/http/status_mapping.h"
 #include "framework/status_macros.h"
+#include "projections/sql_array.h"
 #include "queries/pagination.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -80,27 +82,54 @@ void WriteNext(Writer& w, const std::optional<std::string>& last_key) {
   }
 }
 
+// Batched: one statement answers every request waiting for a thread.
 queries::QueryRoute GetAccount(const std::string& schema) {
   queries::QueryRoute route;
   route.pattern = "/accounts/{id}";
   route.projections = {"account_balances"};
   route.prepared = {
-      {"bank_get_account",
+      {"bank_get_accounts",
        absl::StrCat("SELECT account_id, owner, currency, balance, status, "
                     "version FROM ",
-                    schema, ".account_balances WHERE account_id = $1")}};
-  route.handler =
-      [](const http::Request& request,
-         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
-    const absl::string_view id = request.PathParam("id");
-    RETURN_IF_ERROR(ValidateAccountId(id));
-    const pqxx::result rows =
-        tx.exec_prepared("bank_get_account", std::string(id));
-    if (rows.empty()) return AccountNotFound(id);
-    rapidjson::StringBuffer buffer;
-    Writer w(buffer);
-    WriteAccount(w, rows[0]);
-    return http::JsonResponse(200, Finish(buffer));
+                    schema,
+                    ".account_balances WHERE account_id = ANY($1::text[])")}};
+  route.batch_handler = [](const std::vector<const http::Request*>& requests,
+                           pqxx::transaction_base& tx) {
+    std::vector<absl::StatusOr<http::Response>> out(requests.size());
+    std::vector<bool> invalid(requests.size(), false);
+    cqrs::projections::SqlArray ids;
+    bool any = false;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const absl::string_view id = requests[i]->PathParam("id");
+      if (absl::Status valid = ValidateAccountId(id); !valid.ok()) {
+        out[i] = valid;
+        invalid[i] = true;
+        continue;
+      }
+      ids.Add(id);
+      any = true;
+    }
+    absl::flat_hash_map<std::string, std::string> bodies;
+    if (any) {
+      for (const pqxx::row& row :
+           tx.exec_prepared("bank_get_accounts", ids.literal())) {
+        rapidjson::StringBuffer buffer;
+        Writer w(buffer);
+        WriteAccount(w, row);
+        bodies.emplace(row[0].c_str(), Finish(buffer));
+      }
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      if (invalid[i]) continue;
+      const absl::string_view id = requests[i]->PathParam("id");
+      auto it = bodies.find(id);
+      if (it == bodies.end()) {
+        out[i] = AccountNotFound(id);
+      } else {
+        out[i] = http::JsonResponse(200, it->second);
+      }
+    }
+    return out;
   };
   return route;
 }

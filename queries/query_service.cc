@@ -1,5 +1,7 @@
 #include "queries/query_service.h"
 
+#include <algorithm>
+#include <deque>
 #include <utility>
 
 #include <pqxx/pqxx>
@@ -21,7 +23,31 @@ absl::Status Invalid(std::string message) {
                              "invalid_request");
 }
 
+// The response for a handler's result, or for a failed read.
+http::Response ToResponse(absl::StatusOr<http::Response> result) {
+  if (result.ok()) return *std::move(result);
+  const absl::Status& status = result.status();
+  if (absl::IsFailedPrecondition(status) && http::ErrorCodeOf(status).empty()) {
+    // The database refused the statement itself (a missing table): the
+    // read model is not there (yet), which is not the client's fault.
+    http::Response response = http::ErrorResponse(
+        503, "unavailable", "the read model is not available; retry later");
+    response.log_detail = std::string(status.message());
+    return response;
+  }
+  return http::ResponseFromStatus(status);
+}
+
 }  // namespace
+
+struct QueryService::RouteState {
+  explicit RouteState(QueryRoute r) : route(std::move(r)) {}
+  const QueryRoute route;
+  absl::Mutex mu;
+  std::deque<Pending> waiting ABSL_GUARDED_BY(mu);
+  // Drain() tasks queued or running.
+  int draining ABSL_GUARDED_BY(mu) = 0;
+};
 
 struct QueryService::Lifeline {
   absl::Mutex mu;
@@ -108,26 +134,38 @@ void QueryService::Prepare(pqxx::connection& conn) const {
     tx.exec("SET application_name = 'cqrs queries'");
   }
   for (const auto& route : routes_) {
-    for (const auto& [name, sql] : route->prepared) conn.prepare(name, sql);
+    for (const auto& [name, sql] : route->route.prepared) {
+      conn.prepare(name, sql);
+    }
   }
 }
 
 void QueryService::Add(http::Router& router, QueryRoute route) {
-  routes_.push_back(std::make_unique<QueryRoute>(std::move(route)));
-  const QueryRoute* r = routes_.back().get();
+  if (static_cast<bool>(route.handler) ==
+      static_cast<bool>(route.batch_handler)) {
+    // Router::Add records an invalid pattern; make the route one.
+    router.Add(
+        "GET",
+        absl::StrCat("invalid: ", route.pattern, " needs exactly one handler"),
+        [](const http::Request&) { return http::Response(); });
+    return;
+  }
+  routes_.push_back(std::make_unique<RouteState>(std::move(route)));
+  RouteState* r = routes_.back().get();
   http::RouteOptions options;
   // Handle() only parses and queues; the reads run on the query threads.
   options.execution = http::Execution::kNetworkThread;
   router.AddAsync(
-      "GET", r->pattern,
+      "GET", r->route.pattern,
       [this, r](const http::Request& request, http::Responder responder) {
         Handle(*r, request, std::move(responder));
       },
       options);
 }
 
-void QueryService::Handle(const QueryRoute& route, const http::Request& request,
+void QueryService::Handle(RouteState& state, const http::Request& request,
                           http::Responder responder) {
+  const QueryRoute& route = state.route;
   absl::StatusOr<Consistency> consistency = ParseConsistency(request, options_);
   if (!consistency.ok()) {
     http::Response response = http::ResponseFromStatus(consistency.status());
@@ -136,45 +174,142 @@ void QueryService::Handle(const QueryRoute& route, const http::Request& request,
     responder(std::move(response));
     return;
   }
-  // Runs the query on a query thread, if the service still exists.
-  auto submit = [lifeline = lifeline_, route = &route,
-                 request = std::make_shared<const http::Request>(request),
-                 responder]() {
-    absl::MutexLock lock(&lifeline->mu);
-    QueryService* self = lifeline->service;
-    if (self == nullptr) return;  // the responder answers 500
-    if (!self->workers_.TrySubmit([self, route, request, responder] {
-          responder(self->Run(*route, *request));
-        })) {
-      responder(http::ErrorResponse(
-          503, "overloaded", "too many queries are waiting; retry later"));
-    }
-  };
+  Pending pending{std::make_shared<const http::Request>(request), responder};
   if (!consistency->min_position.has_value()) {
-    submit();
+    Submit(state, std::move(pending));
     return;
   }
   const Position target = *consistency->min_position;
   const int64_t wait_ms = absl::ToInt64Milliseconds(consistency->max_wait);
   tracker_->WhenReached(
       route.projections, target, absl::Now() + consistency->max_wait,
-      [submit = std::move(submit), tracker = tracker_, route = &route, target,
-       wait_ms, responder](bool reached) {
+      [lifeline = lifeline_, state = &state, pending = std::move(pending),
+       tracker = tracker_, target, wait_ms](bool reached) mutable {
         if (reached) {
-          submit();
+          absl::MutexLock lock(&lifeline->mu);
+          // Gone: the responder answers 500 when dropped.
+          if (lifeline->service != nullptr) {
+            lifeline->service->Submit(*state, std::move(pending));
+          }
           return;
         }
+        const QueryRoute& route = state->route;
         http::Response response = http::ErrorResponse(
             503, "projection_lagging",
             absl::StrCat("the read model (",
-                         absl::StrJoin(route->projections, ", "),
+                         absl::StrJoin(route.projections, ", "),
                          ") has not reached position ", target.ToToken(),
                          " within ", wait_ms, " ms; retry later"));
         response.SetHeader("Retry-After", "1");
         response.SetHeader(kProjectionPositionHeader,
-                           tracker->Current(route->projections).ToToken());
-        responder(std::move(response));
+                           tracker->Current(route.projections).ToToken());
+        pending.responder(std::move(response));
       });
+}
+
+void QueryService::Submit(RouteState& state, Pending pending) {
+  http::Response overloaded = http::ErrorResponse(
+      503, "overloaded", "too many queries are waiting; retry later");
+  if (!state.route.batch_handler) {
+    if (!workers_.TrySubmit([this, &state, pending] {
+          pending.responder(Run(state.route, *pending.request));
+        })) {
+      pending.responder(std::move(overloaded));
+    }
+    return;
+  }
+  {
+    absl::MutexLock lock(&state.mu);
+    if (state.waiting.size() >= options_.max_queued) {
+      pending.responder(std::move(overloaded));
+      return;
+    }
+    state.waiting.push_back(std::move(pending));
+    // Enough tasks are on it already: they take this one with the others.
+    if (state.draining >= options_.threads) return;
+    ++state.draining;
+  }
+  if (!workers_.TrySubmit([this, &state] { Drain(state); })) {
+    std::deque<Pending> refused;
+    {
+      absl::MutexLock lock(&state.mu);
+      --state.draining;
+      if (state.draining == 0) refused.swap(state.waiting);
+    }
+    for (Pending& p : refused) p.responder(overloaded);
+  }
+}
+
+void QueryService::Drain(RouteState& state) {
+  std::vector<Pending> batch;
+  {
+    absl::MutexLock lock(&state.mu);
+    const size_t n =
+        std::min(state.waiting.size(), static_cast<size_t>(options_.max_batch));
+    batch.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      batch.push_back(std::move(state.waiting.front()));
+      state.waiting.pop_front();
+    }
+    if (batch.empty()) {
+      --state.draining;
+      return;
+    }
+  }
+  std::vector<http::Response> responses = RunBatch(state.route, batch);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].responder(std::move(responses[i]));
+  }
+  // More waiting: queue behind the other routes' tasks rather than loop,
+  // so that one busy route cannot starve the rest.
+  {
+    absl::MutexLock lock(&state.mu);
+    if (state.waiting.empty()) {
+      --state.draining;
+      return;
+    }
+  }
+  if (!workers_.TrySubmit([this, &state] { Drain(state); })) {
+    Drain(state);  // the queue is full: carry on here
+  }
+}
+
+std::vector<http::Response> QueryService::RunBatch(
+    const QueryRoute& route, const std::vector<Pending>& batch) const {
+  // Taken before the read: the read reflects at least this position.
+  const Position position = tracker_->Current(route.projections);
+  std::vector<const http::Request*> requests;
+  requests.reserve(batch.size());
+  for (const Pending& p : batch) requests.push_back(p.request.get());
+  std::vector<absl::StatusOr<http::Response>> results;
+  absl::Status status = pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        if (route.snapshot == Snapshot::kShared) {
+          pqxx::transaction<pqxx::repeatable_read,
+                            pqxx::readwrite_policy::read_only>
+              tx(conn);
+          results = route.batch_handler(requests, tx);
+          tx.commit();
+        } else {
+          pqxx::nontransaction tx(conn);
+          results = route.batch_handler(requests, tx);
+        }
+        return absl::OkStatus();
+      });
+  if (status.ok() && results.size() != batch.size()) {
+    status = absl::InternalError(
+        absl::StrCat("the batch handler of ", route.pattern, " returned ",
+                     results.size(), " responses for ", batch.size()));
+  }
+  std::vector<http::Response> responses;
+  responses.reserve(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    http::Response response =
+        status.ok() ? ToResponse(std::move(results[i])) : ToResponse(status);
+    response.SetHeader(kProjectionPositionHeader, position.ToToken());
+    responses.push_back(std::move(response));
+  }
+  return responses;
 }
 
 http::Response QueryService::Run(const QueryRoute& route,
@@ -196,20 +331,8 @@ http::Response QueryService::Run(const QueryRoute& route,
         }
         return absl::OkStatus();
       });
-  http::Response response;
-  if (absl::IsFailedPrecondition(status)) {
-    // The database refused the statement itself (a missing table): the
-    // read model is not there (yet), which is not the client's fault.
-    response = http::ErrorResponse(
-        503, "unavailable", "the read model is not available; retry later");
-    response.log_detail = std::string(status.message());
-  } else if (!status.ok()) {
-    response = http::ResponseFromStatus(status);
-  } else if (!result.ok()) {
-    response = http::ResponseFromStatus(result.status());
-  } else {
-    response = *std::move(result);
-  }
+  http::Response response =
+      status.ok() ? ToResponse(std::move(result)) : ToResponse(status);
   response.SetHeader(kProjectionPositionHeader, position.ToToken());
   return response;
 }

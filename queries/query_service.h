@@ -64,6 +64,13 @@ inline constexpr absl::string_view kProjectionPositionHeader =
 using QueryHandler = std::function<absl::StatusOr<http::Response>(
     const http::Request&, pqxx::transaction_base&)>;
 
+// Answers several requests of one route at once (typically with one
+// statement over all their keys): returns exactly one response or error per
+// request, in the order given.
+using BatchQueryHandler =
+    std::function<std::vector<absl::StatusOr<http::Response>>(
+        const std::vector<const http::Request*>&, pqxx::transaction_base&)>;
+
 enum class Snapshot {
   // Each statement sees the data committed when it starts (autocommit):
   // the cheapest, right for handlers that run one statement.
@@ -78,7 +85,11 @@ struct QueryRoute {
   // The projections whose tables the handler reads; read-your-writes waits
   // for all of them.
   std::vector<std::string> projections;
+  // Exactly one of the two. With `batch_handler`, requests that arrive
+  // while the query threads are busy are answered together, up to
+  // `max_batch` at a time: under load, one statement serves many requests.
   QueryHandler handler;
+  BatchQueryHandler batch_handler;
   Snapshot snapshot = Snapshot::kPerStatement;
   // Statements prepared on every read session as (name, SQL), for
   // tx.exec_prepared(name, ...) in the handler. Names are global to the
@@ -95,6 +106,8 @@ struct QueryServiceOptions {
   size_t max_queued = 1024;
   absl::Duration default_wait = absl::Seconds(5);
   absl::Duration max_wait = absl::Seconds(30);
+  // Requests per call of a BatchQueryHandler.
+  int max_batch = 64;
 };
 
 // What a request asks of read-your-writes.
@@ -120,7 +133,8 @@ class QueryService {
   // connections get 500 if the server still runs: stop the server first).
   ~QueryService();
 
-  // Registers `route` as GET in `router` (errors land in router.status()).
+  // Registers `route` as GET in `router`. A route without exactly one
+  // handler is recorded in router.status() as kInvalidArgument.
   void Add(http::Router& router, QueryRoute route);
 
   // The read sessions' pool, for metrics.
@@ -130,12 +144,25 @@ class QueryService {
   // Lets callbacks that outlive the service (a tracker's waiters) find out
   // that it is gone.
   struct Lifeline;
+  // A registered route and, for batch routes, its requests waiting.
+  struct RouteState;
+  struct Pending {
+    std::shared_ptr<const http::Request> request;
+    http::Responder responder;
+  };
 
   QueryService(ProgressTracker* tracker, QueryServiceOptions options);
-  void Handle(const QueryRoute& route, const http::Request& request,
+  void Handle(RouteState& route, const http::Request& request,
               http::Responder responder);
+  // Queues the request for a query thread.
+  void Submit(RouteState& route, Pending pending);
+  // Answers one batch of `route`'s waiting requests, then hands the rest
+  // to another task.
+  void Drain(RouteState& route);
   http::Response Run(const QueryRoute& route,
                      const http::Request& request) const;
+  std::vector<http::Response> RunBatch(const QueryRoute& route,
+                                       const std::vector<Pending>& batch) const;
   void Prepare(pqxx::connection& conn) const;
 
   // Constant after Create().
@@ -144,7 +171,7 @@ class QueryService {
   std::unique_ptr<PgPool> pool_;
   // Written by Add() only, before serving; the router's handlers and the
   // read sessions' setup point into it.
-  std::vector<std::unique_ptr<QueryRoute>> routes_;
+  std::vector<std::unique_ptr<RouteState>> routes_;
   std::shared_ptr<Lifeline> lifeline_;
   // Last: stopped (threads joined) before the members above go.
   WorkerPool workers_;

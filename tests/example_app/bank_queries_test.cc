@@ -198,6 +198,55 @@ TEST_CASE("GET /accounts/{id} answers from account_balances",
   (void)opened;
 }
 
+TEST_CASE("concurrent reads of many accounts each get their own answer",
+          "[bank][queries][pg]") {
+  // Requests arriving together are answered in batches by one statement:
+  // every response must still be the one for its own request.
+  QueryFixture f;
+  std::string at;
+  for (int i = 0; i < 40; ++i) {
+    Open(f, absl::StrCat("c-", i), absl::StrCat("owner-", i));
+    at = Deposit(f, absl::StrCat("c-", i), 100 + i).position;
+  }
+  REQUIRE(f.Get("/accounts/c-0", AtLeast(at)).status == 200);
+  std::atomic<int> wrong{0};
+  std::atomic<int> answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 16; ++t) {
+    clients.emplace_back([&, t] {
+      auto client = f.Client();
+      for (int n = 0; n < 60; ++n) {
+        const int i = (t * 7 + n * 13) % 50;  // 40..49 do not exist
+        const bool invalid = n % 17 == 5;
+        const std::string target =
+            invalid ? "/accounts/bad%24id" : absl::StrCat("/accounts/c-", i);
+        auto r = client->Send("GET", target);
+        if (!r.ok()) {
+          ++wrong;
+          continue;
+        }
+        ++answered;
+        rapidjson::Document doc;
+        doc.Parse(r->body.c_str());
+        if (invalid) {
+          if (r->status != 400) ++wrong;
+        } else if (i >= 40) {
+          if (r->status != 404) ++wrong;
+        } else if (r->status != 200 || doc.HasParseError() ||
+                   doc["account_id"].GetString() != absl::StrCat("c-", i) ||
+                   doc["owner"].GetString() != absl::StrCat("owner-", i) ||
+                   doc["balance"].GetInt64() != 100 + i) {
+          ++wrong;
+        }
+        if (!r->Header("X-Projection-Position").has_value()) ++wrong;
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  CHECK(answered == 16 * 60);
+  CHECK(wrong == 0);
+}
+
 TEST_CASE("GET /accounts/{id}/transactions pages oldest first",
           "[bank][queries][pg]") {
   QueryFixture f;

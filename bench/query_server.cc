@@ -1,0 +1,188 @@
+// The server side of scripts/bench-queries: the whole bank (BankService,
+// projections in-process) plus one extra route, GET /bench/constant, that
+// answers inline on the network thread with the exact body GET
+// /accounts/<prefix><accounts/2> returns: the HTTP ceiling of this server
+// for a response of that size.
+//
+//   query_server --database-url URL --accounts 10000 --listen 127.0.0.1:8090
+//
+// Before listening it opens --accounts accounts <prefix>0.. (those that
+// exist already are kept) and waits until the projections have processed
+// them. Runs until SIGINT/SIGTERM. A benchmark tool, not a test.
+#include <atomic>
+#include <cstdio>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "commands/command_metadata.h"
+#include "example_app/account.h"
+#include "example_app/bank_app.h"
+#include "example_app/bank_service.h"
+#include "framework/http/server.h"
+#include "framework/http/status_mapping.h"
+#include "framework/log.h"
+
+namespace {
+
+namespace http = cqrs::http;
+
+struct Flags {
+  std::string database_url;
+  std::string listen = "127.0.0.1:8090";
+  std::string schema = "bench_queries";
+  std::string prefix = "bench-";
+  int accounts = 10000;
+  int threads = 2;
+  int query_threads = 8;
+};
+
+bool ParseFlags(int argc, char** argv, Flags& f) {
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string name = argv[i];
+    const std::string value = argv[i + 1];
+    if (name == "--database-url") {
+      f.database_url = value;
+    } else if (name == "--listen") {
+      f.listen = value;
+    } else if (name == "--schema") {
+      f.schema = value;
+    } else if (name == "--accounts") {
+      if (!absl::SimpleAtoi(value, &f.accounts) || f.accounts < 1) return false;
+    } else if (name == "--threads") {
+      if (!absl::SimpleAtoi(value, &f.threads) || f.threads < 1) return false;
+    } else if (name == "--query-threads") {
+      if (!absl::SimpleAtoi(value, &f.query_threads) || f.query_threads < 1) {
+        return false;
+      }
+    } else {
+      return false;
+    }
+  }
+  return argc % 2 == 1 && !f.database_url.empty();
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "query_server: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+// Opens the accounts from 4 threads; returns the newest position.
+absl::StatusOr<cqrs::eventstore::Position> OpenAccounts(bank::BankApp& app,
+                                                        const Flags& f) {
+  std::atomic<int> next{0};
+  std::atomic<bool> failed{false};
+  absl::Mutex mu;
+  cqrs::eventstore::Position newest;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      const auto meta = cqrs::commands::CommandMetadata::ForCommand("seed");
+      for (int i = next++; i < f.accounts && !failed; i = next++) {
+        auto out = bank::AccountAggregate().Execute(
+            app.store(), absl::StrCat(f.prefix, i), meta, {},
+            bank::DecideOpen("bench", "EUR"));
+        if (!out.ok() && !absl::IsAlreadyExists(out.status()) &&
+            cqrs::http::ErrorCodeOf(out.status()) != "account_exists") {
+          std::fprintf(stderr, "open failed: %s\n",
+                       out.status().ToString().c_str());
+          failed = true;
+        }
+        if (out.ok()) {
+          absl::MutexLock lock(&mu);
+          if (newest < out->position) newest = out->position;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (failed) return absl::InternalError("opening the accounts failed");
+  return newest;
+}
+
+// The response of a GET through the router, as the server would send it.
+http::Response Get(const http::Router& router, const std::string& target) {
+  http::RouteMatch match = router.Match("GET", target);
+  auto request = http::Request::Create("GET", target, {}, "");
+  request->set_path_params(match.params);
+  std::promise<http::Response> promise;
+  http::Responder responder(
+      [&promise](http::Response r) { promise.set_value(std::move(r)); });
+  if (match.route->handler) {
+    responder(match.route->handler(*request));
+  } else {
+    match.route->async_handler(*request, responder);
+  }
+  return promise.get_future().get();
+}
+
+int Main(int argc, char** argv) {
+  Flags f;
+  if (!ParseFlags(argc, argv, f)) {
+    std::fprintf(stderr,
+                 "usage: query_server --database-url URL [--listen H:P] "
+                 "[--accounts N] [--threads N] [--query-threads N] "
+                 "[--schema S]\n");
+    return 2;
+  }
+  cqrs::SetMinLogLevel(cqrs::LogLevel::kWarn);
+  cqrs::PgPoolOptions pool_options;
+  pool_options.conninfo = f.database_url;
+  pool_options.max_connections = 16;
+  auto pool = cqrs::PgPool::Create(pool_options);
+  if (!pool.ok()) return Fail(pool.status());
+  if (auto s = bank::BankApp::Migrate(**pool, f.schema); !s.ok())
+    return Fail(s);
+  bank::BankServiceOptions options;
+  options.schema = f.schema;
+  options.query_threads = f.query_threads;
+  auto service = bank::BankService::Create(pool->get(), options);
+  if (!service.ok()) return Fail(service.status());
+  http::Router router;
+  (*service)->RegisterRoutes(router);
+  (*service)->Start();
+
+  auto newest = OpenAccounts((*service)->app(), f);
+  if (!newest.ok()) return Fail(newest.status());
+  while ((*service)->tracker().Current({"account_balances"}) < *newest) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const std::string sample =
+      absl::StrCat("/accounts/", f.prefix, f.accounts / 2);
+  http::Response reference = Get(router, sample);
+  if (reference.status != 200) {
+    return Fail(absl::InternalError(
+        absl::StrCat(sample, " answered ", reference.status)));
+  }
+  http::RouteOptions inline_route;
+  inline_route.execution = http::Execution::kNetworkThread;
+  const std::string body = reference.body;
+  router.Add(
+      "GET", "/bench/constant",
+      [body](const http::Request&) { return http::JsonResponse(200, body); },
+      inline_route);
+
+  http::ServerOptions server_options;
+  server_options.listen_address = f.listen;
+  server_options.network_threads = f.threads;
+  server_options.worker_threads = 4;
+  (*service)->InstrumentServer(server_options);
+  auto server = http::Server::Create(server_options, &router);
+  if (!server.ok()) return Fail(server.status());
+  std::printf(
+      "query_server: %d accounts ready; %s is %zu bytes; listening "
+      "on %s\n",
+      f.accounts, sample.c_str(), body.size(), f.listen.c_str());
+  std::fflush(stdout);
+  absl::Status ran = (*server)->Run();
+  server->reset();
+  (*service)->Stop();
+  return ran.ok() ? 0 : Fail(ran);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Main(argc, argv); }
