@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "eventstore/internal/validation.h"
 #include "framework/migrations.h"
+#include "framework/pg_listener.h"
 #include "framework/status_macros.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -1273,87 +1274,42 @@ absl::StatusOr<Position> PostgresEventStore::HeadPosition() {
 // ChangeListener
 
 struct ChangeListener::State {
-  // Records the newest position seen in notifications.
-  class Receiver : public pqxx::notification_receiver {
-   public:
-    Receiver(pqxx::connection_base& conn, const std::string& channel,
-             std::optional<Position>* newest)
-        : pqxx::notification_receiver(conn, channel), newest_(newest) {}
-    void operator()(const std::string& payload, int) override {
-      absl::StatusOr<Position> p = Position::FromToken(payload);
-      // Payloads that are not tokens still mean "something changed".
-      const Position position = p.ok() ? *p : Position::Start();
-      if (!newest_->has_value() || **newest_ < position) *newest_ = position;
-    }
-
-   private:
-    std::optional<Position>* newest_;
-  };
-
-  std::unique_ptr<pqxx::connection> conn;
-  std::optional<Position> newest;
-  std::unique_ptr<Receiver> receiver;
+  std::unique_ptr<PgListener> listener;
 };
 
 absl::StatusOr<std::unique_ptr<ChangeListener>> ChangeListener::Create(
     std::string conninfo, absl::string_view schema) {
   RETURN_IF_ERROR(ValidateSchemaName(schema));
   auto state = std::make_unique<State>();
-  try {
-    state->conn = std::make_unique<pqxx::connection>(conninfo);
-    state->receiver = std::make_unique<State::Receiver>(
-        *state->conn, PostgresEventStore::NotificationChannel(schema),
-        &state->newest);
-    // The receiver's LISTEN is sent lazily; make sure it is in effect before
-    // returning, so no notification after Create() is missed.
-    state->conn->get_notifs();
-    pqxx::nontransaction tx(*state->conn);
-    // Named, so that operators (and tests) can tell the session apart.
-    tx.exec_params("SELECT set_config('application_name', $1, false)",
-                   absl::StrCat("cqrs listener ", schema));
-  } catch (...) {
-    absl::Status status = StatusFromCurrentPgException();
-    if (status.code() == absl::StatusCode::kInternal) {
-      return absl::UnavailableError(status.message());
-    }
-    return status;
-  }
+  ASSIGN_OR_RETURN(
+      state->listener,
+      PgListener::Create(conninfo,
+                         PostgresEventStore::NotificationChannel(schema),
+                         absl::StrCat("cqrs listener ", schema)));
   return std::unique_ptr<ChangeListener>(new ChangeListener(std::move(state)));
 }
 
 ChangeListener::ChangeListener(std::unique_ptr<State> state)
     : state_(std::move(state)) {}
 
-ChangeListener::~ChangeListener() {
-  // The receiver unregisters from the connection: destroy it first.
-  state_->receiver.reset();
-  state_->conn.reset();
-}
+ChangeListener::~ChangeListener() = default;
 
 absl::StatusOr<std::optional<Position>> ChangeListener::Wait(
     absl::Duration timeout) {
-  try {
-    if (!state_->conn->is_open()) {
-      return absl::UnavailableError("listening connection is closed");
-    }
-    state_->conn->get_notifs();
-    if (!state_->newest.has_value()) {
-      const int64_t micros =
-          std::max<int64_t>(0, absl::ToInt64Microseconds(timeout));
-      state_->conn->await_notification(static_cast<long>(micros / 1000000),
-                                       static_cast<long>(micros % 1000000));
-    }
-    if (!state_->conn->is_open()) {
-      return absl::UnavailableError("listening connection was lost");
-    }
-  } catch (...) {
-    return StatusFromCurrentPgException();
+  ASSIGN_OR_RETURN(std::vector<std::string> payloads,
+                   state_->listener->Wait(timeout));
+  std::optional<Position> newest;
+  for (const std::string& payload : payloads) {
+    absl::StatusOr<Position> p = Position::FromToken(payload);
+    // Payloads that are not tokens still mean "something changed".
+    const Position position = p.ok() ? *p : Position::Start();
+    if (!newest.has_value() || *newest < position) newest = position;
   }
-  std::optional<Position> newest = state_->newest;
-  state_->newest.reset();
   return newest;
 }
 
-int ChangeListener::BackendPid() const { return state_->conn->backendpid(); }
+int ChangeListener::BackendPid() const {
+  return state_->listener->BackendPid();
+}
 
 }  // namespace cqrs::eventstore
