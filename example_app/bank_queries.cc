@@ -71,15 +71,34 @@ void WriteAccount(Writer& w, const pqxx::row& row) {
   w.EndObject();
 }
 
-// Writes "next": the cursor of the last row when there is a further page
-// (the query fetched one row more than the page), else null.
-void WriteNext(Writer& w, const std::optional<std::string>& last_key) {
+// {"items": [...], "next": cursor-or-null} for `rows` fetched with LIMIT
+// limit + 1: the extra row only says that another page exists, and the
+// cursor is the key (column `key_column`) of the last row shown.
+template <typename WriteItem>
+std::string PageBody(const pqxx::result& rows, int limit, int key_column,
+                     WriteItem write_item) {
+  const size_t shown = std::min<size_t>(rows.size(), limit);
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  w.Key("items");
+  w.StartArray();
+  for (size_t i = 0; i < shown; ++i) {
+    write_item(w, rows[static_cast<pqxx::result::size_type>(i)]);
+  }
+  w.EndArray();
   w.Key("next");
-  if (last_key.has_value()) {
-    String(w, queries::EncodeCursor({*last_key}));
+  if (rows.size() > shown) {
+    String(
+        w,
+        queries::EncodeCursor(
+            {rows[static_cast<pqxx::result::size_type>(shown - 1)][key_column]
+                 .c_str()}));
   } else {
     w.Null();
   }
+  w.EndObject();
+  return Finish(buffer);
 }
 
 // Batched: one statement answers every request waiting for a thread.
@@ -164,39 +183,25 @@ queries::QueryRoute ListTransactions(const std::string& schema) {
     // Every account has its "opened" row, so an empty first page means
     // there is no such account (in this read model, at this position).
     if (rows.empty() && page.after.empty()) return AccountNotFound(id);
-    const size_t shown = std::min<size_t>(rows.size(), page.limit);
-    rapidjson::StringBuffer buffer;
-    Writer w(buffer);
-    w.StartObject();
-    w.Key("items");
-    w.StartArray();
-    for (size_t i = 0; i < shown; ++i) {
-      const pqxx::row row = rows[static_cast<pqxx::result::size_type>(i)];
-      w.StartObject();
-      w.Key("type");
-      String(w, row[1].c_str());
-      w.Key("amount");
-      w.Int64(row[2].as<int64_t>());
-      w.Key("balance_after");
-      w.Int64(row[3].as<int64_t>());
-      if (!row[4].is_null()) {
-        w.Key("transfer_id");
-        String(w, row[4].c_str());
-      }
-      w.Key("version");
-      w.Int64(row[0].as<int64_t>());
-      w.Key("at");
-      String(w, row[5].c_str());
-      w.EndObject();
-    }
-    w.EndArray();
-    std::optional<std::string> last;
-    if (rows.size() > shown) {
-      last = rows[static_cast<pqxx::result::size_type>(shown - 1)][0].c_str();
-    }
-    WriteNext(w, last);
-    w.EndObject();
-    return http::JsonResponse(200, Finish(buffer));
+    return http::JsonResponse(
+        200, PageBody(rows, page.limit, 0, [](Writer& w, const pqxx::row& row) {
+          w.StartObject();
+          w.Key("type");
+          String(w, row[1].c_str());
+          w.Key("amount");
+          w.Int64(row[2].as<int64_t>());
+          w.Key("balance_after");
+          w.Int64(row[3].as<int64_t>());
+          if (!row[4].is_null()) {
+            w.Key("transfer_id");
+            String(w, row[4].c_str());
+          }
+          w.Key("version");
+          w.Int64(row[0].as<int64_t>());
+          w.Key("at");
+          String(w, row[5].c_str());
+          w.EndObject();
+        }));
   };
   return route;
 }
@@ -235,23 +240,7 @@ queries::QueryRoute ListAccounts(const std::string& schema) {
     } else {
       rows = tx.exec_prepared("bank_list_accounts", after, page.limit + 1);
     }
-    const size_t shown = std::min<size_t>(rows.size(), page.limit);
-    rapidjson::StringBuffer buffer;
-    Writer w(buffer);
-    w.StartObject();
-    w.Key("items");
-    w.StartArray();
-    for (size_t i = 0; i < shown; ++i) {
-      WriteAccount(w, rows[static_cast<pqxx::result::size_type>(i)]);
-    }
-    w.EndArray();
-    std::optional<std::string> last;
-    if (rows.size() > shown) {
-      last = rows[static_cast<pqxx::result::size_type>(shown - 1)][0].c_str();
-    }
-    WriteNext(w, last);
-    w.EndObject();
-    return http::JsonResponse(200, Finish(buffer));
+    return http::JsonResponse(200, PageBody(rows, page.limit, 0, WriteAccount));
   };
   return route;
 }

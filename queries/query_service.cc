@@ -274,6 +274,26 @@ void QueryService::Drain(RouteState& state) {
   }
 }
 
+absl::Status QueryService::InSession(
+    Snapshot snapshot,
+    const std::function<void(pqxx::transaction_base&)>& read) const {
+  // Reads are safe to repeat on a fresh session.
+  return pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                    [&](pqxx::connection& conn) {
+                      if (snapshot == Snapshot::kShared) {
+                        pqxx::transaction<pqxx::repeatable_read,
+                                          pqxx::readwrite_policy::read_only>
+                            tx(conn);
+                        read(tx);
+                        tx.commit();
+                      } else {
+                        pqxx::nontransaction tx(conn);
+                        read(tx);
+                      }
+                      return absl::OkStatus();
+                    });
+}
+
 std::vector<http::Response> QueryService::RunBatch(
     const QueryRoute& route, const std::vector<Pending>& batch) const {
   // Taken before the read: the read reflects at least this position.
@@ -282,19 +302,9 @@ std::vector<http::Response> QueryService::RunBatch(
   requests.reserve(batch.size());
   for (const Pending& p : batch) requests.push_back(p.request.get());
   std::vector<absl::StatusOr<http::Response>> results;
-  absl::Status status = pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        if (route.snapshot == Snapshot::kShared) {
-          pqxx::transaction<pqxx::repeatable_read,
-                            pqxx::readwrite_policy::read_only>
-              tx(conn);
-          results = route.batch_handler(requests, tx);
-          tx.commit();
-        } else {
-          pqxx::nontransaction tx(conn);
-          results = route.batch_handler(requests, tx);
-        }
-        return absl::OkStatus();
+  absl::Status status =
+      InSession(route.snapshot, [&](pqxx::transaction_base& tx) {
+        results = route.batch_handler(requests, tx);
       });
   if (status.ok() && results.size() != batch.size()) {
     status = absl::InternalError(
@@ -317,20 +327,9 @@ http::Response QueryService::Run(const QueryRoute& route,
   // Taken before the read: the read reflects at least this position.
   const Position position = tracker_->Current(route.projections);
   absl::StatusOr<http::Response> result;
-  absl::Status status = pool_->Run(
-      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-        if (route.snapshot == Snapshot::kShared) {
-          pqxx::transaction<pqxx::repeatable_read,
-                            pqxx::readwrite_policy::read_only>
-              tx(conn);
-          result = route.handler(request, tx);
-          tx.commit();
-        } else {
-          pqxx::nontransaction tx(conn);
-          result = route.handler(request, tx);
-        }
-        return absl::OkStatus();
-      });
+  absl::Status status = InSession(
+      route.snapshot,
+      [&](pqxx::transaction_base& tx) { result = route.handler(request, tx); });
   http::Response response =
       status.ok() ? ToResponse(std::move(result)) : ToResponse(status);
   response.SetHeader(kProjectionPositionHeader, position.ToToken());

@@ -163,6 +163,11 @@ class QueryService {
                      const http::Request& request) const;
   std::vector<http::Response> RunBatch(const QueryRoute& route,
                                        const std::vector<Pending>& batch) const;
+  // Runs `read` on a read session, in autocommit or in one read-only
+  // REPEATABLE READ transaction; errors are those of PgPool::Run.
+  absl::Status InSession(
+      Snapshot snapshot,
+      const std::function<void(pqxx::transaction_base&)>& read) const;
   void Prepare(pqxx::connection& conn) const;
 
   // Constant after Create().
