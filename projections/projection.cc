@@ -19,7 +19,12 @@ absl::Status ValidateProjection(const Projection& p) {
   }
   if (p.version < 1) return bad("version must be at least 1");
   if (p.event_types.empty()) return bad("no event types");
-  if (p.tables.empty()) return bad("no tables");
+  if (p.tables.empty() && p.kind == ProjectionKind::kReadModel) {
+    return bad("no tables");
+  }
+  if (p.batch_size < 0 || p.batch_size > 100000) {
+    return bad("batch_size must be 0 (the runner's) to 100000");
+  }
   if (!p.apply) return bad("no apply function");
   if (p.max_attempts < 1) return bad("max_attempts must be at least 1");
   std::set<std::string> names;

@@ -90,8 +90,18 @@ class ProjectionContext {
   virtual const std::string& Table(absl::string_view name) const = 0;
 };
 
+enum class ProjectionKind {
+  // Builds read-model tables; can be rebuilt from the events.
+  kReadModel,
+  // Has side effects instead (a process manager, commands/process_manager.h):
+  // needs no tables and is never rebuilt, since replaying it from the start
+  // would mean nothing (its commands ran once already).
+  kProcessManager,
+};
+
 struct Projection {
   std::string name;  // lower-case identifier, unique in the schema
+  ProjectionKind kind = ProjectionKind::kReadModel;
   // Bump when the handler or the tables change meaning: the new code then
   // needs `projections rebuild` (docs/projections.md).
   int version = 1;
@@ -105,6 +115,10 @@ struct Projection {
   // Attempts of a failing batch before `on_error` applies to its first
   // failing event.
   int max_attempts = 5;
+  // Events per batch (one transaction); 0: the runner's batch_size. Smaller
+  // batches keep transactions short, which matters when the handler holds
+  // locks others wait for (a process manager appending to streams).
+  int batch_size = 0;
 };
 
 // kInvalidArgument unless `p` has a valid name, version >= 1, at least one

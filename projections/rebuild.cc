@@ -380,6 +380,11 @@ absl::Status RebuildProjection(PgPool* pool,
                                const Projection& projection,
                                absl::string_view schema,
                                const RebuildOptions& options) {
+  if (projection.kind == ProjectionKind::kProcessManager) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", projection.name,
+        "' is a process manager: it has no read model to rebuild"));
+  }
   Rebuild rebuild(pool, store, projection, schema, options);
   return rebuild.Run();
 }

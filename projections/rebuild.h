@@ -58,8 +58,9 @@ struct RebuildOptions {
 // Returns kCancelled when cancelled (the live model untouched; run again to
 // resume), kAborted when another rebuild of it is running, the handler's
 // error (with the event's position) when an event fails, kUnavailable when
-// the database is unreachable. `pool` and `store` are only used during the
-// call.
+// the database is unreachable, kInvalidArgument for a process manager
+// (ProjectionKind::kProcessManager: nothing to rebuild). `pool` and `store`
+// are only used during the call.
 absl::Status RebuildProjection(PgPool* pool,
                                eventstore::PostgresEventStore* store,
                                const Projection& projection,

@@ -195,7 +195,9 @@ class Worker {
         SleepFor(options_->poll_interval);
         continue;
       }
-      const int limit = isolating ? 1 : options_->batch_size;
+      const int limit = isolating           ? 1
+                        : p_.batch_size > 0 ? p_.batch_size
+                                            : options_->batch_size;
       Failure failure;
       absl::StatusOr<BatchResult> r = RunBatch(limit, &failure);
       if (!r.ok()) {

@@ -1,0 +1,130 @@
+#include "commands/process_manager.h"
+
+#include <memory>
+#include <utility>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "framework/migrations.h"
+#include "framework/status_macros.h"
+#include "rapidjson/document.h"
+
+namespace cqrs::commands {
+namespace {
+
+constexpr char kComponent[] = "process_managers";
+constexpr Migration kMigrations[] = {
+    {1, "process manager command records", R"sql(
+CREATE TABLE {s}.process_commands (
+  command_id  text        PRIMARY KEY,
+  process     text        NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+};
+
+// The correlation id in an event's metadata, or empty.
+std::string CorrelationOf(const eventstore::RecordedEvent& e) {
+  rapidjson::Document doc;
+  doc.Parse(e.metadata.data(), e.metadata.size());
+  if (doc.HasParseError() || !doc.IsObject()) return "";
+  auto it = doc.FindMember("correlation_id");
+  if (it == doc.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+class Context : public ProcessContext {
+ public:
+  Context(pqxx::transaction_base& tx, eventstore::EventStore& store,
+          const std::string& process, const std::string& insert_record)
+      : tx_(tx),
+        store_(store),
+        process_(process),
+        insert_record_(insert_record) {}
+
+  void set_event(const eventstore::RecordedEvent* event) {
+    event_ = event;
+    correlation_ = CorrelationOf(*event);
+  }
+
+  eventstore::EventStore& store() override { return store_; }
+  const eventstore::RecordedEvent& event() const override { return *event_; }
+
+  CommandMetadata Metadata(absl::string_view step) const override {
+    CommandMetadata m;
+    m.command_id = absl::StrCat(process_, ":", event_->event_id, ":", step);
+    // An event without one (appended outside any command) starts a chain.
+    m.correlation_id = correlation_.empty() ? event_->event_id : correlation_;
+    m.causation_id = event_->event_id;
+    return m;
+  }
+
+  absl::StatusOr<bool> Once(
+      absl::string_view step,
+      const std::function<absl::Status(const CommandMetadata&)>& command)
+      override {
+    const CommandMetadata meta = Metadata(step);
+    const pqxx::result inserted =
+        tx_.exec_params(insert_record_, meta.command_id, process_);
+    if (inserted.affected_rows() == 0) return false;  // ran before
+    RETURN_IF_ERROR(command(meta));
+    return true;
+  }
+
+ private:
+  pqxx::transaction_base& tx_;
+  eventstore::EventStore& store_;
+  const std::string& process_;
+  const std::string& insert_record_;
+  const eventstore::RecordedEvent* event_ = nullptr;
+  std::string correlation_;
+};
+
+}  // namespace
+
+absl::Status MigrateProcessManagers(PgPool& pool, absl::string_view schema) {
+  return ApplyMigrations(pool, schema, kComponent, kMigrations);
+}
+
+projections::Projection AsProjection(ProcessManager pm,
+                                     eventstore::PostgresEventStore* store,
+                                     std::string schema) {
+  projections::Projection p;
+  p.name = pm.name;
+  p.kind = projections::ProjectionKind::kProcessManager;
+  p.version = pm.version;
+  p.event_types = pm.event_types;
+  p.on_error = pm.on_error;
+  p.max_attempts = pm.max_attempts;
+  p.batch_size = pm.batch_size;
+  const std::string insert_record =
+      absl::StrCat("INSERT INTO ", schema,
+                   ".process_commands (command_id, process) VALUES ($1, $2) "
+                   "ON CONFLICT (command_id) DO NOTHING");
+  p.apply = [store, name = pm.name, handle = std::move(pm.handle),
+             insert_record](projections::ProjectionContext& ctx,
+                            projections::EventBatch events) -> absl::Status {
+    std::unique_ptr<eventstore::PostgresEventStore::TransactionEventStore>
+        in_tx = store->InTransaction(ctx.tx());
+    Context context(ctx.tx(), *in_tx, name, insert_record);
+    for (const eventstore::RecordedEvent& e : events) {
+      context.set_event(&e);
+      absl::Status handled = handle(context, e);
+      if (!handled.ok()) {
+        return absl::Status(
+            handled.code(),
+            absl::StrCat("event ", e.event_type, " at ", e.position.ToToken(),
+                         ": ", handled.message()));
+      }
+      if (in_tx->failed()) {
+        return absl::AbortedError(
+            "a database error aborted the process manager's transaction");
+      }
+    }
+    return absl::OkStatus();
+  };
+  return p;
+}
+
+}  // namespace cqrs::commands

@@ -1,0 +1,105 @@
+// Process managers: react to events by dispatching commands, on the
+// projections' machinery (checkpoint, one owner process, error policy,
+// status; projections/runner.h), so a process manager survives crashes and
+// runs in exactly one process.
+//
+//   ProcessManager pm;
+//   pm.name = "transfer_process";
+//   pm.event_types = {"TransferRequested"};
+//   pm.handle = [](ProcessContext& ctx, const RecordedEvent& e) {
+//     return ctx.Once("debit", [&](const CommandMetadata& meta) {
+//       return accounts.Execute(ctx.store(), from, meta, {}, Debit(amount))
+//           .status();
+//     });
+//   };
+//   RETURN_IF_ERROR(MigrateProcessManagers(*pool, "bank"));
+//   runner = ProjectionRunner::Create(pool, store, {AsProjection(pm, store,
+//                                     "bank"), ...}, options);
+//
+// Exactly once: the runner hands the process manager a batch of events in
+// one transaction, and every command it dispatches appends through that
+// transaction (ctx.store()), so the commands' events commit together with
+// the checkpoint or not at all. Each command also has an id derived from
+// the triggering event ("<process>:<event id>:<step>") and an idempotency
+// record (`<schema>.process_commands`) written in the same transaction:
+// a re-delivered event (replayed from the dead letters, or a checkpoint
+// moved back by hand) finds the record and the step is skipped.
+//
+// The commands' events carry that command id, the triggering event's
+// correlation id, and the triggering event's id as causation id.
+//
+// Aggregates used by a process manager should not share an in-process
+// state cache or per-stream locks with the HTTP side (build a separate
+// AggregateType with cache_capacity 0 and serialize_in_process false): the
+// batch transaction holds its appends until it commits, and a command
+// queued behind it in-process would wait on it forever.
+//
+// Thread-safety: ProcessContext belongs to one batch on one thread.
+#ifndef COMMANDS_PROCESS_MANAGER_H_
+#define COMMANDS_PROCESS_MANAGER_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "commands/command_metadata.h"
+#include "eventstore/event_store.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/pg_pool.h"
+#include "projections/projection.h"
+
+namespace cqrs::commands {
+
+class ProcessContext {
+ public:
+  virtual ~ProcessContext() = default;
+
+  // The event store inside the batch's transaction: appends commit with the
+  // checkpoint. Reads see what the transaction has written.
+  virtual eventstore::EventStore& store() = 0;
+  // The event being handled.
+  virtual const eventstore::RecordedEvent& event() const = 0;
+
+  // The metadata of command `step` caused by the current event.
+  virtual CommandMetadata Metadata(absl::string_view step) const = 0;
+
+  // Runs `command` with Metadata(step) unless an earlier delivery of this
+  // event ran `step` already. Returns true when it ran now, false when it
+  // was skipped, or the command's error (which rolls the batch back, and the
+  // record with it).
+  virtual absl::StatusOr<bool> Once(
+      absl::string_view step,
+      const std::function<absl::Status(const CommandMetadata&)>& command) = 0;
+};
+
+struct ProcessManager {
+  std::string name;  // lower-case identifier, unique among the projections
+  int version = 1;
+  std::vector<std::string> event_types;
+  // Reacts to one event (in commit order). An error rolls the batch back;
+  // the runner retries it and then applies `on_error`.
+  std::function<absl::Status(ProcessContext&, const eventstore::RecordedEvent&)>
+      handle;
+  projections::ErrorPolicy on_error = projections::ErrorPolicy::kStop;
+  int max_attempts = 5;
+  // Events per transaction: small, since the transaction holds the streams
+  // it appends to until it commits.
+  int batch_size = 20;
+};
+
+// Creates or upgrades `<schema>.process_commands` (idempotent).
+absl::Status MigrateProcessManagers(PgPool& pool, absl::string_view schema);
+
+// The projection (ProjectionKind::kProcessManager) that runs `pm`; give it
+// to a ProjectionRunner. `store` must outlive the runner; `schema` is the
+// runner's schema (where MigrateProcessManagers ran).
+projections::Projection AsProjection(ProcessManager pm,
+                                     eventstore::PostgresEventStore* store,
+                                     std::string schema);
+
+}  // namespace cqrs::commands
+
+#endif  // COMMANDS_PROCESS_MANAGER_H_
