@@ -42,6 +42,32 @@ absl::StatusOr<int64_t> AmountOf(absl::string_view json) {
   return cqrs::http::RequiredInt64(*doc, "amount");
 }
 
+// {"transfer_id": ..., "amount": ...}: the body of the transfer events.
+template <typename Event>
+cqrs::EventCodec<Event> TransferCodec(std::string name) {
+  cqrs::EventCodec<Event> codec;
+  codec.name = std::move(name);
+  codec.to_json = [](const Event& e) {
+    return JsonObject([&](auto& w) {
+      w.Key("transfer_id");
+      w.String(e.transfer_id.data(), e.transfer_id.size());
+      w.Key("amount");
+      w.Int64(e.amount);
+    });
+  };
+  codec.from_json = [](absl::string_view json) -> absl::StatusOr<Event> {
+    absl::StatusOr<rapidjson::Document> doc = Parse(json);
+    if (!doc.ok()) return doc.status();
+    absl::StatusOr<std::string> id =
+        cqrs::http::RequiredString(*doc, "transfer_id");
+    if (!id.ok()) return id.status();
+    absl::StatusOr<int64_t> amount = cqrs::http::RequiredInt64(*doc, "amount");
+    if (!amount.ok()) return amount.status();
+    return Event{*std::move(id), *amount};
+  };
+  return codec;
+}
+
 std::string AmountJson(int64_t amount) {
   return JsonObject([&](auto& w) {
     w.Key("amount");
@@ -106,21 +132,39 @@ cqrs::EventRegistry<AccountEvent>* BuildRegistry() {
   r->Register(std::move(deposited)).IgnoreError();
   r->Register(std::move(withdrawn)).IgnoreError();
   r->Register(std::move(closed)).IgnoreError();
+  r->Register(TransferCodec<TransferDebit>("AccountDebitedForTransfer"))
+      .IgnoreError();
+  r->Register(TransferCodec<TransferCredit>("AccountCreditedForTransfer"))
+      .IgnoreError();
+  r->Register(TransferCodec<TransferRefund>("AccountRefundedForTransfer"))
+      .IgnoreError();
   return r;
 }
+
+std::string SnapshotJson(const Account& a);
+absl::StatusOr<Account> AccountFromSnapshot(absl::string_view json);
 
 void Apply(Account& a, const AccountEvent& event) {
   if (const auto* e = std::get_if<AccountOpened>(&event)) {
     a.exists = true;
     a.owner = e->owner;
     a.currency = e->currency;
-  } else if (const auto* e = std::get_if<MoneyDeposited>(&event)) {
-    a.balance += e->amount;
-  } else if (const auto* e = std::get_if<MoneyWithdrawn>(&event)) {
-    a.balance -= e->amount;
   } else if (std::holds_alternative<AccountClosed>(event)) {
     a.closed = true;
   }
+  a.balance += BalanceDelta(event);
+}
+
+AccountType::Options AccountOptions() {
+  AccountType::Options o;
+  o.category = "account";
+  o.registry = &AccountEvents();
+  o.apply = Apply;
+  o.snapshots.every = 100;
+  o.snapshots.schema_version = 1;
+  o.snapshots.to_json = SnapshotJson;
+  o.snapshots.from_json = AccountFromSnapshot;
+  return o;
 }
 
 std::string SnapshotJson(const Account& a) {
@@ -171,16 +215,37 @@ const cqrs::EventRegistry<AccountEvent>& AccountEvents() {
   return *registry;
 }
 
+const std::vector<std::string>& AccountEventTypes() {
+  static const auto* types =
+      new std::vector<std::string>{"AccountOpened",
+                                   "MoneyDeposited",
+                                   "MoneyWithdrawn",
+                                   "AccountClosed",
+                                   "AccountDebitedForTransfer",
+                                   "AccountCreditedForTransfer",
+                                   "AccountRefundedForTransfer"};
+  return *types;
+}
+
+int64_t BalanceDelta(const AccountEvent& event) {
+  if (auto* e = std::get_if<MoneyDeposited>(&event)) return e->amount;
+  if (auto* e = std::get_if<MoneyWithdrawn>(&event)) return -e->amount;
+  if (auto* e = std::get_if<TransferDebit>(&event)) return -e->amount;
+  if (auto* e = std::get_if<TransferCredit>(&event)) return e->amount;
+  if (auto* e = std::get_if<TransferRefund>(&event)) return e->amount;
+  return 0;
+}
+
 AccountType& AccountAggregate() {
+  static AccountType* type = new AccountType(AccountOptions());
+  return *type;
+}
+
+AccountType& AccountAggregateForProcesses() {
   static AccountType* type = [] {
-    AccountType::Options o;
-    o.category = "account";
-    o.registry = &AccountEvents();
-    o.apply = Apply;
-    o.snapshots.every = 100;
-    o.snapshots.schema_version = 1;
-    o.snapshots.to_json = SnapshotJson;
-    o.snapshots.from_json = AccountFromSnapshot;
+    AccountType::Options o = AccountOptions();
+    o.cache_capacity = 0;
+    o.serialize_in_process = false;
     return new AccountType(std::move(o));
   }();
   return *type;
@@ -234,6 +299,52 @@ AccountType::Decide DecideClose() {
                    "account_not_empty");
     }
     return std::vector<AccountEvent>{AccountClosed{}};
+  };
+}
+
+AccountType::Decide DecideTransferDebit(std::string transfer_id,
+                                        int64_t amount) {
+  return [transfer_id = std::move(transfer_id), amount](const Account& a,
+                                                        int64_t) -> Decision {
+    if (!a.exists) return NotFound();
+    if (a.closed) return Closed();
+    if (a.balance < amount) {
+      return Coded(absl::FailedPreconditionError(absl::StrCat(
+                       "balance ", a.balance, " is less than ", amount)),
+                   "insufficient_funds");
+    }
+    return std::vector<AccountEvent>{TransferDebit{transfer_id, amount}};
+  };
+}
+
+AccountType::Decide DecideTransferCredit(std::string transfer_id,
+                                         int64_t amount, std::string currency) {
+  return [transfer_id = std::move(transfer_id), amount,
+          currency = std::move(currency)](const Account& a,
+                                          int64_t) -> Decision {
+    if (!a.exists) return NotFound();
+    if (a.closed) return Closed();
+    if (a.currency != currency) {
+      return Coded(absl::FailedPreconditionError(absl::StrCat(
+                       "the account holds ", a.currency, ", not ", currency)),
+                   "currency_mismatch");
+    }
+    if (a.balance > std::numeric_limits<int64_t>::max() - amount) {
+      return Coded(absl::FailedPreconditionError(
+                       "the balance would exceed the largest representable "
+                       "amount"),
+                   "balance_limit_exceeded");
+    }
+    return std::vector<AccountEvent>{TransferCredit{transfer_id, amount}};
+  };
+}
+
+AccountType::Decide DecideTransferRefund(std::string transfer_id,
+                                         int64_t amount) {
+  return [transfer_id = std::move(transfer_id), amount](const Account& a,
+                                                        int64_t) -> Decision {
+    if (!a.exists) return NotFound();
+    return std::vector<AccountEvent>{TransferRefund{transfer_id, amount}};
   };
 }
 

@@ -37,9 +37,24 @@ struct MoneyWithdrawn {
   int64_t amount = 0;
 };
 struct AccountClosed {};
+// Money moved by a transfer (example_app/transfer.h): out of the source,
+// into the target, or back into the source when the target refused it.
+struct TransferDebit {
+  std::string transfer_id;
+  int64_t amount = 0;
+};
+struct TransferCredit {
+  std::string transfer_id;
+  int64_t amount = 0;
+};
+struct TransferRefund {
+  std::string transfer_id;
+  int64_t amount = 0;
+};
 
 using AccountEvent =
-    std::variant<AccountOpened, MoneyDeposited, MoneyWithdrawn, AccountClosed>;
+    std::variant<AccountOpened, MoneyDeposited, MoneyWithdrawn, AccountClosed,
+                 TransferDebit, TransferCredit, TransferRefund>;
 
 struct Account {
   bool exists = false;
@@ -53,12 +68,22 @@ using AccountType = cqrs::commands::AggregateType<Account, AccountEvent>;
 using Decision = absl::StatusOr<std::vector<AccountEvent>>;
 
 // The registry of account events ("AccountOpened", "MoneyDeposited",
-// "MoneyWithdrawn", "AccountClosed", all schema version 1).
+// "MoneyWithdrawn", "AccountClosed", "AccountDebitedForTransfer",
+// "AccountCreditedForTransfer", "AccountRefundedForTransfer", all schema
+// version 1).
 const cqrs::EventRegistry<AccountEvent>& AccountEvents();
+// Their type names, in that order.
+const std::vector<std::string>& AccountEventTypes();
 
 // The account aggregate type: category "account", snapshots every 100
 // events.
 AccountType& AccountAggregate();
+// The same type without the in-process cache and per-account queue, for
+// the transfer process manager (see commands/process_manager.h).
+AccountType& AccountAggregateForProcesses();
+
+// The signed change of the balance an event makes (0 for lifecycle events).
+int64_t BalanceDelta(const AccountEvent& event);
 
 // Decisions. Errors carry the contract's codes: account_exists (409),
 // account_not_found (404), account_closed (422), insufficient_funds (422),
@@ -67,6 +92,17 @@ AccountType::Decide DecideOpen(std::string owner, std::string currency);
 AccountType::Decide DecideDeposit(int64_t amount);
 AccountType::Decide DecideWithdraw(int64_t amount);
 AccountType::Decide DecideClose();
+// Transfers: the debit fails with account_not_found, account_closed or
+// insufficient_funds; the credit with account_not_found, account_closed,
+// currency_mismatch or balance_limit_exceeded; the refund only when the
+// account does not exist (it goes to a closed account too: money is never
+// lost).
+AccountType::Decide DecideTransferDebit(std::string transfer_id,
+                                        int64_t amount);
+AccountType::Decide DecideTransferCredit(std::string transfer_id,
+                                         int64_t amount, std::string currency);
+AccountType::Decide DecideTransferRefund(std::string transfer_id,
+                                         int64_t amount);
 
 // Input checks shared by routes: kInvalidArgument (invalid_request).
 absl::Status ValidateAccountId(absl::string_view id);

@@ -1,7 +1,9 @@
 #include "example_app/bank_app.h"
 
 #include "absl/strings/str_cat.h"
+#include "commands/process_manager.h"
 #include "example_app/account.h"
+#include "example_app/transfer.h"
 #include "framework/http/json_body.h"
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
@@ -51,6 +53,7 @@ std::string CommandBody(absl::string_view id, int64_t version,
 absl::Status BankApp::Migrate(cqrs::PgPool& pool, absl::string_view schema) {
   RETURN_IF_ERROR(cqrs::eventstore::PostgresEventStore::Migrate(pool, schema));
   RETURN_IF_ERROR(cqrs::projections::ProjectionRunner::Migrate(pool, schema));
+  RETURN_IF_ERROR(cqrs::commands::MigrateProcessManagers(pool, schema));
   return cqrs::commands::PostgresIdempotencyStore::Migrate(pool, schema);
 }
 
@@ -131,6 +134,9 @@ void BankApp::RegisterRoutes(http::Router& router) {
   router.Add(
       "POST", "/accounts/{id}/close",
       [this](const http::Request& r) { return CloseAccount(r); }, command);
+  router.Add(
+      "POST", "/transfers",
+      [this](const http::Request& r) { return RequestTransfer(r); }, command);
 
   http::RouteOptions inline_route;
   inline_route.execution = http::Execution::kNetworkThread;
@@ -228,6 +234,58 @@ http::Response BankApp::CloseAccount(const http::Request& request) const {
                                            DecideClose()));
         return http::JsonResponse(
             200, CommandBody(id, outcome.version, outcome.position, nullptr));
+      });
+}
+
+http::Response BankApp::RequestTransfer(const http::Request& request) const {
+  return runner_.Run(
+      request, "transfer",
+      [&](EventStore& store,
+          const CommandContext& ctx) -> absl::StatusOr<http::Response> {
+        rapidjson::Document doc;
+        RETURN_IF_ERROR(http::ParseJsonBody(request.body(), &doc));
+        RETURN_IF_ERROR(http::RejectUnknownFields(
+            doc, {"from", "to", "amount", "transfer_id"}));
+        ASSIGN_OR_RETURN(std::string from,
+                         http::RequiredString(doc, "from", kIdLength));
+        ASSIGN_OR_RETURN(std::string to,
+                         http::RequiredString(doc, "to", kIdLength));
+        RETURN_IF_ERROR(ValidateAccountId(from));
+        RETURN_IF_ERROR(ValidateAccountId(to));
+        ASSIGN_OR_RETURN(int64_t amount,
+                         http::RequiredInt64(doc, "amount", kAmountBounds));
+        ASSIGN_OR_RETURN(absl::optional<std::string> given,
+                         http::OptionalString(doc, "transfer_id", kIdLength));
+        const std::string id = given.has_value() ? *given : cqrs::NewUuid();
+        RETURN_IF_ERROR(ValidateTransferId(id));
+        if (from == to) {
+          return http::InvalidRequest("from and to must be different accounts");
+        }
+        // The source must exist now; everything else (its balance, the
+        // target) is settled by the transfer process.
+        ASSIGN_OR_RETURN(auto source, AccountAggregate().Load(store, from));
+        if (!source.first.exists) {
+          return http::WithErrorCode(
+              absl::NotFoundError(
+                  absl::StrCat("account '", from, "' does not exist")),
+              "account_not_found");
+        }
+        ASSIGN_OR_RETURN(auto outcome,
+                         TransferAggregate().Execute(
+                             store, id, ctx.metadata, {},
+                             DecideRequestTransfer(from, to, amount,
+                                                   source.first.currency)));
+        rapidjson::StringBuffer buffer;
+        rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+        w.StartObject();
+        w.Key("transfer_id");
+        w.String(id.data(), static_cast<rapidjson::SizeType>(id.size()));
+        w.Key("position");
+        const std::string token = outcome.position.ToToken();
+        w.String(token.data(), static_cast<rapidjson::SizeType>(token.size()));
+        w.EndObject();
+        return http::JsonResponse(
+            202, std::string(buffer.GetString(), buffer.GetSize()));
       });
 }
 

@@ -47,7 +47,8 @@ class BankApp {
                                                          BankOptions options);
   ~BankApp();
 
-  // Adds the command routes, /healthz and /readyz.
+  // Adds the command routes (accounts and POST /transfers), /healthz and
+  // /readyz.
   void RegisterRoutes(cqrs::http::Router& router);
 
   // 200 when the database answers and the schema is migrated, else 503.
@@ -70,6 +71,8 @@ class BankApp {
   cqrs::http::Response MoveMoney(const cqrs::http::Request& request,
                                  bool deposit) const;
   cqrs::http::Response CloseAccount(const cqrs::http::Request& request) const;
+  cqrs::http::Response RequestTransfer(
+      const cqrs::http::Request& request) const;
 
   cqrs::PgPool* const pool_;
   const BankOptions options_;

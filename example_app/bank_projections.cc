@@ -7,10 +7,13 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "example_app/account.h"
+#include "example_app/transfer.h"
 #include "projections/sql_array.h"
 
 namespace bank {
@@ -24,12 +27,6 @@ using cqrs::projections::ProjectionTable;
 using cqrs::projections::SqlArray;
 
 constexpr absl::string_view kAccountPrefix = "account-";
-
-const std::vector<std::string>& AccountEventTypes() {
-  static const auto* types = new std::vector<std::string>{
-      "AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed"};
-  return *types;
-}
 
 // The account id of an account stream ("account-<id>").
 std::string AccountId(const RecordedEvent& e) {
@@ -51,14 +48,11 @@ absl::StatusOr<AccountEvent> Decode(const RecordedEvent& e) {
   return event;
 }
 
-// Applies the signed change of money of `event`, 0 for lifecycle events.
-int64_t MoneyDelta(const AccountEvent& event) {
-  if (auto* d = std::get_if<MoneyDeposited>(&event)) return d->amount;
-  if (auto* w = std::get_if<MoneyWithdrawn>(&event)) return -w->amount;
-  return 0;
-}
-
 std::string Bools(bool b) { return b ? "t" : "f"; }
+
+bool IsTransferEvent(const RecordedEvent& e) {
+  return absl::StartsWith(e.stream_id, "transfer-");
+}
 
 // --- account_balances ------------------------------------------------------
 
@@ -81,7 +75,7 @@ absl::Status ApplyBalances(ProjectionContext& ctx, EventBatch events) {
       c.currency = o->currency;
     }
     if (std::holds_alternative<AccountClosed>(*event)) c.closed = true;
-    c.delta += MoneyDelta(*event);
+    c.delta += BalanceDelta(*event);
     c.version = e.stream_version;
   }
   SqlArray new_ids, owners, currencies, balances, statuses, new_versions;
@@ -160,23 +154,39 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
     int64_t amount;
     int64_t after;
     int64_t at_us;
+    const std::string* transfer_id;  // into the decoded event; or null
   };
+  std::vector<AccountEvent> decoded;
+  decoded.reserve(events.size());
   std::map<std::string, std::vector<Row>> rows;
   for (const RecordedEvent& e : events) {
     absl::StatusOr<AccountEvent> event = Decode(e);
     if (!event.ok()) return event.status();
     const std::string id = AccountId(e);
     int64_t& b = balance[id];
-    const int64_t delta = MoneyDelta(*event);
+    const int64_t delta = BalanceDelta(*event);
     b += delta;
+    decoded.push_back(*std::move(event));
+    const AccountEvent& a = decoded.back();
     const char* type = "opened";
-    if (std::holds_alternative<MoneyDeposited>(*event)) type = "deposit";
-    if (std::holds_alternative<MoneyWithdrawn>(*event)) type = "withdrawal";
-    if (std::holds_alternative<AccountClosed>(*event)) type = "closed";
+    const std::string* transfer = nullptr;
+    if (std::holds_alternative<MoneyDeposited>(a)) type = "deposit";
+    if (std::holds_alternative<MoneyWithdrawn>(a)) type = "withdrawal";
+    if (std::holds_alternative<AccountClosed>(a)) type = "closed";
+    if (auto* t = std::get_if<TransferDebit>(&a)) {
+      type = "transfer_out";
+      transfer = &t->transfer_id;
+    } else if (auto* t = std::get_if<TransferCredit>(&a)) {
+      type = "transfer_in";
+      transfer = &t->transfer_id;
+    } else if (auto* t = std::get_if<TransferRefund>(&a)) {
+      type = "refund";
+      transfer = &t->transfer_id;
+    }
     rows[id].push_back(Row{e.stream_version, type, delta < 0 ? -delta : delta,
-                           b, absl::ToUnixMicros(e.recorded_at)});
+                           b, absl::ToUnixMicros(e.recorded_at), transfer});
   }
-  SqlArray ids, versions, types, amounts, after, at;
+  SqlArray ids, versions, types, amounts, after, at, transfers;
   for (const auto& [id, list] : rows) {
     for (const Row& r : list) {
       ids.Add(id);
@@ -185,18 +195,24 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
       amounts.Add(r.amount);
       after.Add(r.after);
       at.Add(r.at_us);
+      if (r.transfer_id != nullptr) {
+        transfers.Add(*r.transfer_id);
+      } else {
+        transfers.AddNull();
+      }
     }
   }
   ctx.tx().exec_params(
       absl::StrCat(
           "INSERT INTO ", table,
-          " (account_id, version, type, amount, balance_after, at) "
-          "SELECT d.id, d.v, d.type, d.amount, d.after, "
-          "to_timestamp(d.us::float8 / 1000000) FROM unnest($1::text[], "
-          "$2::bigint[], $3::text[], $4::bigint[], $5::bigint[], "
-          "$6::bigint[]) AS d(id, v, type, amount, after, us)"),
+          " (account_id, version, type, amount, balance_after, at, "
+          "transfer_id) SELECT d.id, d.v, d.type, d.amount, d.after, "
+          "to_timestamp(d.us::float8 / 1000000), d.transfer FROM "
+          "unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
+          "$5::bigint[], $6::bigint[], $7::text[]) AS d(id, v, type, amount, "
+          "after, us, transfer)"),
       ids.literal(), versions.literal(), types.literal(), amounts.literal(),
-      after.literal(), at.literal());
+      after.literal(), at.literal(), transfers.literal());
   SqlArray balance_ids, balance_values;
   for (const auto& [id, b] : balance) {
     balance_ids.Add(id);
@@ -219,7 +235,7 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
   std::map<std::string, std::string> currency;  // account id -> currency
   SqlArray unknown;
   for (const RecordedEvent& e : events) {
-    if (e.event_type == "AccountOpened") continue;
+    if (e.event_type == "AccountOpened" || IsTransferEvent(e)) continue;
     unknown.Add(AccountId(e));
   }
   if (!unknown.empty()) {
@@ -233,6 +249,20 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
   std::map<std::string, int64_t> delta;
   SqlArray new_ids, new_currencies;
   for (const RecordedEvent& e : events) {
+    if (IsTransferEvent(e)) {
+      // Every transfer is pending from its request until it completes or
+      // fails.
+      if (e.event_type == "TransferRequested") {
+        delta["transfers:pending"] += 1;
+      } else if (e.event_type == "TransferCompleted") {
+        delta["transfers:pending"] -= 1;
+        delta["transfers:completed"] += 1;
+      } else if (e.event_type == "TransferFailed") {
+        delta["transfers:pending"] -= 1;
+        delta["transfers:failed"] += 1;
+      }
+      continue;
+    }
     absl::StatusOr<AccountEvent> event = Decode(e);
     if (!event.ok()) return event.status();
     const std::string id = AccountId(e);
@@ -252,7 +282,7 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
             absl::StrCat("event at ", e.position.ToToken(), ": account '", id,
                          "' was never opened"));
       }
-      delta[absl::StrCat("balance:", it->second)] += MoneyDelta(*event);
+      delta[absl::StrCat("balance:", it->second)] += BalanceDelta(*event);
     }
   }
   if (!new_ids.empty()) {
@@ -330,6 +360,10 @@ Projection BankStatsProjection() {
   p.name = "bank_stats";
   p.version = 1;
   p.event_types = AccountEventTypes();
+  for (const char* type :
+       {"TransferRequested", "TransferCompleted", "TransferFailed"}) {
+    p.event_types.push_back(type);
+  }
   p.tables = {{"bank_stats",
                "CREATE TABLE {table} ("
                "  key   text PRIMARY KEY,"
@@ -342,11 +376,78 @@ Projection BankStatsProjection() {
   return p;
 }
 
+// --- transfers ---------------------------------------------------------------
+
+namespace {
+
+absl::Status ApplyTransfers(ProjectionContext& ctx, EventBatch events) {
+  const std::string& table = ctx.Table("transfers");
+  // In order: a batch may request and settle one transfer.
+  for (const RecordedEvent& e : events) {
+    absl::string_view id = e.stream_id;
+    if (!absl::ConsumePrefix(&id, "transfer-")) continue;
+    absl::StatusOr<TransferEvent> event =
+        TransferEvents().Decode(e.event_type, e.schema_version, e.data);
+    if (!event.ok()) {
+      return absl::Status(event.status().code(),
+                          absl::StrCat("event at ", e.position.ToToken(), ": ",
+                                       event.status().message()));
+    }
+    if (auto* r = std::get_if<TransferRequested>(&*event)) {
+      ctx.tx().exec_params(
+          absl::StrCat("INSERT INTO ", table,
+                       " (transfer_id, from_account, to_account, amount, "
+                       "currency, status) VALUES ($1, $2, $3, $4, $5, "
+                       "'pending')"),
+          std::string(id), r->from, r->to, r->amount, r->currency);
+    } else if (std::holds_alternative<TransferCompleted>(*event)) {
+      ctx.tx().exec_params(absl::StrCat("UPDATE ", table,
+                                        " SET status = 'completed' WHERE "
+                                        "transfer_id = $1"),
+                           std::string(id));
+    } else if (auto* f = std::get_if<TransferFailed>(&*event)) {
+      ctx.tx().exec_params(absl::StrCat("UPDATE ", table,
+                                        " SET status = 'failed', reason = $2 "
+                                        "WHERE transfer_id = $1"),
+                           std::string(id), f->reason);
+    } else if (std::holds_alternative<TransferRefunded>(*event)) {
+      ctx.tx().exec_params(absl::StrCat("UPDATE ", table,
+                                        " SET refunded = true WHERE "
+                                        "transfer_id = $1"),
+                           std::string(id));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Projection TransfersProjection() {
+  Projection p;
+  p.name = "transfers";
+  p.version = 1;
+  p.event_types = {"TransferRequested", "TransferCompleted", "TransferRefunded",
+                   "TransferFailed"};
+  p.tables = {{"transfers",
+               "CREATE TABLE {table} ("
+               "  transfer_id  text PRIMARY KEY,"
+               "  from_account text NOT NULL,"
+               "  to_account   text NOT NULL,"
+               "  amount       bigint NOT NULL,"
+               "  currency     text NOT NULL,"
+               "  status       text NOT NULL,"
+               "  refunded     boolean NOT NULL DEFAULT false,"
+               "  reason       text) WITH (fillfactor = 70)"}};
+  p.apply = ApplyTransfers;
+  return p;
+}
+
 std::vector<Projection> BankProjections() {
   std::vector<Projection> all;
   all.push_back(AccountBalancesProjection());
   all.push_back(AccountTransactionsProjection());
   all.push_back(BankStatsProjection());
+  all.push_back(TransfersProjection());
   return all;
 }
 

@@ -8,8 +8,9 @@
 //                         transfer_id, at
 //   bank_stats            counters by key: "accounts", "open_accounts",
 //                         "balance:<currency>", "transfers:<state>"
-//                         (transfer events arrive with the transfers issue;
-//                         they only add keys)
+//   transfers             one row per transfer: from, to, amount, currency,
+//                         status ("pending"/"completed"/"failed"), refunded,
+//                         reason
 //
 //   std::vector<Projection> all = bank::BankProjections();
 //
@@ -29,8 +30,10 @@ namespace bank {
 cqrs::projections::Projection AccountBalancesProjection();
 cqrs::projections::Projection AccountTransactionsProjection();
 cqrs::projections::Projection BankStatsProjection();
+cqrs::projections::Projection TransfersProjection();
 
-// All three, in that order.
+// All four, in that order. (The transfer process manager runs beside them:
+// example_app/transfer_process.h.)
 std::vector<cqrs::projections::Projection> BankProjections();
 
 }  // namespace bank

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "example_app/account.h"
+#include "example_app/transfer.h"
 #include "framework/http/status_mapping.h"
 #include "framework/status_macros.h"
 #include "projections/sql_array.h"
@@ -299,6 +300,53 @@ queries::QueryRoute GetStats(const std::string& schema) {
   return route;
 }
 
+queries::QueryRoute GetTransfer(const std::string& schema) {
+  queries::QueryRoute route;
+  route.pattern = "/transfers/{id}";
+  route.projections = {"transfers"};
+  route.prepared = {
+      {"bank_get_transfer",
+       absl::StrCat("SELECT transfer_id, from_account, to_account, amount, "
+                    "currency, status, reason FROM ",
+                    schema, ".transfers WHERE transfer_id = $1")}};
+  route.handler =
+      [](const http::Request& request,
+         pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
+    const absl::string_view id = request.PathParam("id");
+    RETURN_IF_ERROR(ValidateTransferId(id));
+    const pqxx::result rows =
+        tx.exec_prepared("bank_get_transfer", std::string(id));
+    if (rows.empty()) {
+      return http::WithErrorCode(absl::NotFoundError(absl::StrCat(
+                                     "transfer '", id, "' does not exist")),
+                                 "transfer_not_found");
+    }
+    const pqxx::row row = rows[0];
+    rapidjson::StringBuffer buffer;
+    Writer w(buffer);
+    w.StartObject();
+    w.Key("transfer_id");
+    String(w, row[0].c_str());
+    w.Key("from");
+    String(w, row[1].c_str());
+    w.Key("to");
+    String(w, row[2].c_str());
+    w.Key("amount");
+    w.Int64(row[3].as<int64_t>());
+    w.Key("currency");
+    String(w, row[4].c_str());
+    w.Key("status");
+    String(w, row[5].c_str());
+    if (!row[6].is_null()) {
+      w.Key("reason");
+      String(w, row[6].c_str());
+    }
+    w.EndObject();
+    return http::JsonResponse(200, Finish(buffer));
+  };
+  return route;
+}
+
 }  // namespace
 
 void RegisterBankQueries(cqrs::queries::QueryService& queries,
@@ -308,6 +356,7 @@ void RegisterBankQueries(cqrs::queries::QueryService& queries,
   queries.Add(router, ListTransactions(s));
   queries.Add(router, ListAccounts(s));
   queries.Add(router, GetStats(s));
+  queries.Add(router, GetTransfer(s));
 }
 
 }  // namespace bank

@@ -4,6 +4,7 @@
 
 #include "example_app/bank_projections.h"
 #include "example_app/bank_queries.h"
+#include "example_app/transfer_process.h"
 #include "framework/status_macros.h"
 
 namespace bank {
@@ -48,9 +49,13 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
                                            cqrs::eventstore::Position p) {
       tracker->Record(name, p);
     };
-    ASSIGN_OR_RETURN(s->projector_, cqrs::projections::ProjectionRunner::Create(
-                                        pool, s->projection_store_.get(),
-                                        BankProjections(), runner_options));
+    ASSIGN_OR_RETURN(s->process_store_, NewProcessStore(pool, options.schema));
+    ASSIGN_OR_RETURN(
+        s->projector_,
+        cqrs::projections::ProjectionRunner::Create(
+            pool, s->projection_store_.get(),
+            BankRunnerProjections(s->process_store_.get(), options.schema),
+            runner_options));
   }
 
   cqrs::queries::QueryServiceOptions query_options;

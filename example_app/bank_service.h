@@ -88,6 +88,7 @@ class BankService {
   std::unique_ptr<BankApp> app_;
   std::unique_ptr<cqrs::queries::ProgressTracker> tracker_;
   std::unique_ptr<cqrs::eventstore::PostgresEventStore> projection_store_;
+  std::unique_ptr<cqrs::eventstore::PostgresEventStore> process_store_;
   std::unique_ptr<cqrs::projections::ProjectionRunner> projector_;
   std::unique_ptr<cqrs::queries::QueryService> queries_;
   std::unique_ptr<cqrs::queries::Operations> operations_;

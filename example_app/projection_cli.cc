@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "eventstore/postgres_event_store.h"
 #include "example_app/bank_projections.h"
+#include "example_app/transfer_process.h"
 #include "framework/log.h"
 #include "projections/parked.h"
 #include "projections/rebuild.h"
@@ -343,10 +344,13 @@ int RunProjector(cqrs::PgPool& pool, const std::string& schema) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   auto store = OpenStore(pool, schema);
   if (!store.ok()) return Fail(store.status());
+  auto process_store = NewProcessStore(&pool, schema);
+  if (!process_store.ok()) return Fail(process_store.status());
   cqrs::projections::ProjectionRunnerOptions options;
   options.schema = schema;
   auto runner = cqrs::projections::ProjectionRunner::Create(
-      &pool, store->get(), BankProjections(), options);
+      &pool, store->get(), BankRunnerProjections(process_store->get(), schema),
+      options);
   if (!runner.ok()) return Fail(runner.status());
   (*runner)->Start();
   cqrs::Log(cqrs::LogLevel::kInfo, "projector running", {{"schema", schema}});

@@ -22,6 +22,7 @@
 #include "framework/http/server.h"
 #include "projections/runner.h"
 #include "rapidjson/document.h"
+#include "tests/example_app/service_fixture.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/prometheus_text.h"
 #include "tests/support/test_database.h"
@@ -35,116 +36,6 @@ using cqrs::http_test::TestClient;
 
 const http::HeaderList kJson = {{"Content-Type", "application/json"}};
 
-enum class Projections { kHere, kNowhere };
-
-// The whole bank (BankService) on its own schema, on an ephemeral port.
-class QueryFixture {
- public:
-  explicit QueryFixture(Projections projections = Projections::kHere) {
-    REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
-    BankServiceOptions options;
-    options.schema = schema_.name();
-    options.run_projections = projections == Projections::kHere;
-    options.poll_interval = absl::Milliseconds(200);
-    auto service = BankService::Create(&schema_.pool(), options);
-    REQUIRE(service.ok());
-    service_ = *std::move(service);
-    service_->RegisterRoutes(router_);
-    http::ServerOptions server_options;
-    server_options.listen_address = "127.0.0.1:0";
-    server_options.worker_threads = 8;
-    service_->InstrumentServer(server_options);
-    auto server = http::Server::Create(server_options, &router_);
-    REQUIRE(server.ok());
-    server_ = *std::move(server);
-    service_->Start();
-    REQUIRE(server_->Start().ok());
-  }
-  ~QueryFixture() {
-    server_->Shutdown();
-    service_->Stop();
-  }
-
-  std::unique_ptr<TestClient> Client() {
-    auto client = TestClient::Connect(server_->port());
-    REQUIRE(client.ok());
-    return *std::move(client);
-  }
-
-  ClientResponse Send(const std::string& method, const std::string& target,
-                      const std::string& body = "",
-                      const http::HeaderList& headers = {}) {
-    if (client_ == nullptr) client_ = Client();
-    auto r = client_->Send(method, target, body, headers);
-    if (!r.ok()) {  // the server closed the connection: once more
-      client_ = Client();
-      r = client_->Send(method, target, body, headers);
-    }
-    REQUIRE(r.ok());
-    return *std::move(r);
-  }
-  ClientResponse Get(const std::string& target,
-                     const http::HeaderList& headers = {}) {
-    return Send("GET", target, "", headers);
-  }
-  ClientResponse Post(const std::string& target, const std::string& body) {
-    return Send("POST", target, body, kJson);
-  }
-
-  cqrs::testing::TestSchema& schema() { return schema_; }
-  BankService& service() { return *service_; }
-  const http::Router& router() const { return router_; }
-
- private:
-  cqrs::testing::TestSchema schema_{40};
-  std::unique_ptr<BankService> service_;
-  http::Router router_;
-  std::unique_ptr<http::Server> server_;
-  std::unique_ptr<TestClient> client_;
-};
-
-rapidjson::Document Parse(const std::string& body) {
-  rapidjson::Document doc;
-  doc.Parse(body.c_str());
-  REQUIRE(!doc.HasParseError());
-  return doc;
-}
-
-std::string ErrorCode(const ClientResponse& r) {
-  rapidjson::Document doc = Parse(r.body);
-  REQUIRE(doc.IsObject());
-  REQUIRE(doc.HasMember("error"));
-  return doc["error"]["code"].GetString();
-}
-
-// Opens `id` and returns the command's position token.
-std::string Open(QueryFixture& f, const std::string& id,
-                 const std::string& owner = "Ann",
-                 const std::string& currency = "EUR") {
-  auto r = f.Post("/accounts",
-                  absl::StrCat(R"({"owner":")", owner, R"(","currency":")",
-                               currency, R"(","account_id":")", id, R"("})"));
-  REQUIRE(r.status == 201);
-  return Parse(r.body)["position"].GetString();
-}
-
-struct Moved {
-  std::string position;
-  int64_t balance = 0;
-};
-
-Moved Deposit(QueryFixture& f, const std::string& id, int64_t amount) {
-  auto r = f.Post(absl::StrCat("/accounts/", id, "/deposit"),
-                  absl::StrCat(R"({"amount":)", amount, "}"));
-  REQUIRE(r.status == 200);
-  rapidjson::Document doc = Parse(r.body);
-  return {doc["position"].GetString(), doc["balance"].GetInt64()};
-}
-
-http::HeaderList AtLeast(const std::string& position) {
-  return {{"X-Min-Position", position}};
-}
-
 // A token the projections have not reached: the next transaction's.
 std::string FuturePosition(const std::string& token) {
   auto p = cqrs::eventstore::Position::FromToken(token);
@@ -155,7 +46,7 @@ std::string FuturePosition(const std::string& token) {
 
 TEST_CASE("GET /accounts/{id} answers from account_balances",
           "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   const std::string opened = Open(f, "acc-1", "Ann", "EUR");
   Moved moved = Deposit(f, "acc-1", 1234);
 
@@ -202,7 +93,7 @@ TEST_CASE("concurrent reads of many accounts each get their own answer",
           "[bank][queries][pg]") {
   // Requests arriving together are answered in batches by one statement:
   // every response must still be the one for its own request.
-  QueryFixture f;
+  ServiceFixture f;
   std::string at;
   for (int i = 0; i < 40; ++i) {
     Open(f, absl::StrCat("c-", i), absl::StrCat("owner-", i));
@@ -249,7 +140,7 @@ TEST_CASE("concurrent reads of many accounts each get their own answer",
 
 TEST_CASE("GET /accounts/{id}/transactions pages oldest first",
           "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   Open(f, "t-1");
   std::string last;
   for (int i = 1; i <= 12; ++i) last = Deposit(f, "t-1", i * 10).position;
@@ -325,7 +216,7 @@ TEST_CASE(
     "GET /accounts lists by owner and walks every row once while rows "
     "are added",
     "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   std::set<std::string> before;
   std::string at;
   for (int i = 0; i < 60; ++i) {
@@ -395,7 +286,7 @@ TEST_CASE(
 }
 
 TEST_CASE("GET /stats sums the accounts", "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   Open(f, "s-1", "Ann", "EUR");
   Open(f, "s-2", "Bob", "EUR");
   Open(f, "s-3", "Cid", "USD");
@@ -424,7 +315,7 @@ TEST_CASE(
     "read-your-writes: a read with the position of a deposit sees it, "
     "200 times in a row",
     "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   Open(f, "ryw");
   for (int i = 1; i <= 200; ++i) {
     Moved moved = Deposit(f, "ryw", i);
@@ -444,7 +335,7 @@ TEST_CASE(
     "read-your-writes: malformed positions and waits are "
     "invalid_request",
     "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   const std::string at = Open(f, "m-1");
   for (const char* token : {"", "abc", "1", "1.", ".1", "-1.2", "1.2.3",
                             "99999999999999999999999.1", "1. 2"}) {
@@ -473,7 +364,7 @@ TEST_CASE(
     "read-your-writes: without projections running the read is "
     "503 projection_lagging after the wait",
     "[bank][queries][pg]") {
-  QueryFixture f(Projections::kNowhere);
+  ServiceFixture f(Projections::kNowhere);
   const std::string at = Open(f, "lag-1");
   const absl::Time start = absl::Now();
   auto r = f.Get("/accounts/lag-1",
@@ -499,7 +390,7 @@ TEST_CASE(
 
 TEST_CASE("read-your-writes follows projections run by another process",
           "[bank][queries][pg]") {
-  QueryFixture f(Projections::kNowhere);
+  ServiceFixture f(Projections::kNowhere);
   // The "other process": a runner that does not tell this service anything
   // directly; its progress arrives through NOTIFY.
   auto store = f.schema().NewEventStore([&] {
@@ -539,7 +430,7 @@ double Sample(const cqrs::testing::ParsedMetrics& m, const std::string& name,
   return m.Value(name, labels).value_or(0);
 }
 
-cqrs::testing::ParsedMetrics Scrape(QueryFixture& f) {
+cqrs::testing::ParsedMetrics Scrape(ServiceFixture& f) {
   auto r = f.Get("/metrics");
   REQUIRE(r.status == 200);
   CHECK(r.Header("Content-Type").value_or("").find("text/plain") == 0);
@@ -551,7 +442,7 @@ cqrs::testing::ParsedMetrics Scrape(QueryFixture& f) {
 
 TEST_CASE("GET /metrics is Prometheus text and its counters move",
           "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   const std::string at = Open(f, "met-1");
   REQUIRE(f.Get("/accounts/met-1", AtLeast(at)).status == 200);
   cqrs::testing::ParsedMetrics before = Scrape(f);
@@ -609,7 +500,7 @@ TEST_CASE("GET /metrics is Prometheus text and its counters move",
 }
 
 TEST_CASE("GET /projections reports every projection", "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   const std::string at = Open(f, "p-1");
   REQUIRE(f.Get("/stats", AtLeast(at)).status == 200);
   auto r = f.Get("/projections");
@@ -630,12 +521,13 @@ TEST_CASE("GET /projections reports every projection", "[bank][queries][pg]") {
     CHECK(!p.HasMember("last_error"));
   }
   CHECK(names == std::set<std::string>{"account_balances",
-                                       "account_transactions", "bank_stats"});
+                                       "account_transactions", "bank_stats",
+                                       "transfers", "transfer_process"});
 }
 
 TEST_CASE("GET /openapi.json documents every registered route",
           "[bank][queries][pg]") {
-  QueryFixture f;
+  ServiceFixture f;
   auto r = f.Get("/openapi.json");
   REQUIRE(r.status == 200);
   rapidjson::Document doc = Parse(r.body);

@@ -1,0 +1,81 @@
+// The bank's transfer aggregate: a transfer is its own stream
+// ("transfer-<id>") that a process manager (example_app/transfer_process.h)
+// drives from requested to completed or failed:
+//
+//   TransferRequested -> TransferDebited -> TransferCredited, TransferCompleted
+//                     -> TransferFailed{reason}             (nothing moved)
+//                        TransferDebited -> TransferRefunded, TransferFailed
+//
+//   TransferAggregate().Execute(store, id, meta, {},
+//                               DecideRequestTransfer(from, to, 500, "EUR"));
+//
+// Thread-safety: everything here is immutable after first use.
+#ifndef EXAMPLE_APP_TRANSFER_H_
+#define EXAMPLE_APP_TRANSFER_H_
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "commands/aggregate.h"
+#include "framework/event_registry.h"
+
+namespace bank {
+
+struct TransferRequested {
+  std::string from;
+  std::string to;
+  int64_t amount = 0;
+  std::string currency;  // the source account's
+};
+struct TransferDebited {};
+struct TransferCredited {};
+struct TransferCompleted {};
+struct TransferRefunded {};
+struct TransferFailed {
+  std::string reason;  // an error code: insufficient_funds, account_closed...
+};
+
+using TransferEvent =
+    std::variant<TransferRequested, TransferDebited, TransferCredited,
+                 TransferCompleted, TransferRefunded, TransferFailed>;
+
+struct Transfer {
+  bool exists = false;
+  TransferRequested request;
+  std::string status;  // "pending", "completed", "failed"
+  bool debited = false;
+  bool refunded = false;
+  std::string reason;
+};
+
+using TransferType = cqrs::commands::AggregateType<Transfer, TransferEvent>;
+
+// "TransferRequested", "TransferDebited", "TransferCredited",
+// "TransferCompleted", "TransferRefunded", "TransferFailed" (version 1).
+const cqrs::EventRegistry<TransferEvent>& TransferEvents();
+const std::vector<std::string>& TransferEventTypes();
+
+// Category "transfer"; no cache or in-process queue (the process manager
+// appends to transfers inside its batch transactions).
+TransferType& TransferAggregate();
+
+// transfer_exists (409) when the id is taken.
+TransferType::Decide DecideRequestTransfer(std::string from, std::string to,
+                                           int64_t amount,
+                                           std::string currency);
+// The process manager's steps; each refuses (kFailedPrecondition
+// "transfer_state") a transfer not in the state it expects, so a step can
+// never be recorded twice.
+TransferType::Decide DecideRecordDebit();
+TransferType::Decide DecideComplete();
+TransferType::Decide DecideFail(std::string reason);
+TransferType::Decide DecideRefundAndFail(std::string reason);
+
+// Transfer ids follow the account id rules: kInvalidArgument.
+absl::Status ValidateTransferId(absl::string_view id);
+
+}  // namespace bank
+
+#endif  // EXAMPLE_APP_TRANSFER_H_

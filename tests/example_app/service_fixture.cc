@@ -1,0 +1,109 @@
+#include "tests/example_app/service_fixture.h"
+
+#include <utility>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "example_app/bank_app.h"
+
+namespace bank {
+
+namespace http = cqrs::http;
+using cqrs::http_test::ClientResponse;
+using cqrs::http_test::TestClient;
+
+const http::HeaderList kJson = {{"Content-Type", "application/json"}};
+
+ServiceFixture::ServiceFixture(Projections projections) {
+  REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
+  BankServiceOptions options;
+  options.schema = schema_.name();
+  options.run_projections = projections == Projections::kHere;
+  options.poll_interval = absl::Milliseconds(200);
+  auto service = BankService::Create(&schema_.pool(), options);
+  REQUIRE(service.ok());
+  service_ = *std::move(service);
+  service_->RegisterRoutes(router_);
+  http::ServerOptions server_options;
+  server_options.listen_address = "127.0.0.1:0";
+  server_options.worker_threads = 8;
+  service_->InstrumentServer(server_options);
+  auto server = http::Server::Create(server_options, &router_);
+  REQUIRE(server.ok());
+  server_ = *std::move(server);
+  service_->Start();
+  REQUIRE(server_->Start().ok());
+}
+
+ServiceFixture::~ServiceFixture() {
+  server_->Shutdown();
+  service_->Stop();
+}
+
+std::unique_ptr<TestClient> ServiceFixture::Client() {
+  auto client = TestClient::Connect(server_->port());
+  REQUIRE(client.ok());
+  return *std::move(client);
+}
+
+ClientResponse ServiceFixture::Send(const std::string& method,
+                                    const std::string& target,
+                                    const std::string& body,
+                                    const http::HeaderList& headers) {
+  if (client_ == nullptr) client_ = Client();
+  auto r = client_->Send(method, target, body, headers);
+  if (!r.ok()) {  // the server closed the connection: once more
+    client_ = Client();
+    r = client_->Send(method, target, body, headers);
+  }
+  REQUIRE(r.ok());
+  return *std::move(r);
+}
+
+ClientResponse ServiceFixture::Get(const std::string& target,
+                                   const http::HeaderList& headers) {
+  return Send("GET", target, "", headers);
+}
+
+ClientResponse ServiceFixture::Post(const std::string& target,
+                                    const std::string& body) {
+  return Send("POST", target, body, kJson);
+}
+
+rapidjson::Document Parse(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.c_str());
+  REQUIRE(!doc.HasParseError());
+  return doc;
+}
+
+std::string ErrorCode(const ClientResponse& r) {
+  rapidjson::Document doc = Parse(r.body);
+  REQUIRE(doc.IsObject());
+  REQUIRE(doc.HasMember("error"));
+  return doc["error"]["code"].GetString();
+}
+
+std::string Open(ServiceFixture& f, const std::string& id,
+                 const std::string& owner, const std::string& currency) {
+  auto r = f.Post("/accounts",
+                  absl::StrCat(R"({"owner":")", owner, R"(","currency":")",
+                               currency, R"(","account_id":")", id, R"("})"));
+  REQUIRE(r.status == 201);
+  return Parse(r.body)["position"].GetString();
+}
+
+Moved Deposit(ServiceFixture& f, const std::string& id, int64_t amount) {
+  auto r = f.Post(absl::StrCat("/accounts/", id, "/deposit"),
+                  absl::StrCat(R"({"amount":)", amount, "}"));
+  REQUIRE(r.status == 200);
+  rapidjson::Document doc = Parse(r.body);
+  return {doc["position"].GetString(), doc["balance"].GetInt64()};
+}
+
+http::HeaderList AtLeast(const std::string& position) {
+  return {{"X-Min-Position", position}};
+}
+
+}  // namespace bank

@@ -1,0 +1,73 @@
+// A whole bank (BankService: commands, projections, transfers, queries)
+// on its own schema of the test PostgreSQL, served on an ephemeral port,
+// with helpers to drive it over HTTP. Shared by the bank's HTTP tests.
+//
+//   ServiceFixture f;
+//   std::string at = Open(f, "acc-1");
+//   auto r = f.Get("/accounts/acc-1", AtLeast(at));
+//
+// Thread-safety: Get/Post/Send use one connection: one thread at a time;
+// Client() gives each thread its own.
+#ifndef TESTS_EXAMPLE_APP_SERVICE_FIXTURE_H_
+#define TESTS_EXAMPLE_APP_SERVICE_FIXTURE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "example_app/bank_service.h"
+#include "framework/http/router.h"
+#include "framework/http/server.h"
+#include "rapidjson/document.h"
+#include "tests/framework/http/client.h"
+#include "tests/support/test_database.h"
+
+namespace bank {
+
+enum class Projections { kHere, kNowhere };
+
+class ServiceFixture {
+ public:
+  explicit ServiceFixture(Projections projections = Projections::kHere);
+  ~ServiceFixture();
+
+  std::unique_ptr<cqrs::http_test::TestClient> Client();
+  cqrs::http_test::ClientResponse Send(
+      const std::string& method, const std::string& target,
+      const std::string& body = "", const cqrs::http::HeaderList& headers = {});
+  cqrs::http_test::ClientResponse Get(
+      const std::string& target, const cqrs::http::HeaderList& headers = {});
+  cqrs::http_test::ClientResponse Post(const std::string& target,
+                                       const std::string& body);
+
+  cqrs::testing::TestSchema& schema() { return schema_; }
+  BankService& service() { return *service_; }
+  const cqrs::http::Router& router() const { return router_; }
+
+ private:
+  cqrs::testing::TestSchema schema_{40};
+  std::unique_ptr<BankService> service_;
+  cqrs::http::Router router_;
+  std::unique_ptr<cqrs::http::Server> server_;
+  std::unique_ptr<cqrs::http_test::TestClient> client_;
+};
+
+rapidjson::Document Parse(const std::string& body);
+std::string ErrorCode(const cqrs::http_test::ClientResponse& r);
+
+// Opens `id` and returns the command's position token.
+std::string Open(ServiceFixture& f, const std::string& id,
+                 const std::string& owner = "Ann",
+                 const std::string& currency = "EUR");
+
+struct Moved {
+  std::string position;
+  int64_t balance = 0;
+};
+Moved Deposit(ServiceFixture& f, const std::string& id, int64_t amount);
+
+cqrs::http::HeaderList AtLeast(const std::string& position);
+
+}  // namespace bank
+
+#endif  // TESTS_EXAMPLE_APP_SERVICE_FIXTURE_H_
