@@ -10,6 +10,8 @@ function(cqrs_library name)
   add_library(cqrs::${name} ALIAS cqrs_${name})
   target_include_directories(cqrs_${name} PUBLIC
     $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>)
+  # Public headers need C++17; installed targets pass that on to users.
+  target_compile_features(cqrs_${name} PUBLIC cxx_std_17)
   target_compile_options(cqrs_${name} PRIVATE ${CQRS_WARNING_FLAGS})
   target_link_libraries(cqrs_${name} PUBLIC ${ARG_DEPS})
 endfunction()

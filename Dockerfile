@@ -1,0 +1,39 @@
+# The bank in a container image. docker-compose.yml runs it with
+# PostgreSQL; on its own:
+#
+#   docker build -t cqrs-bank .
+#   docker run --rm -p 8080:8080 -e DATABASE_URL=postgresql://... cqrs-bank
+#
+# The image has no PostgreSQL server, so DATABASE_URL is required (the
+# embedded cluster of `bank` is for development machines).
+
+# Build stage: the Debian 12 packages of scripts/setup that the bank's
+# build needs (not the PostgreSQL server, Catch2 or the developer tools).
+FROM debian:bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      g++ make cmake pkg-config \
+      libpqxx-dev libboost-dev rapidjson-dev libabsl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
+      -DCQRS_BUILD_TESTS=OFF -DCQRS_BUILD_BENCH=OFF \
+ && cmake --build /build --target bank -j "$(nproc)"
+
+# Runtime stage: the shared libraries the bank links (libpq comes with
+# libpqxx; libstdc++ and libc are in the base image) and the binary.
+# tests/packaging/runtime_packages_test.sh checks this list against the
+# libraries the built binary needs.
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libpqxx-6.4 libabsl20220623 \
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --system --uid 10001 --user-group --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin bank
+COPY --from=build /build/example_app/bank /usr/local/bin/bank
+USER bank:bank
+EXPOSE 8080
+ENTRYPOINT ["bank"]
+CMD ["serve", "--listen", "0.0.0.0:8080"]
