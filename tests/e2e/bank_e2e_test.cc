@@ -1,0 +1,443 @@
+// The whole bank through its real interfaces only: the built `bank` binary
+// (`bank serve` as a separate process on the test PostgreSQL, `bank
+// projections rebuild --all`), driven over HTTP by 16 concurrent clients.
+//
+//   1. opens 50 accounts, then runs 2,000 random deposits, withdrawals and
+//      transfers (every request with an Idempotency-Key; some sent twice on
+//      purpose, whose replay must be byte-identical);
+//   2. after phase A, waits with read-your-writes and checks the read
+//      models against the ledger of acknowledged commands;
+//   3. phase B runs while `bank projections rebuild --all` rebuilds every
+//      read model: the swapped-in models equal the ledger (the model before
+//      plus the new traffic);
+//   4. phase C SIGKILLs the server in the middle of its traffic and starts
+//      it again; clients retry what got no answer with the same key, so
+//      every outcome is known; every acknowledged command is reflected and
+//      the invariants hold: per currency, the balances sum to deposits minus
+//      withdrawals; every transfer is completed or failed; none is both
+//      completed and refunded.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "rapidjson/document.h"
+#include "tests/framework/http/client.h"
+#include "tests/support/test_database.h"
+
+extern char** environ;
+
+namespace bank {
+namespace {
+
+namespace http = cqrs::http;
+using cqrs::http_test::ClientResponse;
+using cqrs::http_test::TestClient;
+
+constexpr int kAccounts = 50;
+constexpr int kClients = 16;
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// A `bank` process; killed with SIGKILL when still running at the end.
+class Bank {
+ public:
+  Bank(cqrs::testing::TestSchema& schema, std::vector<std::string> args) {
+    args.insert(args.begin(), BANK_BINARY);
+    for (const std::string& a : {std::string("--database-url"), schema.url(),
+                                 std::string("--schema"), schema.name()}) {
+      args.push_back(a);
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    // The access log would be 2,000 lines: keep it out of the test output.
+    posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
+    REQUIRE(posix_spawn(&pid_, BANK_BINARY, &files, nullptr, argv.data(),
+                        environ) == 0);
+    posix_spawn_file_actions_destroy(&files);
+  }
+  ~Bank() { Kill(SIGKILL); }
+  int Kill(int signal) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, signal);
+    return Wait();
+  }
+  // The exit code (128 + signal when killed).
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+std::unique_ptr<Bank> Serve(cqrs::testing::TestSchema& schema, int port) {
+  auto bank = std::make_unique<Bank>(
+      schema, std::vector<std::string>{"serve", "--listen",
+                                       absl::StrCat("127.0.0.1:", port),
+                                       "--workers", "8"});
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (true) {
+    auto client = TestClient::Connect(port, absl::Seconds(2));
+    if (client.ok()) {
+      auto r = (*client)->Send("GET", "/readyz");
+      if (r.ok() && r->status == 200) return bank;
+    }
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+rapidjson::Document Parse(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.c_str());
+  REQUIRE(!doc.HasParseError());
+  return doc;
+}
+
+std::string Account(int i) { return absl::StrCat("e2e-", i); }
+std::string Currency(int i) { return i % 10 == 9 ? "USD" : "EUR"; }
+
+// What the clients were told.
+struct Ledger {
+  absl::Mutex mu;
+  std::map<std::string, int64_t> net;  // by currency: deposits - withdrawals
+  // (account, version) -> (type, amount) of every acknowledged deposit and
+  // withdrawal.
+  std::map<std::pair<std::string, int64_t>, std::pair<std::string, int64_t>>
+      moves;
+  struct TransferAck {
+    std::string from, to;
+    int64_t amount;
+  };
+  std::map<std::string, TransferAck> transfers;
+  std::string last_position;
+  int replays_checked = 0;
+};
+
+// One client connection that survives server restarts: a request that
+// gets no answer is sent again, with the same Idempotency-Key, once the
+// server is back.
+class Client {
+ public:
+  explicit Client(const int* port) : port_(port) {}
+
+  ClientResponse Send(const std::string& target, const std::string& body,
+                      const std::string& key) {
+    const http::HeaderList headers = {{"Content-Type", "application/json"},
+                                      {"Idempotency-Key", key}};
+    const absl::Time deadline = absl::Now() + absl::Seconds(90);
+    while (true) {
+      if (client_ == nullptr) {
+        auto c = TestClient::Connect(*port_, absl::Seconds(10));
+        if (c.ok()) client_ = *std::move(c);
+      }
+      if (client_ != nullptr) {
+        auto r = client_->Send("POST", target, body, headers);
+        // 503: the restarted server is not serving yet.
+        if (r.ok() && r->status != 503) return *std::move(r);
+        client_.reset();
+      }
+      REQUIRE(absl::Now() < deadline);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+ private:
+  const int* port_;
+  std::unique_ptr<TestClient> client_;
+};
+
+// Runs `ops` random commands from each of kClients clients; calls
+// `at_half` (once) when half of all operations are done.
+void Traffic(const int* port, Ledger& ledger, int ops, const std::string& tag,
+             const std::function<void()>& at_half = {}) {
+  std::atomic<int> done{0};
+  std::atomic<bool> halved{false};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      Client client(port);
+      std::mt19937 rng(
+          static_cast<uint32_t>(c * 7919 + tag.size() * 31 + tag[0]));
+      for (int n = 0; n < ops; ++n) {
+        const std::string key = absl::StrCat(tag, "-", c, "-", n);
+        const int a = static_cast<int>(rng() % kAccounts);
+        const int kind = static_cast<int>(rng() % 20);
+        std::string target;
+        std::string body;
+        std::string transfer_to;
+        int64_t amount = 0;
+        if (kind < 8) {
+          amount = 1 + static_cast<int64_t>(rng() % 1000);
+          target = absl::StrCat("/accounts/", Account(a), "/deposit");
+        } else if (kind < 13) {
+          amount = 1 + static_cast<int64_t>(rng() % 500);
+          target = absl::StrCat("/accounts/", Account(a), "/withdraw");
+        } else {
+          amount = 1 + static_cast<int64_t>(rng() % 800);
+          int b = static_cast<int>(rng() % (kAccounts + 1));
+          if (b == a) b = (a + 1) % kAccounts;
+          // kAccounts: an account that does not exist (refunded).
+          transfer_to = b == kAccounts ? "e2e-missing" : Account(b);
+          target = "/transfers";
+        }
+        if (target == "/transfers") {
+          body = absl::StrCat(R"({"from":")", Account(a), R"(","to":")",
+                              transfer_to, R"(","amount":)", amount,
+                              R"(,"transfer_id":")", key, R"("})");
+        } else {
+          body = absl::StrCat(R"({"amount":)", amount, "}");
+        }
+        ClientResponse r = client.Send(target, body, key);
+        // Some requests are sent again on purpose: same answer, replayed.
+        if (rng() % 10 == 0) {
+          ClientResponse again = client.Send(target, body, key);
+          REQUIRE(again.status == r.status);
+          REQUIRE(again.body == r.body);
+          REQUIRE(again.Header("Idempotent-Replayed").value_or("") == "true");
+          absl::MutexLock lock(&ledger.mu);
+          ++ledger.replays_checked;
+        }
+        if (r.status == 200 || r.status == 202) {
+          rapidjson::Document doc = Parse(r.body);
+          absl::MutexLock lock(&ledger.mu);
+          ledger.last_position = doc["position"].GetString();
+          if (target == "/transfers") {
+            ledger.transfers[key] = {Account(a), transfer_to, amount};
+          } else {
+            const bool deposit = kind < 8;
+            ledger.net[Currency(a)] += deposit ? amount : -amount;
+            ledger.moves[{Account(a), doc["version"].GetInt64()}] = {
+                deposit ? "deposit" : "withdrawal", amount};
+          }
+        } else {
+          // Only business refusals are acceptable.
+          INFO(target << " " << body << " -> " << r.status << " " << r.body);
+          REQUIRE(r.status == 422);
+        }
+        if (++done == kClients * ops / 2 && at_half && !halved.exchange(true)) {
+          at_half();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+// GET with a fresh connection, retried while the server restarts.
+ClientResponse Get(int port, const std::string& target,
+                   const http::HeaderList& headers = {}) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (true) {
+    auto client = TestClient::Connect(port, absl::Seconds(10));
+    if (client.ok()) {
+      auto r = (*client)->Send("GET", target, "", headers);
+      if (r.ok() && r->status != 503) return *std::move(r);
+    }
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+// Every row of a paged list.
+std::vector<rapidjson::Document> All(int port, const std::string& target,
+                                     const std::string& at) {
+  std::vector<rapidjson::Document> pages;
+  std::string next_target = absl::StrCat(target, "limit=100");
+  while (true) {
+    ClientResponse r = Get(port, next_target, {{"X-Min-Position", at}});
+    REQUIRE(r.status == 200);
+    pages.push_back(Parse(r.body));
+    const auto& next = pages.back()["next"];
+    if (next.IsNull()) return pages;
+    next_target = absl::StrCat(target, "limit=100&after=", next.GetString());
+  }
+}
+
+// Waits until every acknowledged transfer is settled, then checks the read
+// models against the ledger and the invariants, through the query API.
+void Check(int port, Ledger& ledger) {
+  absl::MutexLock lock(&ledger.mu);
+  std::map<std::string, std::string> status;  // transfer -> final status
+  std::map<std::string, std::string> reason;
+  std::string at = ledger.last_position;
+  for (const auto& [id, t] : ledger.transfers) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (true) {
+      ClientResponse r =
+          Get(port, absl::StrCat("/transfers/", id), {{"X-Min-Position", at}});
+      REQUIRE(r.status == 200);
+      rapidjson::Document doc = Parse(r.body);
+      const std::string s = doc["status"].GetString();
+      if (s != "pending") {
+        status[id] = s;
+        if (doc.HasMember("reason")) reason[id] = doc["reason"].GetString();
+        break;
+      }
+      REQUIRE(absl::Now() < deadline);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+  // A position after every settlement: the stats' own header, once quiet.
+  const ClientResponse stats_r = Get(port, "/stats");
+  REQUIRE(stats_r.status == 200);
+  at = *stats_r.Header("X-Projection-Position");
+
+  // Balances the ledger predicts, per account.
+  std::map<std::string, int64_t> want;
+  for (const auto& [key, move] : ledger.moves) {
+    want[key.first] += move.first == "deposit" ? move.second : -move.second;
+  }
+  for (const auto& [id, t] : ledger.transfers) {
+    if (status[id] == "completed") {
+      want[t.from] -= t.amount;
+      want[t.to] += t.amount;
+    }
+  }
+  std::map<std::string, int64_t> sum_by_currency;
+  for (const rapidjson::Document& page : All(port, "/accounts?", at)) {
+    for (const auto& a : page["items"].GetArray()) {
+      const std::string id = a["account_id"].GetString();
+      INFO("account " << id);
+      CHECK(a["balance"].GetInt64() == want[id]);
+      CHECK(a["balance"].GetInt64() >= 0);
+      sum_by_currency[a["currency"].GetString()] += a["balance"].GetInt64();
+    }
+  }
+  CHECK(sum_by_currency == ledger.net);
+
+  // Every acknowledged command is in the account's history; transfers moved
+  // money exactly as their outcome says.
+  std::map<std::string, std::multiset<std::string>> by_transfer;
+  size_t moves_found = 0;
+  for (int i = 0; i < kAccounts; ++i) {
+    const std::string id = Account(i);
+    for (const rapidjson::Document& page :
+         All(port, absl::StrCat("/accounts/", id, "/transactions?"), at)) {
+      for (const auto& t : page["items"].GetArray()) {
+        const std::string type = t["type"].GetString();
+        auto it = ledger.moves.find({id, t["version"].GetInt64()});
+        if (it != ledger.moves.end()) {
+          CHECK(type == it->second.first);
+          CHECK(t["amount"].GetInt64() == it->second.second);
+          ++moves_found;
+        }
+        if (t.HasMember("transfer_id")) {
+          by_transfer[t["transfer_id"].GetString()].insert(type);
+        }
+      }
+    }
+  }
+  CHECK(moves_found == ledger.moves.size());
+  for (const auto& [id, t] : ledger.transfers) {
+    INFO("transfer " << id << " " << status[id] << " " << reason[id]);
+    const std::multiset<std::string>& seen = by_transfer[id];
+    if (status[id] == "completed") {
+      CHECK(seen == std::multiset<std::string>{"transfer_in", "transfer_out"});
+    } else {
+      REQUIRE(status[id] == "failed");
+      CHECK(seen.count("transfer_in") == 0);
+      // Refused by the source: nothing moved; by the target: refunded.
+      if (reason[id] == "insufficient_funds") {
+        CHECK(seen.empty());
+      } else {
+        CHECK(seen == std::multiset<std::string>{"refund", "transfer_out"});
+      }
+    }
+  }
+  rapidjson::Document stats =
+      Parse(Get(port, "/stats", {{"X-Min-Position", at}}).body);
+  CHECK(stats["transfers"]["pending"].GetInt64() == 0);
+  CHECK(stats["transfers"]["completed"].GetInt64() +
+            stats["transfers"]["failed"].GetInt64() ==
+        static_cast<int64_t>(ledger.transfers.size()));
+  for (const auto& [currency, net] : ledger.net) {
+    CHECK(stats["total_balance"][currency.c_str()].GetInt64() == net);
+  }
+}
+
+TEST_CASE(
+    "the bank end to end: traffic, a rebuild under load, SIGKILL and "
+    "restart",
+    "[e2e][pg]") {
+  cqrs::testing::TestSchema schema(4);
+  int port = FreePort();
+  std::unique_ptr<Bank> server = Serve(schema, port);
+  {
+    auto client = TestClient::Connect(port);
+    REQUIRE(client.ok());
+    for (int i = 0; i < kAccounts; ++i) {
+      auto r = (*client)->Send(
+          "POST", "/accounts",
+          absl::StrCat(R"({"owner":"e2e","currency":")", Currency(i),
+                       R"(","account_id":")", Account(i), R"("})"),
+          {{"Content-Type", "application/json"}});
+      REQUIRE(r.ok());
+      REQUIRE(r->status == 201);
+    }
+  }
+  Ledger ledger;
+  ledger.net = {{"EUR", 0}, {"USD", 0}};
+
+  // A: 800 commands.
+  Traffic(&port, ledger, 50, "a");
+  Check(port, ledger);
+
+  // B: 640 commands while every read model is rebuilt.
+  std::unique_ptr<Bank> rebuild;
+  Traffic(&port, ledger, 40, "b", [&] {
+    rebuild = std::make_unique<Bank>(
+        schema, std::vector<std::string>{"projections", "rebuild", "--all"});
+  });
+  REQUIRE(rebuild != nullptr);
+  CHECK(rebuild->Wait() == 0);
+  Check(port, ledger);
+
+  // C: 560 commands; the server is killed halfway and started again.
+  Traffic(&port, ledger, 35, "c", [&] {
+    CHECK(server->Kill(SIGKILL) == 128 + SIGKILL);
+    server = Serve(schema, port);
+  });
+  Check(port, ledger);
+  CHECK(ledger.replays_checked > 0);
+  CHECK(ledger.transfers.size() > 100);
+}
+
+}  // namespace
+}  // namespace bank
