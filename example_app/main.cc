@@ -31,10 +31,12 @@ constexpr int kUsage = 2;
 constexpr char kMainHelp[] = R"(usage: bank <command> [options]
 
 commands:
-  serve        run the HTTP API (and the projections, unless
-               --no-projections)
-  project      run the projections only (a separate worker process)
-  projections  list, status, rebuild: operate the projections
+  serve        run the HTTP API (and the projections and the transfer
+               process manager, unless --no-projections)
+  project      run the projections and the transfer process manager only
+               (a separate worker process)
+  projections  list, status, rebuild, parked, replay-parked: operate the
+               projections
   migrate      create or upgrade the database schema and exit
 
 Run `bank <command> --help` for the options of a command.
@@ -68,10 +70,10 @@ options:
 
 constexpr char kProjectHelp[] = R"(usage: bank project [options]
 
-Runs the projections (read models) until SIGINT or SIGTERM: a worker process
-beside `bank serve --no-projections`. Several may run: each projection is
-owned by one process at a time, the others stand by and take over within
-seconds. Migrates the schema first.
+Runs the projections (read models) and the transfer process manager until
+SIGINT or SIGTERM: a worker process beside `bank serve --no-projections`.
+Several may run: each projection is owned by one process at a time, the
+others stand by and take over within seconds. Migrates the schema first.
 
 options:
   --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,

@@ -16,12 +16,9 @@
 //      the invariants hold: per currency, the balances sum to deposits minus
 //      withdrawals; every transfer is completed or failed; none is both
 //      completed and refunded.
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -40,9 +37,8 @@
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
-
-extern char** environ;
 
 namespace bank {
 namespace {
@@ -67,43 +63,22 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-// A `bank` process; killed with SIGKILL when still running at the end.
-class Bank {
+// A `bank` process on the test schema; killed with SIGKILL when still
+// running at the end. Its output (2,000 access-log lines) is discarded.
+class Bank : public cqrs::testing::ChildProcess {
  public:
-  Bank(cqrs::testing::TestSchema& schema, std::vector<std::string> args) {
-    args.insert(args.begin(), BANK_BINARY);
+  Bank(cqrs::testing::TestSchema& schema, std::vector<std::string> args)
+      : ChildProcess(BANK_BINARY, WithDatabase(schema, std::move(args))) {}
+
+ private:
+  static std::vector<std::string> WithDatabase(
+      cqrs::testing::TestSchema& schema, std::vector<std::string> args) {
     for (const std::string& a : {std::string("--database-url"), schema.url(),
                                  std::string("--schema"), schema.name()}) {
       args.push_back(a);
     }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t files;
-    posix_spawn_file_actions_init(&files);
-    // The access log would be 2,000 lines: keep it out of the test output.
-    posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
-    REQUIRE(posix_spawn(&pid_, BANK_BINARY, &files, nullptr, argv.data(),
-                        environ) == 0);
-    posix_spawn_file_actions_destroy(&files);
+    return args;
   }
-  ~Bank() { Kill(SIGKILL); }
-  int Kill(int signal) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, signal);
-    return Wait();
-  }
-  // The exit code (128 + signal when killed).
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
 };
 
 std::unique_ptr<Bank> Serve(cqrs::testing::TestSchema& schema, int port) {

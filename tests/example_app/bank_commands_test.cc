@@ -16,6 +16,7 @@
 #include "framework/http/server.h"
 #include "framework/uuid.h"
 #include "rapidjson/document.h"
+#include "tests/example_app/service_fixture.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/test_database.h"
 
@@ -84,19 +85,6 @@ class BankFixture {
   http::Router router_;
   std::unique_ptr<http::Server> server_;
 };
-
-rapidjson::Document Parse(const std::string& body) {
-  rapidjson::Document doc;
-  doc.Parse(body.c_str());
-  REQUIRE(!doc.HasParseError());
-  return doc;
-}
-
-std::string ErrorCode(const ClientResponse& r) {
-  rapidjson::Document doc = Parse(r.body);
-  REQUIRE(doc.HasMember("error"));
-  return doc["error"]["code"].GetString();
-}
 
 void Open(BankFixture& f, const std::string& id,
           const std::string& currency = "EUR") {

@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,9 +24,8 @@
 #include "framework/uuid.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
+#include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
-
-extern char** environ;
 
 namespace bank {
 namespace {
@@ -216,40 +214,21 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
 // A `bank <args> --database-url <test db> --schema <test schema>` child
 // process, its stderr discarded; killed with SIGKILL if still running at
 // the end.
-class BankProcess {
+class BankProcess : public cqrs::testing::ChildProcess {
  public:
-  BankProcess(TestSchema& schema, std::vector<std::string> args) {
-    args.insert(args.begin(), BANK_BINARY);
+  BankProcess(TestSchema& schema, std::vector<std::string> args)
+      : ChildProcess(BANK_BINARY, WithDatabase(schema, std::move(args)),
+                     Output::kStdoutOnly) {}
+
+ private:
+  static std::vector<std::string> WithDatabase(TestSchema& schema,
+                                               std::vector<std::string> args) {
     for (const std::string& a : {std::string("--database-url"), schema.url(),
                                  std::string("--schema"), schema.name()}) {
       args.push_back(a);
     }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t files;
-    posix_spawn_file_actions_init(&files);
-    posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
-    REQUIRE(posix_spawn(&pid_, BANK_BINARY, &files, nullptr, argv.data(),
-                        environ) == 0);
-    posix_spawn_file_actions_destroy(&files);
+    return args;
   }
-  ~BankProcess() { Kill(SIGKILL); }
-  // Sends `signal` and returns the exit code (128 + signal when killed).
-  int Kill(int signal) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, signal);
-    return Wait();
-  }
-  int Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
 };
 
 // A `bank project` worker.

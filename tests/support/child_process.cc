@@ -1,0 +1,48 @@
+#include "tests/support/child_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+
+extern char** environ;
+
+namespace cqrs::testing {
+
+ChildProcess::ChildProcess(const std::string& binary,
+                           std::vector<std::string> args, Output output) {
+  args.insert(args.begin(), binary);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t files;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
+  if (output == Output::kDiscard) {
+    posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
+  }
+  const int spawned =
+      posix_spawn(&pid_, binary.c_str(), &files, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&files);
+  REQUIRE(spawned == 0);
+}
+
+ChildProcess::~ChildProcess() { Kill(SIGKILL); }
+
+int ChildProcess::Kill(int signal) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  return Wait();
+}
+
+int ChildProcess::Wait() {
+  if (pid_ <= 0) return -1;
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace cqrs::testing

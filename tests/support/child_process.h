@@ -1,0 +1,47 @@
+// A child process for tests that drive built binaries (the `bank` CLI and
+// server): started with posix_spawn, its output discarded or kept, killed
+// with SIGKILL when the test ends while it still runs.
+//
+//   ChildProcess server(BANK_BINARY, {"serve", "--listen", "127.0.0.1:0"});
+//   ...
+//   CHECK(server.Kill(SIGTERM) == 0);
+//
+// Thread-safety: one thread at a time.
+#ifndef TESTS_SUPPORT_CHILD_PROCESS_H_
+#define TESTS_SUPPORT_CHILD_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace cqrs::testing {
+
+class ChildProcess {
+ public:
+  enum class Output {
+    kDiscard,     // stdout and stderr to /dev/null
+    kStdoutOnly,  // stderr to /dev/null
+  };
+
+  // Starts `binary` with `args` (argv[0] is added); fails the test when it
+  // cannot be started.
+  ChildProcess(const std::string& binary, std::vector<std::string> args,
+               Output output = Output::kDiscard);
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess();
+
+  // Sends `signal` and waits: returns the exit code (128 + signal when
+  // killed), or -1 when it was already waited for.
+  int Kill(int signal);
+  // Waits for the process to end; same return values as Kill().
+  int Wait();
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace cqrs::testing
+
+#endif  // TESTS_SUPPORT_CHILD_PROCESS_H_
