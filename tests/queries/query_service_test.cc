@@ -108,8 +108,16 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
   testing::TestSchema schema;
   auto tracker = NewTracker(schema, absl::Seconds(60));
   tracker->Start();
-  // Give the listener its LISTEN; then a "runner elsewhere" commits.
-  absl::SleepFor(absl::Milliseconds(300));
+  // Wait for the listening session (it is named once its LISTEN is in
+  // effect); then a "runner elsewhere" commits.
+  const absl::Time listening_by = absl::Now() + absl::Seconds(20);
+  while (schema.QueryInt(absl::StrCat(
+             "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+             "'cqrs progress ",
+             schema.name(), "'")) == 0) {
+    REQUIRE(absl::Now() < listening_by);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   Outcome heard;
   tracker->WhenReached({"remote"}, At(5, 3), absl::Now() + absl::Seconds(20),
                        heard.Callback());
