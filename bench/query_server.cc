@@ -38,6 +38,7 @@ struct Flags {
   int accounts = 10000;
   int threads = 2;
   int query_threads = 8;
+  int batch_concurrency = 2;
 };
 
 bool ParseFlags(int argc, char** argv, Flags& f) {
@@ -54,6 +55,11 @@ bool ParseFlags(int argc, char** argv, Flags& f) {
       if (!absl::SimpleAtoi(value, &f.accounts) || f.accounts < 1) return false;
     } else if (name == "--threads") {
       if (!absl::SimpleAtoi(value, &f.threads) || f.threads < 1) return false;
+    } else if (name == "--batch-concurrency") {
+      if (!absl::SimpleAtoi(value, &f.batch_concurrency) ||
+          f.batch_concurrency < 0) {
+        return false;
+      }
     } else if (name == "--query-threads") {
       if (!absl::SimpleAtoi(value, &f.query_threads) || f.query_threads < 1) {
         return false;
@@ -139,6 +145,7 @@ int Main(int argc, char** argv) {
   bank::BankServiceOptions options;
   options.schema = f.schema;
   options.query_threads = f.query_threads;
+  options.batch_concurrency = f.batch_concurrency;
   auto service = bank::BankService::Create(pool->get(), options);
   if (!service.ok()) return Fail(service.status());
   http::Router router;

@@ -61,6 +61,7 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
   cqrs::queries::QueryServiceOptions query_options;
   query_options.conninfo = pool->conninfo();
   query_options.threads = options.query_threads;
+  query_options.batch_concurrency = options.batch_concurrency;
   ASSIGN_OR_RETURN(s->queries_, cqrs::queries::QueryService::Create(
                                     s->tracker_.get(), query_options));
 

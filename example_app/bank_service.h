@@ -45,6 +45,8 @@ struct BankServiceOptions {
   bool run_projections = true;
   // Threads (and read-only sessions) for queries.
   int query_threads = 8;
+  // Batches of one batched query route at once (0: query_threads).
+  int batch_concurrency = 2;
   absl::Duration idempotency_retention = absl::Hours(24);
   // For tests: how often the runner looks for events without a
   // notification, and how often the tracker re-reads the checkpoints.

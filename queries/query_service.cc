@@ -226,7 +226,10 @@ void QueryService::Submit(RouteState& state, Pending pending) {
     }
     state.waiting.push_back(std::move(pending));
     // Enough tasks are on it already: they take this one with the others.
-    if (state.draining >= options_.threads) return;
+    const int concurrency = options_.batch_concurrency > 0
+                                ? options_.batch_concurrency
+                                : options_.threads;
+    if (state.draining >= concurrency) return;
     ++state.draining;
   }
   if (!workers_.TrySubmit([this, &state] { Drain(state); })) {
