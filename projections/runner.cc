@@ -338,6 +338,7 @@ class Worker {
           tx.commit();
           absl::MutexLock lock(&mu_);
           status_.position = Position{ParseXid(row[2]), row[3].as<int64_t>()};
+          MarkStored(status_.position);
           status_.parked = parked;
           failed_ = row[4].as<std::string>() == "failed";
           status_.last_error = row[5].as<std::string>();
@@ -362,10 +363,18 @@ class Worker {
 
   // One batch: read after the checkpoint, lock and re-check the checkpoint,
   // apply, move the checkpoint, commit.
+  //
+  // A page without a single event of the projection's types changes
+  // nothing: its progress is reported (on_progress) but stored only once
+  // batch_size such events or a second have gone by, or when the
+  // projection is idle, so that projections an event does not concern do
+  // not commit (a WAL flush) for it. Restarting from the older stored
+  // checkpoint only skips those events again.
   absl::StatusOr<BatchResult> RunBatch(int limit, Failure* failure) {
     BatchResult result = BatchResult::kEmpty;
     Position next;
     int64_t newly_parked = 0;
+    int64_t skipped = 0;
     absl::Status status = pool_->Run(
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           pqxx::work tx(conn);
@@ -376,8 +385,25 @@ class Worker {
           // below, just before the writes.
           ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
                            events_tx->ReadAll(from, limit));
-          if (page.events.empty()) return absl::OkStatus();
-          last_read_ = page.next;
+          // Idle with progress not stored yet: store it now.
+          const bool flush = page.events.empty() && stored_ != from;
+          if (page.events.empty() && !flush) return absl::OkStatus();
+          if (!page.events.empty()) last_read_ = page.next;
+          bool concerned = flush;
+          for (const RecordedEvent& e : page.events) {
+            concerned = concerned || types_.contains(e.event_type);
+          }
+          if (!concerned &&
+              unstored_events_ + static_cast<int64_t>(page.events.size()) <
+                  options_->batch_size &&
+              absl::Now() - stored_at_ < absl::Seconds(1)) {
+            skipped = static_cast<int64_t>(page.events.size());
+            next = page.next;
+            result = static_cast<int>(page.events.size()) >= limit
+                         ? BatchResult::kFull
+                         : BatchResult::kPartial;
+            return absl::OkStatus();  // rolls back an empty transaction
+          }
           pqxx::row row = tx.exec_params1(
               absl::StrCat("SELECT generation, position_xid::text, "
                            "position_gp, version, parked_epoch FROM ",
@@ -385,7 +411,7 @@ class Worker {
                            ".projections WHERE name = $1 FOR UPDATE"),
               p_.name);
           const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
-          if (row[0].as<int>() != generation_ || stored != from ||
+          if (row[0].as<int>() != generation_ || stored != stored_ ||
               row[3].as<int>() != p_.version ||
               row[4].as<int>() != parked_epoch_) {
             // Another process or a rebuild moved it: start over from there.
@@ -424,6 +450,8 @@ class Worker {
               page.next.global_position);
           NotifyProgress(tx, options_->schema, p_.name, page.next);
           tx.commit();
+          MarkStored(page.next);
+          if (flush) return absl::OkStatus();  // kEmpty: nothing new read
           next = page.next;
           result = static_cast<int>(page.events.size()) >= limit
                        ? BatchResult::kFull
@@ -431,6 +459,7 @@ class Worker {
           return absl::OkStatus();
         });
     if (!status.ok()) return status;
+    unstored_events_ += skipped;
     if (result == BatchResult::kFull || result == BatchResult::kPartial) {
       {
         absl::MutexLock lock(&mu_);
@@ -440,6 +469,13 @@ class Worker {
       if (options_->on_progress) options_->on_progress(p_.name, next);
     }
     return result;
+  }
+
+  // `position` is now the committed checkpoint.
+  void MarkStored(const Position& position) {
+    stored_ = position;
+    unstored_events_ = 0;
+    stored_at_ = absl::Now();
   }
 
   void Park(pqxx::transaction_base& tx, const RecordedEvent& e,
@@ -478,7 +514,7 @@ class Worker {
                            ".projections WHERE name = $1 FOR UPDATE"),
               p_.name);
           const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
-          if (row[0].as<int>() != generation_ || stored != checkpoint()) {
+          if (row[0].as<int>() != generation_ || stored != stored_) {
             prepared_ = false;
             return absl::OkStatus();
           }
@@ -507,6 +543,7 @@ class Worker {
               event.position.global_position, message);
           NotifyProgress(tx, options_->schema, p_.name, event.position);
           tx.commit();
+          MarkStored(event.position);
           parked_streams_.insert(event.stream_id);
           {
             absl::MutexLock lock(&mu_);
@@ -542,6 +579,11 @@ class Worker {
   absl::flat_hash_map<std::string, std::string> tables_;
   absl::flat_hash_set<std::string> parked_streams_;
   Position last_read_;
+  // The checkpoint as committed; checkpoint() may be ahead of it by events
+  // the projection does not handle (see RunBatch).
+  Position stored_;
+  int64_t unstored_events_ = 0;
+  absl::Time stored_at_;
   std::thread thread_;
 
   mutable absl::Mutex mu_;

@@ -52,9 +52,11 @@ struct ProjectionRunnerOptions {
   absl::Duration takeover_interval = absl::Seconds(1);
   // Backoff after a failed batch: base * 2^attempt, at most 5 s.
   absl::Duration retry_backoff = absl::Milliseconds(50);
-  // Called on the projection's worker thread after each committed
-  // checkpoint (the same progress is NOTIFYed to other processes, see
-  // projections/progress.h). Keep it cheap; it must not call the runner.
+  // Called on the projection's worker thread whenever the projection has
+  // processed more events: after each committed checkpoint (the same
+  // progress is NOTIFYed to other processes, see projections/progress.h),
+  // and after pages without events of its types, whose progress is stored
+  // later. Keep it cheap; it must not call the runner.
   std::function<void(absl::string_view projection, eventstore::Position)>
       on_progress;
   // Fault injection for tests: runs after the handler, before the commit;
@@ -72,8 +74,10 @@ struct ProjectionStatus {
   // it), "failed" (stopped by an error; see last_error), "stopped" (not
   // started, or its stored version differs: rebuild it).
   std::string state;
-  eventstore::Position position;  // the committed checkpoint
-  std::string last_error;         // empty when none
+  // How far it has got: the committed checkpoint, or beyond it by events
+  // it does not handle (stored within a second or batch_size events).
+  eventstore::Position position;
+  std::string last_error;  // empty when none
   std::optional<eventstore::Position> failed_position;
   int64_t parked = 0;  // events in the dead-letter table
 };

@@ -202,6 +202,63 @@ TEST_CASE("a projection catches up and follows live appends exactly",
   CHECK(Converges(schema, fold));
 }
 
+TEST_CASE(
+    "events a projection does not handle move it on without a commit "
+    "each, and are stored once it is idle",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 20, 3);
+  ProjectionRunnerOptions options = Options(schema);
+  std::atomic<int> reported{0};
+  options.on_progress = [&](absl::string_view, Position) { ++reported; };
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  // Events of another type, appended one at a time: the projection reports
+  // each step (read-your-writes needs it) but does not write its checkpoint
+  // for each; the stored one trails.
+  const int reported_before = reported;
+  int trailing = 0;
+  for (int i = 0; i < 60; ++i) {
+    REQUIRE(store->Append("x-1", ExpectedVersion::Any(), {Other()}).ok());
+    REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+    const Position at = StatusOf(**runner).position;
+    trailing +=
+        schema.QueryInt(absl::StrCat(
+            "SELECT count(*) FROM ", schema.name(),
+            ".projections WHERE (position_xid, position_gp) < ('",
+            at.transaction_id, "'::xid8, ", at.global_position, ")")) == 1;
+  }
+  CHECK(reported - reported_before >= 60);
+  CHECK(trailing >= 30);
+  // Idle: the progress is stored (as the database sees it), and a restart
+  // resumes from there without applying anything twice.
+  absl::StatusOr<Position> head = store->HeadPosition();
+  REQUIRE(head.ok());
+  REQUIRE(WaitUntil([&] {
+    return schema.QueryInt(absl::StrCat(
+               "SELECT count(*) FROM ", schema.name(),
+               ".projections WHERE position_xid = '", head->transaction_id,
+               "'::xid8 AND position_gp = ", head->global_position)) == 1;
+  }));
+  (*runner)->Stop();
+  auto more = AppendMany(*store, 10, 3, 500);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  auto again = ProjectionRunner::Create(&schema.pool(), store.get(), {Totals()},
+                                        Options(schema));
+  REQUIRE(again.ok());
+  (*again)->Start();
+  REQUIRE(WaitUntil([&] { return ReachedHead(**again, *store); }));
+  CHECK(Converges(schema, fold));
+}
+
 TEST_CASE("failed commits after the handler ran apply nothing twice",
           "[projections][pg]") {
   TestSchema schema;
