@@ -366,10 +366,11 @@ class Worker {
   //
   // A page without a single event of the projection's types changes
   // nothing: its progress is reported (on_progress) but stored only once
-  // batch_size such events or a second have gone by, or when the
-  // projection is idle, so that projections an event does not concern do
-  // not commit (a WAL flush) for it. Restarting from the older stored
-  // checkpoint only skips those events again.
+  // batch_size such events or checkpoint_interval have gone by (checked on
+  // every read, so an idle projection's polls store it too), so that
+  // projections an event does not concern do not commit (a WAL flush) for
+  // it. Restarting from the older stored checkpoint only skips those events
+  // again.
   absl::StatusOr<BatchResult> RunBatch(int limit, Failure* failure) {
     BatchResult result = BatchResult::kEmpty;
     Position next;
@@ -385,18 +386,21 @@ class Worker {
           // below, just before the writes.
           ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
                            events_tx->ReadAll(from, limit));
-          // Idle with progress not stored yet: store it now.
-          const bool flush = page.events.empty() && stored_ != from;
+          // Progress over events of other types is due to be stored.
+          const bool due =
+              unstored_events_ + static_cast<int64_t>(page.events.size()) >=
+                  options_->batch_size ||
+              absl::Now() - stored_at_ >= options_->checkpoint_interval;
+          // Nothing new to read (idle, or not yet visible): store what is
+          // due, else nothing to do.
+          const bool flush = page.events.empty() && stored_ != from && due;
           if (page.events.empty() && !flush) return absl::OkStatus();
           if (!page.events.empty()) last_read_ = page.next;
-          bool concerned = flush;
+          bool concerned = flush || due;
           for (const RecordedEvent& e : page.events) {
             concerned = concerned || types_.contains(e.event_type);
           }
-          if (!concerned &&
-              unstored_events_ + static_cast<int64_t>(page.events.size()) <
-                  options_->batch_size &&
-              absl::Now() - stored_at_ < absl::Seconds(1)) {
+          if (!concerned) {
             skipped = static_cast<int64_t>(page.events.size());
             next = page.next;
             result = static_cast<int>(page.events.size()) >= limit

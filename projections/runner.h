@@ -48,6 +48,11 @@ struct ProjectionRunnerOptions {
   int batch_size = 1000;
   // Live mode: how often to look for new events without a notification.
   absl::Duration poll_interval = absl::Seconds(1);
+  // Progress over events a projection does not handle is stored once this
+  // long has passed (checked at each read, so within a poll_interval more
+  // when idle) or batch_size such events; it is reported at once either
+  // way.
+  absl::Duration checkpoint_interval = absl::Seconds(1);
   // A standby tries to take ownership this often.
   absl::Duration takeover_interval = absl::Seconds(1);
   // Backoff after a failed batch: base * 2^attempt, at most 5 s.
@@ -75,7 +80,7 @@ struct ProjectionStatus {
   // started, or its stored version differs: rebuild it).
   std::string state;
   // How far it has got: the committed checkpoint, or beyond it by events
-  // it does not handle (stored within a second or batch_size events).
+  // it does not handle (see checkpoint_interval).
   eventstore::Position position;
   std::string last_error;  // empty when none
   std::optional<eventstore::Position> failed_position;

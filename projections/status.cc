@@ -6,6 +6,8 @@
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 
 namespace cqrs::projections {
 
@@ -80,6 +82,44 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
         return absl::OkStatus();
       }));
   return out;
+}
+
+std::string StatusesJson(const std::vector<StoredStatus>& statuses,
+                         StatusFields fields) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  auto string = [&w](const char* key, const std::string& value) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  const bool all = fields == StatusFields::kAll;
+  w.StartArray();
+  for (const StoredStatus& s : statuses) {
+    w.StartObject();
+    string("name", s.name);
+    w.Key("version");
+    w.Int(s.version);
+    if (all) {
+      w.Key("generation");
+      w.Int(s.generation);
+    }
+    string("state", s.state);
+    string("position", s.position);
+    w.Key("lag_events");
+    w.Int64(s.lag_events);
+    w.Key("lag_seconds");
+    w.Double(s.lag_seconds);
+    if (all) string("owner", s.owner);
+    w.Key("parked");
+    w.Int64(s.parked);
+    if (!s.last_error.empty()) string("last_error", s.last_error);
+    if (all && !s.failed_position.empty()) {
+      string("failed_position", s.failed_position);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 }  // namespace cqrs::projections

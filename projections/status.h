@@ -37,6 +37,20 @@ struct StoredStatus {
   std::string failed_position;
 };
 
+// Which fields StatusesJson() writes.
+enum class StatusFields {
+  // The contract of GET /projections: name, version, state, position,
+  // lag_events, lag_seconds, parked, last_error (when there is one).
+  kApi,
+  // Also generation, owner and failed_position (`projections status
+  // --json`).
+  kAll,
+};
+
+// A JSON array with one object per status.
+std::string StatusesJson(const std::vector<StoredStatus>& statuses,
+                         StatusFields fields);
+
 // Reads every projection's row in `schema` with its lag against the event
 // store in `event_schema`. Errors: kUnavailable (database), kFailedPrecondition
 // when the projection tables are not migrated.
