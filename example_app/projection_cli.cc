@@ -21,8 +21,6 @@
 #include "projections/rebuild.h"
 #include "projections/runner.h"
 #include "projections/status.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 
 namespace bank {
 
@@ -91,41 +89,9 @@ int Status(cqrs::PgPool& pool, const std::string& schema, bool json) {
       cqrs::projections::ReadProjectionStatuses(pool, schema, schema);
   if (!statuses.ok()) return Fail(statuses.status());
   if (json) {
-    rapidjson::StringBuffer buffer;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-    w.StartArray();
-    for (const auto& s : *statuses) {
-      w.StartObject();
-      w.Key("name");
-      w.String(s.name.c_str());
-      w.Key("version");
-      w.Int(s.version);
-      w.Key("generation");
-      w.Int(s.generation);
-      w.Key("state");
-      w.String(s.state.c_str());
-      w.Key("position");
-      w.String(s.position.c_str());
-      w.Key("lag_events");
-      w.Int64(s.lag_events);
-      w.Key("lag_seconds");
-      w.Double(s.lag_seconds);
-      w.Key("owner");
-      w.String(s.owner.c_str());
-      w.Key("parked");
-      w.Int64(s.parked);
-      if (!s.last_error.empty()) {
-        w.Key("last_error");
-        w.String(s.last_error.c_str());
-      }
-      if (!s.failed_position.empty()) {
-        w.Key("failed_position");
-        w.String(s.failed_position.c_str());
-      }
-      w.EndObject();
-    }
-    w.EndArray();
-    std::cout << buffer.GetString() << std::endl;
+    std::cout << cqrs::projections::StatusesJson(
+                     *statuses, cqrs::projections::StatusFields::kAll)
+              << std::endl;
     return kOk;
   }
   std::cout << absl::StrFormat("%-22s %3s %4s %-12s %-16s %10s %9s %6s  %s\n",

@@ -233,6 +233,29 @@ bool MetricFamily::CheckLabelCount(
   return false;
 }
 
+namespace {
+
+// The child for `values`, created with `make` on first use. The reader lock
+// covers the common case, a child that exists.
+template <typename Child, typename Make>
+Child& FindOrCreate(
+    absl::Mutex& mu,
+    std::map<std::vector<std::string>, std::unique_ptr<Child>>& children,
+    const std::vector<std::string>& values,
+    Make make) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  {
+    absl::ReaderMutexLock lock(&mu);
+    auto it = children.find(values);
+    if (it != children.end()) return *it->second;
+  }
+  absl::MutexLock lock(&mu);
+  std::unique_ptr<Child>& child = children[values];
+  if (child == nullptr) child = make();
+  return *child;
+}
+
+}  // namespace
+
 CounterFamily::CounterFamily(std::string name, std::string help,
                              std::vector<std::string> label_names)
     : MetricFamily(std::move(name), std::move(help), std::move(label_names)) {
@@ -241,15 +264,8 @@ CounterFamily::CounterFamily(std::string name, std::string help,
 
 Counter& CounterFamily::WithLabels(const std::vector<std::string>& values) {
   if (!CheckLabelCount(values)) return discard_;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = children_.find(values);
-    if (it != children_.end()) return *it->second;
-  }
-  absl::MutexLock lock(&mu_);
-  std::unique_ptr<Counter>& child = children_[values];
-  if (child == nullptr) child = std::make_unique<Counter>();
-  return *child;
+  return FindOrCreate(mu_, children_, values,
+                      [] { return std::make_unique<Counter>(); });
 }
 
 std::vector<std::string> CounterFamily::sample_names() const {
@@ -271,15 +287,8 @@ GaugeFamily::GaugeFamily(std::string name, std::string help,
 
 Gauge& GaugeFamily::WithLabels(const std::vector<std::string>& values) {
   if (!CheckLabelCount(values)) return discard_;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = children_.find(values);
-    if (it != children_.end()) return *it->second;
-  }
-  absl::MutexLock lock(&mu_);
-  std::unique_ptr<Gauge>& child = children_[values];
-  if (child == nullptr) child = std::make_unique<Gauge>();
-  return *child;
+  return FindOrCreate(mu_, children_, values,
+                      [] { return std::make_unique<Gauge>(); });
 }
 
 std::vector<std::string> GaugeFamily::sample_names() const { return {name()}; }
@@ -304,15 +313,9 @@ HistogramFamily::HistogramFamily(std::string name, std::string help,
 
 Histogram& HistogramFamily::WithLabels(const std::vector<std::string>& values) {
   if (!CheckLabelCount(values)) return discard_;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = children_.find(values);
-    if (it != children_.end()) return *it->second;
-  }
-  absl::MutexLock lock(&mu_);
-  std::unique_ptr<Histogram>& child = children_[values];
-  if (child == nullptr) child.reset(new Histogram(upper_bounds_));
-  return *child;
+  return FindOrCreate(mu_, children_, values, [this] {
+    return std::unique_ptr<Histogram>(new Histogram(upper_bounds_));
+  });
 }
 
 std::vector<std::string> HistogramFamily::sample_names() const {

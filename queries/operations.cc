@@ -6,19 +6,12 @@
 #include "framework/log.h"
 #include "framework/status_macros.h"
 #include "projections/status.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 
 namespace cqrs::queries {
 namespace {
 
 constexpr const char* kStates[] = {"running", "catching_up", "rebuilding",
                                    "stopped", "failed"};
-
-void String(rapidjson::Writer<rapidjson::StringBuffer>& w,
-            absl::string_view text) {
-  w.String(text.data(), static_cast<rapidjson::SizeType>(text.size()));
-}
 
 }  // namespace
 
@@ -150,34 +143,9 @@ http::Response Operations::Projections() const {
       projections::ReadProjectionStatuses(*options_.pool, options_.schema,
                                           options_.event_schema);
   if (!statuses.ok()) return http::ResponseFromStatus(statuses.status());
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  w.StartArray();
-  for (const projections::StoredStatus& s : *statuses) {
-    w.StartObject();
-    w.Key("name");
-    String(w, s.name);
-    w.Key("version");
-    w.Int(s.version);
-    w.Key("state");
-    String(w, s.state);
-    w.Key("position");
-    String(w, s.position);
-    w.Key("lag_events");
-    w.Int64(s.lag_events);
-    w.Key("lag_seconds");
-    w.Double(s.lag_seconds);
-    w.Key("parked");
-    w.Int64(s.parked);
-    if (!s.last_error.empty()) {
-      w.Key("last_error");
-      String(w, s.last_error);
-    }
-    w.EndObject();
-  }
-  w.EndArray();
-  return http::JsonResponse(200,
-                            std::string(buffer.GetString(), buffer.GetSize()));
+  return http::JsonResponse(
+      200,
+      projections::StatusesJson(*statuses, projections::StatusFields::kApi));
 }
 
 }  // namespace cqrs::queries

@@ -103,21 +103,19 @@ void ProgressTracker::WhenReached(std::vector<std::string> names,
                                   Position target, absl::Time deadline,
                                   std::function<void(bool)> done) {
   bool reached = false;
-  bool expired = false;
   {
     absl::MutexLock lock(&mu_);
     if (target <= CurrentLocked(names)) {
       reached = true;
-    } else if (stopping_ || deadline <= absl::Now()) {
-      expired = true;
-    } else {
+    } else if (!stopping_ && deadline > absl::Now()) {
       waiters_.push_back(
           Waiter{std::move(names), target, deadline, std::move(done)});
       timer_cv_.Signal();
       return;
     }
   }
-  done(reached && !expired);
+  // Reached already, or stopping or past the deadline: answer now.
+  done(reached);
 }
 
 size_t ProgressTracker::waiting() const {

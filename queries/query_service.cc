@@ -143,11 +143,9 @@ void QueryService::Prepare(pqxx::connection& conn) const {
 void QueryService::Add(http::Router& router, QueryRoute route) {
   if (static_cast<bool>(route.handler) ==
       static_cast<bool>(route.batch_handler)) {
-    // Router::Add records an invalid pattern; make the route one.
-    router.Add(
-        "GET",
-        absl::StrCat("invalid: ", route.pattern, " needs exactly one handler"),
-        [](const http::Request&) { return http::Response(); });
+    router.RecordError(absl::InvalidArgumentError(
+        absl::StrCat("query route ", route.pattern,
+                     " needs exactly one of handler and batch_handler")));
     return;
   }
   routes_.push_back(std::make_unique<RouteState>(std::move(route)));

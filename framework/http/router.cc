@@ -118,6 +118,10 @@ void Router::AddAsync(absl::string_view method, absl::string_view pattern,
   AddRoute(std::move(route));
 }
 
+void Router::RecordError(absl::Status error) {
+  if (status_.ok()) status_ = std::move(error);
+}
+
 void Router::AddRoute(Route route) {
   const auto fail = [&](absl::Status error) {
     if (status_.ok()) status_ = std::move(error);

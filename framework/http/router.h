@@ -129,6 +129,11 @@ class Router {
   // OK, or kInvalidArgument / kAlreadyExists describing the first bad Add().
   const absl::Status& status() const { return status_; }
 
+  // For code that registers routes on the router's behalf (a query
+  // service) and finds a route it cannot add: `error` becomes status()
+  // unless an earlier error is there.
+  void RecordError(absl::Status error);
+
   // Finds the route for `method` and `raw_path` (the path before
   // percent-decoding, see Request::raw_path()). kBadPath when a segment
   // holds a malformed percent escape.

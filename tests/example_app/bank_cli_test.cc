@@ -1,35 +1,21 @@
 // The `bank` command line: help, usage errors and runtime failures map to
 // the contract's exit codes (0 success, 1 runtime failure, 2 usage error).
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <string>
 
 #include <catch2/catch.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tests/support/child_process.h"
 
 namespace {
 
-struct Run {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using Run = cqrs::testing::ShellResult;
 
+// `bank <args>` without DATABASE_URL; stdout and stderr together.
 Run Bank(const std::string& args) {
-  const std::string command =
-      absl::StrCat("env -u DATABASE_URL ", BANK_BINARY, " ", args, " 2>&1");
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string output;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  return cqrs::testing::RunShell(
+      absl::StrCat("env -u DATABASE_URL ", BANK_BINARY, " ", args, " 2>&1"));
 }
 
 TEST_CASE("help on every subcommand exits 0", "[bank][cli]") {

@@ -5,8 +5,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <cstdio>
 #include <map>
@@ -366,25 +366,13 @@ TEST_CASE("a CLI rebuild stopped by Ctrl-C or kill -9 leaves the live model",
   CheckOtherModels(schema, want);
 }
 
-struct Run {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using Run = cqrs::testing::ShellResult;
 
+// `bank <args>` on the test schema; stdout and stderr together.
 Run BankCli(TestSchema& schema, const std::string& args) {
-  const std::string command =
+  return cqrs::testing::RunShell(
       absl::StrCat(BANK_BINARY, " ", args, " --database-url '", schema.url(),
-                   "' --schema ", schema.name(), " 2>&1 </dev/null");
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string output;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    output.append(buffer, n);
-  }
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+                   "' --schema ", schema.name(), " 2>&1 </dev/null"));
 }
 
 TEST_CASE("bank projections: status, rebuild, parked from the CLI",

@@ -42,6 +42,16 @@ class ChildProcess {
   pid_t pid_ = -1;
 };
 
+// What a shell command printed and how it ended.
+struct ShellResult {
+  int exit_code;       // -1 when it did not exit normally
+  std::string output;  // what it wrote to stdout (redirect 2>&1 for both)
+};
+
+// Runs `command` with /bin/sh and waits for it; fails the test when it
+// cannot be started.
+ShellResult RunShell(const std::string& command);
+
 }  // namespace cqrs::testing
 
 #endif  // TESTS_SUPPORT_CHILD_PROCESS_H_
