@@ -46,6 +46,12 @@ std::optional<int64_t> ConflictActualVersion(const absl::Status& status) {
   return version;
 }
 
+bool MustRetryTransaction(const absl::Status& status) {
+  return absl::IsAborted(status) &&
+         status.GetPayload(eventstore_internal::kRetryTransactionPayload)
+             .has_value();
+}
+
 absl::string_view CategoryOf(absl::string_view stream_id) {
   return stream_id.substr(0, stream_id.find('-'));
 }
@@ -157,6 +163,12 @@ absl::Status VersionConflict(absl::string_view stream_id,
       absl::StrCat("version conflict on stream '", stream_id, "': expected ",
                    expected.ToString(), ", actual version ", actual));
   status.SetPayload(kActualVersionPayload, absl::Cord(absl::StrCat(actual)));
+  return status;
+}
+
+absl::Status RetryTransaction(absl::string_view message) {
+  absl::Status status = absl::AbortedError(message);
+  status.SetPayload(kRetryTransactionPayload, absl::Cord("1"));
   return status;
 }
 

@@ -141,6 +141,16 @@ struct Snapshot {
 // the stream's actual version at the time of the conflict (0: no stream).
 std::optional<int64_t> ConflictActualVersion(const absl::Status& status);
 
+// True when `status` says that the caller's own transaction must be rolled
+// back and run again from its start: an append inside a transaction
+// (PostgresEventStore::InTransaction) found that the stream's last event
+// was committed by a transaction newer than the caller's, so appending to it
+// would put the stream's versions out of order in the global order
+// (docs/event-store.md). Nothing was written; retrying inside the same
+// transaction fails the same way, while a new transaction succeeds. Such a
+// status is kAborted without ConflictActualVersion().
+bool MustRetryTransaction(const absl::Status& status);
+
 // The category of a stream: the part of its id before the first '-'
 // ("account-42" -> "account"); the whole id when it has no '-'.
 absl::string_view CategoryOf(absl::string_view stream_id);

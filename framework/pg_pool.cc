@@ -2,18 +2,24 @@
 
 #include <pqxx/except>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace cqrs {
 namespace {
 
+// The first line of an exception's text: PostgreSQL's primary message.
+// The DETAIL, HINT and CONTEXT lines that follow quote rows and SQL text,
+// which must not travel with a Status (to a log or a client).
+std::string FirstLine(const char* what) {
+  std::string message = what;
+  message = message.substr(0, message.find('\n'));
+  while (!message.empty() && message.back() == ' ') message.pop_back();
+  return message;
+}
+
 std::string Describe(const std::exception& e) {
-  std::string message = e.what();
-  // The server's text ends with a newline; keep status messages one line.
-  while (!message.empty() &&
-         (message.back() == '\n' || message.back() == ' ')) {
-    message.pop_back();
-  }
+  const std::string message = FirstLine(e.what());
   // libpqxx 6.4 derives some error classes (transaction_rollback) from
   // failure rather than sql_error; those carry no SQLSTATE.
   const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
@@ -21,26 +27,28 @@ std::string Describe(const std::exception& e) {
   return absl::StrCat("postgres error ", sql->sqlstate(), ": ", message);
 }
 
+constexpr char kDatabaseErrorUrl[] = "type.cqrs.dev/database_error";
+
 // SQLSTATE class 57 (operator intervention: pg_terminate_backend, server
 // shutdown) and class 08 (connection exception) mean the session is gone.
 bool IsSessionGone(const std::string& sqlstate) {
   return sqlstate.rfind("57P", 0) == 0 || sqlstate.rfind("08", 0) == 0;
 }
 
-}  // namespace
-
-absl::Status StatusFromCurrentPgException() {
+// StatusFromCurrentPgException() without the database-error mark.
+absl::Status TranslateCurrentPgException() {
   try {
     throw;
   } catch (const pqxx::in_doubt_error& e) {
     return absl::UnknownError(absl::StrCat(
-        "commit outcome unknown (connection lost during commit): ", e.what()));
+        "commit outcome unknown (connection lost during commit): ",
+        FirstLine(e.what())));
   } catch (const pqxx::statement_completion_unknown& e) {
     return absl::UnknownError(
-        absl::StrCat("statement outcome unknown: ", e.what()));
+        absl::StrCat("statement outcome unknown: ", FirstLine(e.what())));
   } catch (const pqxx::broken_connection& e) {
     return absl::UnavailableError(
-        absl::StrCat("database connection lost: ", e.what()));
+        absl::StrCat("database connection lost: ", FirstLine(e.what())));
   } catch (const pqxx::serialization_failure& e) {
     return absl::AbortedError(Describe(e));
   } catch (const pqxx::deadlock_detected& e) {
@@ -66,13 +74,43 @@ absl::Status StatusFromCurrentPgException() {
       return absl::UnavailableError(Describe(e));
     }
     if (e.sqlstate() == "57014") return absl::CancelledError(Describe(e));
+    if (e.sqlstate() == "55P03") {
+      return absl::DeadlineExceededError(Describe(e));
+    }
     return absl::InternalError(Describe(e));
   } catch (const pqxx::failure& e) {
-    return absl::InternalError(absl::StrCat("postgres failure: ", e.what()));
+    return absl::InternalError(
+        absl::StrCat("postgres failure: ", FirstLine(e.what())));
   } catch (const std::exception& e) {
-    return absl::InternalError(e.what());
+    return absl::InternalError(FirstLine(e.what()));
   } catch (...) {
     return absl::InternalError("unknown exception");
+  }
+}
+
+}  // namespace
+
+absl::Status StatusFromCurrentPgException() {
+  absl::Status status = TranslateCurrentPgException();
+  status.SetPayload(kDatabaseErrorUrl, absl::Cord("1"));
+  return status;
+}
+
+bool IsDatabaseError(const absl::Status& status) {
+  return status.GetPayload(kDatabaseErrorUrl).has_value();
+}
+
+bool IsTransientError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kResourceExhausted:
+      return true;
+    default:
+      return false;
   }
 }
 

@@ -42,13 +42,33 @@ namespace cqrs {
 //     or may not have happened: never retry blindly),
 //   broken_connection (and sessions ended by the server) -> kUnavailable,
 //   serialization_failure / deadlock_detected -> kAborted,
+//   lock_not_available (lock_timeout) -> kDeadlineExceeded,
+//   query_canceled (statement_timeout, pg_cancel_backend) -> kCancelled,
 //   unique_violation -> kAlreadyExists,
 //   other integrity violations / missing tables -> kFailedPrecondition,
 //   data_exception -> kInvalidArgument,
 //   anything else -> kInternal.
-// The message carries the SQLSTATE and the server's text, never the query's
-// parameters or the connection string.
+// The message carries the SQLSTATE and the first line of the server's text,
+// never the query, its parameters, the server's DETAIL/CONTEXT lines (which
+// quote rows and SQL) or the connection string. Every status made here
+// carries a payload that marks it as a database error
+// (IsDatabaseError()), so that responses to clients can leave its text out.
 absl::Status StatusFromCurrentPgException();
+
+// True for errors that go away by themselves when the same work is tried
+// again later: a lost or in-doubt connection (kUnavailable, kUnknown), a
+// concurrency conflict the database resolved by aborting the transaction
+// (kAborted: deadlock, serialization failure, a transaction that must run
+// again), a lock or statement timeout or a cancelled statement
+// (kDeadlineExceeded, kCancelled), a full disk or connection table
+// (kResourceExhausted). Everything else (bad input, a missing table, a bug)
+// fails the same way every time. Background workers retry transient errors
+// with backoff, without end; the others go to their error policy.
+bool IsTransientError(const absl::Status& status);
+
+// True when `status` was made by StatusFromCurrentPgException(): its
+// message describes the database, not the request.
+bool IsDatabaseError(const absl::Status& status);
 
 struct PgPoolOptions {
   // libpq connection string or URL. Never logged (it may hold a password).

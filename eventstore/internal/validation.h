@@ -17,6 +17,9 @@ namespace cqrs::eventstore_internal {
 // Status payload under which a version conflict carries the actual version.
 inline constexpr char kActualVersionPayload[] =
     "type.cqrs/eventstore.ActualStreamVersion";
+// Status payload that marks a RetryTransaction() status.
+inline constexpr char kRetryTransactionPayload[] =
+    "type.cqrs/eventstore.RetryTransaction";
 
 // kInvalidArgument unless 1..200 characters without control characters.
 absl::Status ValidateStreamId(absl::string_view stream_id);
@@ -37,6 +40,9 @@ absl::Status ValidateSnapshot(const eventstore::Snapshot& snapshot);
 absl::Status VersionConflict(absl::string_view stream_id,
                              const eventstore::ExpectedVersion& expected,
                              int64_t actual);
+
+// The kAborted status MustRetryTransaction() recognizes.
+absl::Status RetryTransaction(absl::string_view message);
 
 absl::Status StreamNotFound(absl::string_view stream_id);
 absl::Status StreamDeleted(absl::string_view stream_id);
