@@ -46,6 +46,12 @@ std::optional<int64_t> ConflictActualVersion(const absl::Status& status) {
   return version;
 }
 
+bool IsDeletedStream(const absl::Status& status) {
+  return absl::IsNotFound(status) &&
+         status.GetPayload(eventstore_internal::kDeletedStreamPayload)
+             .has_value();
+}
+
 bool MustRetryTransaction(const absl::Status& status) {
   return absl::IsAborted(status) &&
          status.GetPayload(eventstore_internal::kRetryTransactionPayload)
@@ -74,6 +80,18 @@ absl::Status ValidateStreamId(absl::string_view stream_id) {
       return absl::InvalidArgumentError(
           "stream id must not contain control characters");
     }
+  }
+  if (!IsValidUtf8(stream_id)) {
+    return absl::InvalidArgumentError("stream id must be valid UTF-8");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateExpectedVersion(const ExpectedVersion& expected) {
+  if (expected.kind() == ExpectedVersion::Kind::kExactly &&
+      expected.version() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected version must not be negative, got ", expected.version()));
   }
   return absl::OkStatus();
 }
@@ -115,6 +133,7 @@ absl::Status ValidateAppend(absl::string_view stream_id,
         return bad("event type must not contain control characters");
       }
     }
+    if (!IsValidUtf8(e.event_type)) return bad("event type must be UTF-8");
     if (e.schema_version < 1) return bad("schema version must be at least 1");
     bytes += e.data.size() + e.metadata.size() + e.event_type.size();
     if (bytes > eventstore::kMaxAppendBytes) {
@@ -175,6 +194,18 @@ absl::Status RetryTransaction(absl::string_view message) {
 absl::Status StreamNotFound(absl::string_view stream_id) {
   return absl::NotFoundError(
       absl::StrCat("stream '", stream_id, "' not found"));
+}
+
+absl::Status DeletedStreamNotFound(absl::string_view stream_id) {
+  absl::Status status = absl::NotFoundError(
+      absl::StrCat("stream '", stream_id, "' not found (it was deleted)"));
+  status.SetPayload(kDeletedStreamPayload, absl::Cord("1"));
+  return status;
+}
+
+absl::Status NoSnapshot(absl::string_view stream_id) {
+  return absl::NotFoundError(
+      absl::StrCat("no snapshot for stream '", stream_id, "'"));
 }
 
 absl::Status StreamDeleted(absl::string_view stream_id) {

@@ -80,7 +80,9 @@ class ExpectedVersion {
   static ExpectedVersion StreamExists() {
     return ExpectedVersion(Kind::kStreamExists, -1);
   }
-  // The stream must be at exactly `version`; Exactly(0) is NoStream().
+  // The stream must be at exactly `version`; Exactly(0) is NoStream(). A
+  // negative `version` is refused (kInvalidArgument) by every operation
+  // that takes it.
   static ExpectedVersion Exactly(int64_t version) {
     return version == 0 ? NoStream() : ExpectedVersion(Kind::kExactly, version);
   }
@@ -137,6 +139,10 @@ struct Snapshot {
   absl::Time created_at;       // set by the store on save
 };
 
+// True when `status` is the kNotFound of a read of a deleted stream (rather
+// than of a stream that never had events).
+bool IsDeletedStream(const absl::Status& status);
+
 // If `status` is a version conflict from Append() or DeleteStream(), returns
 // the stream's actual version at the time of the conflict (0: no stream).
 std::optional<int64_t> ConflictActualVersion(const absl::Status& status);
@@ -173,8 +179,9 @@ class EventStore {
   // Errors (nothing written in every case):
   //   kAborted: the stream does not satisfy `expected`; the actual version is
   //     in ConflictActualVersion(status). Reload the stream and decide again.
-  //   kInvalidArgument: bad input (limits above, bad UUID, data or metadata
-  //     not a JSON object). Do not retry.
+  //   kInvalidArgument: bad input (limits above, a negative Exactly(v),
+  //     ids or types that are not UTF-8, bad UUID, data or metadata not a
+  //     JSON object). Do not retry.
   //   kAlreadyExists: an event id is already used by another event.
   //   kFailedPrecondition: the stream was deleted.
   //   kUnavailable / kUnknown: the database was unreachable or the commit's
@@ -187,8 +194,9 @@ class EventStore {
   // `from_version` inclusive, in `direction`. Forward from 1 reads from the
   // start; backward from INT64_MAX (or any version past the end) reads from
   // the last event. Returns an empty vector when the range holds no event.
-  // Errors: kNotFound when the stream has no events or was deleted;
-  // kInvalidArgument for a bad stream id or limit.
+  // Errors: kNotFound when the stream has no events or was deleted
+  // (IsDeletedStream() tells which); kInvalidArgument for a bad stream id or
+  // limit.
   virtual absl::StatusOr<std::vector<RecordedEvent>> ReadStream(
       absl::string_view stream_id, Direction direction, int64_t from_version,
       int limit) = 0;
@@ -210,26 +218,37 @@ class EventStore {
       absl::string_view stream_id) = 0;
 
   // Soft delete: afterwards the stream reads as not found, appends to it fail
-  // with kFailedPrecondition, and its events stay in the global order.
-  // Errors: kNotFound when the stream has no events or was already deleted;
-  // kAborted (with the actual version) when `expected` is not met.
+  // with kFailedPrecondition, its snapshot is gone (and SaveSnapshot refuses
+  // it), and its events stay in the global order. A delete and an append
+  // of the same stream never both succeed when the append would change the
+  // version the delete checked. Errors: kNotFound when the stream has no
+  // events or was already deleted; kAborted (with the actual version) when
+  // `expected` is not met; kInvalidArgument for a negative Exactly(v).
   virtual absl::Status DeleteStream(absl::string_view stream_id,
                                     ExpectedVersion expected) = 0;
 
   // Saves `snapshot` as the stream's latest snapshot: it replaces a stored
   // snapshot of an older or the same version (a new state layout); one older
-  // than the stored snapshot is ignored. Errors:
-  // kInvalidArgument for a bad stream id, a non-positive version or a state
-  // that is not a JSON object.
+  // than the stored snapshot is ignored. The state is returned byte for byte
+  // as given. Errors: kInvalidArgument for a bad stream id, a non-positive
+  // version or a state that is not a JSON object (framework/json.h);
+  // kFailedPrecondition when the stream was deleted.
   virtual absl::Status SaveSnapshot(const Snapshot& snapshot) = 0;
 
-  // The stream's latest snapshot; kNotFound when there is none.
+  // The stream's latest snapshot; kNotFound when there is none or the
+  // stream was deleted.
   virtual absl::StatusOr<Snapshot> LoadSnapshot(
       absl::string_view stream_id) = 0;
 
   // The position of the newest event a ReadAll() can return now
   // (Position::Start() for an empty store). Useful to measure lag.
   virtual absl::StatusOr<Position> HeadPosition() = 0;
+
+  // True when this store works inside a transaction its caller owns
+  // (PostgresEventStore::InTransaction): an append is durable only once the
+  // caller commits, and may still be rolled back. Callers must not treat
+  // such an append as committed (for example by caching its result).
+  virtual bool InCallersTransaction() const { return false; }
 };
 
 }  // namespace cqrs::eventstore

@@ -32,6 +32,7 @@ std::vector<RecordedEvent>::const_iterator FirstAfter(
 absl::StatusOr<AppendResult> InMemoryEventStore::Append(
     absl::string_view stream_id, ExpectedVersion expected,
     std::vector<NewEvent> events) {
+  RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
   RETURN_IF_ERROR(ValidateAppend(stream_id, events));
   absl::MutexLock lock(&mu_);
 
@@ -109,10 +110,11 @@ absl::StatusOr<std::vector<RecordedEvent>> InMemoryEventStore::ReadStream(
   RETURN_IF_ERROR(ValidateLimit(limit));
   absl::MutexLock lock(&mu_);
   const std::string stream(stream_id);
-  auto it = streams_.find(stream);
-  if (it == streams_.end() || deleted_.count(stream) > 0) {
-    return StreamNotFound(stream_id);
+  if (deleted_.count(stream) > 0) {
+    return eventstore_internal::DeletedStreamNotFound(stream_id);
   }
+  auto it = streams_.find(stream);
+  if (it == streams_.end()) return StreamNotFound(stream_id);
   const std::vector<size_t>& indexes = it->second;
   const int64_t version = static_cast<int64_t>(indexes.size());
   std::vector<RecordedEvent> out;
@@ -147,6 +149,7 @@ absl::StatusOr<ReadAllResult> InMemoryEventStore::ReadAll(Position after,
 
 absl::StatusOr<ReadAllResult> InMemoryEventStore::ReadCategory(
     absl::string_view category, Position after, int limit) {
+  RETURN_IF_ERROR(ValidateStreamId(category));
   RETURN_IF_ERROR(ValidateLimit(limit));
   absl::MutexLock lock(&mu_);
   ReadAllResult result;
@@ -165,16 +168,18 @@ absl::StatusOr<StreamInfo> InMemoryEventStore::GetStreamInfo(
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
   absl::MutexLock lock(&mu_);
   const std::string stream(stream_id);
-  auto it = streams_.find(stream);
-  if (it == streams_.end() || deleted_.count(stream) > 0) {
-    return StreamNotFound(stream_id);
+  if (deleted_.count(stream) > 0) {
+    return eventstore_internal::DeletedStreamNotFound(stream_id);
   }
+  auto it = streams_.find(stream);
+  if (it == streams_.end()) return StreamNotFound(stream_id);
   return StreamInfo{stream, static_cast<int64_t>(it->second.size())};
 }
 
 absl::Status InMemoryEventStore::DeleteStream(absl::string_view stream_id,
                                               ExpectedVersion expected) {
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
   absl::MutexLock lock(&mu_);
   std::string stream(stream_id);
   auto it = streams_.find(stream);
@@ -186,6 +191,7 @@ absl::Status InMemoryEventStore::DeleteStream(absl::string_view stream_id,
     return VersionConflict(stream_id, expected, current);
   }
   // The stream's entry stays: its event ids keep answering retries.
+  snapshots_.erase(stream);
   deleted_.insert(std::move(stream));
   return absl::OkStatus();
 }
@@ -193,6 +199,9 @@ absl::Status InMemoryEventStore::DeleteStream(absl::string_view stream_id,
 absl::Status InMemoryEventStore::SaveSnapshot(const Snapshot& snapshot) {
   RETURN_IF_ERROR(ValidateSnapshot(snapshot));
   absl::MutexLock lock(&mu_);
+  if (deleted_.count(snapshot.stream_id) > 0) {
+    return StreamDeleted(snapshot.stream_id);
+  }
   auto it = snapshots_.find(snapshot.stream_id);
   if (it != snapshots_.end() &&
       it->second.stream_version > snapshot.stream_version) {
@@ -209,9 +218,8 @@ absl::StatusOr<Snapshot> InMemoryEventStore::LoadSnapshot(
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
   absl::MutexLock lock(&mu_);
   auto it = snapshots_.find(std::string(stream_id));
-  if (it == snapshots_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("no snapshot of stream '", stream_id, "'"));
+  if (it == snapshots_.end() || deleted_.count(it->first) > 0) {
+    return eventstore_internal::NoSnapshot(stream_id);
   }
   return it->second;
 }

@@ -244,6 +244,214 @@ BEGIN
 END
 $fn$;
 )sql"},
+    {3,
+     "every append holds its stream's lock; appends keep stream order in "
+     "the global order; deletes remove snapshots; snapshots kept as text",
+     R"sql(
+-- Snapshots are stored as given, like events (json keeps the text; jsonb
+-- rewrote it: duplicate keys, key order, lone surrogates).
+ALTER TABLE {s}.snapshots ALTER COLUMN state TYPE json USING state::text::json;
+
+-- The one path of every append except grouped single-event appends
+-- (append_group_v3). Replaces append_events and the lock-free INSERT
+-- statements of migrations 1 and 2.
+--
+-- 1. Takes the stream's lock (transaction-scoped): every writer of a stream
+--    (this function, append_group_v3 and delete_stream) holds it from before
+--    it reads the stream until its transaction ends, so a reader of the
+--    stream inside the lock sees every earlier writer's commit, two writers
+--    never race for a version, and a delete and an append never both pass.
+-- 2. A retry: the first event id is stored already ('already_stored' when
+--    every id is stored in this stream in this order, else 'id_conflict').
+-- 3. Any other id stored already: 'id_conflict'.
+-- 4. 'deleted'; 5. 'conflict' (the current version in last_version).
+-- 6. 'stale_transaction': the stream's last event was committed by a
+--    transaction newer than this one (which got its id earlier, for example
+--    by writing something else first). Readers order events by transaction
+--    id, so appending would put this stream's versions out of order in the
+--    global order. Only a caller's own transaction can get here (a
+--    transaction that had no id yet gets a newer one than everything it can
+--    see); it must roll back and run again.
+-- 7. Inserts the events: 'ok'.
+CREATE FUNCTION {s}.append_v3(p_stream_id text, p_expected bigint,
+                              p_ids uuid[], p_types text[],
+                              p_schema_versions integer[], p_data json[],
+                              p_meta json[], p_notify_channel text)
+RETURNS TABLE (outcome text, first_version bigint, last_version bigint,
+               tx xid8, last_position bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_count    integer := cardinality(p_ids);
+  v_current  bigint;
+  v_last_tx  xid8;
+  v_first    bigint;
+  v_matched  integer;
+  v_stream   text;
+  v_last     bigint;
+  v_tx       xid8;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+
+  SELECT e.stream_id, e.stream_version INTO v_stream, v_first
+    FROM {s}.events e WHERE e.event_id = p_ids[1];
+  IF FOUND THEN
+    IF v_stream = p_stream_id THEN
+      SELECT count(*) INTO v_matched
+        FROM unnest(p_ids) WITH ORDINALITY AS n(id, i)
+        JOIN {s}.events e ON e.event_id = n.id
+       WHERE e.stream_id = p_stream_id
+         AND e.stream_version = v_first + n.i - 1;
+      IF v_matched = v_count THEN
+        RETURN QUERY
+          SELECT 'already_stored'::text, v_first, e.stream_version,
+                 e.transaction_id, e.global_position
+            FROM {s}.events e
+           WHERE e.stream_id = p_stream_id
+             AND e.stream_version = v_first + v_count - 1;
+        RETURN;
+      END IF;
+    END IF;
+    RETURN QUERY SELECT 'id_conflict'::text, 0::bigint, 0::bigint,
+                        NULL::xid8, 0::bigint;
+    RETURN;
+  END IF;
+  IF v_count > 1 AND EXISTS (SELECT 1 FROM {s}.events e
+                              WHERE e.event_id = ANY (p_ids)) THEN
+    RETURN QUERY SELECT 'id_conflict'::text, 0::bigint, 0::bigint,
+                        NULL::xid8, 0::bigint;
+    RETURN;
+  END IF;
+
+  IF EXISTS (SELECT 1 FROM {s}.deleted_streams d
+              WHERE d.stream_id = p_stream_id) THEN
+    RETURN QUERY SELECT 'deleted'::text, 0::bigint, 0::bigint, NULL::xid8,
+                        0::bigint;
+    RETURN;
+  END IF;
+
+  SELECT e.stream_version, e.transaction_id INTO v_current, v_last_tx
+    FROM {s}.events e WHERE e.stream_id = p_stream_id
+   ORDER BY e.stream_version DESC LIMIT 1;
+  IF NOT FOUND THEN
+    v_current := 0;
+  END IF;
+  IF (p_expected >= 0 AND v_current <> p_expected)
+     OR (p_expected = -2 AND v_current = 0) THEN
+    RETURN QUERY SELECT 'conflict'::text, 0::bigint, v_current, NULL::xid8,
+                        0::bigint;
+    RETURN;
+  END IF;
+  IF v_current > 0 AND v_last_tx > pg_current_xact_id_if_assigned() THEN
+    RETURN QUERY SELECT 'stale_transaction'::text, 0::bigint, v_current,
+                        NULL::xid8, 0::bigint;
+    RETURN;
+  END IF;
+
+  WITH inserted AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT p_stream_id, v_current + n.i, n.id, n.type, n.v, n.data, n.meta
+      FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_meta)
+           WITH ORDINALITY AS n(id, type, v, data, meta, i)
+     ORDER BY n.i
+    RETURNING global_position, transaction_id
+  )
+  SELECT max(global_position), max(transaction_id) INTO v_last, v_tx
+    FROM inserted;
+
+  IF p_notify_channel <> '' THEN
+    PERFORM pg_notify(p_notify_channel, v_tx::text || '.' || v_last::text);
+  END IF;
+  RETURN QUERY SELECT 'ok'::text, v_current + 1, v_current + v_count, v_tx,
+                      v_last;
+END
+$fn$;
+
+-- Group commit (PostgresEventStoreOptions::group_commit_in_flight): many
+-- single-event appends at exact versions in one statement and one
+-- transaction. Each row's stream lock is taken without waiting; a row whose
+-- lock another writer holds, whose version or event id is taken, whose
+-- expected version does not exist or whose stream is deleted is skipped,
+-- and its append takes append_v3 on its own. The checks run in a statement
+-- after the locks, so they see every commit of an earlier lock holder.
+-- Returns the inserted rows by their index in the arrays (1-based).
+-- A function so that its plan can be generic (see append_group).
+CREATE FUNCTION {s}.append_group_v3(p_streams text[], p_expected bigint[],
+                                    p_ids uuid[], p_types text[],
+                                    p_schema_versions integer[],
+                                    p_data json[], p_meta json[])
+RETURNS TABLE (o_index bigint, o_version bigint, o_position bigint,
+               o_xid text)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+  v_locked bigint[];
+BEGIN
+  SELECT coalesce(array_agg(l.i), '{}') INTO v_locked
+    FROM unnest(p_streams) WITH ORDINALITY AS l(stream, i)
+   WHERE pg_try_advisory_xact_lock(hashtextextended(l.stream, 7468563));
+
+  RETURN QUERY
+  WITH ins AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT r.stream, r.expected + 1, r.id, r.type, r.v, r.data, r.meta
+      FROM unnest(p_streams, p_expected, p_ids, p_types, p_schema_versions,
+                  p_data, p_meta) WITH ORDINALITY
+           AS r(stream, expected, id, type, v, data, meta, i)
+     WHERE r.i = ANY (v_locked)
+       AND (r.expected = 0 OR (SELECT true FROM {s}.events e
+                                WHERE e.stream_id = r.stream
+                                  AND e.stream_version = r.expected LIMIT 1))
+       AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                        WHERE d.stream_id = r.stream)
+     ORDER BY r.i
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, stream_id, stream_version, global_position,
+              transaction_id
+  )
+  -- Two rows with one event id and stream (the same append twice): the
+  -- first is the one inserted, the other is a retry of it.
+  SELECT DISTINCT ON (ins.global_position) r.i, ins.stream_version,
+         ins.global_position, ins.transaction_id::text
+    FROM ins
+    JOIN unnest(p_streams, p_ids) WITH ORDINALITY AS r(stream, id, i)
+      ON r.id = ins.event_id AND r.stream = ins.stream_id
+   ORDER BY ins.global_position, r.i;
+END
+$fn$;
+
+-- Deleting a stream also deletes its snapshot (a deleted aggregate must not
+-- come back from it). Same signature as migration 1's.
+CREATE OR REPLACE FUNCTION {s}.delete_stream(p_stream_id text,
+                                             p_expected bigint)
+RETURNS TABLE (outcome text, version bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_current bigint;
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+  IF EXISTS (SELECT 1 FROM {s}.deleted_streams d
+              WHERE d.stream_id = p_stream_id) THEN
+    RETURN QUERY SELECT 'not_found'::text, 0::bigint;
+    RETURN;
+  END IF;
+  SELECT coalesce(max(e.stream_version), 0) INTO v_current
+    FROM {s}.events e WHERE e.stream_id = p_stream_id;
+  IF v_current = 0 THEN
+    RETURN QUERY SELECT 'not_found'::text, 0::bigint;
+    RETURN;
+  END IF;
+  IF (p_expected >= 0 AND v_current <> p_expected) THEN
+    RETURN QUERY SELECT 'conflict'::text, v_current;
+    RETURN;
+  END IF;
+  INSERT INTO {s}.deleted_streams (stream_id, version)
+    VALUES (p_stream_id, v_current);
+  DELETE FROM {s}.snapshots s WHERE s.stream_id = p_stream_id;
+  RETURN QUERY SELECT 'ok'::text, v_current;
+END
+$fn$;
+)sql"},
 };
 
 // Appends `text` to `out` as one element of a PostgreSQL array literal.
@@ -257,7 +465,7 @@ void AppendArrayElement(std::string& out, absl::string_view text) {
   out.push_back('"');
 }
 
-// The events as the array literals kFastAppend takes ($3..$7): separate
+// The events as the array literals append_v3 takes ($3..$7): separate
 // columns, so that PostgreSQL parses each JSON document once.
 struct EventArrays {
   std::string ids = "{", types = "{", versions = "{", data = "{",
@@ -282,64 +490,14 @@ EventArrays ToArrays(const std::vector<NewEvent>& events) {
   return a;
 }
 
-// The common case of an append as one INSERT statement: the version check
-// and the deleted-stream check are conditions of the INSERT, so a mismatch
-// inserts nothing (count 0), and a race with another writer of the stream,
-// or an event id stored already, fails on a unique index. Both cases then
-// take the careful path (append_events), which classifies the outcome under
-// the stream's lock. Parameters as for append_events.
-constexpr char kFastAppend[] = R"sql(
-WITH cur AS (
-  SELECT coalesce(max(stream_version), 0) AS v
-    FROM {s}.events WHERE stream_id = $1
-), ok AS (
-  SELECT cur.v FROM cur
-   WHERE ($2 = -1 OR ($2 >= 0 AND cur.v = $2) OR ($2 = -2 AND cur.v > 0))
-     AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
-                      WHERE d.stream_id = $1)
-), ins AS (
-  INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
-                          schema_version, data, metadata)
-  SELECT $1, ok.v + n.i, n.id, n.type, n.v, n.data, n.meta
-    FROM ok, unnest($3::uuid[], $4::text[], $5::integer[], $6::json[],
-                    $7::json[]) WITH ORDINALITY AS n(id, type, v, data, meta, i)
-   ORDER BY n.i
-  RETURNING global_position, stream_version, transaction_id
-)
-SELECT count(*), min(stream_version), max(stream_version),
-       max(transaction_id)::text, max(global_position),
-       CASE WHEN count(*) > 0 AND $8 <> '' THEN
-         pg_notify($8, max(transaction_id)::text || '.' ||
-                       max(global_position)::text)::text END
-  FROM ins
-)sql";
-
-// The fast path for the most common append, one event at an exact expected
-// version without an in-transaction notification: a plain INSERT of versions
-// $2+1.. that checks only that version $2 exists (or $2 is 0) and that the
-// stream is not deleted. A version above $2 that exists already fails on the
-// unique index (stream_id, stream_version), so no max() is needed; every
-// other mismatch inserts no row. Both then take the careful path, as for
-// kFastAppend. Returns one row per event, in version order. (Batches take
-// kFastAppend: measured, this form was slower for 100 events.)
-constexpr char kFastAppendExact[] = R"sql(
-INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
-                        schema_version, data, metadata)
-SELECT $1, $2 + n.i, n.id, n.type, n.v, n.data, n.meta
-  FROM unnest($3::uuid[], $4::text[], $5::integer[], $6::json[], $7::json[])
-       WITH ORDINALITY AS n(id, type, v, data, meta, i)
- WHERE ($2 = 0 OR EXISTS (SELECT 1 FROM {s}.events e
-                           WHERE e.stream_id = $1 AND e.stream_version = $2))
-   AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
-                    WHERE d.stream_id = $1)
- ORDER BY n.i
-RETURNING global_position, stream_version, transaction_id::text
-)sql";
-
-// Group commit: see append_group in migration 2.
+// The careful append and group commit: see append_v3 and append_group_v3
+// in migration 3.
+constexpr char kAppend[] =
+    "SELECT outcome, first_version, last_version, tx::text, last_position "
+    "FROM {s}.append_v3($1, $2, $3, $4, $5, $6, $7, $8)";
 constexpr char kGroupAppend[] =
-    "SELECT o_id, o_version, o_position, o_xid FROM {s}.append_group($1, $2, "
-    "$3, $4, $5, $6, $7)";
+    "SELECT o_index, o_version, o_position, o_xid FROM "
+    "{s}.append_group_v3($1, $2, $3, $4, $5, $6, $7)";
 
 // The columns every event read returns, in this order. Converted columns
 // get names of their own: an output column named like a table column would
@@ -378,34 +536,6 @@ RecordedEvent ToEvent(const pqxx::row& row) {
   return e;
 }
 
-std::string EncodeEvents(const std::vector<NewEvent>& events) {
-  rapidjson::StringBuffer buffer;
-  size_t reserve = 64;
-  for (const NewEvent& e : events) {
-    reserve += 96 + e.event_type.size() + e.data.size() + e.metadata.size();
-  }
-  buffer.Reserve(reserve);
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  w.StartArray();
-  for (const NewEvent& e : events) {
-    w.StartObject();
-    w.Key("id");
-    w.String(e.event_id.data(), e.event_id.size());
-    w.Key("type");
-    w.String(e.event_type.data(), e.event_type.size());
-    w.Key("v");
-    w.Int(e.schema_version);
-    // data and metadata were validated as JSON objects: embed them as is.
-    w.Key("data");
-    w.RawValue(e.data.data(), e.data.size(), rapidjson::kObjectType);
-    w.Key("meta");
-    w.RawValue(e.metadata.data(), e.metadata.size(), rapidjson::kObjectType);
-    w.EndObject();
-  }
-  w.EndArray();
-  return std::string(buffer.GetString(), buffer.GetSize());
-}
-
 ReadAllResult ToReadAllResult(const pqxx::result& rows, Position after) {
   ReadAllResult out;
   out.events.reserve(rows.size());
@@ -427,12 +557,8 @@ class PostgresEventStore::Statements {
       st.name = absl::StrCat(prefix, name);
       st.sql = WithSchema(sql, schema);
     };
-    add(append, "append",
-        "SELECT outcome, first_version, last_version, tx::text, "
-        "last_position FROM {s}.append_events($1, $2, $3::json, $4)");
-    add(fast_append, "append_fast", kFastAppend);
-    add(fast_append_exact, "append_exact", kFastAppendExact);
-    add(group_append, "append_group", kGroupAppend);
+    add(append, "append3", kAppend);
+    add(group_append, "append_group3", kGroupAppend);
     add(read_forward, "read_fwd",
         absl::StrCat(
             "SELECT ", kEventColumns,
@@ -465,17 +591,22 @@ class PostgresEventStore::Statements {
         "WHERE stream_id = $1");
     add(delete_stream, "delete",
         "SELECT outcome, version FROM {s}.delete_stream($1, $2)");
-    add(save_snapshot, "snap_save",
-        "INSERT INTO {s}.snapshots AS s (stream_id, stream_version, "
-        "schema_version, state) VALUES ($1, $2, $3, $4::jsonb) "
+    // Returns whether the stream is deleted (then nothing is saved).
+    add(save_snapshot, "snap_save3",
+        "WITH d AS (SELECT EXISTS (SELECT 1 FROM {s}.deleted_streams "
+        "WHERE stream_id = $1) AS deleted), ins AS (INSERT INTO "
+        "{s}.snapshots AS s (stream_id, stream_version, schema_version, "
+        "state) SELECT $1, $2, $3, $4::json FROM d WHERE NOT d.deleted "
         "ON CONFLICT (stream_id) DO UPDATE SET stream_version = "
         "EXCLUDED.stream_version, schema_version = EXCLUDED.schema_version, "
         "state = EXCLUDED.state, created_at = now() "
-        "WHERE s.stream_version <= EXCLUDED.stream_version");
-    add(load_snapshot, "snap_load",
+        "WHERE s.stream_version <= EXCLUDED.stream_version) "
+        "SELECT deleted FROM d");
+    add(load_snapshot, "snap_load3",
         "SELECT stream_version, schema_version, state::text, "
         "(date_part('epoch', created_at) * 1000000)::int8 FROM {s}.snapshots "
-        "WHERE stream_id = $1");
+        "WHERE stream_id = $1 AND NOT EXISTS (SELECT 1 FROM "
+        "{s}.deleted_streams d WHERE d.stream_id = $1)");
     add(head, "head",
         absl::StrCat("SELECT transaction_id::text AS xid_text, "
                      "global_position FROM "
@@ -498,9 +629,9 @@ class PostgresEventStore::Statements {
     return st.name;
   }
 
-  Statement append, fast_append, fast_append_exact, group_append, read_forward,
-      read_backward, read_all, read_category, stream_info, delete_stream,
-      save_snapshot, load_snapshot, head;
+  Statement append, group_append, read_forward, read_backward, read_all,
+      read_category, stream_info, delete_stream, save_snapshot, load_snapshot,
+      head;
 };
 
 int PostgresEventStore::LatestSchemaVersion() {
@@ -621,10 +752,11 @@ struct AppendRow {
 
 AppendRow AppendOn(pqxx::transaction_base& tx, const Statements& sql,
                    const std::string& stream, const ExpectedVersion& expected,
-                   const std::string& payload, const std::string& channel) {
+                   const EventArrays& arrays, const std::string& channel) {
   pqxx::row row =
       tx.exec_prepared1(Statements::On(tx.conn(), sql.append), stream,
-                        ToSqlExpected(expected), payload, channel);
+                        ToSqlExpected(expected), arrays.ids, arrays.types,
+                        arrays.versions, arrays.data, arrays.metadata, channel);
   AppendRow out;
   out.outcome = row[0].as<std::string>();
   out.result.stream_id = stream;
@@ -653,8 +785,20 @@ absl::StatusOr<AppendResult> InterpretAppend(
   if (row.outcome == "id_conflict") {
     return eventstore_internal::EventIdConflict(events.front().event_id);
   }
+  if (row.outcome == "stale_transaction") {
+    return eventstore_internal::RetryTransaction(absl::StrCat(
+        "stream '", stream_id,
+        "' was appended to by a transaction that started after this one; "
+        "roll this transaction back and run it again"));
+  }
   return absl::InternalError(
       absl::StrCat("unexpected append outcome '", row.outcome, "'"));
+}
+
+// Which unique index an append's kAlreadyExists came from.
+bool IsVersionTaken(const absl::Status& status) {
+  return absl::IsAlreadyExists(status) &&
+         absl::StrContains(status.message(), "events_stream_version_key");
 }
 
 std::vector<RecordedEvent> ReadStreamOn(pqxx::transaction_base& tx,
@@ -702,7 +846,8 @@ std::pair<int64_t, bool> StreamInfoOn(pqxx::transaction_base& tx,
 
 absl::StatusOr<StreamInfo> ToStreamInfo(absl::string_view stream_id,
                                         std::pair<int64_t, bool> row) {
-  if (row.first == 0 || row.second) return StreamNotFound(stream_id);
+  if (row.second) return eventstore_internal::DeletedStreamNotFound(stream_id);
+  if (row.first == 0) return StreamNotFound(stream_id);
   return StreamInfo{std::string(stream_id), row.first};
 }
 
@@ -725,11 +870,13 @@ absl::Status InterpretDelete(std::pair<std::string, int64_t> row,
   return eventstore_internal::VersionConflict(stream_id, expected, row.second);
 }
 
-void SaveSnapshotOn(pqxx::transaction_base& tx, const Statements& sql,
+// Returns false (and saves nothing) when the stream is deleted.
+bool SaveSnapshotOn(pqxx::transaction_base& tx, const Statements& sql,
                     const Snapshot& snapshot) {
-  tx.exec_prepared(Statements::On(tx.conn(), sql.save_snapshot),
-                   snapshot.stream_id, snapshot.stream_version,
-                   snapshot.schema_version, snapshot.state);
+  return !tx.exec_prepared1(Statements::On(tx.conn(), sql.save_snapshot),
+                            snapshot.stream_id, snapshot.stream_version,
+                            snapshot.schema_version, snapshot.state)[0]
+              .as<bool>();
 }
 
 std::optional<Snapshot> LoadSnapshotOn(pqxx::transaction_base& tx,
@@ -745,11 +892,6 @@ std::optional<Snapshot> LoadSnapshotOn(pqxx::transaction_base& tx,
   snapshot.state = rows[0][2].as<std::string>();
   snapshot.created_at = absl::FromUnixMicros(rows[0][3].as<int64_t>());
   return snapshot;
-}
-
-absl::Status NoSnapshot(absl::string_view stream_id) {
-  return absl::NotFoundError(
-      absl::StrCat("no snapshot for stream '", stream_id, "'"));
 }
 
 Position HeadOn(pqxx::transaction_base& tx, const Statements& sql) {
@@ -780,18 +922,37 @@ class PostgresEventStore::TransactionStore
   absl::StatusOr<AppendResult> Append(absl::string_view stream_id,
                                       ExpectedVersion expected,
                                       std::vector<NewEvent> events) override {
+    RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
     RETURN_IF_ERROR(eventstore_internal::ValidateAppend(stream_id, events));
     const std::string stream(stream_id);
-    const std::string payload = EncodeEvents(events);
+    const EventArrays arrays = ToArrays(events);
     AppendRow row;
-    RETURN_IF_ERROR(Translate([&] {
-      row = AppendOn(tx_, *owner_.sql_, stream, expected, payload,
+    absl::Status status = Translate([&] {
+      row = AppendOn(tx_, *owner_.sql_, stream, expected, arrays,
                      owner_.InTransactionChannel());
       return absl::OkStatus();
-    }));
+    });
+    if (IsVersionTaken(status)) {
+      // Every writer takes the stream's lock before it reads, so only a
+      // writer that does not (a process of an older build) or a snapshot
+      // older than the lock (REPEATABLE READ) gets here. PostgreSQL aborted
+      // the transaction; a new one sees the winner and decides again.
+      failure_ = eventstore_internal::RetryTransaction(absl::StrCat(
+          "stream '", stream_id,
+          "' was appended to concurrently; run the transaction again"));
+      return failure_;
+    }
+    if (absl::IsAlreadyExists(status)) {
+      // Another stream's concurrent append stored one of these ids.
+      return eventstore_internal::EventIdConflict(events.front().event_id);
+    }
+    RETURN_IF_ERROR(status);
     const bool fresh = row.outcome == "ok";
     absl::StatusOr<AppendResult> result =
         InterpretAppend(std::move(row), stream_id, expected, events);
+    if (MustRetryTransaction(result.status()) && failure_.ok()) {
+      failure_ = result.status();
+    }
     if (fresh && result.ok()) {
       appended_events_ += result->last_version - result->first_version + 1;
       if (!last_appended_.has_value() || *last_appended_ < result->position) {
@@ -805,7 +966,8 @@ class PostgresEventStore::TransactionStore
   std::optional<Position> last_appended() const override {
     return last_appended_;
   }
-  bool failed() const override { return failed_; }
+  absl::Status failure() const override { return failure_; }
+  bool InCallersTransaction() const override { return true; }
 
   absl::StatusOr<std::vector<RecordedEvent>> ReadStream(
       absl::string_view stream_id, Direction direction, int64_t from_version,
@@ -863,6 +1025,7 @@ class PostgresEventStore::TransactionStore
   absl::Status DeleteStream(absl::string_view stream_id,
                             ExpectedVersion expected) override {
     RETURN_IF_ERROR(ValidateStreamId(stream_id));
+    RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
     std::pair<std::string, int64_t> row;
     RETURN_IF_ERROR(Translate([&] {
       row = DeleteOn(tx_, *owner_.sql_, std::string(stream_id), expected);
@@ -871,12 +1034,30 @@ class PostgresEventStore::TransactionStore
     return InterpretDelete(std::move(row), stream_id, expected);
   }
 
+  // In a savepoint of its own: a snapshot is an optimization, and its
+  // failure (a deadlock, a lock or statement timeout) must not abort the
+  // caller's transaction, whose events it would take with it.
   absl::Status SaveSnapshot(const Snapshot& snapshot) override {
     RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
-    return Translate([&] {
-      SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
+    auto* db = dynamic_cast<pqxx::dbtransaction*>(&tx_);
+    bool saved = false;
+    absl::Status status = TranslateExceptions([&] {
+      if (db == nullptr) {  // autocommit: nothing to protect
+        saved = SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
+        return absl::OkStatus();
+      }
+      pqxx::subtransaction savepoint(*db, "cqrs_snapshot");
+      saved = SaveSnapshotOn(savepoint, *owner_.sql_, snapshot);
+      savepoint.commit();
       return absl::OkStatus();
     });
+    // A broken connection has taken the transaction with it.
+    if (absl::IsUnavailable(status) || absl::IsUnknown(status)) {
+      if (failure_.ok()) failure_ = status;
+    }
+    RETURN_IF_ERROR(status);
+    if (!saved) return StreamDeleted(snapshot.stream_id);
+    return absl::OkStatus();
   }
 
   absl::StatusOr<Snapshot> LoadSnapshot(absl::string_view stream_id) override {
@@ -886,7 +1067,8 @@ class PostgresEventStore::TransactionStore
       snapshot = LoadSnapshotOn(tx_, *owner_.sql_, std::string(stream_id));
       return absl::OkStatus();
     }));
-    if (!snapshot.has_value()) return NoSnapshot(stream_id);
+    if (!snapshot.has_value())
+      return eventstore_internal::NoSnapshot(stream_id);
     return *std::move(snapshot);
   }
 
@@ -905,7 +1087,7 @@ class PostgresEventStore::TransactionStore
   template <typename Fn>
   absl::Status Translate(Fn&& fn) {
     absl::Status status = TranslateExceptions(std::forward<Fn>(fn));
-    if (!status.ok()) failed_ = true;
+    if (!status.ok() && failure_.ok()) failure_ = status;
     return status;
   }
 
@@ -913,7 +1095,8 @@ class PostgresEventStore::TransactionStore
   const PostgresEventStore& owner_;
   std::optional<Position> last_appended_;
   int64_t appended_events_ = 0;
-  bool failed_ = false;
+  // The first error after which the transaction cannot commit.
+  absl::Status failure_;
 };
 
 std::unique_ptr<PostgresEventStore::TransactionEventStore>
@@ -987,51 +1170,25 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
 
 void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                                     std::vector<bool>* inserted) {
-  std::vector<size_t> order(group.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return *group[a]->stream < *group[b]->stream;
-  });
   EventArrays arrays;
   std::string streams = "{", expected = "{";
-  absl::flat_hash_map<std::string, size_t> by_id;
-  for (size_t i : order) {
-    const GroupedAppend& g = *group[i];
-    AppendArrayElement(streams, *g.stream);
-    AppendArrayElement(expected, absl::StrCat(g.expected));
-    AppendArrayElement(arrays.ids, g.event->event_id);
-    AppendArrayElement(arrays.types, g.event->event_type);
-    AppendArrayElement(arrays.versions, absl::StrCat(g.event->schema_version));
-    AppendArrayElement(arrays.data, g.event->data);
-    AppendArrayElement(arrays.metadata, g.event->metadata);
-    by_id.emplace(absl::AsciiStrToLower(g.event->event_id), i);
+  for (const GroupedAppend* g : group) {
+    AppendArrayElement(streams, *g->stream);
+    AppendArrayElement(expected, absl::StrCat(g->expected));
+    AppendArrayElement(arrays.ids, g->event->event_id);
+    AppendArrayElement(arrays.types, g->event->event_type);
+    AppendArrayElement(arrays.versions, absl::StrCat(g->event->schema_version));
+    AppendArrayElement(arrays.data, g->event->data);
+    AppendArrayElement(arrays.metadata, g->event->metadata);
   }
   for (std::string* a : {&streams, &expected, &arrays.ids, &arrays.types,
                          &arrays.versions, &arrays.data, &arrays.metadata}) {
     a->push_back('}');
   }
-  // Any error leaves every append not inserted: each then runs on its
-  // own and meets (or reports) the problem itself.
-  if (group.size() == 1) {  // alone: the plain statement is cheaper
-    const GroupedAppend& g = *group[0];
-    pool_
-        ->Run(PgPool::Retry::kOnBrokenConnection,
-              [&](pqxx::connection& conn) {
-                pqxx::nontransaction tx(conn);
-                const pqxx::result rows = tx.exec_prepared(
-                    Statements::On(conn, sql_->fast_append_exact), *g.stream,
-                    g.expected, arrays.ids, arrays.types, arrays.versions,
-                    arrays.data, arrays.metadata);
-                if (rows.size() != 1) return absl::OkStatus();
-                group[0]->version = rows[0][1].as<int64_t>();
-                group[0]->position.global_position = rows[0][0].as<int64_t>();
-                group[0]->position.transaction_id = ParseXid(rows[0][2]);
-                (*inserted)[0] = true;
-                return absl::OkStatus();
-              })
-        .IgnoreError();
-    return;
-  }
+  // Rows come back by their index in the arrays, so each outcome reaches
+  // its own append whatever the database's collation or duplicate ids.
+  // Any error leaves every append not inserted: each then runs on its own
+  // and meets (or reports) the problem itself.
   pool_
       ->Run(PgPool::Retry::kOnBrokenConnection,
             [&](pqxx::connection& conn) {
@@ -1041,14 +1198,15 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                   arrays.ids, arrays.types, arrays.versions, arrays.data,
                   arrays.metadata);
               for (const pqxx::row& row : rows) {
-                auto it = by_id.find(
-                    absl::string_view(row[0].c_str(), row[0].size()));
-                if (it == by_id.end()) continue;
-                GroupedAppend& g = *group[it->second];
+                const int64_t index = row[0].as<int64_t>() - 1;
+                if (index < 0 || index >= static_cast<int64_t>(group.size())) {
+                  continue;
+                }
+                GroupedAppend& g = *group[index];
                 g.version = row[1].as<int64_t>();
                 g.position.global_position = row[2].as<int64_t>();
                 g.position.transaction_id = ParseXid(row[3]);
-                (*inserted)[it->second] = true;
+                (*inserted)[index] = true;
               }
               return absl::OkStatus();
             })
@@ -1058,15 +1216,12 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
 absl::StatusOr<AppendResult> PostgresEventStore::Append(
     absl::string_view stream_id, ExpectedVersion expected,
     std::vector<NewEvent> events) {
+  RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
   RETURN_IF_ERROR(eventstore_internal::ValidateAppend(stream_id, events));
   const std::string stream(stream_id);
   const std::string channel = InTransactionChannel();
-  const EventArrays arrays = ToArrays(events);
   AppendRow row;
-  // Event ids are fixed before the first attempt, so repeating the append on
-  // a fresh connection is an idempotent retry.
-  bool careful = false;
-  absl::Status fast;
+  bool grouped = false;
   if (options_.group_commit_in_flight > 0 && events.size() == 1 &&
       channel.empty() && ToSqlExpected(expected) >= 0) {
     GroupedAppend g;
@@ -1075,72 +1230,35 @@ absl::StatusOr<AppendResult> PostgresEventStore::Append(
     g.event = &events[0];
     AppendGrouped(&g);
     if (g.outcome == GroupedAppend::Outcome::kInserted) {
+      grouped = true;
       row.outcome = "ok";
       row.result.stream_id = stream;
       row.result.first_version = row.result.last_version = g.version;
       row.result.position = g.position;
-    } else {
-      careful = true;
     }
-  } else {
-    fast = pool_->Run(
-        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-          pqxx::nontransaction tx(conn);
-          const int64_t sql_expected = ToSqlExpected(expected);
-          row.outcome = "ok";
-          row.result.stream_id = stream;
-          if (sql_expected >= 0 && channel.empty() && events.size() == 1) {
-            const pqxx::result rows =
-                tx.exec_prepared(Statements::On(conn, sql_->fast_append_exact),
-                                 stream, sql_expected, arrays.ids, arrays.types,
-                                 arrays.versions, arrays.data, arrays.metadata);
-            if (rows.empty()) {
-              careful = true;  // a version mismatch or a deleted stream
-              return absl::OkStatus();
-            }
-            const pqxx::row last = rows[rows.size() - 1];
-            row.result.first_version = rows[0][1].as<int64_t>();
-            row.result.last_version = last[1].as<int64_t>();
-            row.result.position.transaction_id = ParseXid(last[2]);
-            row.result.position.global_position = last[0].as<int64_t>();
-            return absl::OkStatus();
-          }
-          pqxx::row r = tx.exec_prepared1(
-              Statements::On(conn, sql_->fast_append), stream, sql_expected,
-              arrays.ids, arrays.types, arrays.versions, arrays.data,
-              arrays.metadata, channel);
-          if (r[0].as<int64_t>() == 0) {
-            careful = true;  // a version mismatch or a deleted stream
-            return absl::OkStatus();
-          }
-          row.result.first_version = r[1].as<int64_t>();
-          row.result.last_version = r[2].as<int64_t>();
-          row.result.position.transaction_id = ParseXid(r[3]);
-          row.result.position.global_position = r[4].as<int64_t>();
-          return absl::OkStatus();
-        });
   }
-  // A unique index said no: a concurrent writer took the version, or an
-  // event id is stored already (a retry). The careful path tells which.
-  if (absl::IsAlreadyExists(fast)) careful = true;
-  if (!fast.ok() && !careful) return fast;
-  // The careful path holds the stream's lock, but fast-path writers do not
-  // take it, so it can still lose a race for a version to one of them; each
-  // loss means another append succeeded, and the next attempt sees it.
-  const std::string payload = careful ? EncodeEvents(events) : std::string();
-  for (int attempt = 0; careful; ++attempt) {
-    absl::Status status = pool_->Run(
-        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
-          pqxx::nontransaction tx(conn);
-          row = AppendOn(tx, *sql_, stream, expected, payload, channel);
-          return absl::OkStatus();
-        });
-    const bool lost_race =
-        absl::IsAlreadyExists(status) &&
-        absl::StrContains(status.message(), "events_stream_version_key");
-    if (!lost_race || attempt >= 100) {
+  // The careful path (append_v3), which classifies every outcome under the
+  // stream's lock. Event ids are fixed before the first attempt, so
+  // repeating it on a fresh connection is an idempotent retry. A writer that
+  // does not take the stream's lock (a process of an older build) can still
+  // take a version first; each such loss means another append succeeded,
+  // and the next attempt sees it.
+  if (!grouped) {
+    const EventArrays arrays = ToArrays(events);
+    for (int attempt = 0;; ++attempt) {
+      absl::Status status = pool_->Run(
+          PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+            pqxx::nontransaction tx(conn);
+            row = AppendOn(tx, *sql_, stream, expected, arrays, channel);
+            return absl::OkStatus();
+          });
+      if (IsVersionTaken(status) && attempt < 100) continue;
+      if (absl::IsAlreadyExists(status)) {
+        // A concurrent append to another stream stored one of these ids.
+        return eventstore_internal::EventIdConflict(events.front().event_id);
+      }
       RETURN_IF_ERROR(status);
-      careful = false;
+      break;
     }
   }
   const bool fresh = row.outcome == "ok";
@@ -1223,6 +1341,7 @@ absl::StatusOr<StreamInfo> PostgresEventStore::GetStreamInfo(
 absl::Status PostgresEventStore::DeleteStream(absl::string_view stream_id,
                                               ExpectedVersion expected) {
   RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  RETURN_IF_ERROR(eventstore_internal::ValidateExpectedVersion(expected));
   std::pair<std::string, int64_t> row;
   const std::string stream(stream_id);
   RETURN_IF_ERROR(
@@ -1236,12 +1355,15 @@ absl::Status PostgresEventStore::DeleteStream(absl::string_view stream_id,
 
 absl::Status PostgresEventStore::SaveSnapshot(const Snapshot& snapshot) {
   RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
-  return pool_->Run(PgPool::Retry::kOnBrokenConnection,
-                    [&](pqxx::connection& conn) {
-                      pqxx::nontransaction tx(conn);
-                      SaveSnapshotOn(tx, *sql_, snapshot);
-                      return absl::OkStatus();
-                    });
+  bool saved = false;
+  RETURN_IF_ERROR(pool_->Run(PgPool::Retry::kOnBrokenConnection,
+                             [&](pqxx::connection& conn) {
+                               pqxx::nontransaction tx(conn);
+                               saved = SaveSnapshotOn(tx, *sql_, snapshot);
+                               return absl::OkStatus();
+                             }));
+  if (!saved) return StreamDeleted(snapshot.stream_id);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Snapshot> PostgresEventStore::LoadSnapshot(
@@ -1255,7 +1377,7 @@ absl::StatusOr<Snapshot> PostgresEventStore::LoadSnapshot(
                                snapshot = LoadSnapshotOn(tx, *sql_, stream);
                                return absl::OkStatus();
                              }));
-  if (!snapshot.has_value()) return NoSnapshot(stream_id);
+  if (!snapshot.has_value()) return eventstore_internal::NoSnapshot(stream_id);
   return *std::move(snapshot);
 }
 

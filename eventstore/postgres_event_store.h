@@ -117,16 +117,27 @@ class PostgresEventStore : public EventStore {
   // An EventStore whose every operation runs inside `tx`, a transaction the
   // caller owns and commits or aborts: appends become atomic with whatever
   // else `tx` writes (the command side stores idempotency records this way).
-  // Errors are those of the EventStore methods; after an error from
-  // PostgreSQL (failed() is true) `tx` is aborted and the caller must roll
-  // back. `tx` and this store must outlive the result. After committing,
-  // pass last_appended() to NotifyCommitted() so that subscribers wake up.
+  // Errors are those of the EventStore methods, plus:
+  //   MustRetryTransaction(status): the append would put the stream's
+  //     versions out of order in the global order (`tx` got its transaction
+  //     id before another writer committed to the stream), or a writer of
+  //     an older build took the version. Nothing was written; roll `tx`
+  //     back and run the whole transaction again.
+  // Use READ COMMITTED (pqxx::work): every append locks its stream until
+  // `tx` ends and then reads the stream's latest commit. Once failure() is
+  // set, `tx` must be rolled back. SaveSnapshot() runs in a savepoint, so
+  // its failure never aborts `tx`. `tx` and this store must outlive the
+  // result. After committing, pass last_appended() to NotifyCommitted() so
+  // that subscribers wake up.
   class TransactionEventStore : public EventStore {
    public:
     // The position of the newest event appended through this store.
     virtual std::optional<Position> last_appended() const = 0;
-    // True once a database error has aborted the transaction.
-    virtual bool failed() const = 0;
+    // The first error after which `tx` cannot commit: a database error
+    // (PostgreSQL aborted `tx`) or a MustRetryTransaction() refusal. OK
+    // while `tx` can still commit.
+    virtual absl::Status failure() const = 0;
+    bool failed() const { return !failure().ok(); }
     // Events newly appended through this object (for NotifyCommitted).
     virtual int64_t appended_events() const = 0;
   };

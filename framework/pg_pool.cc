@@ -40,9 +40,9 @@ absl::Status TranslateCurrentPgException() {
   try {
     throw;
   } catch (const pqxx::in_doubt_error& e) {
-    return absl::UnknownError(absl::StrCat(
-        "commit outcome unknown (connection lost during commit): ",
-        FirstLine(e.what())));
+    return absl::UnknownError(
+        absl::StrCat("commit outcome unknown (connection lost during commit): ",
+                     FirstLine(e.what())));
   } catch (const pqxx::statement_completion_unknown& e) {
     return absl::UnknownError(
         absl::StrCat("statement outcome unknown: ", FirstLine(e.what())));

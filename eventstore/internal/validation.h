@@ -17,12 +17,20 @@ namespace cqrs::eventstore_internal {
 // Status payload under which a version conflict carries the actual version.
 inline constexpr char kActualVersionPayload[] =
     "type.cqrs/eventstore.ActualStreamVersion";
+// Status payload that marks a DeletedStreamNotFound() status.
+inline constexpr char kDeletedStreamPayload[] =
+    "type.cqrs/eventstore.DeletedStream";
 // Status payload that marks a RetryTransaction() status.
 inline constexpr char kRetryTransactionPayload[] =
     "type.cqrs/eventstore.RetryTransaction";
 
-// kInvalidArgument unless 1..200 characters without control characters.
+// kInvalidArgument unless 1..200 bytes of valid UTF-8 without control
+// characters. Also the rule for categories.
 absl::Status ValidateStreamId(absl::string_view stream_id);
+
+// kInvalidArgument for Exactly(v) with a negative v.
+absl::Status ValidateExpectedVersion(
+    const eventstore::ExpectedVersion& expected);
 
 // kInvalidArgument unless 1..kMaxReadLimit.
 absl::Status ValidateLimit(int limit);
@@ -45,7 +53,10 @@ absl::Status VersionConflict(absl::string_view stream_id,
 absl::Status RetryTransaction(absl::string_view message);
 
 absl::Status StreamNotFound(absl::string_view stream_id);
+// The kNotFound for a deleted stream (IsDeletedStream() is true).
+absl::Status DeletedStreamNotFound(absl::string_view stream_id);
 absl::Status StreamDeleted(absl::string_view stream_id);
+absl::Status NoSnapshot(absl::string_view stream_id);
 absl::Status EventIdConflict(absl::string_view event_id);
 
 }  // namespace cqrs::eventstore_internal
