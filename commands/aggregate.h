@@ -12,20 +12,34 @@
 // should be kFailedPrecondition with an error code (framework/error_code.h),
 // a missing aggregate kNotFound.
 //
-// State cache: the type keeps the latest state of recently used aggregates
-// in memory, so a command usually costs one round trip (the append). A stale
-// entry is harmless: an append decided on it fails its version check and the
-// command reloads; a rejection or a no-op decided on cached state is
-// re-decided on freshly loaded state before it is returned.
+// State cache: the type keeps the latest committed state of recently used
+// aggregates in memory, so a command usually costs one round trip (the
+// append). A stale entry is harmless: an append decided on it fails its
+// version check and the command reloads; a rejection or a no-op decided on
+// cached state is re-decided on freshly loaded state before it is returned.
+// Only what committed is cached: a command on a store inside its caller's
+// transaction (EventStore::InCallersTransaction(), e.g. under an
+// Idempotency-Key or in a process manager) neither fills the cache nor
+// leaves an entry for its stream, since the caller may still roll back.
 //
 // Commands on one aggregate are serialized within the process (a striped
 // lock per stream, Options::serialize_in_process): they queue rather than
 // race for the same version, so a conflict retry happens only when another
-// process wrote the stream.
+// process wrote the stream. Commands inside a caller's transaction skip
+// that lock: the transaction holds the stream's database lock until it
+// ends, and a command queued in-process behind it could otherwise wait for
+// a lock its own thread holds.
 //
-// Snapshots are written after a successful append (never inline, never
-// inside the append's transaction) when the new version crosses a multiple
-// of `snapshot_every`; a failed snapshot write only costs a longer load later.
+// Conflicts inside a caller's transaction are re-decided at once, without a
+// backoff: the failed append left the stream locked by this transaction, so
+// the reload sees the latest commit and nobody can append in between.
+// An append that reports MustRetryTransaction() is returned as it is: only
+// a new transaction can succeed.
+//
+// Snapshots are written after a successful append when the new version
+// crosses a multiple of `snapshot_every`; a failed snapshot write only
+// costs a longer load later (inside a caller's transaction it runs in a
+// savepoint, so it cannot abort the transaction).
 //
 // Thread-safety: an AggregateType is thread-safe once constructed; the
 // registry and the functions it holds must be safe to call concurrently.
@@ -124,7 +138,9 @@ class AggregateType {
   }
 
   // Loads the current state from `store`. Version 0 means the aggregate has
-  // no events (State is `initial`). Errors: those of the store, and
+  // no events (State is `initial`). Errors: those of the store,
+  // kFailedPrecondition when the stream was deleted (a deleted aggregate
+  // neither loads as new nor comes back from its snapshot), and
   // kFailedPrecondition for an event this build cannot decode.
   absl::StatusOr<std::pair<State, int64_t>> Load(eventstore::EventStore& store,
                                                  absl::string_view id) const {
@@ -151,6 +167,10 @@ class AggregateType {
       absl::StatusOr<std::vector<eventstore::RecordedEvent>> page =
           store.ReadStream(stream, eventstore::Direction::kForward, version + 1,
                            kPage);
+      if (eventstore::IsDeletedStream(page.status())) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("stream '", stream, "' was deleted"));
+      }
       if (absl::IsNotFound(page.status())) break;  // no stream (yet)
       if (!page.ok()) return page.status();
       for (const eventstore::RecordedEvent& recorded : *page) {
@@ -180,8 +200,9 @@ class AggregateType {
                                                 const ExecuteOptions& execute,
                                                 const Decide& decide) const {
     const std::string stream = StreamId(id);
+    const bool in_callers_transaction = store.InCallersTransaction();
     absl::Mutex* stripe =
-        stripes_ == nullptr
+        stripes_ == nullptr || in_callers_transaction
             ? nullptr
             : &stripes_[absl::Hash<std::string>()(stream) % kStripes];
     absl::MutexLockMaybe serialized(stripe);
@@ -193,7 +214,9 @@ class AggregateType {
         if (!l.ok()) return l.status();
         loaded = *std::move(l);
         fresh = true;
-        cache_.Put(stream, *loaded);
+        // Inside a transaction the load may include its own uncommitted
+        // appends.
+        if (!in_callers_transaction) cache_.Put(stream, *loaded);
       }
       const State& state = loaded->first;
       const int64_t version = loaded->second;
@@ -241,7 +264,11 @@ class AggregateType {
       if (appended.ok()) {
         State next = state;
         for (const Event& e : *decided) options_.apply(next, e);
-        cache_.Put(stream, {next, appended->last_version});
+        if (in_callers_transaction) {
+          cache_.Erase(stream);  // committed only if the caller commits
+        } else {
+          cache_.Put(stream, {next, appended->last_version});
+        }
         MaybeSnapshot(store, stream, next, version, appended->last_version);
         return CommandOutcome<State>{stream, std::move(next),
                                      appended->last_version, appended->position,
@@ -258,7 +285,9 @@ class AggregateType {
                                             execute.max_attempts, " attempts")),
             "version_conflict");
       }
-      if (fresh) {  // a real race, not a stale cache: back off
+      // A real race, not a stale cache: back off (not while this
+      // transaction holds the stream's lock; see the header comment).
+      if (fresh && !in_callers_transaction) {
         const int64_t cap_us = absl::ToInt64Microseconds(
             execute.base_backoff * (int64_t{1} << std::min(attempt, 5)));
         absl::BitGen gen;  // only here: seeding it costs a system call

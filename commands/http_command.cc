@@ -3,6 +3,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "framework/http/status_mapping.h"
+#include "framework/pg_pool.h"
 
 namespace cqrs::commands {
 
@@ -70,15 +71,29 @@ http::Response HttpCommandRunner::Execute(const http::Request& request,
   if (absl::Status valid = ValidateIdempotencyKey(*key); !valid.ok()) {
     return finish(http::WithErrorCode(valid, "invalid_request"));
   }
-  // The request's identity: anything that changes what it does.
-  const std::string identity = absl::StrCat(
-      request.method(), " ", request.target(), "\n", request.body());
+  // The request's identity: everything that changes what it does, in a
+  // form that does not depend on how it was spelled. The decoded path (so
+  // "/accounts/%61%31" is "/accounts/a1"), the expected version, the body.
+  // Commands take no query parameters, so the query is not part of it.
+  // Length-prefixed, so that no two different requests share one.
+  const std::string expected =
+      if_match->has_value() ? absl::StrCat(**if_match) : std::string();
+  const std::string identity =
+      absl::StrCat(request.method().size(), ":", request.method(),
+                   request.path().size(), ":", request.path(), expected.size(),
+                   ":", expected, request.body().size(), ":", request.body());
   std::string first_outcome;
   absl::StatusOr<IdempotentResult> result =
       idempotency_->Run(*key, identity, [&](eventstore::EventStore& store) {
-        http::Response response = finish(command(store, context));
+        absl::StatusOr<http::Response> executed = command(store, context);
+        // A concurrency conflict or a timeout may go the other way on a
+        // retry: such an answer is not stored for the key.
+        const bool lasting =
+            executed.ok() || !IsTransientError(executed.status());
+        http::Response response = finish(std::move(executed));
         first_outcome = *outcome;
-        return StoredResponse{response.status, std::move(response.body)};
+        return StoredResponse{response.status, std::move(response.body),
+                              lasting};
       });
   if (!result.ok()) return finish(result.status());
   http::Response response =

@@ -15,8 +15,11 @@
 // With an Idempotency-Key header the command runs through the
 // IdempotencyStore: its response (status and body) is stored with its events
 // and replayed byte for byte on retries; the replay carries the header
-// `Idempotent-Replayed: true`. The request is identified by method, target
-// and body. Responses with status >= 500 are not stored.
+// `Idempotent-Replayed: true`. The request is identified by its method, its
+// percent-decoded path, its If-Match version and its body: commands take no
+// query parameters, so a query string is ignored. Responses with status >=
+// 500 are not stored, nor are transient errors (IsTransientError: a version
+// conflict, a timeout), whose retry may succeed.
 //
 // Thread-safety: thread-safe; the stores must outlive the runner.
 #ifndef COMMANDS_HTTP_COMMAND_H_

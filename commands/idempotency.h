@@ -11,10 +11,18 @@
 // stores the response, so the events and the record commit together or not
 // at all. Concurrent requests with one key queue on a transaction-scoped
 // advisory lock on the key; the second one sees the first's committed record
-// and replays it. Responses with status >= 500 are not stored (their
-// transaction is rolled back, events included), so a retry runs again.
-// Records are kept for `retention` (default 24 hours); PurgeExpired()
-// deletes older ones, and an expired record no longer matches.
+// and replays it. Responses with status >= 500, and responses the command
+// marks as not lasting (StoredResponse::store = false: a concurrency
+// conflict or a timeout, whose retry may well succeed), are not stored:
+// their transaction is rolled back, events included, so a retry runs again.
+// A success is only ever returned for a transaction that committed: when a
+// database error aborted the transaction (or an append asked for it to run
+// again, eventstore::MustRetryTransaction), `execute` runs again in a new
+// transaction, a few times for transient errors, and otherwise Run()
+// returns the error, never the command's response.
+// Records are kept for `retention` (default 24 hours;
+// absl::InfiniteDuration() keeps them forever); PurgeExpired() deletes older
+// ones, and an expired record no longer matches.
 //
 // The request text identifies the request (for example method, path and
 // body). A retry whose text differs gets kFailedPrecondition with error code
@@ -46,6 +54,10 @@ inline constexpr size_t kMaxIdempotencyKeyLength = 200;
 struct StoredResponse {
   int status = 200;
   std::string body;
+  // False for an outcome that a retry of the same request may not repeat
+  // (a version conflict, a timeout): it is not stored, and its transaction
+  // rolls back.
+  bool store = true;
 };
 
 struct IdempotentResult {
@@ -54,7 +66,13 @@ struct IdempotentResult {
 };
 
 struct IdempotencyOptions {
+  // How long a key answers retries: positive; absl::InfiniteDuration() keeps
+  // records forever (PurgeExpired() then deletes nothing).
   absl::Duration retention = absl::Hours(24);
+  // Transactions `execute` runs in before a transient database error (a
+  // deadlock, a statement timeout, a lost connection, an append that must
+  // run in a newer transaction) is returned.
+  int max_transaction_attempts = 5;
 };
 
 // kInvalidArgument unless `key` is 1..200 printable ASCII characters.
@@ -67,10 +85,15 @@ class IdempotencyStore {
 
   // Runs `execute` unless `key` was used before (then replays), all events it
   // appends through the given store committing atomically with the record.
+  // `execute` may run more than once (each time in a new transaction, after
+  // the previous one rolled back); it must not have effects outside the
+  // store it is given.
   // Errors: kInvalidArgument for a bad key; kFailedPrecondition with code
   // "idempotency_key_reused" when the key was used with another request;
-  // kUnavailable / kUnknown when the database failed (kUnknown: the commit's
-  // outcome is unknown; retrying with the same key is safe).
+  // kUnavailable when the database failed or the transaction kept failing
+  // for transient reasons; kInternal when a database error aborted the
+  // transaction for a reason that does not go away; kUnknown when the
+  // commit's outcome is unknown. Retrying with the same key is always safe.
   virtual absl::StatusOr<IdempotentResult> Run(absl::string_view key,
                                                absl::string_view request,
                                                const Execute& execute) = 0;
@@ -85,7 +108,9 @@ class PostgresIdempotencyStore : public IdempotencyStore {
   static absl::Status Migrate(PgPool& pool, absl::string_view schema);
 
   // `pool` and `store` must outlive the result; `store` must use the same
-  // database. kFailedPrecondition when the schema is not migrated.
+  // database. kFailedPrecondition when the schema is not migrated;
+  // kInvalidArgument for a retention that is not positive or fewer than
+  // one transaction attempt.
   static absl::StatusOr<std::unique_ptr<PostgresIdempotencyStore>> Create(
       PgPool* pool, eventstore::PostgresEventStore* store,
       absl::string_view schema, IdempotencyOptions options = {});

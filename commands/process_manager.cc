@@ -117,10 +117,10 @@ projections::Projection AsProjection(ProcessManager pm,
             absl::StrCat("event ", e.event_type, " at ", e.position.ToToken(),
                          ": ", handled.message()));
       }
-      if (in_tx->failed()) {
-        return absl::AbortedError(
-            "a database error aborted the process manager's transaction");
-      }
+      // A database error the handler did not pass on still means that the
+      // batch cannot commit; the runner retries it (transient errors,
+      // MustRetryTransaction) or applies the error policy.
+      if (in_tx->failed()) return in_tx->failure();
     }
     return absl::OkStatus();
   };

@@ -28,11 +28,14 @@
 // The commands' events carry that command id, the triggering event's
 // correlation id, and the triggering event's id as causation id.
 //
-// Aggregates used by a process manager should not share an in-process
-// state cache or per-stream locks with the HTTP side (build a separate
-// AggregateType with cache_capacity 0 and serialize_in_process false): the
-// batch transaction holds its appends until it commits, and a command
-// queued behind it in-process would wait on it forever.
+// Aggregates used by a process manager may be the ones the HTTP side uses:
+// a command inside the batch's transaction neither fills the state cache
+// nor takes the in-process per-stream lock (commands/aggregate.h). Every
+// append locks its stream until the batch commits, and the batch's
+// transaction can be older than another writer's commit to a stream it
+// appends to later; that append then refuses (MustRetryTransaction) rather
+// than put the stream out of order, and the runner runs the batch again,
+// one event per transaction (projections/runner.h).
 //
 // Thread-safety: ProcessContext belongs to one batch on one thread.
 #ifndef COMMANDS_PROCESS_MANAGER_H_
