@@ -2,7 +2,6 @@
 
 #include <pqxx/except>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace cqrs {
@@ -26,8 +25,6 @@ std::string Describe(const std::exception& e) {
   if (sql == nullptr) return absl::StrCat("postgres error: ", message);
   return absl::StrCat("postgres error ", sql->sqlstate(), ": ", message);
 }
-
-constexpr char kDatabaseErrorUrl[] = "type.cqrs.dev/database_error";
 
 // SQLSTATE class 57 (operator intervention: pg_terminate_backend, server
 // shutdown) and class 08 (connection exception) mean the session is gone.
@@ -91,27 +88,7 @@ absl::Status TranslateCurrentPgException() {
 }  // namespace
 
 absl::Status StatusFromCurrentPgException() {
-  absl::Status status = TranslateCurrentPgException();
-  status.SetPayload(kDatabaseErrorUrl, absl::Cord("1"));
-  return status;
-}
-
-bool IsDatabaseError(const absl::Status& status) {
-  return status.GetPayload(kDatabaseErrorUrl).has_value();
-}
-
-bool IsTransientError(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kUnknown:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kCancelled:
-    case absl::StatusCode::kResourceExhausted:
-      return true;
-    default:
-      return false;
-  }
+  return MarkDatabaseError(TranslateCurrentPgException());
 }
 
 PgPool::Lease::Lease(Lease&& other) noexcept

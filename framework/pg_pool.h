@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "framework/error_classes.h"
 
 namespace cqrs {
 
@@ -52,23 +53,9 @@ namespace cqrs {
 // never the query, its parameters, the server's DETAIL/CONTEXT lines (which
 // quote rows and SQL) or the connection string. Every status made here
 // carries a payload that marks it as a database error
-// (IsDatabaseError()), so that responses to clients can leave its text out.
+// (framework/error_classes.h: IsDatabaseError()), so that responses to
+// clients can leave its text out.
 absl::Status StatusFromCurrentPgException();
-
-// True for errors that go away by themselves when the same work is tried
-// again later: a lost or in-doubt connection (kUnavailable, kUnknown), a
-// concurrency conflict the database resolved by aborting the transaction
-// (kAborted: deadlock, serialization failure, a transaction that must run
-// again), a lock or statement timeout or a cancelled statement
-// (kDeadlineExceeded, kCancelled), a full disk or connection table
-// (kResourceExhausted). Everything else (bad input, a missing table, a bug)
-// fails the same way every time. Background workers retry transient errors
-// with backoff, without end; the others go to their error policy.
-bool IsTransientError(const absl::Status& status);
-
-// True when `status` was made by StatusFromCurrentPgException(): its
-// message describes the database, not the request.
-bool IsDatabaseError(const absl::Status& status);
 
 struct PgPoolOptions {
   // libpq connection string or URL. Never logged (it may hold a password).

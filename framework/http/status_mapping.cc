@@ -5,6 +5,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "framework/error_classes.h"
 
 namespace cqrs {
 namespace http {
@@ -83,6 +84,9 @@ absl::optional<int> HttpStatusOf(const absl::Status& status) {
 
 int HttpStatusFor(const absl::Status& status) {
   if (status.ok()) return 500;
+  if (IsDatabaseError(status) && ErrorCodeOf(status).empty()) {
+    return IsTransientError(status) ? 503 : 500;
+  }
   const absl::optional<int> explicit_status = HttpStatusOf(status);
   if (explicit_status.has_value() && *explicit_status >= 400 &&
       *explicit_status <= 599) {
@@ -97,9 +101,23 @@ Response ResponseFromStatus(const absl::Status& status) {
     response.log_detail = "ResponseFromStatus() called with an OK status";
     return response;
   }
+  const std::string attached_code = ErrorCodeOf(status);
+  if (IsDatabaseError(status) && attached_code.empty()) {
+    // A database error that no layer turned into an answer: its text
+    // describes the database (and may quote SQL or rows), so it only goes
+    // to the log. A transient one is worth retrying.
+    Response response =
+        IsTransientError(status)
+            ? ErrorResponse(503, "unavailable",
+                            "a temporary database problem; retry shortly")
+            : ErrorResponse(500, "internal", "internal error");
+    if (response.status == 503) response.SetHeader("Retry-After", "1");
+    response.log_detail =
+        status.ToString(absl::StatusToStringMode::kWithNoExtraData);
+    return response;
+  }
   const DefaultMapping mapping = DefaultFor(status.code());
   const int http_status = HttpStatusFor(status);
-  const std::string attached_code = ErrorCodeOf(status);
   const absl::string_view code =
       attached_code.empty() ? mapping.code : absl::string_view(attached_code);
   const bool hide_message =

@@ -27,6 +27,9 @@
 // gets a generic message: its text may describe internals (SQL errors, host
 // names). Its real text goes to Response::log_detail, which the server writes
 // to the access log.
+// A database error (framework/error_classes.h: IsDatabaseError) without an
+// attached code never shows its text: a transient one is 503 unavailable
+// with Retry-After: 1, any other 500 internal.
 //
 // Thread-safety: pure functions.
 #ifndef FRAMEWORK_HTTP_STATUS_MAPPING_H_
