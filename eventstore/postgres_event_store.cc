@@ -1039,21 +1039,26 @@ class PostgresEventStore::TransactionStore
   // caller's transaction, whose events it would take with it.
   absl::Status SaveSnapshot(const Snapshot& snapshot) override {
     RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
-    auto* db = dynamic_cast<pqxx::dbtransaction*>(&tx_);
+    const bool autocommit = dynamic_cast<pqxx::dbtransaction*>(&tx_) == nullptr;
     bool saved = false;
+    // Plain SAVEPOINT statements: libpqxx 6.4's subtransaction does not open
+    // its savepoint before an exec_prepared(), so a failure there aborted
+    // the whole transaction.
     absl::Status status = TranslateExceptions([&] {
-      if (db == nullptr) {  // autocommit: nothing to protect
-        saved = SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
-        return absl::OkStatus();
-      }
-      pqxx::subtransaction savepoint(*db, "cqrs_snapshot");
-      saved = SaveSnapshotOn(savepoint, *owner_.sql_, snapshot);
-      savepoint.commit();
+      if (!autocommit) tx_.exec("SAVEPOINT cqrs_snapshot");
+      saved = SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
+      if (!autocommit) tx_.exec("RELEASE SAVEPOINT cqrs_snapshot");
       return absl::OkStatus();
     });
-    // A broken connection has taken the transaction with it.
-    if (absl::IsUnavailable(status) || absl::IsUnknown(status)) {
-      if (failure_.ok()) failure_ = status;
+    if (!status.ok() && !autocommit) {
+      absl::Status undone = TranslateExceptions([&] {
+        tx_.exec("ROLLBACK TO SAVEPOINT cqrs_snapshot");
+        tx_.exec("RELEASE SAVEPOINT cqrs_snapshot");
+        return absl::OkStatus();
+      });
+      // Without the savepoint undone (a broken connection), the
+      // transaction is lost.
+      if (!undone.ok() && failure_.ok()) failure_ = undone;
     }
     RETURN_IF_ERROR(status);
     if (!saved) return StreamDeleted(snapshot.stream_id);
