@@ -225,6 +225,56 @@ TEST_CASE("Idempotency-Key replays byte for byte and refuses reuse",
   CHECK(f.EventCount() == after_first);
 }
 
+TEST_CASE("an Idempotency-Key identifies the request, not its spelling",
+          "[bank][pg]") {
+  BankFixture f;
+  Open(f, "a1");
+  auto first = f.Post("/accounts/a1/deposit", R"({"amount":7})",
+                      Json({{"Idempotency-Key", "spell-1"}}));
+  REQUIRE(first.status == 200);
+  const long long after_first = f.EventCount();
+  // The same request with an encoded path and an ignored query string.
+  for (const char* target :
+       {"/accounts/%61%31/deposit", "/accounts/a1/deposit?x=1"}) {
+    INFO(target);
+    auto same = f.Post(target, R"({"amount":7})",
+                       Json({{"Idempotency-Key", "spell-1"}}));
+    CHECK(same.status == 200);
+    CHECK(same.body == first.body);
+    CHECK(same.Header("Idempotent-Replayed") == std::string("true"));
+  }
+  CHECK(f.EventCount() == after_first);
+  // If-Match changes what the request does: not the same request.
+  auto other_version =
+      f.Post("/accounts/a1/deposit", R"({"amount":7})",
+             Json({{"Idempotency-Key", "spell-1"}, {"If-Match", "2"}}));
+  CHECK(other_version.status == 422);
+  CHECK(ErrorCode(other_version) == "idempotency_key_reused");
+  CHECK(f.EventCount() == after_first);
+}
+
+TEST_CASE("a 409 version_conflict is not replayed for its Idempotency-Key",
+          "[bank][pg]") {
+  BankFixture f;
+  Open(f, "vc");
+  // The account is at version 1; the request wants version 2.
+  auto early = f.Post("/accounts/vc/deposit", R"({"amount":5})",
+                      Json({{"Idempotency-Key", "vc-1"}, {"If-Match", "2"}}));
+  CHECK(early.status == 409);
+  CHECK(ErrorCode(early) == "version_conflict");
+  REQUIRE(f.Post("/accounts/vc/deposit", R"({"amount":1})").status == 200);
+  // Now it can run: the retry executes instead of replaying the 409.
+  auto retry = f.Post("/accounts/vc/deposit", R"({"amount":5})",
+                      Json({{"Idempotency-Key", "vc-1"}, {"If-Match", "2"}}));
+  CHECK(retry.status == 200);
+  CHECK(!retry.Header("Idempotent-Replayed").has_value());
+  CHECK(absl::StrContains(retry.body, R"("balance":6)"));
+  auto replay = f.Post("/accounts/vc/deposit", R"({"amount":5})",
+                       Json({{"Idempotency-Key", "vc-1"}, {"If-Match", "2"}}));
+  CHECK(replay.status == 200);
+  CHECK(replay.body == retry.body);
+}
+
 TEST_CASE("20 concurrent requests with one Idempotency-Key run once",
           "[bank][pg]") {
   BankFixture f;
