@@ -94,13 +94,18 @@ AccountType::Decide DecideWithdraw(int64_t amount);
 AccountType::Decide DecideClose();
 // Transfers: the debit fails with account_not_found, account_closed or
 // insufficient_funds; the credit with account_not_found, account_closed,
-// currency_mismatch or balance_limit_exceeded; the refund only when the
-// account does not exist (it goes to a closed account too: money is never
-// lost).
+// currency_mismatch or balance_limit_exceeded.
 AccountType::Decide DecideTransferDebit(std::string transfer_id,
                                         int64_t amount);
 AccountType::Decide DecideTransferCredit(std::string transfer_id,
                                          int64_t amount, std::string currency);
+// The refund of a debit the target refused goes back to the source; it
+// fails only with account_not_found. The transfer process refunds in the
+// transaction of the debit (example_app/transfer_process.h), so the source
+// is open: it was open for the debit, and no close can commit between the
+// two. Only a transfer an older build debited in a transaction of its own
+// can find its source closed; the refund still goes there, so the money
+// stays in the ledger rather than vanishing (no event reopens an account).
 AccountType::Decide DecideTransferRefund(std::string transfer_id,
                                          int64_t amount);
 

@@ -43,6 +43,8 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
     cqrs::projections::ProjectionRunnerOptions runner_options;
     runner_options.schema = options.schema;
     runner_options.poll_interval = options.poll_interval;
+    runner_options.before_commit_for_testing =
+        std::move(options.before_commit_for_testing);
     cqrs::queries::ProgressTracker* tracker = s->tracker_.get();
     // Reads in this process learn of progress without a round trip.
     runner_options.on_progress = [tracker](absl::string_view name,

@@ -19,10 +19,13 @@
 #ifndef EXAMPLE_APP_BANK_SERVICE_H_
 #define EXAMPLE_APP_BANK_SERVICE_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "example_app/bank_app.h"
 #include "framework/http/request_metrics.h"
@@ -51,6 +54,11 @@ struct BankServiceOptions {
   // For tests: how often the runner looks for events without a
   // notification, and how often the tracker re-reads the checkpoints.
   absl::Duration poll_interval = absl::Seconds(1);
+  // For tests: fault injection in the projection runner
+  // (ProjectionRunnerOptions::before_commit_for_testing).
+  std::function<absl::Status(absl::string_view projection,
+                             cqrs::eventstore::Position last)>
+      before_commit_for_testing;
 };
 
 class BankService {

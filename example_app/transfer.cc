@@ -165,21 +165,24 @@ TransferType::Decide DecideRequestTransfer(std::string from, std::string to,
   };
 }
 
-TransferType::Decide DecideRecordDebit() {
+TransferType::Decide DecideDebitAndComplete() {
   return [](const Transfer& t, int64_t) -> TransferDecision {
     if (!t.exists || t.status != "pending" || t.debited) {
       return WrongState(t, "record the debit");
     }
-    return std::vector<TransferEvent>{TransferDebited{}};
+    return std::vector<TransferEvent>{TransferDebited{}, TransferCredited{},
+                                      TransferCompleted{}};
   };
 }
 
-TransferType::Decide DecideComplete() {
-  return [](const Transfer& t, int64_t) -> TransferDecision {
-    if (!t.exists || t.status != "pending" || !t.debited) {
-      return WrongState(t, "complete");
+TransferType::Decide DecideDebitRefundAndFail(std::string reason) {
+  return [reason = std::move(reason)](const Transfer& t,
+                                      int64_t) -> TransferDecision {
+    if (!t.exists || t.status != "pending" || t.debited) {
+      return WrongState(t, "record the debit");
     }
-    return std::vector<TransferEvent>{TransferCredited{}, TransferCompleted{}};
+    return std::vector<TransferEvent>{TransferDebited{}, TransferRefunded{},
+                                      TransferFailed{reason}};
   };
 }
 
@@ -190,6 +193,15 @@ TransferType::Decide DecideFail(std::string reason) {
       return WrongState(t, "fail");
     }
     return std::vector<TransferEvent>{TransferFailed{reason}};
+  };
+}
+
+TransferType::Decide DecideComplete() {
+  return [](const Transfer& t, int64_t) -> TransferDecision {
+    if (!t.exists || t.status != "pending" || !t.debited) {
+      return WrongState(t, "complete");
+    }
+    return std::vector<TransferEvent>{TransferCredited{}, TransferCompleted{}};
   };
 }
 

@@ -1,10 +1,21 @@
 // The bank's transfer aggregate: a transfer is its own stream
 // ("transfer-<id>") that a process manager (example_app/transfer_process.h)
-// drives from requested to completed or failed:
+// settles in one step, one transaction:
 //
-//   TransferRequested -> TransferDebited -> TransferCredited, TransferCompleted
+//   TransferRequested -> TransferDebited, TransferCredited, TransferCompleted
+//                     -> TransferDebited, TransferRefunded, TransferFailed
 //                     -> TransferFailed{reason}             (nothing moved)
-//                        TransferDebited -> TransferRefunded, TransferFailed
+//
+// The debit of the source and the credit of the target (or the refund of
+// the source when the target refuses) commit together with the transfer's
+// outcome, so no committed state ever shows a source debited by a transfer
+// that is still pending: the source cannot be closed in between, and a
+// refund never lands in a closed account.
+//
+// Transfers debited by an older build, which committed the debit alone
+// (TransferRequested -> TransferDebited), are finished by the process
+// manager on their TransferDebited: credited and completed, or refunded and
+// failed.
 //
 //   TransferAggregate().Execute(store, id, meta, {},
 //                               DecideRequestTransfer(from, to, 500, "EUR"));
@@ -65,12 +76,19 @@ TransferType& TransferAggregate();
 TransferType::Decide DecideRequestTransfer(std::string from, std::string to,
                                            int64_t amount,
                                            std::string currency);
-// The process manager's steps; each refuses (kFailedPrecondition
+// The process manager's records; each refuses (kFailedPrecondition
 // "transfer_state") a transfer not in the state it expects, so a step can
 // never be recorded twice.
-TransferType::Decide DecideRecordDebit();
-TransferType::Decide DecideComplete();
+//
+// A pending transfer whose debit and outcome are recorded together (this
+// build): debited and completed, or debited, refunded and failed.
+TransferType::Decide DecideDebitAndComplete();
+TransferType::Decide DecideDebitRefundAndFail(std::string reason);
+// A pending transfer that was not debited: failed, nothing moved.
 TransferType::Decide DecideFail(std::string reason);
+// A pending transfer debited by an older build: completed, or refunded and
+// failed.
+TransferType::Decide DecideComplete();
 TransferType::Decide DecideRefundAndFail(std::string reason);
 
 // Transfer ids follow the account id rules: kInvalidArgument.

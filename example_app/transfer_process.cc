@@ -20,41 +20,81 @@ using cqrs::eventstore::RecordedEvent;
 
 constexpr absl::string_view kTransferPrefix = "transfer-";
 
-// A business refusal (the transfer fails or is refunded), as opposed to an
+// A business refusal (the transfer fails, or is refunded), as opposed to an
 // error to retry.
-bool IsRefusal(const absl::Status& status, absl::string_view step) {
+bool IsDebitRefusal(const absl::Status& status) {
   const std::string code = cqrs::http::ErrorCodeOf(status);
-  if (step == "debit") {
-    return code == "account_not_found" || code == "account_closed" ||
-           code == "insufficient_funds";
-  }
+  return code == "account_not_found" || code == "account_closed" ||
+         code == "insufficient_funds";
+}
+bool IsCreditRefusal(const absl::Status& status) {
+  const std::string code = cqrs::http::ErrorCodeOf(status);
   return code == "account_not_found" || code == "account_closed" ||
          code == "currency_mismatch" || code == "balance_limit_exceeded";
 }
 
-absl::Status Debit(ProcessContext& ctx, const std::string& transfer_id,
-                   const TransferRequested& request,
-                   const CommandMetadata& meta) {
-  auto debited = AccountAggregateForProcesses().Execute(
-      ctx.store(), request.from, meta, {},
-      DecideTransferDebit(transfer_id, request.amount));
-  if (debited.ok()) {
-    return TransferAggregate()
-        .Execute(ctx.store(), transfer_id, meta, {}, DecideRecordDebit())
-        .status();
-  }
-  if (!IsRefusal(debited.status(), "debit")) return debited.status();
-  return TransferAggregate()
-      .Execute(ctx.store(), transfer_id, meta, {},
-               DecideFail(cqrs::http::ErrorCodeOf(debited.status())))
+// Gives the transfer's money back to the source, which the target refused.
+absl::Status Refund(ProcessContext& ctx, const std::string& transfer_id,
+                    const TransferRequested& request) {
+  return AccountAggregateForProcesses()
+      .Execute(ctx.store(), request.from, ctx.Metadata("refund"), {},
+               DecideTransferRefund(transfer_id, request.amount))
       .status();
 }
 
-absl::Status Credit(ProcessContext& ctx, const std::string& transfer_id,
-                    const CommandMetadata& meta) {
+// Step "debit" of TransferRequested: the whole transfer, in the batch's
+// transaction. The debit, the credit or the refund, and the transfer's
+// outcome commit together, so no committed state shows the source debited
+// while the transfer is pending: a close of the source decides either
+// before the debit or after the refund (its append at the version it
+// loaded fails otherwise, and it re-decides on the committed state).
+absl::Status Move(ProcessContext& ctx, const std::string& transfer_id,
+                  const TransferRequested& request,
+                  const CommandMetadata& meta) {
   ASSIGN_OR_RETURN(auto loaded,
                    TransferAggregate().Load(ctx.store(), transfer_id));
-  const TransferRequested& request = loaded.first.request;
+  const Transfer& transfer = loaded.first;
+  // Settled, or debited by an older build (its TransferDebited finishes
+  // it): nothing to do. The transfer's own rules below would refuse it too,
+  // but only as an error that stops the process.
+  if (!transfer.exists || transfer.status != "pending" || transfer.debited) {
+    return absl::OkStatus();
+  }
+  auto debited = AccountAggregateForProcesses().Execute(
+      ctx.store(), request.from, meta, {},
+      DecideTransferDebit(transfer_id, request.amount));
+  if (!debited.ok()) {
+    if (!IsDebitRefusal(debited.status())) return debited.status();
+    return TransferAggregate()
+        .Execute(ctx.store(), transfer_id, meta, {},
+                 DecideFail(cqrs::http::ErrorCodeOf(debited.status())))
+        .status();
+  }
+  auto credited = AccountAggregateForProcesses().Execute(
+      ctx.store(), request.to, ctx.Metadata("credit"), {},
+      DecideTransferCredit(transfer_id, request.amount, request.currency));
+  if (credited.ok()) {
+    return TransferAggregate()
+        .Execute(ctx.store(), transfer_id, meta, {}, DecideDebitAndComplete())
+        .status();
+  }
+  if (!IsCreditRefusal(credited.status())) return credited.status();
+  RETURN_IF_ERROR(Refund(ctx, transfer_id, request));
+  return TransferAggregate()
+      .Execute(
+          ctx.store(), transfer_id, meta, {},
+          DecideDebitRefundAndFail(cqrs::http::ErrorCodeOf(credited.status())))
+      .status();
+}
+
+// Step "credit" of TransferDebited, for a transfer an older build debited
+// in a transaction of its own: credit the target and complete, or refund
+// the source and fail. The source may have been closed after that debit
+// (the older build's window); the refund then still goes to it, so the
+// money stays in the ledger (DecideTransferRefund).
+absl::Status FinishDebited(ProcessContext& ctx, const std::string& transfer_id,
+                           const TransferRequested& request,
+                           const CommandMetadata& meta) {
   auto credited = AccountAggregateForProcesses().Execute(
       ctx.store(), request.to, meta, {},
       DecideTransferCredit(transfer_id, request.amount, request.currency));
@@ -63,13 +103,8 @@ absl::Status Credit(ProcessContext& ctx, const std::string& transfer_id,
         .Execute(ctx.store(), transfer_id, meta, {}, DecideComplete())
         .status();
   }
-  if (!IsRefusal(credited.status(), "credit")) return credited.status();
-  // The money goes back to where it came from before the transfer fails.
-  RETURN_IF_ERROR(
-      AccountAggregateForProcesses()
-          .Execute(ctx.store(), request.from, meta, {},
-                   DecideTransferRefund(transfer_id, request.amount))
-          .status());
+  if (!IsCreditRefusal(credited.status())) return credited.status();
+  RETURN_IF_ERROR(Refund(ctx, transfer_id, request));
   return TransferAggregate()
       .Execute(ctx.store(), transfer_id, meta, {},
                DecideRefundAndFail(cqrs::http::ErrorCodeOf(credited.status())))
@@ -88,15 +123,23 @@ absl::Status Handle(ProcessContext& ctx, const RecordedEvent& e) {
     return ctx
         .Once("debit",
               [&](const CommandMetadata& meta) {
-                return Debit(ctx, transfer_id, request, meta);
+                return Move(ctx, transfer_id, request, meta);
               })
         .status();
   }
   if (e.event_type == "TransferDebited") {
+    // This build records TransferDebited together with the outcome: only a
+    // transfer an older build debited is still pending here.
+    ASSIGN_OR_RETURN(auto loaded,
+                     TransferAggregate().Load(ctx.store(), transfer_id));
+    const Transfer& transfer = loaded.first;
+    if (!transfer.exists || transfer.status != "pending" || !transfer.debited) {
+      return absl::OkStatus();
+    }
     return ctx
         .Once("credit",
               [&](const CommandMetadata& meta) {
-                return Credit(ctx, transfer_id, meta);
+                return FinishDebited(ctx, transfer_id, transfer.request, meta);
               })
         .status();
   }

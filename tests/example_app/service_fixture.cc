@@ -15,12 +15,14 @@ using cqrs::http_test::TestClient;
 
 const http::HeaderList kJson = {{"Content-Type", "application/json"}};
 
-ServiceFixture::ServiceFixture(Projections projections) {
+ServiceFixture::ServiceFixture(Projections projections,
+                               BeforeCommit before_commit) {
   REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
   BankServiceOptions options;
   options.schema = schema_.name();
   options.run_projections = projections == Projections::kHere;
   options.poll_interval = absl::Milliseconds(200);
+  options.before_commit_for_testing = std::move(before_commit);
   auto service = BankService::Create(&schema_.pool(), options);
   REQUIRE(service.ok());
   service_ = *std::move(service);

@@ -12,9 +12,12 @@
 #define TESTS_EXAMPLE_APP_SERVICE_FIXTURE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "example_app/bank_service.h"
 #include "framework/http/router.h"
 #include "framework/http/server.h"
@@ -28,7 +31,13 @@ enum class Projections { kHere, kNowhere };
 
 class ServiceFixture {
  public:
-  explicit ServiceFixture(Projections projections = Projections::kHere);
+  // Runs in the projection runner after a batch's handler, before its
+  // commit (ProjectionRunnerOptions::before_commit_for_testing).
+  using BeforeCommit = std::function<absl::Status(
+      absl::string_view projection, cqrs::eventstore::Position last)>;
+
+  explicit ServiceFixture(Projections projections = Projections::kHere,
+                          BeforeCommit before_commit = nullptr);
   ~ServiceFixture();
 
   std::unique_ptr<cqrs::http_test::TestClient> Client();
