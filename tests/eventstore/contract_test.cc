@@ -524,6 +524,33 @@ CONTRACT_TEST(ConflictOnlyCarriesVersionOnConflicts,
       ConflictActualVersion(absl::AbortedError("no payload")).has_value());
 }
 
+CONTRACT_TEST(NegativeExactVersionsAreRefused,
+              "a negative exact version is kInvalidArgument and changes "
+              "nothing") {
+  AppendOk(store, "neg-1", ExpectedVersion::NoStream(), Events(2));
+  const StoreState before = Capture(store);
+  for (int64_t v : {-1, -2, -7}) {
+    INFO("Exactly(" << v << ")");
+    REQUIRE(ExpectedVersion::Exactly(v).kind() ==
+            ExpectedVersion::Kind::kExactly);
+    CHECK_CODE(store.Append("neg-1", ExpectedVersion::Exactly(v), Events(1)),
+               absl::StatusCode::kInvalidArgument);
+    CHECK_CODE(store.Append("neg-1", ExpectedVersion::Exactly(v), Events(2)),
+               absl::StatusCode::kInvalidArgument);
+    CHECK_CODE(store.Append("neg-2", ExpectedVersion::Exactly(v), Events(1)),
+               absl::StatusCode::kInvalidArgument);
+    CHECK_CODE(store.DeleteStream("neg-1", ExpectedVersion::Exactly(v)),
+               absl::StatusCode::kInvalidArgument);
+  }
+  CHECK_UNCHANGED(store, before);
+  CHECK(StreamVersion(store, "neg-1") == 2);
+  CHECK_CODE(store.GetStreamInfo("neg-2"), absl::StatusCode::kNotFound);
+
+  // The stream still takes its true version.
+  AppendOk(store, "neg-1", ExpectedVersion::Exactly(2), Events(1));
+  REQUIRE_OK(store.DeleteStream("neg-1", ExpectedVersion::Exactly(3)));
+}
+
 // ---------------------------------------------------------------------------
 // Atomicity and idempotency.
 
@@ -671,6 +698,51 @@ CONTRACT_TEST(InexactRetryIsAnIdConflict,
       AppendOk(store, "idem-1", ExpectedVersion::Exactly(3), {fresh, fresh2});
   CHECK(r.first_version == 4);
   CHECK(IdsOf(ReadAllEvents(store)).size() == 6);
+}
+
+// The order of an append's checks: a stored event id decides before a
+// deleted stream or a version conflict does.
+CONTRACT_TEST(StoredIdIsCheckedBeforeDeletedStreamAndVersion,
+              "reusing a stored event id is kAlreadyExists even on a deleted "
+              "stream or at a wrong version") {
+  const std::vector<NewEvent> a = Events(2);
+  AppendOk(store, "check-a", ExpectedVersion::NoStream(), a);
+  const std::vector<NewEvent> d = Events(2);
+  const AppendResult d_original =
+      AppendOk(store, "check-d", ExpectedVersion::NoStream(), d);
+  REQUIRE_OK(store.DeleteStream("check-d", ExpectedVersion::Exactly(2)));
+  AppendOk(store, "check-v", ExpectedVersion::NoStream(), Events(1));
+  const NewEvent fresh = Event("Fresh");
+  const NewEvent fresh2 = Event("Fresh");
+
+  // A stored id that is not the call's first: not kFailedPrecondition ...
+  CheckIdConflict(store, "check-d", ExpectedVersion::Exactly(2), {fresh, a[1]});
+  CheckIdConflict(store, "check-d", ExpectedVersion::Any(), {fresh, a[0]});
+  CheckIdConflict(store, "check-d", ExpectedVersion::Any(), {fresh, d[1]});
+  // ... and not kAborted ...
+  CheckIdConflict(store, "check-v", ExpectedVersion::Exactly(5), {fresh, a[1]});
+  CheckIdConflict(store, "check-v", ExpectedVersion::NoStream(),
+                  {fresh, fresh2, d[1]});
+  // ... nor either when both apply.
+  CheckIdConflict(store, "check-d", ExpectedVersion::Exactly(7), {fresh, d[0]});
+  // A stored first id that is not an exact retry, as a single event too.
+  CheckIdConflict(store, "check-d", ExpectedVersion::Exactly(2), {a[1]});
+  CheckIdConflict(store, "check-v", ExpectedVersion::Exactly(5), {a[0], fresh});
+  // An exact retry of the deleted stream's append still gets its result.
+  CheckRetry(store, "check-d", ExpectedVersion::Exactly(9), d, d_original);
+
+  // With fresh ids, the deleted stream and the version decide.
+  CHECK_CODE(
+      store.Append("check-d", ExpectedVersion::Exactly(7), {fresh, fresh2}),
+      absl::StatusCode::kFailedPrecondition);
+  const absl::StatusOr<AppendResult> conflict =
+      store.Append("check-v", ExpectedVersion::Exactly(5), {fresh, fresh2});
+  CHECK_CODE(conflict, absl::StatusCode::kAborted);
+  CHECK(ConflictActualVersion(conflict.status()) == std::optional<int64_t>(1));
+  // None of these calls stored `fresh`.
+  const AppendResult r =
+      AppendOk(store, "check-v", ExpectedVersion::Exactly(1), {fresh, fresh2});
+  CHECK(r.first_version == 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -1024,6 +1096,40 @@ CONTRACT_TEST(DeleteMissingStreamIsNotFound,
   CHECK(StreamVersion(store, "del-1") == 1);
 }
 
+CONTRACT_TEST(IsDeletedStreamTellsDeletedFromMissing,
+              "reads of a deleted stream are kNotFound marked as deleted, "
+              "of a missing one unmarked") {
+  AppendOk(store, "gone-1", ExpectedVersion::NoStream(), Events(2));
+  AppendOk(store, "kept-1", ExpectedVersion::NoStream(), Events(1));
+  REQUIRE_OK(store.DeleteStream("gone-1", ExpectedVersion::Exactly(2)));
+  const int64_t kEnd = std::numeric_limits<int64_t>::max();
+
+  auto reads_of = [&](absl::string_view stream_id) {
+    return std::vector<absl::Status>{
+        StatusOf(store.ReadStream(stream_id, Direction::kForward, 1, 10)),
+        StatusOf(store.ReadStream(stream_id, Direction::kBackward, kEnd, 10)),
+        StatusOf(store.GetStreamInfo(stream_id))};
+  };
+  for (const absl::Status& status : reads_of("gone-1")) {
+    INFO(status);
+    CHECK(absl::IsNotFound(status));
+    CHECK(IsDeletedStream(status));
+  }
+  // Never had events, including a prefix of the deleted stream's id.
+  for (absl::string_view missing : {"never-1", "gone-", "gone"}) {
+    INFO(missing);
+    for (const absl::Status& status : reads_of(missing)) {
+      INFO(status);
+      CHECK(absl::IsNotFound(status));
+      CHECK_FALSE(IsDeletedStream(status));
+    }
+  }
+  CHECK_FALSE(IsDeletedStream(absl::OkStatus()));
+  CHECK_FALSE(IsDeletedStream(store.GetStreamInfo("kept-1").status()));
+  CHECK_FALSE(IsDeletedStream(
+      store.Append("gone-1", ExpectedVersion::Any(), Events(1)).status()));
+}
+
 // ---------------------------------------------------------------------------
 // Snapshots.
 
@@ -1117,6 +1223,58 @@ CONTRACT_TEST(SnapshotsSaveLoadAndReplace, "snapshots") {
 
   // Snapshots are not events.
   CHECK(ReadAllEvents(store).size() == 8);
+}
+
+CONTRACT_TEST(SnapshotStateIsKeptVerbatim,
+              "a snapshot's state is returned byte for byte as saved") {
+  AppendOk(store, "verbatim-1", ExpectedVersion::NoStream(), Events(6));
+  const std::vector<std::string> states = {
+      R"({"a":1,"a":2})",
+      R"({"b":{"x":1,"x":[1,2]},"b":null,"a":0})",
+      "  {\"z\" :  1 ,\n\t\"a\":[ 1 ,2 ] ,\"m\":{ } }\n ",
+      R"({"z":1,"y":2,"a":{"c":3,"b":4}})",
+      R"({"e":"\u00e9t\u00e9","q":"\"\/","n":1.50,"x":1E2,"i":-0})",
+      R"({"pair":"\ud83d\ude00","raw":"é"})"};
+  int64_t version = 1;
+  for (const std::string& state : states) {
+    INFO("state " << state);
+    REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("verbatim-1", version, state)));
+    const Snapshot loaded = LoadOk(store, "verbatim-1");
+    CHECK(loaded.stream_version == version);
+    CHECK(loaded.state == state);
+    ++version;
+  }
+}
+
+CONTRACT_TEST(DeletedStreamHasNoSnapshot,
+              "deleting a stream deletes its snapshot, and a deleted stream "
+              "takes none") {
+  AppendOk(store, "dsnap-1", ExpectedVersion::NoStream(), Events(3));
+  AppendOk(store, "dsnap-2", ExpectedVersion::NoStream(), Events(1));
+  AppendOk(store, "dsnap-3", ExpectedVersion::NoStream(), Events(1));
+  REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("dsnap-1", 3, R"({"n":3})")));
+  REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("dsnap-2", 1, R"({"n":1})")));
+  REQUIRE(LoadOk(store, "dsnap-1").stream_version == 3);
+
+  REQUIRE_OK(store.DeleteStream("dsnap-1", ExpectedVersion::Exactly(3)));
+  CHECK_CODE(store.LoadSnapshot("dsnap-1"), absl::StatusCode::kNotFound);
+  // Neither at the deleted version nor at a newer one.
+  for (int64_t version : {3, 4}) {
+    INFO("version " << version);
+    CHECK_CODE(store.SaveSnapshot(MakeSnapshot("dsnap-1", version, "{}")),
+               absl::StatusCode::kFailedPrecondition);
+    CHECK_CODE(store.LoadSnapshot("dsnap-1"), absl::StatusCode::kNotFound);
+  }
+  // A stream deleted without a snapshot takes none either.
+  REQUIRE_OK(store.DeleteStream("dsnap-3", ExpectedVersion::Any()));
+  CHECK_CODE(store.SaveSnapshot(MakeSnapshot("dsnap-3", 1, "{}")),
+             absl::StatusCode::kFailedPrecondition);
+  CHECK_CODE(store.LoadSnapshot("dsnap-3"), absl::StatusCode::kNotFound);
+
+  // Other streams keep theirs.
+  const Snapshot other = LoadOk(store, "dsnap-2");
+  CHECK(other.stream_version == 1);
+  CHECK(other.state == R"({"n":1})");
 }
 
 // ---------------------------------------------------------------------------
@@ -1320,6 +1478,150 @@ CONTRACT_TEST(BadReadsAreRefused,
   CHECK(StreamVersion(store, "bad-1") == 2);
 }
 
+// Byte strings that are not UTF-8 (RFC 3629), each with what is wrong.
+std::vector<std::pair<std::string, std::string>> NotUtf8() {
+  return {{"byte 0xff", "\xff"},
+          {"encoded surrogate U+D800", "\xed\xa0\x80"},
+          {"overlong '/'", "\xc0\xaf"},
+          {"overlong 3-byte NUL", "\xe0\x80\x80"},
+          {"lone continuation byte", "\x80"},
+          {"truncated 2-byte sequence", "x\xc3"},
+          {"above U+10FFFF", "\xf4\x90\x80\x80"}};
+}
+
+CONTRACT_TEST(NonUtf8IsRefused,
+              "stream ids, event types and categories must be UTF-8") {
+  AppendOk(store, "utf-1", ExpectedVersion::NoStream(), Events(1));
+  REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("utf-1", 1, "{}")));
+  const StoreState before = Capture(store);
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+
+  for (const auto& [what, bytes] : NotUtf8()) {
+    INFO(what);
+    for (const std::string& id : {bytes, absl::StrCat("utf-", bytes)}) {
+      CHECK_CODE(store.Append(id, ExpectedVersion::Any(), Events(1)), kInvalid);
+      CHECK_CODE(store.Append(id, ExpectedVersion::NoStream(), Events(2)),
+                 kInvalid);
+      CHECK_CODE(store.ReadStream(id, Direction::kForward, 1, 10), kInvalid);
+      CHECK_CODE(store.GetStreamInfo(id), kInvalid);
+      CHECK_CODE(store.DeleteStream(id, ExpectedVersion::Any()), kInvalid);
+      CHECK_CODE(store.SaveSnapshot(MakeSnapshot(id, 1, "{}")), kInvalid);
+      CHECK_CODE(store.LoadSnapshot(id), kInvalid);
+      CHECK_CODE(store.ReadCategory(id, Position::Start(), 10), kInvalid);
+    }
+    for (int count : {1, 3}) {
+      std::vector<NewEvent> events = Events(count);
+      events.back().event_type = absl::StrCat("Type", bytes);
+      CHECK_CODE(store.Append("utf-1", ExpectedVersion::Exactly(1), events),
+                 kInvalid);
+      CHECK_CODE(store.Append("utf-2", ExpectedVersion::NoStream(), events),
+                 kInvalid);
+    }
+  }
+  CHECK_UNCHANGED(store, before);
+  CHECK(StreamVersion(store, "utf-1") == 1);
+  CHECK_CODE(store.GetStreamInfo("utf-2"), absl::StatusCode::kNotFound);
+  CHECK(LoadOk(store, "utf-1").stream_version == 1);
+
+  // Well-formed UTF-8 of every length, up to U+10FFFF, is accepted.
+  const std::string id =
+      "\xc3\xa9\xe2\x82\xac\xef\xbf\xbf\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf-1";
+  std::vector<NewEvent> events = Events(2);
+  events[1].event_type = absl::StrCat("Type", id);
+  AppendOk(store, id, ExpectedVersion::NoStream(), events);
+  const std::vector<RecordedEvent> read = ReadWholeStream(store, id);
+  REQUIRE(read.size() == 2);
+  CHECK(read[0].stream_id == id);
+  CHECK(read[1].event_type == events[1].event_type);
+  REQUIRE_OK(store.WaitUntilVisible());
+  absl::StatusOr<ReadAllResult> category =
+      store.ReadCategory(CategoryOf(id), Position::Start(), 10);
+  REQUIRE_OK(category);
+  CHECK(IdsOf(category->events) == IdsOf(events));
+}
+
+CONTRACT_TEST(BadCategoriesAreRefused,
+              "ReadCategory refuses a category no stream id can have") {
+  const std::string longest(kMaxStreamIdLength, 'c');
+  AppendOk(store, longest, ExpectedVersion::NoStream(), Events(1));
+  AppendOk(store, "cat-1", ExpectedVersion::NoStream(), Events(1));
+  REQUIRE_OK(store.WaitUntilVisible());
+
+  const std::vector<std::string> bad = {
+      "",        std::string(kMaxStreamIdLength + 1, 'c'),
+      "cat\n",   "cat\x01",
+      "cat\x7f", std::string("c\0t", 3),
+      "cat\xff", "\xed\xa0\x80",
+      "\xc0\xaf"};
+  for (const std::string& category : bad) {
+    INFO("category of " << category.size() << " bytes");
+    CHECK_CODE(store.ReadCategory(category, Position::Start(), 10),
+               absl::StatusCode::kInvalidArgument);
+  }
+
+  // At the limit: a stream id without '-' is its own category.
+  absl::StatusOr<ReadAllResult> page =
+      store.ReadCategory(longest, Position::Start(), 10);
+  REQUIRE_OK(page);
+  REQUIRE(page->events.size() == 1);
+  CHECK(page->events[0].stream_id == longest);
+  page = store.ReadCategory("cat", Position::Start(), 10);
+  REQUIRE_OK(page);
+  CHECK(page->events.size() == 1);
+}
+
+CONTRACT_TEST(LoneSurrogatesAreRefused,
+              "JSON strings with a lone surrogate escape are refused in data, "
+              "metadata and snapshot state") {
+  AppendOk(store, "sur-1", ExpectedVersion::NoStream(), Events(1));
+  REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("sur-1", 1, R"({"ok":1})")));
+  const StoreState before = Capture(store);
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+
+  const std::vector<std::string> bad = {
+      R"({"s":"\ud800"})",         R"({"s":"\udc00"})",
+      R"({"s":"x\udfffy"})",       R"({"\udc00":1})",
+      R"({"a":[{"s":"\udbff"}]})", R"({"s":"\udc00\ud800"})",
+      R"({"s":"\ud800\u0041"})"};
+  for (const std::string& json : bad) {
+    INFO(json);
+    for (int count : {1, 2}) {
+      std::vector<NewEvent> events = Events(count);
+      events.back().data = json;
+      CHECK_CODE(store.Append("sur-1", ExpectedVersion::Exactly(1), events),
+                 kInvalid);
+      CHECK_CODE(store.Append("sur-2", ExpectedVersion::NoStream(), events),
+                 kInvalid);
+      events = Events(count);
+      events.back().metadata = json;
+      CHECK_CODE(store.Append("sur-1", ExpectedVersion::Exactly(1), events),
+                 kInvalid);
+      CHECK_CODE(store.Append("sur-2", ExpectedVersion::Any(), events),
+                 kInvalid);
+    }
+    CHECK_CODE(store.SaveSnapshot(MakeSnapshot("sur-1", 1, json)), kInvalid);
+    CHECK_CODE(store.SaveSnapshot(MakeSnapshot("sur-1", 2, json)), kInvalid);
+  }
+  CHECK_UNCHANGED(store, before);
+  CHECK(StreamVersion(store, "sur-1") == 1);
+  CHECK_CODE(store.GetStreamInfo("sur-2"), absl::StatusCode::kNotFound);
+  const Snapshot kept = LoadOk(store, "sur-1");
+  CHECK(kept.stream_version == 1);
+  CHECK(kept.state == R"({"ok":1})");
+
+  // A surrogate pair is one character (U+1F600) and fine everywhere.
+  const std::string pair = R"({"s":"\ud83d\ude00"})";
+  NewEvent event = Event("Paired", pair);
+  event.metadata = pair;
+  AppendOk(store, "sur-1", ExpectedVersion::Exactly(1), {event});
+  const std::vector<RecordedEvent> read = ReadWholeStream(store, "sur-1");
+  REQUIRE(read.size() == 2);
+  CHECK(JsonEquals(read[1].data, pair));
+  CHECK(JsonEquals(read[1].metadata, pair));
+  REQUIRE_OK(store.SaveSnapshot(MakeSnapshot("sur-1", 2, pair)));
+  CHECK(LoadOk(store, "sur-1").state == pair);
+}
+
 // ---------------------------------------------------------------------------
 // Concurrency: the store is shared by all threads of a process.
 
@@ -1478,6 +1780,93 @@ CONTRACT_TEST(ReadAllDuringConcurrentAppends,
     CHECK(e.stream_version == last_version[e.stream_id] + 1);
     last_version[e.stream_id] = e.stream_version;
   }
+}
+
+CONTRACT_TEST(DeleteAndConcurrentAppendNeverBothSucceed,
+              "a delete and a concurrent append never both succeed") {
+  constexpr int kTrials = 200;
+  int delete_won = 0;
+  int append_won = 0;
+  int both_won = 0;
+  int neither_won = 0;
+  // The first few trials that went wrong, and how.
+  std::vector<std::string> disagreements;
+  for (int trial = 0; trial < kTrials; ++trial) {
+    const std::string stream = absl::StrCat("race-", trial);
+    AppendOk(store, stream, ExpectedVersion::NoStream(), Events(1));
+    const NewEvent raced = Event("Raced");
+
+    absl::Status deleted;
+    absl::StatusOr<AppendResult> appended;
+    std::atomic<int> arrived{0};
+    auto start_together = [&arrived] {
+      arrived.fetch_add(1);
+      while (arrived.load() < 2) std::this_thread::yield();
+    };
+    std::thread deleter([&] {
+      start_together();
+      deleted = store.DeleteStream(stream, ExpectedVersion::Exactly(1));
+    });
+    std::thread appender([&] {
+      start_together();
+      appended = store.Append(stream, ExpectedVersion::Exactly(1), {raced});
+    });
+    deleter.join();
+    appender.join();
+
+    std::string disagreement;
+    const absl::StatusOr<StreamInfo> info = store.GetStreamInfo(stream);
+    if (deleted.ok() && appended.ok()) {
+      ++both_won;
+    } else if (deleted.ok()) {
+      ++delete_won;
+      // A retry of the append would return it if any of it were stored.
+      const absl::Status retry =
+          store.Append(stream, ExpectedVersion::Any(), {raced}).status();
+      if (appended.status().code() != absl::StatusCode::kFailedPrecondition) {
+        disagreement =
+            absl::StrCat("the append lost with ", appended.status().ToString());
+      } else if (!IsDeletedStream(info.status())) {
+        disagreement = absl::StrCat("stream info after the delete: ",
+                                    info.status().ToString());
+      } else if (retry.code() != absl::StatusCode::kFailedPrecondition) {
+        disagreement =
+            absl::StrCat("retry of the lost append: ", retry.ToString());
+      }
+    } else if (appended.ok()) {
+      ++append_won;
+      absl::StatusOr<std::vector<RecordedEvent>> last = store.ReadStream(
+          stream, Direction::kBackward, std::numeric_limits<int64_t>::max(), 1);
+      if (ConflictActualVersion(deleted) != std::optional<int64_t>(2)) {
+        disagreement =
+            absl::StrCat("the delete lost with ", deleted.ToString());
+      } else if (appended->last_version != 2 || appended->already_stored) {
+        disagreement =
+            absl::StrCat("the append got version ", appended->last_version);
+      } else if (!info.ok() || info->version != 2) {
+        disagreement = absl::StrCat("stream info after the append: ",
+                                    info.status().ToString());
+      } else if (!last.ok() || last->size() != 1 ||
+                 (*last)[0].event_id != raced.event_id) {
+        disagreement = "the stream does not end with the appended event";
+      }
+    } else {
+      ++neither_won;
+      if (neither_won == 1) {
+        disagreement = absl::StrCat("neither won: ", deleted.ToString(), "; ",
+                                    appended.status().ToString());
+      }
+    }
+    if (!disagreement.empty() && disagreements.size() < 5) {
+      disagreements.push_back(
+          absl::StrCat("trial ", trial, ": ", disagreement));
+    }
+  }
+  INFO("delete won " << delete_won << ", append won " << append_won
+                     << ", neither " << neither_won << " of " << kTrials);
+  CHECK(both_won == 0);
+  CHECK(neither_won == 0);
+  CHECK(disagreements == std::vector<std::string>{});
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 #include "tests/support/test_database.h"
 
 #include <cstdlib>
+#include <utility>
 
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "framework/uuid.h"
 
@@ -20,7 +22,57 @@ std::string TestDatabaseUrl() {
   return url;
 }
 
-TestSchema::TestSchema(int pool_size) : url_(TestDatabaseUrl()) {
+std::string WithDatabase(const std::string& url, const std::string& dbname) {
+  // libpq takes the last value of a repeated keyword, and a URI's query
+  // parameters override its path.
+  if (absl::StartsWith(url, "postgresql://") ||
+      absl::StartsWith(url, "postgres://")) {
+    return absl::StrCat(url, url.find('?') == std::string::npos ? "?" : "&",
+                        "dbname=", dbname);
+  }
+  return absl::StrCat(url, " dbname=", dbname);
+}
+
+long long StreamOrderInversions(const std::string& url,
+                                const std::string& schema) {
+  pqxx::connection conn(url);
+  pqxx::nontransaction tx(conn);
+  return tx
+      .exec1(absl::StrCat(
+          "SELECT count(*) FROM (SELECT transaction_id, global_position, "
+          "lag(transaction_id) OVER w AS prev_xid, "
+          "lag(global_position) OVER w AS prev_position FROM ",
+          schema,
+          ".events WINDOW w AS (PARTITION BY stream_id "
+          "ORDER BY stream_version)) e WHERE prev_xid IS NOT NULL AND "
+          "(transaction_id, global_position) < (prev_xid, prev_position)"))[0]
+      .as<long long>();
+}
+
+TestDatabase::TestDatabase(const std::string& create_options)
+    : admin_url_(TestDatabaseUrl()),
+      name_(absl::StrCat("t_", NewUuid().substr(24))),
+      url_(WithDatabase(admin_url_, name_)) {
+  pqxx::connection conn(admin_url_);
+  pqxx::nontransaction tx(conn);
+  tx.exec(absl::StrCat("CREATE DATABASE ", name_, " TEMPLATE template0 ",
+                       create_options));
+}
+
+TestDatabase::~TestDatabase() {
+  try {
+    pqxx::connection conn(admin_url_);
+    pqxx::nontransaction tx(conn);
+    tx.exec(absl::StrCat("DROP DATABASE IF EXISTS ", name_, " WITH (FORCE)"));
+  } catch (const std::exception&) {
+    // Best effort: the whole cluster is thrown away after the run anyway.
+  }
+}
+
+TestSchema::TestSchema(int pool_size)
+    : TestSchema(TestDatabaseUrl(), pool_size) {}
+
+TestSchema::TestSchema(std::string url, int pool_size) : url_(std::move(url)) {
   std::string suffix = NewUuid().substr(24);  // 12 random hex digits
   name_ = absl::StrCat("t_", suffix);
   Exec(absl::StrCat("CREATE SCHEMA ", name_));
@@ -79,6 +131,10 @@ long long TestSchema::QueryInt(const std::string& sql) {
   pqxx::connection conn(url_);
   pqxx::nontransaction tx(conn);
   return tx.exec1(sql)[0].as<long long>();
+}
+
+long long TestSchema::StreamOrderInversions() {
+  return cqrs::testing::StreamOrderInversions(url_, name_);
 }
 
 }  // namespace cqrs::testing

@@ -2,13 +2,14 @@
 //
 //   cqrs::testing::TestSchema schema;           // fresh schema, dropped after
 //   auto store = schema.NewEventStore();        // migrated PostgresEventStore
+//   CHECK(schema.StreamOrderInversions() == 0); // the log keeps stream order
 //
 // The connection string comes from CQRS_TEST_DATABASE_URL, which scripts/test
 // sets after starting its throwaway cluster. Without it, the test FAILS with
 // a message saying to run scripts/test; it never skips.
 //
-// Thread-safety: TestSchema is created and destroyed on the test's thread;
-// its pool and stores are thread-safe.
+// Thread-safety: TestSchema and TestDatabase are created and destroyed on the
+// test's thread; a TestSchema's pool and stores are thread-safe.
 #ifndef TESTS_SUPPORT_TEST_DATABASE_H_
 #define TESTS_SUPPORT_TEST_DATABASE_H_
 
@@ -26,11 +27,50 @@ inline constexpr char kTestDatabaseEnv[] = "CQRS_TEST_DATABASE_URL";
 // variable is missing.
 std::string TestDatabaseUrl();
 
+// `url` (a libpq connection string or URI) with its database replaced by
+// `dbname`.
+std::string WithDatabase(const std::string& url, const std::string& dbname);
+
+// Counts, over the whole events table of the event store in `schema`, the
+// pairs of consecutive versions of one stream that the global order
+// ((transaction_id, global_position), what readers follow) puts the other
+// way round. 0 when every stream's versions are in order in the global
+// order (docs/event-store.md).
+long long StreamOrderInversions(const std::string& url,
+                                const std::string& schema);
+
+// A database of its own on the test cluster, for tests that need database
+// settings (a collation): created with a unique name and `create_options`
+// appended to CREATE DATABASE ... TEMPLATE template0, dropped (with any
+// session still connected) on destruction.
+//
+//   TestDatabase icu("LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+//                    "LOCALE 'C.UTF-8'");
+//   TestSchema schema(icu.url(), /*pool_size=*/8);
+class TestDatabase {
+ public:
+  explicit TestDatabase(const std::string& create_options);
+  ~TestDatabase();
+  TestDatabase(const TestDatabase&) = delete;
+  TestDatabase& operator=(const TestDatabase&) = delete;
+
+  const std::string& name() const { return name_; }
+  // TestDatabaseUrl() connected to this database.
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string admin_url_;  // the test database, to create and drop this one
+  std::string name_;
+  std::string url_;
+};
+
 // A schema of its own for one test case: created (with a unique name) on
 // construction, dropped with everything in it on destruction.
 class TestSchema {
  public:
   explicit TestSchema(int pool_size = 20);
+  // The same in the database `url` connects to (a TestDatabase's url()).
+  TestSchema(std::string url, int pool_size);
   ~TestSchema();
 
   const std::string& name() const { return name_; }
@@ -48,6 +88,8 @@ class TestSchema {
   int TerminatePoolSessions();
   // Runs a query returning one bigint.
   long long QueryInt(const std::string& sql);
+  // StreamOrderInversions() of this schema's event store.
+  long long StreamOrderInversions();
 
  private:
   std::string url_;
