@@ -1,6 +1,7 @@
 #include "framework/pg_pool.h"
 
 #include <pqxx/except>
+#include <pqxx/nontransaction>
 
 #include "absl/strings/str_cat.h"
 
@@ -89,6 +90,18 @@ absl::Status TranslateCurrentPgException() {
 
 absl::Status StatusFromCurrentPgException() {
   return MarkDatabaseError(TranslateCurrentPgException());
+}
+
+bool ResetAfterFailure(pqxx::connection& conn) {
+  try {
+    // Outside a transaction block this only draws a warning, which
+    // libpqxx does not print.
+    pqxx::nontransaction tx(conn);
+    tx.exec("ROLLBACK");
+    return true;
+  } catch (...) {
+    return false;
+  }
 }
 
 PgPool::Lease::Lease(Lease&& other) noexcept

@@ -143,6 +143,13 @@ class PgPool {
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// After work on `conn` failed: ends any transaction block the work left
+// open, so that the connection goes back to the pool outside a transaction.
+// (A statement cancelled while BEGIN runs leaves the session in an aborted
+// transaction block that no pqxx::work object owns.) Returns false when the
+// connection is unusable.
+bool ResetAfterFailure(pqxx::connection& conn);
+
 // Runs `fn` and translates any exception; marks the lease broken when the
 // connection is gone, so that the pool replaces it.
 template <typename Fn>
@@ -154,7 +161,7 @@ absl::Status RunOnLease(PgPool::Lease& lease, Fn&& fn) {
     status = StatusFromCurrentPgException();
   }
   if (absl::IsUnavailable(status) || absl::IsUnknown(status) ||
-      !lease->is_open()) {
+      !lease->is_open() || (!status.ok() && !ResetAfterFailure(*lease))) {
     lease.MarkBroken();
   }
   return status;

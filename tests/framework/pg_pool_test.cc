@@ -182,3 +182,41 @@ TEST_CASE("a broken connection is replaced and retried when allowed",
 
 }  // namespace
 }  // namespace cqrs
+
+namespace cqrs {
+namespace {
+
+TEST_CASE("failed work never hands a connection back inside a transaction",
+          "[framework][pg]") {
+  TestSchema schema;
+  auto pool = PgPool::Create(Options(schema.url(), 1));
+  REQUIRE(pool.ok());
+  // What a statement cancelled while BEGIN runs leaves behind: a session in
+  // an aborted transaction block that no pqxx::work owns (and so nobody
+  // rolls back). Before the fix, every later user of this connection got
+  // "current transaction is aborted" (25P02).
+  absl::Status failed =
+      (*pool)->Run(PgPool::Retry::kNever, [](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        tx.exec("BEGIN");
+        tx.exec("SELECT 1/0");
+        return absl::OkStatus();
+      });
+  CHECK(failed.code() == absl::StatusCode::kInvalidArgument);
+  int value = 0;
+  absl::Status next =
+      (*pool)->Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+        pqxx::work tx(conn);
+        value = tx.exec1("SELECT 7")[0].as<int>();
+        tx.commit();
+        return absl::OkStatus();
+      });
+  INFO(next.ToString());
+  CHECK(next.ok());
+  CHECK(value == 7);
+  // Failed work that left no transaction keeps its connection.
+  CHECK((*pool)->stats().open == 1);
+}
+
+}  // namespace
+}  // namespace cqrs

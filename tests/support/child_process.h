@@ -22,6 +22,7 @@ class ChildProcess {
   enum class Output {
     kDiscard,     // stdout and stderr to /dev/null
     kStdoutOnly,  // stderr to /dev/null
+    kInherit,     // both to the test's own (to debug a test)
   };
 
   // Starts `binary` with `args` (argv[0] is added); fails the test when it
