@@ -26,7 +26,7 @@
 // log.
 //
 // CQRS_STRESS_SEED and CQRS_STRESS_SECONDS override the fixed seed and the
-// traffic time; bench/stress-commands runs it for longer with random seeds.
+// traffic time; scripts/stress-commands runs it for longer with random seeds.
 // STRESS_DEBUG=1 passes the banks' logs through.
 #include <netinet/in.h>
 #include <signal.h>
