@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "absl/strings/match.h"
+#include "framework/error_classes.h"
 
 namespace cqrs {
 namespace http {
@@ -116,6 +117,33 @@ TEST_CASE("an explicit HTTP status overrides the default", "[http]") {
 TEST_CASE("an out-of-range explicit HTTP status is ignored", "[http]") {
   const absl::Status status = WithHttpStatus(absl::NotFoundError("x"), 200);
   CHECK(ResponseFromStatus(status).status == 404);
+}
+
+TEST_CASE("a database error's text never reaches the client", "[http]") {
+  // What StatusFromCurrentPgException() makes of a lost version race and of
+  // a missing table: 4xx codes whose text used to be sent as it was.
+  const absl::Status race = MarkDatabaseError(absl::AlreadyExistsError(
+      "postgres error 23505: duplicate key value violates unique constraint "
+      "\"events_stream_version_key\""));
+  Response conflict = ResponseFromStatus(race);
+  CHECK(conflict.status == 500);
+  CHECK(!absl::StrContains(conflict.body, "events_stream_version_key"));
+  CHECK(absl::StrContains(conflict.log_detail, "events_stream_version_key"));
+
+  const absl::Status timeout = MarkDatabaseError(absl::CancelledError(
+      "postgres error 57014: canceling statement due to statement timeout"));
+  Response unavailable = ResponseFromStatus(timeout);
+  CHECK(unavailable.status == 503);
+  CHECK(HttpStatusFor(timeout) == 503);
+  CHECK(unavailable.Header("Retry-After") ==
+        absl::optional<absl::string_view>("1"));
+  CHECK(absl::StrContains(unavailable.body, "\"unavailable\""));
+  CHECK(!absl::StrContains(unavailable.body, "57014"));
+
+  // A layer that understood the error attaches a code: then it is sent.
+  Response coded = ResponseFromStatus(WithErrorCode(race, "transfer_exists"));
+  CHECK(coded.status == 409);
+  CHECK(absl::StrContains(coded.body, "transfer_exists"));
 }
 
 TEST_CASE("payload helpers leave an OK status alone", "[http]") {
