@@ -35,8 +35,8 @@ commands:
                process manager, unless --no-projections)
   project      run the projections and the transfer process manager only
                (a separate worker process)
-  projections  list, status, rebuild, parked, replay-parked: operate the
-               projections
+  projections  list, status, rebuild, parked, replay-parked, resume:
+               operate the projections
   migrate      create or upgrade the database schema and exit
 
 Run `bank <command> --help` for the options of a command.
@@ -364,7 +364,7 @@ int main(int argc, char** argv) {
     }
     const std::string& sub = flags.positional[0];
     if (sub != "list" && sub != "status" && sub != "rebuild" &&
-        sub != "parked" && sub != "replay-parked") {
+        sub != "parked" && sub != "replay-parked" && sub != "resume") {
       return UsageError(absl::StrCat("unknown projections command '", sub, "'"),
                         command);
     }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <iostream>
@@ -28,8 +29,9 @@ const char kProjectionsHelp[] = R"(usage: bank projections <command> [options]
 
 commands:
   list                      the projections this build has
-  status [--json]           state, checkpoint, lag, owner, parked events and
-                            last error of every projection
+  status [--json]           state, checkpoint, lag, owner, parked events,
+                            last error and the error being retried (transient
+                            database errors) of every projection
   rebuild <name>... | --all rebuild read models without downtime (a progress
                             bar on a terminal); Ctrl-C stops it and leaves the
                             live read model untouched; running it again
@@ -37,6 +39,10 @@ commands:
   parked [<name>]           the parked (dead-letter) events, oldest first
   replay-parked <name>      apply a projection's parked events again, in
                             order; those that fail again stay parked
+  resume <name>             go on with a projection or the transfer process
+                            that an error stopped (state failed), from its
+                            checkpoint: the failed event is tried again, so
+                            fix its cause first; no rebuild
 
 options (before or after the command):
   --database-url URL     PostgreSQL connection string (default: $DATABASE_URL,
@@ -108,6 +114,9 @@ int Status(cqrs::PgPool& pool, const std::string& schema, bool json) {
                         ? ""
                         : absl::StrCat(" (at ", s.failed_position, ")"))
                 << "\n";
+    }
+    if (!s.transient_error.empty()) {
+      std::cout << "    retrying after: " << s.transient_error << "\n";
     }
   }
   return kOk;
@@ -266,6 +275,25 @@ int ReplayParked(cqrs::PgPool& pool, const std::string& schema,
   return result->still_parked == 0 ? kOk : kFailure;
 }
 
+int Resume(cqrs::PgPool& pool, const std::string& schema,
+           const std::vector<std::string>& names) {
+  if (names.size() != 1) return Usage("resume takes one projection");
+  std::vector<std::string> valid;
+  for (const Projection& p : BankProjections()) valid.push_back(p.name);
+  valid.push_back(TransferProcess().name);
+  if (std::find(valid.begin(), valid.end(), names[0]) == valid.end()) {
+    return Usage(absl::StrCat("unknown projection '", names[0],
+                              "' (known: ", absl::StrJoin(valid, ", "), ")"));
+  }
+  absl::Status s = cqrs::projections::ResumeProjection(pool, schema, names[0]);
+  if (!s.ok()) return Fail(s);
+  std::cout << names[0]
+            << ": resumed from its checkpoint (the owning process goes on "
+               "within a second)"
+            << std::endl;
+  return kOk;
+}
+
 }  // namespace
 
 int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
@@ -273,7 +301,7 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
   if (args.empty()) {
     return Usage(
         "missing command (list, status, rebuild, parked, "
-        "replay-parked)");
+        "replay-parked, resume)");
   }
   const std::string& command = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
@@ -286,7 +314,7 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
       all = true;
     } else if (a.rfind("--", 0) == 0 ||
                (command != "rebuild" && command != "parked" &&
-                command != "replay-parked")) {
+                command != "replay-parked" && command != "resume")) {
       return Usage(absl::StrCat("unexpected argument '", a, "' for ", command));
     } else {
       names.push_back(a);
@@ -297,6 +325,7 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
   if (command == "rebuild") return Rebuild(pool, schema, names, all);
   if (command == "parked") return Parked(pool, schema, names);
   if (command == "replay-parked") return ReplayParked(pool, schema, names);
+  if (command == "resume") return Resume(pool, schema, names);
   return Usage(absl::StrCat("unknown projections command '", command, "'"));
 }
 

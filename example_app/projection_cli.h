@@ -15,7 +15,8 @@
 namespace bank {
 
 // `bank projections <args>` on a migrated `schema`: list, status [--json],
-// rebuild <name>... | --all. Returns the process exit code (0, 1, or 2 for
+// rebuild <name>... | --all, parked [<name>], replay-parked <name>,
+// resume <name>. Returns the process exit code (0, 1, or 2 for
 // a usage error); prints errors to stderr.
 int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
                           const std::vector<std::string>& args);

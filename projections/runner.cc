@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
+#include "eventstore/event_store.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
@@ -80,7 +81,15 @@ CREATE TABLE {s}.projection_rebuilds (
   started_at   timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+    {3, "transient errors in the status", R"sql(
+-- The error of the last failed attempt while the owner retries without end
+-- (a transient error); NULL once a batch succeeds.
+ALTER TABLE {s}.projections ADD COLUMN transient_error text;
+)sql"},
 };
+static_assert(std::size(kMigrations) ==
+                  projections_internal::kBookkeepingSchemaVersion,
+              "status readers check the bookkeeping schema version");
 
 }  // namespace
 
@@ -160,7 +169,12 @@ class Worker {
   }
 
   void Loop() {
+    // Failures of the current batch that count toward max_attempts: errors
+    // a handler gave for its events that are not transient.
     int attempts = 0;
+    // Failures in a row that are retried without end: transient errors,
+    // and errors outside the handler (which no event causes).
+    int setbacks = 0;
     // After a failed batch: one event at a time up to here, to find the
     // failing event. (Not std::optional: GCC 12 warns falsely on it.)
     bool isolating = false;
@@ -177,7 +191,7 @@ class Worker {
         if (!s.ok()) {
           Log(LogLevel::kWarn, "projection not ready",
               {{"projection", p_.name}, {"error", s.ToString()}});
-          SleepFor(Backoff(attempts++));
+          SleepFor(Backoff(++setbacks));
           continue;
         }
         if (version_mismatch_) {
@@ -190,7 +204,8 @@ class Worker {
       }
       if (failed_) {
         // Stopped by a failing event until a rebuild replaces the read
-        // model (which clears the state): look again now and then.
+        // model or an operator resumes it (ResumeProjection), both of which
+        // clear the state: look again now and then.
         prepared_ = false;
         SleepFor(options_->poll_interval);
         continue;
@@ -201,12 +216,39 @@ class Worker {
       Failure failure;
       absl::StatusOr<BatchResult> r = RunBatch(limit, &failure);
       if (!r.ok()) {
+        const absl::Status& error = r.status();
+        if (eventstore::MustRetryTransaction(error) && limit > 1) {
+          // The batch's transaction was too old for one of its appends (it
+          // took its transaction id before another writer committed to the
+          // stream). The same batch would likely meet that again: one event
+          // per transaction up to the end of this batch, not an attempt.
+          Log(LogLevel::kInfo, "projection batch goes on one event at a time",
+              {{"projection", p_.name}, {"error", error.ToString()}});
+          attempts = 0;
+          isolating = true;
+          isolate_until = last_read_;
+          continue;
+        }
+        if (IsTransientError(error) || !failure.event.has_value()) {
+          // Goes away by itself (a lock or statement timeout, a lost
+          // session, a deadlock...), or no event caused it: never the
+          // error policy; retried until it works.
+          ++setbacks;
+          Log(LogLevel::kWarn, "projection batch failed, retrying",
+              {{"projection", p_.name},
+               {"retry", absl::StrCat(setbacks)},
+               {"error", error.ToString()}});
+          ReportTransient(error);
+          SleepFor(Backoff(setbacks));
+          continue;
+        }
+        ClearTransient();  // this failure is not transient
         ++attempts;
         Log(LogLevel::kWarn, "projection batch failed",
             {{"projection", p_.name},
              {"attempt", absl::StrCat(attempts)},
-             {"error", r.status().ToString()}});
-        if (attempts >= p_.max_attempts && failure.event.has_value()) {
+             {"error", error.ToString()}});
+        if (attempts >= p_.max_attempts) {
           attempts = 0;
           if (limit > 1) {
             // Find the failing event: one event at a time up to the end of
@@ -215,13 +257,15 @@ class Worker {
             isolate_until = last_read_;
             continue;
           }
-          HandlePoison(*failure.event, r.status());
+          HandlePoison(*failure.event, error);
           continue;
         }
         SleepFor(Backoff(attempts));
         continue;
       }
       attempts = 0;
+      setbacks = 0;
+      ClearTransient();
       if (isolating && !(checkpoint() < isolate_until)) isolating = false;
       switch (*r) {
         case BatchResult::kFull:
@@ -316,7 +360,8 @@ class Worker {
           pqxx::row row = tx.exec_params1(
               absl::StrCat("SELECT version, generation, position_xid::text, "
                            "position_gp, state, coalesce(last_error, ''), "
-                           "coalesce(failed_position, ''), parked_epoch FROM ",
+                           "coalesce(failed_position, ''), parked_epoch, "
+                           "coalesce(transient_error, '') FROM ",
                            options_->schema, ".projections WHERE name = $1"),
               p_.name);
           const int version = row[0].as<int>();
@@ -336,6 +381,7 @@ class Worker {
             parked += r[1].as<int64_t>();
           }
           tx.commit();
+          stored_transient_ = row[8].as<std::string>();
           absl::MutexLock lock(&mu_);
           status_.position = Position{ParseXid(row[2]), row[3].as<int64_t>()};
           MarkStored(status_.position);
@@ -348,6 +394,10 @@ class Worker {
                 Position::FromToken(row[6].as<std::string>());
             if (fp.ok()) status_.failed_position = *fp;
             status_.state = "failed";
+          } else if (status_.state != "running") {
+            // Owned and about to work (also after a resume): "running"
+            // once a batch finds it caught up.
+            status_.state = "catching_up";
           }
           version_mismatch_ = version != p_.version;
           if (version_mismatch_) {
@@ -499,6 +549,49 @@ class Worker {
         absl::ToUnixMicros(e.recorded_at), std::string(error));
   }
 
+  // Shows `error` as the projection's transient error, here and (best
+  // effort: the database may be what fails) in its row for every process.
+  void ReportTransient(const absl::Status& error) {
+    const std::string message(error.message());
+    {
+      absl::MutexLock lock(&mu_);
+      status_.transient_error = message;
+    }
+    if (message == stored_transient_) return;
+    if (StoreTransient(message).ok()) stored_transient_ = message;
+  }
+
+  // A batch worked, or failed for another reason: no transient error now.
+  void ClearTransient() {
+    {
+      absl::MutexLock lock(&mu_);
+      status_.transient_error.clear();
+    }
+    if (stored_transient_.empty()) return;
+    if (StoreTransient("").ok()) stored_transient_.clear();
+  }
+
+  // Sets the row's transient_error (NULL for ""), not waiting long for the
+  // row: a report must not hold the worker up behind a swap or a replay.
+  absl::Status StoreTransient(const std::string& message) {
+    absl::Status s = pool_->Run(
+        PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+          pqxx::work tx(conn);
+          tx.exec("SET LOCAL lock_timeout = '1s'");
+          tx.exec_params(absl::StrCat("UPDATE ", options_->schema,
+                                      ".projections SET transient_error = "
+                                      "nullif($2, '') WHERE name = $1"),
+                         p_.name, message);
+          tx.commit();
+          return absl::OkStatus();
+        });
+    if (!s.ok()) {
+      Log(LogLevel::kDebug, "projection could not store its transient error",
+          {{"projection", p_.name}, {"error", s.ToString()}});
+    }
+    return s;
+  }
+
   // `event` failed max_attempts times on its own: stop or park.
   void HandlePoison(const RecordedEvent& event, const absl::Status& error) {
     const std::string message(error.message());
@@ -527,11 +620,14 @@ class Worker {
                 absl::StrCat("UPDATE ", options_->schema,
                              ".projections SET state = 'failed', "
                              "last_error = $2, failed_position = $3, "
-                             "updated_at = now() WHERE name = $1"),
+                             "transient_error = NULL, updated_at = now() "
+                             "WHERE name = $1"),
                 p_.name, message, event.position.ToToken());
             tx.commit();
+            stored_transient_.clear();
             absl::MutexLock lock(&mu_);
             failed_ = true;
+            status_.transient_error.clear();
             status_.state = "failed";
             status_.last_error = message;
             status_.failed_position = event.position;
@@ -583,6 +679,8 @@ class Worker {
   absl::flat_hash_map<std::string, std::string> tables_;
   absl::flat_hash_set<std::string> parked_streams_;
   Position last_read_;
+  // The row's transient_error as last written or read ("" for NULL).
+  std::string stored_transient_;
   // The checkpoint as committed; checkpoint() may be ahead of it by events
   // the projection does not handle (see RunBatch).
   Position stored_;

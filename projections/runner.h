@@ -56,6 +56,20 @@ struct ProjectionRunnerOptions {
   // A standby tries to take ownership this often.
   absl::Duration takeover_interval = absl::Seconds(1);
   // Backoff after a failed batch: base * 2^attempt, at most 5 s.
+  //
+  // How a failed batch is handled (docs/projections.md, "Errors"):
+  // - a transient error (cqrs::IsTransientError), or an error outside the
+  //   handler, is retried with this backoff without end and shown as
+  //   ProjectionStatus::transient_error; it never counts toward the
+  //   projection's max_attempts;
+  // - eventstore::MustRetryTransaction() from a batch of several events
+  //   (its transaction was too old for an append it made) makes the worker
+  //   apply that batch's events one per transaction, then go back to full
+  //   batches; not an attempt either;
+  // - any other handler error counts: after max_attempts the worker applies
+  //   the batch one event at a time, and an event that fails max_attempts
+  //   times on its own gets the projection's ErrorPolicy (kStop: state
+  //   "failed" until ResumeProjection() or a rebuild; kPark: dead letters).
   absl::Duration retry_backoff = absl::Milliseconds(50);
   // Called on the projection's worker thread whenever the projection has
   // processed more events: after each committed checkpoint (the same
@@ -82,9 +96,20 @@ struct ProjectionStatus {
   // How far it has got: the committed checkpoint, or beyond it by events
   // it does not handle (see checkpoint_interval).
   eventstore::Position position;
-  std::string last_error;  // empty when none
+  // The error that stopped it (state "failed"), or the last one that made
+  // it park an event; empty when none.
+  std::string last_error;
   std::optional<eventstore::Position> failed_position;
   int64_t parked = 0;  // events in the dead-letter table
+  // While the worker retries a failed batch without end, the error of the
+  // last attempt; empty once a batch succeeds. Retried without end (never
+  // counted toward max_attempts, never the error policy) are transient
+  // errors (cqrs::IsTransientError: a lost session, a lock or statement
+  // timeout, a deadlock or serialization failure, a full disk...) and errors
+  // outside the handler. The state stays what it was ("running",
+  // "catching_up"). Also stored in the projection's row (see
+  // projections/status.h).
+  std::string transient_error;
 };
 
 class ProjectionRunner {

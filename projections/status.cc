@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
@@ -19,6 +20,11 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
   if (migrated == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "no projections in schema '", schema, "': run `bank migrate`"));
+  }
+  if (migrated < projections_internal::kBookkeepingSchemaVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the projection tables in schema '", schema,
+                     "' are of an older version: run `bank migrate`"));
   }
   std::vector<StoredStatus> out;
   RETURN_IF_ERROR(
@@ -50,7 +56,8 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
             "coalesce(p.failed_position, ''), "
             "EXISTS (SELECT 1 FROM ",
             schema,
-            ".projection_rebuilds r WHERE r.name = p.name) "
+            ".projection_rebuilds r WHERE r.name = p.name), "
+            "coalesce(p.transient_error, '') "
             "FROM ",
             schema, ".projections p ORDER BY p.name");
         for (const pqxx::row& r :
@@ -68,6 +75,8 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
           s.last_error = r[9].as<std::string>();
           s.failed_position = r[10].as<std::string>();
           const bool rebuilding = r[11].as<bool>();
+          // Left by an owner that has gone: not a current retry.
+          if (!s.owner.empty()) s.transient_error = r[12].as<std::string>();
           if (r[3].as<std::string>() == "failed") {
             s.state = "failed";
           } else if (rebuilding) {
@@ -84,42 +93,97 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
   return out;
 }
 
-std::string StatusesJson(const std::vector<StoredStatus>& statuses,
-                         StatusFields fields) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void WriteStatus(Writer& w, const StoredStatus& s, StatusFields fields) {
   auto string = [&w](const char* key, const std::string& value) {
     w.Key(key);
     w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
   };
   const bool all = fields == StatusFields::kAll;
-  w.StartArray();
-  for (const StoredStatus& s : statuses) {
-    w.StartObject();
-    string("name", s.name);
-    w.Key("version");
-    w.Int(s.version);
-    if (all) {
-      w.Key("generation");
-      w.Int(s.generation);
-    }
-    string("state", s.state);
-    string("position", s.position);
-    w.Key("lag_events");
-    w.Int64(s.lag_events);
-    w.Key("lag_seconds");
-    w.Double(s.lag_seconds);
-    if (all) string("owner", s.owner);
-    w.Key("parked");
-    w.Int64(s.parked);
-    if (!s.last_error.empty()) string("last_error", s.last_error);
-    if (all && !s.failed_position.empty()) {
-      string("failed_position", s.failed_position);
-    }
-    w.EndObject();
+  w.StartObject();
+  string("name", s.name);
+  w.Key("version");
+  w.Int(s.version);
+  if (all) {
+    w.Key("generation");
+    w.Int(s.generation);
   }
+  string("state", s.state);
+  string("position", s.position);
+  w.Key("lag_events");
+  w.Int64(s.lag_events);
+  w.Key("lag_seconds");
+  w.Double(s.lag_seconds);
+  if (all) string("owner", s.owner);
+  w.Key("parked");
+  w.Int64(s.parked);
+  if (!s.last_error.empty()) string("last_error", s.last_error);
+  if (all && !s.failed_position.empty()) {
+    string("failed_position", s.failed_position);
+  }
+  if (!s.transient_error.empty()) {
+    string("transient_error", s.transient_error);
+  }
+  w.EndObject();
+}
+
+}  // namespace
+
+std::string StatusesJson(const std::vector<StoredStatus>& statuses,
+                         StatusFields fields) {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartArray();
+  for (const StoredStatus& s : statuses) WriteStatus(w, s, fields);
   w.EndArray();
   return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::string StatusJson(const StoredStatus& status, StatusFields fields) {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  WriteStatus(w, status, fields);
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+absl::Status ResumeProjection(PgPool& pool, absl::string_view schema,
+                              absl::string_view name) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  ASSIGN_OR_RETURN(int migrated, MigratedVersion(pool, schema, "projections"));
+  if (migrated == 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "no projection '", name, "': schema '", schema, "' has none"));
+  }
+  return pool.Run(
+      PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+        pqxx::work tx(conn);
+        // The row lock orders this after a batch or swap in flight.
+        pqxx::result row = tx.exec_params(
+            absl::StrCat("SELECT state FROM ", schema,
+                         ".projections WHERE name = $1 FOR UPDATE"),
+            std::string(name));
+        if (row.empty()) {
+          return absl::NotFoundError(
+              absl::StrCat("no projection '", name, "'"));
+        }
+        if (row[0][0].as<std::string>() != "failed") {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "projection '", name, "' has not failed: nothing to resume"));
+        }
+        tx.exec_params(
+            absl::StrCat("UPDATE ", schema,
+                         ".projections SET state = 'running', last_error = "
+                         "NULL, failed_position = NULL, transient_error = "
+                         "NULL, updated_at = now() WHERE name = $1"),
+            std::string(name));
+        tx.commit();
+        Log(LogLevel::kInfo, "projection resumed",
+            {{"projection", name}, {"schema", schema}});
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace cqrs::projections

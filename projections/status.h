@@ -1,9 +1,11 @@
 // The stored state of a schema's projections, as `projections status` and
 // GET /projections show it: what any process can see in the database,
-// whichever process runs them.
+// whichever process runs them; and the operator's way to resume a projection
+// (or process manager) that an error stopped.
 //
 //   ASSIGN_OR_RETURN(std::vector<StoredStatus> all,
 //                    ReadProjectionStatuses(*pool, "bank", "bank"));
+//   RETURN_IF_ERROR(ResumeProjection(*pool, "bank", "transfer_process"));
 //
 // Thread-safety: a plain function; thread-safe.
 #ifndef PROJECTIONS_STATUS_H_
@@ -33,14 +35,23 @@ struct StoredStatus {
   double lag_seconds = 0;  // age of the oldest unprocessed event
   std::string owner;       // "<application_name> pid <n>", or empty
   int64_t parked = 0;
-  std::string last_error;  // empty when none
+  // The error that stopped it (state "failed"), or the last one that made
+  // it park an event; empty when none.
+  std::string last_error;
   std::string failed_position;
+  // The error of the owner's last attempt while it retries a batch without
+  // end (a transient error: a lost session, a lock or statement timeout, a
+  // deadlock...; see ProjectionRunnerOptions::retry_backoff); empty once a
+  // batch succeeds, and when no process owns the projection. The state
+  // stays "running" or "catching_up" meanwhile.
+  std::string transient_error;
 };
 
 // Which fields StatusesJson() writes.
 enum class StatusFields {
   // The contract of GET /projections: name, version, state, position,
-  // lag_events, lag_seconds, parked, last_error (when there is one).
+  // lag_events, lag_seconds, parked, last_error and transient_error (each
+  // when there is one).
   kApi,
   // Also generation, owner and failed_position (`projections status
   // --json`).
@@ -50,12 +61,26 @@ enum class StatusFields {
 // A JSON array with one object per status.
 std::string StatusesJson(const std::vector<StoredStatus>& statuses,
                          StatusFields fields);
+// The JSON object of one status.
+std::string StatusJson(const StoredStatus& status, StatusFields fields);
 
 // Reads every projection's row in `schema` with its lag against the event
 // store in `event_schema`. Errors: kUnavailable (database), kFailedPrecondition
 // when the projection tables are not migrated.
 absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
     PgPool& pool, absl::string_view schema, absl::string_view event_schema);
+
+// Resumes the projection or process manager `name` that an error stopped
+// (state "failed", ErrorPolicy::kStop), without a rebuild: clears its state,
+// last error and failed position, so that it goes on from its checkpoint
+// and so tries the event that failed again (fix its cause first). The
+// process that owns it notices within its poll interval (1 s by default);
+// without an owner, the next process to take it over goes on. Errors:
+// kNotFound when `schema` has no projection `name`; kFailedPrecondition
+// when it has not failed (nothing to resume); kUnavailable (database):
+// retry; kInvalidArgument for a bad schema name.
+absl::Status ResumeProjection(PgPool& pool, absl::string_view schema,
+                              absl::string_view name);
 
 }  // namespace cqrs::projections
 

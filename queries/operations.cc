@@ -91,6 +91,10 @@ void Operations::RegisterRoutes(http::Router& router) {
              [this](const http::Request&) { return Metrics(); });
   router.Add("GET", "/projections",
              [this](const http::Request&) { return Projections(); });
+  router.Add("POST", "/projections/{name}/resume",
+             [this](const http::Request& request) {
+               return ResumeProjection(request.PathParam("name"));
+             });
 }
 
 http::Response Operations::Metrics() const {
@@ -146,6 +150,34 @@ http::Response Operations::Projections() const {
   return http::JsonResponse(
       200,
       projections::StatusesJson(*statuses, projections::StatusFields::kApi));
+}
+
+http::Response Operations::ResumeProjection(absl::string_view name) const {
+  absl::Status resumed =
+      projections::ResumeProjection(*options_.pool, options_.schema, name);
+  if (absl::IsNotFound(resumed)) {
+    return http::ResponseFromStatus(
+        http::WithErrorCode(resumed, "projection_not_found"));
+  }
+  if (absl::IsFailedPrecondition(resumed)) {
+    // A conflict with the projection's state, not a business rule.
+    return http::ResponseFromStatus(http::WithHttpStatus(
+        http::WithErrorCode(resumed, "projection_not_failed"), 409));
+  }
+  if (!resumed.ok()) return http::ResponseFromStatus(resumed);
+  absl::StatusOr<std::vector<projections::StoredStatus>> statuses =
+      projections::ReadProjectionStatuses(*options_.pool, options_.schema,
+                                          options_.event_schema);
+  if (!statuses.ok()) return http::ResponseFromStatus(statuses.status());
+  for (const projections::StoredStatus& s : *statuses) {
+    if (s.name != name) continue;
+    return http::JsonResponse(
+        200, projections::StatusJson(s, projections::StatusFields::kApi));
+  }
+  // Resumed, then gone (the schema was dropped meanwhile).
+  return http::ResponseFromStatus(http::WithErrorCode(
+      absl::NotFoundError(absl::StrCat("no projection '", name, "'")),
+      "projection_not_found"));
 }
 
 }  // namespace cqrs::queries

@@ -6,15 +6,21 @@
 //                     pools in use, idle and waiting; read-your-writes
 //                     queries waiting)
 //   GET /projections  the stored status of every projection, as JSON
+//   POST /projections/{name}/resume
+//                     resumes a projection or process manager that an
+//                     error stopped (projections::ResumeProjection): 200
+//                     with its status object, 404 projection_not_found,
+//                     409 projection_not_failed
 //
 //   OperationsOptions options;
 //   options.pool = pool.get(); options.schema = "bank"; ...
 //   ASSIGN_OR_RETURN(auto ops, Operations::Create(options));
 //   ops->RegisterRoutes(router);
 //
-// Both routes read the database (the projections' rows) and so run on the
-// server's worker pool. When the database cannot be reached, /metrics still
-// answers with what this process knows and cqrs_projections_scrape_ok 0.
+// The routes read (or write) the database (the projections' rows) and so
+// run on the server's worker pool. When the database cannot be reached,
+// /metrics still answers with what this process knows and
+// cqrs_projections_scrape_ok 0.
 //
 // Thread-safety: thread-safe. Everything in the options must outlive it.
 #ifndef QUERIES_OPERATIONS_H_
@@ -27,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
@@ -56,11 +63,12 @@ class Operations {
       OperationsOptions options);
   ~Operations();
 
-  // GET /metrics and GET /projections.
+  // GET /metrics, GET /projections, POST /projections/{name}/resume.
   void RegisterRoutes(http::Router& router);
 
   http::Response Metrics() const;
   http::Response Projections() const;
+  http::Response ResumeProjection(absl::string_view name) const;
 
  private:
   struct Gauges;

@@ -135,8 +135,18 @@ absl::Status ApplyHandler(
   Context ctx(tx, tables);
   try {
     return p.apply(ctx, events);
+  } catch (const pqxx::failure&) {
+    // A database error: the same translation (and transient/deterministic
+    // classification) as everywhere else, e.g. a lock timeout stays a
+    // lock timeout.
+    return StatusFromCurrentPgException();
   } catch (const std::exception& e) {
     return absl::InternalError(e.what());
+  } catch (...) {
+    // Whatever a handler throws, the event it was given fails the same way
+    // each time: the error policy applies, as for any other handler error.
+    return absl::InternalError(
+        "the handler threw an exception of unknown type");
   }
 }
 

@@ -22,6 +22,10 @@ inline constexpr int kOwnershipLockClass = 0x70726f6a;  // "proj"
 inline constexpr int kRegisterLockClass = kOwnershipLockClass + 1;
 inline constexpr int kRebuildLockClass = kOwnershipLockClass + 2;
 
+// The version of the bookkeeping tables (`projections` component of
+// schema_migrations) that this code reads and writes.
+inline constexpr int kBookkeepingSchemaVersion = 3;
+
 // "<schema>.<table>_g<generation>".
 std::string PhysicalTable(absl::string_view schema, absl::string_view table,
                           int generation);
@@ -52,7 +56,10 @@ void PointViews(pqxx::dbtransaction& tx, absl::string_view schema,
 absl::Status EnsureRegistered(PgPool& pool, absl::string_view schema,
                               const projections::Projection& p);
 
-// Runs the handler on `events`, turning exceptions into errors.
+// Runs the handler on `events`; never throws. A libpqxx exception becomes
+// StatusFromCurrentPgException() (so that IsTransientError() classifies it:
+// a lock timeout is kDeadlineExceeded, a lost session kUnavailable), any
+// other exception, std:: or not, kInternal (a failure of these events).
 absl::Status ApplyHandler(
     const projections::Projection& p, pqxx::transaction_base& tx,
     const absl::flat_hash_map<std::string, std::string>& tables,

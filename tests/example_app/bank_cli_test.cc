@@ -28,6 +28,17 @@ TEST_CASE("help on every subcommand exits 0", "[bank][cli]") {
   }
 }
 
+TEST_CASE("the projections help lists every subcommand", "[bank][cli]") {
+  Run r = Bank("projections --help");
+  CHECK(r.exit_code == 0);
+  for (const char* sub : {"list", "status", "rebuild <name>", "parked",
+                          "replay-parked <name>", "resume <name>"}) {
+    INFO(sub);
+    CHECK(absl::StrContains(r.output, absl::StrCat("\n  ", sub)));
+  }
+  CHECK(absl::StrContains(Bank("--help").output, "resume"));
+}
+
 TEST_CASE("usage errors exit 2 with one actionable line", "[bank][cli]") {
   for (const char* args :
        {"", "frobnicate", "serve --bogus", "serve --threads zero",

@@ -1,10 +1,15 @@
 // The bank's read models against a fold of the events: in-process, after a
 // rebuild, and with `bank project` worker processes that are killed with
-// SIGKILL (mid catch-up, and as the owner with a standby waiting).
+// SIGKILL (mid catch-up, and as the owner with a standby waiting); the
+// `bank projections` CLI, and resuming a failed projection from the CLI
+// and over HTTP (`bank serve`).
 #include "example_app/bank_projections.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <csignal>
 
@@ -24,6 +29,8 @@
 #include "framework/uuid.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
+#include "rapidjson/document.h"
+#include "tests/framework/http/client.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
 
@@ -418,6 +425,159 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
   Run list = BankCli(schema, "projections list");
   CHECK(list.exit_code == 0);
   CHECK(absl::StrContains(list.output, "account_transactions"));
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// One request on a fresh connection to the server on `port`.
+cqrs::http_test::ClientResponse Http(int port, const std::string& method,
+                                     const std::string& target,
+                                     const std::string& body = "") {
+  auto client = cqrs::http_test::TestClient::Connect(port);
+  REQUIRE(client.ok());
+  cqrs::http::HeaderList headers;
+  if (!body.empty()) headers.push_back({"Content-Type", "application/json"});
+  auto r = (*client)->Send(method, target, body, headers);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  return *std::move(r);
+}
+
+// `bank serve` (with the projections and the transfer process) on `port`,
+// once it answers /readyz.
+struct Server : BankProcess {
+  Server(TestSchema& schema, int port)
+      : BankProcess(schema,
+                    {"serve", "--listen", absl::StrCat("127.0.0.1:", port)}) {
+    REQUIRE(WaitFor([&] {
+      auto client =
+          cqrs::http_test::TestClient::Connect(port, absl::Seconds(2));
+      if (!client.ok()) return false;
+      auto r = (*client)->Send("GET", "/readyz");
+      return r.ok() && r->status == 200;
+    }));
+  }
+};
+
+bool Failed(TestSchema& schema, const std::string& projection) {
+  return schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                      ".projections WHERE name = '", projection,
+                                      "' AND state = 'failed'")) == 1;
+}
+
+TEST_CASE(
+    "an operator resumes a failed read model (CLI) and the failed transfer "
+    "process (HTTP) without a rebuild",
+    "[bank][projections][pg]") {
+  TestSchema schema;
+  auto store = Store(schema);
+  Balances want = Fill(*store, "u", 2, 3);
+  const int port = FreePort();
+  Server server(schema, port);
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+
+  // A read model that refuses the row of one event, every time (as a bug in
+  // its handler would): account_balances stops on it.
+  schema.Exec(absl::StrCat("ALTER TABLE ", schema.name(),
+                           ".account_balances_g1 ADD CONSTRAINT test_cap "
+                           "CHECK (balance < 1000000)"));
+  NewEvent big;
+  big.event_type = "MoneyDeposited";
+  big.data = R"({"amount":2000000})";
+  REQUIRE(store->Append("account-u0", ExpectedVersion::Exactly(4), {big}).ok());
+  want["u0"].balance += 2000000;
+  want["u0"].version += 1;
+  REQUIRE(WaitFor([&] { return Failed(schema, "account_balances"); }));
+  Run status = BankCli(schema, "projections status");
+  INFO(status.output);
+  CHECK(status.exit_code == 0);
+  CHECK(absl::StrContains(status.output, "last error: "));
+
+  Run not_failed = BankCli(schema, "projections resume account_transactions");
+  CHECK(not_failed.exit_code == 1);
+  CHECK(absl::StrContains(not_failed.output, "has not failed"));
+  Run unknown = BankCli(schema, "projections resume nope");
+  CHECK(unknown.exit_code == 2);
+  CHECK(absl::StrContains(unknown.output, "unknown projection 'nope'"));
+  Run two = BankCli(schema, "projections resume account_balances bank_stats");
+  CHECK(two.exit_code == 2);
+  CHECK(Failed(schema, "account_balances"));
+
+  // Fixed: resumed from its checkpoint, it applies the event once.
+  schema.Exec(absl::StrCat("ALTER TABLE ", schema.name(),
+                           ".account_balances_g1 DROP CONSTRAINT test_cap"));
+  Run resumed = BankCli(schema, "projections resume account_balances");
+  INFO(resumed.output);
+  CHECK(resumed.exit_code == 0);
+  CHECK(!Failed(schema, "account_balances"));
+  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  CHECK(schema.QueryInt(
+            absl::StrCat("SELECT generation FROM ", schema.name(),
+                         ".projections WHERE name = 'account_balances'")) == 1);
+  CheckOtherModels(schema, want);
+
+  // The transfer process stopped by an error of its own transaction (the
+  // issue's "every later transfer stays pending").
+  schema.Exec(absl::StrCat(
+      "CREATE FUNCTION ", schema.name(),
+      ".test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE "
+      "EXCEPTION 'refused by the test'; END $$; CREATE TRIGGER test_refuse "
+      "BEFORE INSERT ON ",
+      schema.name(), ".process_commands FOR EACH ROW EXECUTE FUNCTION ",
+      schema.name(), ".test_refuse()"));
+  auto accepted = Http(port, "POST", "/transfers",
+                       R"({"from":"u0","to":"u1","amount":5,)"
+                       R"("transfer_id":"t-resume"})");
+  REQUIRE(accepted.status == 202);
+  REQUIRE(WaitFor([&] { return Failed(schema, "transfer_process"); }));
+  auto listed = Http(port, "GET", "/projections");
+  CHECK(listed.status == 200);
+  CHECK(absl::StrContains(listed.body, "refused by the test"));
+
+  auto conflict = Http(port, "POST", "/projections/account_balances/resume");
+  CHECK(conflict.status == 409);
+  CHECK(absl::StrContains(conflict.body, "projection_not_failed"));
+  auto missing = Http(port, "POST", "/projections/nope/resume");
+  CHECK(missing.status == 404);
+  CHECK(absl::StrContains(missing.body, "projection_not_found"));
+  CHECK(Failed(schema, "transfer_process"));
+
+  schema.Exec(absl::StrCat("DROP TRIGGER test_refuse ON ", schema.name(),
+                           ".process_commands"));
+  auto resume = Http(port, "POST", "/projections/transfer_process/resume");
+  INFO(resume.body);
+  REQUIRE(resume.status == 200);
+  rapidjson::Document doc;
+  doc.Parse(resume.body.c_str());
+  REQUIRE(doc.IsObject());
+  CHECK(std::string(doc["name"].GetString()) == "transfer_process");
+  CHECK(std::string(doc["state"].GetString()) != "failed");
+  CHECK(!doc.HasMember("last_error"));
+  REQUIRE(WaitFor([&] {
+    auto r = Http(port, "GET", "/transfers/t-resume");
+    return r.status == 200 && absl::StrContains(r.body, "\"completed\"");
+  }));
+  // The money moved once.
+  want["u0"].balance -= 5;
+  want["u1"].balance += 5;
+  REQUIRE(WaitFor([&] {
+    Balances got = ReadBalances(schema);
+    return got["u0"].balance == want["u0"].balance &&
+           got["u1"].balance == want["u1"].balance;
+  }));
+  CHECK(!Failed(schema, "transfer_process"));
+  CHECK(server.Kill(SIGTERM) == 0);
 }
 
 }  // namespace

@@ -6,8 +6,11 @@
 
 #include <thread>
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,9 +21,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "eventstore/internal/validation.h"
 #include "projections/internal/common.h"
 #include "projections/parked.h"
 #include "projections/rebuild.h"
+#include "projections/status.h"
 #include "tests/support/test_database.h"
 
 namespace cqrs::projections {
@@ -671,6 +677,341 @@ TEST_CASE("an interrupted rebuild leaves the live model and resumes",
   CHECK(first_done > 300);
   REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
   CHECK(Converges(schema, fold));
+}
+
+// Transient errors, isolation on MustRetryTransaction, exceptions of any
+// type, and resuming a failed projection.
+
+// `base` with `before` run first on every batch: an error from it is the
+// batch's error.
+Projection Hooked(
+    Projection base,
+    std::function<absl::Status(ProjectionContext&, EventBatch)> before) {
+  auto apply = base.apply;
+  base.apply = [apply, before](ProjectionContext& ctx,
+                               EventBatch events) -> absl::Status {
+    absl::Status s = before(ctx, events);
+    if (!s.ok()) return s;
+    return apply(ctx, events);
+  };
+  return base;
+}
+
+// Sum of the "events" column: every event applied exactly once makes it
+// the number of "Added" events.
+int64_t AppliedEvents(TestSchema& schema) {
+  int64_t events = 0;
+  for (const auto& [stream, d] : ReadTotals(schema)) events += d.second;
+  return events;
+}
+
+// The stored status of "totals", as GET /projections reads it.
+StoredStatus StoredTotals(TestSchema& schema) {
+  auto all =
+      ReadProjectionStatuses(schema.pool(), schema.name(), schema.name());
+  REQUIRE(all.ok());
+  for (const StoredStatus& s : *all) {
+    if (s.name == "totals") return s;
+  }
+  FAIL("no stored status for totals");
+  return {};
+}
+
+TEST_CASE(
+    "a lock timeout on the read model is retried past max_attempts, never "
+    "failed or parked, and applies every event once after the lock goes",
+    "[projections][pg]") {
+  const ErrorPolicy policy = GENERATE(ErrorPolicy::kStop, ErrorPolicy::kPark);
+  INFO("policy " << (policy == ErrorPolicy::kStop ? "stop" : "park"));
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  // The runner's sessions give up on a lock after 50 ms.
+  PgPoolOptions pool_options;
+  pool_options.conninfo = schema.url();
+  pool_options.max_connections = 4;
+  pool_options.on_connect = [](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    tx.exec("SET lock_timeout = '50ms'");
+  };
+  auto pool = PgPool::Create(std::move(pool_options));
+  REQUIRE(pool.ok());
+  std::atomic<int> calls{0};
+  Projection p = Hooked(Totals(), [&](ProjectionContext&, EventBatch) {
+    ++calls;
+    return absl::OkStatus();
+  });
+  p.max_attempts = 2;
+  p.on_error = policy;
+  ProjectionRunnerOptions options = Options(schema);
+  options.retry_backoff = absl::Milliseconds(1);
+  auto runner = ProjectionRunner::Create(pool->get(), store.get(),
+                                         {std::move(p)}, options);
+  REQUIRE(runner.ok());
+
+  // What a plain CREATE INDEX takes: writers wait for it.
+  pqxx::connection locker(schema.url());
+  auto lock = std::make_unique<pqxx::work>(locker);
+  lock->exec(
+      absl::StrCat("LOCK TABLE ", schema.name(), ".totals_g1 IN SHARE MODE"));
+  auto fold = AppendMany(*store, 60, 4);
+  (*runner)->Start();
+  // Well past max_attempts (2 for the batch, 2 per isolated event).
+  REQUIRE(WaitUntil([&] { return calls >= 12; }));
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(s.state == "catching_up");
+  CHECK(s.parked == 0);
+  CHECK(s.last_error.empty());
+  CHECK(absl::StrContains(s.transient_error, "lock timeout"));
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".projection_parked")) == 0);
+  // Every process sees the retry in the stored status, as GET /projections.
+  REQUIRE(
+      WaitUntil([&] { return !StoredTotals(schema).transient_error.empty(); }));
+  StoredStatus stored = StoredTotals(schema);
+  CHECK(stored.state == "running");  // owned and not behind: not failed
+  CHECK(absl::StrContains(stored.transient_error, "lock timeout"));
+  CHECK(absl::StrContains(StatusesJson({stored}, StatusFields::kApi),
+                          "\"transient_error\":"));
+  CHECK(AppliedEvents(schema) == 0);
+
+  lock->abort();
+  lock.reset();
+  CHECK(Converges(schema, fold));
+  CHECK(WaitUntil([&] {
+    return StatusOf(**runner).transient_error.empty() &&
+           StoredTotals(schema).transient_error.empty();
+  }));
+  CHECK(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  CHECK(StatusOf(**runner).parked == 0);
+  CHECK(StoredTotals(schema).state == "running");
+  (*runner)->Stop();
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE(
+    "cancelled statements, killed sessions and transient commit failures "
+    "are retried without end, never failed",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 40, 4);
+  // The first `stalls` batches wait in a statement that the test cancels
+  // or whose session it terminates; then `hook_failures` commits fail with
+  // transient errors before committing.
+  // Each stalled statement is named by the stalls left when it started.
+  auto marker = [&](int n) {
+    return absl::StrCat("stall_", schema.name(), "_", n, "_end");
+  };
+  std::atomic<int> stalls{6};
+  std::atomic<int> hook_failures{6};
+  std::atomic<int> calls{0};
+  Projection p =
+      Hooked(Totals(), [&](ProjectionContext& ctx, EventBatch) -> absl::Status {
+        ++calls;
+        const int n = stalls;
+        if (n > 0) {
+          ctx.tx().exec(absl::StrCat("SELECT pg_sleep(60) AS ", marker(n)));
+        }
+        return absl::OkStatus();
+      });
+  p.max_attempts = 2;
+  ProjectionRunnerOptions options = Options(schema);
+  options.retry_backoff = absl::Milliseconds(1);
+  options.before_commit_for_testing = [&](absl::string_view, Position) {
+    if (hook_failures > 0) {
+      const int left = hook_failures--;
+      return left % 2 == 0 ? absl::UnavailableError("injected: connection lost")
+                           : absl::DeadlineExceededError("injected: timeout");
+    }
+    return absl::OkStatus();
+  };
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  for (int n = stalls; n > 0; --n) {
+    INFO("stall " << n);
+    const std::string stalled =
+        absl::StrCat("FROM pg_stat_activity WHERE query LIKE '%AS ", marker(n),
+                     "%' AND state = 'active' AND pid <> pg_backend_pid()");
+    REQUIRE(WaitUntil(
+        [&] { return schema.QueryInt("SELECT count(*) " + stalled) == 1; }));
+    CHECK(StatusOf(**runner).state != "failed");
+    // Alternately a cancelled statement (statement_timeout, pg_cancel_backend)
+    // and a killed session (pg_terminate_backend, the OOM killer).
+    stalls = n - 1;
+    const char* fault =
+        n % 2 == 0 ? "pg_cancel_backend" : "pg_terminate_backend";
+    REQUIRE(schema.QueryInt(
+                absl::StrCat("SELECT count(", fault, "(pid)) ", stalled)) == 1);
+  }
+  CHECK(Converges(schema, fold));
+  CHECK(hook_failures <= 0);
+  CHECK(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(s.parked == 0);
+  CHECK(s.last_error.empty());
+  CHECK(calls >= 13);  // 6 stalls, 6 failed commits, at least one success
+  (*runner)->Stop();
+  CHECK(ReadTotals(schema) == fold);
+}
+
+TEST_CASE(
+    "MustRetryTransaction on a batch of several events goes on one event "
+    "per transaction without counting an attempt, then in full batches",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 60, 3);
+  // In the second batch (batch_size 50).
+  REQUIRE(store->Append("s-1", ExpectedVersion::Any(), {Added(777)}).ok());
+  fold["s-1"].first += 777;
+  fold["s-1"].second += 1;
+  auto more = AppendMany(*store, 100, 3, 1000);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  // Batches holding 777 must redo their transaction: the first one (of
+  // several events) once, then 777 alone five more times.
+  absl::Mutex mu;
+  std::vector<size_t> sizes;  // of every call, in order
+  int retry_left = 6;
+  int retried_batches = 0;  // calls of several events that got the error
+  Projection p = Hooked(Totals(), [&](ProjectionContext&, EventBatch events) {
+    absl::MutexLock lock(&mu);
+    sizes.push_back(events.size());
+    bool marked = false;
+    for (const RecordedEvent& e : events) {
+      marked = marked || absl::StrContains(e.data, "777");
+    }
+    if (!marked || retry_left == 0) return absl::OkStatus();
+    --retry_left;
+    if (events.size() > 1) ++retried_batches;
+    return eventstore_internal::RetryTransaction(
+        "injected: the stream has a newer transaction's event");
+  });
+  p.max_attempts = 3;
+  ProjectionRunnerOptions options = Options(schema);
+  options.retry_backoff = absl::Milliseconds(1);
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(Converges(schema, fold));
+  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  (*runner)->Stop();
+  CHECK(ReadTotals(schema) == fold);
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(s.parked == 0);
+  CHECK(s.last_error.empty());
+  absl::MutexLock lock(&mu);
+  CHECK(retry_left == 0);
+  // The big batch was not retried as it was: it went one event at a time.
+  CHECK(retried_batches == 1);
+  // ... and then back to full batches.
+  size_t first_single = 0;
+  while (first_single < sizes.size() && sizes[first_single] > 1) ++first_single;
+  REQUIRE(first_single < sizes.size());
+  size_t largest_after = 0;
+  for (size_t i = first_single; i < sizes.size(); ++i) {
+    largest_after = std::max(largest_after, sizes[i]);
+  }
+  CHECK(largest_after == 50);
+}
+
+TEST_CASE("a handler that throws a non-standard exception fails its event",
+          "[projections][pg]") {
+  const ErrorPolicy policy = GENERATE(ErrorPolicy::kStop, ErrorPolicy::kPark);
+  INFO("policy " << (policy == ErrorPolicy::kStop ? "stop" : "park"));
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  AppendMany(*store, 10, 2);
+  auto bad = store->Append("s-1", ExpectedVersion::Any(), {Added(666)});
+  REQUIRE(bad.ok());
+  Projection p = Hooked(Totals(), [](ProjectionContext&, EventBatch events) {
+    for (const RecordedEvent& e : events) {
+      if (absl::StrContains(e.data, "666")) throw 42;
+    }
+    return absl::OkStatus();
+  });
+  p.max_attempts = 2;
+  p.on_error = policy;
+  ProjectionRunnerOptions options = Options(schema);
+  options.retry_backoff = absl::Milliseconds(1);
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  if (policy == ErrorPolicy::kStop) {
+    REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+    CHECK(StatusOf(**runner).failed_position == bad->position);
+  } else {
+    REQUIRE(WaitUntil([&] { return StatusOf(**runner).parked == 1; }));
+    REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  }
+  CHECK(absl::StrContains(StatusOf(**runner).last_error, "unknown type"));
+  CHECK(AppliedEvents(schema) == 10);
+}
+
+TEST_CASE(
+    "a failed projection resumes from its checkpoint without a rebuild and "
+    "applies the failed event once",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  std::atomic<bool> poison{true};
+  auto fold = AppendMany(*store, 30, 3);
+  auto bad = store->Append("s-1", ExpectedVersion::Any(), {Added(666)});
+  REQUIRE(bad.ok());
+  fold["s-1"].first += 666;
+  fold["s-1"].second += 1;
+  auto more = AppendMany(*store, 30, 3, 1000);
+  for (const auto& [stream, d] : more) {
+    fold[stream].first += d.first;
+    fold[stream].second += d.second;
+  }
+  CHECK(absl::IsNotFound(
+      ResumeProjection(schema.pool(), schema.name(), "totals")));
+  Projection p = Totals(&poison);
+  p.max_attempts = 2;
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {std::move(p)}, Options(schema));
+  REQUIRE(runner.ok());
+  CHECK(absl::IsFailedPrecondition(
+      ResumeProjection(schema.pool(), schema.name(), "totals")));
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+  CHECK(StoredTotals(schema).state == "failed");
+  CHECK(AppliedEvents(schema) == 30);
+  const Position checkpoint = StatusOf(**runner).position;
+  CHECK(checkpoint < bad->position);
+
+  CHECK(absl::IsNotFound(
+      ResumeProjection(schema.pool(), schema.name(), "no_such_projection")));
+  poison = false;  // the handler is fixed
+  REQUIRE(ResumeProjection(schema.pool(), schema.name(), "totals").ok());
+  CHECK(absl::IsFailedPrecondition(
+      ResumeProjection(schema.pool(), schema.name(), "totals")));
+  // The running worker goes on from its checkpoint: generation 1, no
+  // rebuild, each event once.
+  CHECK(Converges(schema, fold));
+  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  ProjectionStatus s = StatusOf(**runner);
+  CHECK(s.last_error.empty());
+  CHECK(!s.failed_position.has_value());
+  StoredStatus stored = StoredTotals(schema);
+  CHECK(stored.state == "running");
+  CHECK(stored.last_error.empty());
+  CHECK(stored.failed_position.empty());
+  CHECK(stored.generation == 1);
+  (*runner)->Stop();
+  CHECK(ReadTotals(schema) == fold);
 }
 
 }  // namespace
