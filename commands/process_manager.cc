@@ -5,6 +5,7 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
@@ -37,10 +38,12 @@ std::string CorrelationOf(const eventstore::RecordedEvent& e) {
 class Context : public ProcessContext {
  public:
   Context(pqxx::transaction_base& tx, eventstore::EventStore& store,
-          const std::string& process, const std::string& insert_record)
+          const std::string& process, const std::string& select_record,
+          const std::string& insert_record)
       : tx_(tx),
         store_(store),
         process_(process),
+        select_record_(select_record),
         insert_record_(insert_record) {}
 
   void set_event(const eventstore::RecordedEvent* event) {
@@ -65,10 +68,21 @@ class Context : public ProcessContext {
       const std::function<absl::Status(const CommandMetadata&)>& command)
       override {
     const CommandMetadata meta = Metadata(step);
-    const pqxx::result inserted =
-        tx_.exec_params(insert_record_, meta.command_id, process_);
-    if (inserted.affected_rows() == 0) return false;  // ran before
+    if (!tx_.exec_params(select_record_, meta.command_id).empty()) {
+      return false;  // ran before
+    }
     RETURN_IF_ERROR(command(meta));
+    // Recorded after the command: a write gives the batch's transaction its
+    // id, and the later it gets it, the less likely another writer commits
+    // to a stream in between, which would make the command's append refuse
+    // (MustRetryTransaction). The runner's one owner and its checkpoint
+    // check keep two deliveries from racing here; if one did, the batch
+    // rolls back.
+    if (tx_.exec_params(insert_record_, meta.command_id, process_)
+            .affected_rows() == 0) {
+      return absl::AbortedError(
+          absl::StrCat("step ", meta.command_id, " was recorded concurrently"));
+    }
     return true;
   }
 
@@ -76,6 +90,7 @@ class Context : public ProcessContext {
   pqxx::transaction_base& tx_;
   eventstore::EventStore& store_;
   const std::string& process_;
+  const std::string& select_record_;
   const std::string& insert_record_;
   const eventstore::RecordedEvent* event_ = nullptr;
   std::string correlation_;
@@ -102,20 +117,29 @@ projections::Projection AsProjection(ProcessManager pm,
       absl::StrCat("INSERT INTO ", schema,
                    ".process_commands (command_id, process) VALUES ($1, $2) "
                    "ON CONFLICT (command_id) DO NOTHING");
+  const std::string select_record = absl::StrCat(
+      "SELECT 1 FROM ", schema, ".process_commands WHERE command_id = $1");
   p.apply = [store, name = pm.name, handle = std::move(pm.handle),
+             select_record,
              insert_record](projections::ProjectionContext& ctx,
                             projections::EventBatch events) -> absl::Status {
     std::unique_ptr<eventstore::PostgresEventStore::TransactionEventStore>
         in_tx = store->InTransaction(ctx.tx());
-    Context context(ctx.tx(), *in_tx, name, insert_record);
+    Context context(ctx.tx(), *in_tx, name, select_record, insert_record);
     for (const eventstore::RecordedEvent& e : events) {
       context.set_event(&e);
       absl::Status handled = handle(context, e);
       if (!handled.ok()) {
-        return absl::Status(
+        // The payloads stay: the runner recognizes MustRetryTransaction().
+        absl::Status described(
             handled.code(),
             absl::StrCat("event ", e.event_type, " at ", e.position.ToToken(),
                          ": ", handled.message()));
+        handled.ForEachPayload(
+            [&](absl::string_view url, const absl::Cord& payload) {
+              described.SetPayload(url, payload);
+            });
+        return described;
       }
       // A database error the handler did not pass on still means that the
       // batch cannot commit; the runner retries it (transient errors,

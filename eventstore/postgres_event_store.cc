@@ -256,7 +256,9 @@ ALTER TABLE {s}.snapshots ALTER COLUMN state TYPE json USING state::text::json;
 -- (append_group_v3). Replaces append_events and the lock-free INSERT
 -- statements of migrations 1 and 2.
 --
--- 1. Takes the stream's lock (transaction-scoped): every writer of a stream
+-- 1. Takes the stream's lock (transaction-scoped; the key is a hash of the
+--    stream id seeded with the schema's name, so that event stores in other
+--    schemas of the database never wait for each other): every writer of a stream
 --    (this function, append_group_v3 and delete_stream) holds it from before
 --    it reads the stream until its transaction ends, so a reader of the
 --    stream inside the lock sees every earlier writer's commit, two writers
@@ -290,7 +292,7 @@ DECLARE
   v_last     bigint;
   v_tx       xid8;
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, hashtext('{s}')));
 
   SELECT e.stream_id, e.stream_version INTO v_stream, v_first
     FROM {s}.events e WHERE e.event_id = p_ids[1];
@@ -388,7 +390,7 @@ DECLARE
 BEGIN
   SELECT coalesce(array_agg(l.i), '{}') INTO v_locked
     FROM unnest(p_streams) WITH ORDINALITY AS l(stream, i)
-   WHERE pg_try_advisory_xact_lock(hashtextextended(l.stream, 7468563));
+   WHERE pg_try_advisory_xact_lock(hashtextextended(l.stream, hashtext('{s}')));
 
   RETURN QUERY
   WITH ins AS (
@@ -429,7 +431,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
   v_current bigint;
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, 7468563));
+  PERFORM pg_advisory_xact_lock(hashtextextended(p_stream_id, hashtext('{s}')));
   IF EXISTS (SELECT 1 FROM {s}.deleted_streams d
               WHERE d.stream_id = p_stream_id) THEN
     RETURN QUERY SELECT 'not_found'::text, 0::bigint;

@@ -239,7 +239,12 @@ class Worker {
                {"retry", absl::StrCat(setbacks)},
                {"error", error.ToString()}});
           ReportTransient(error);
-          SleepFor(Backoff(setbacks));
+          // A single event whose transaction was too old lost a race with
+          // another writer, not a fight with a busy database: a new
+          // transaction most likely wins, so it goes again almost at once.
+          SleepFor(eventstore::MustRetryTransaction(error)
+                       ? absl::Milliseconds(1 << std::min(setbacks, 6))
+                       : Backoff(setbacks));
           continue;
         }
         ClearTransient();  // this failure is not transient
@@ -458,17 +463,36 @@ class Worker {
                          : BatchResult::kPartial;
             return absl::OkStatus();  // rolls back an empty transaction
           }
-          pqxx::row row = tx.exec_params1(
-              absl::StrCat("SELECT generation, position_xid::text, "
-                           "position_gp, version, parked_epoch FROM ",
-                           options_->schema,
-                           ".projections WHERE name = $1 FOR UPDATE"),
-              p_.name);
-          const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
-          if (row[0].as<int>() != generation_ || stored != stored_ ||
-              row[3].as<int>() != p_.version ||
-              row[4].as<int>() != parked_epoch_) {
-            // Another process or a rebuild moved it: start over from there.
+          // The checkpoint row must still say what this worker read from it;
+          // otherwise another process or a rebuild moved it, and the batch
+          // starts over from there (rolled back).
+          auto moved = [&](absl::string_view lock) {
+            pqxx::row row = tx.exec_params1(
+                absl::StrCat("SELECT generation, position_xid::text, "
+                             "position_gp, version, parked_epoch FROM ",
+                             options_->schema, ".projections WHERE name = $1",
+                             lock),
+                p_.name);
+            const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
+            return row[0].as<int>() != generation_ || stored != stored_ ||
+                   row[3].as<int>() != p_.version ||
+                   row[4].as<int>() != parked_epoch_;
+          };
+          // A row lock gives the transaction its id. A process manager's
+          // commands append to streams they read first, and an append
+          // refuses when the stream got a commit after the transaction got
+          // its id (MustRetryTransaction). So a process manager's batch
+          // takes an advisory lock (no id) and checks the row without
+          // locking it, so that no two runners handle its events at once,
+          // and locks the row only after its handler (it has no tables a
+          // rebuild could lock first).
+          const bool lock_first = p_.kind != ProjectionKind::kProcessManager;
+          if (!lock_first) {
+            tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                           projections_internal::kBatchLockClass,
+                           absl::StrCat(options_->schema, ".", p_.name));
+          }
+          if (moved(lock_first ? " FOR UPDATE" : "")) {
             prepared_ = false;
             result = BatchResult::kRaced;
             return absl::OkStatus();
@@ -494,6 +518,11 @@ class Worker {
               failure->event = relevant.front();
               return applied;
             }
+          }
+          if (!lock_first && moved(" FOR UPDATE")) {
+            prepared_ = false;
+            result = BatchResult::kRaced;
+            return absl::OkStatus();  // rolls back what the handler did
           }
           tx.exec_params(
               absl::StrCat("UPDATE ", options_->schema,

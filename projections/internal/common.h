@@ -21,6 +21,9 @@ namespace cqrs::projections_internal {
 inline constexpr int kOwnershipLockClass = 0x70726f6a;  // "proj"
 inline constexpr int kRegisterLockClass = kOwnershipLockClass + 1;
 inline constexpr int kRebuildLockClass = kOwnershipLockClass + 2;
+// Held by a process manager's batch transaction (pg_advisory_xact_lock):
+// two runners never handle its events at once.
+inline constexpr int kBatchLockClass = kOwnershipLockClass + 3;
 
 // The version of the bookkeeping tables (`projections` component of
 // schema_migrations) that this code reads and writes.

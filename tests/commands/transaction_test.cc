@@ -150,6 +150,12 @@ struct Fixture {
     idempotency = *std::move(i);
   }
 
+  // An Idempotency-Key of this test alone: the store's lock on a key is
+  // database-wide, and other tests run at the same time.
+  std::string Key(const std::string& key) const {
+    return absl::StrCat(schema.name(), "-", key);
+  }
+
   int64_t Version(const std::string& stream) {
     auto info = store->GetStreamInfo(stream);
     return info.ok() ? info->version : 0;
@@ -182,9 +188,10 @@ class LockHolder {
   pqxx::work tx_;
 };
 
-std::string StreamLock(const std::string& stream) {
+// The event store's lock of `stream` in `schema` (docs/event-store.md).
+std::string StreamLock(const std::string& schema, const std::string& stream) {
   return absl::StrCat("SELECT pg_advisory_xact_lock(hashtextextended('", stream,
-                      "', 7468563))");
+                      "', hashtext('", schema, "')))");
 }
 
 TEST_CASE("a keyed command whose snapshot write times out still commits",
@@ -195,20 +202,23 @@ TEST_CASE("a keyed command whose snapshot write times out still commits",
   // Reads of snapshots go on; their writes wait and time out.
   LockHolder lock(f.schema.url(), absl::StrCat("LOCK TABLE ", f.schema.name(),
                                                ".snapshots IN EXCLUSIVE MODE"));
-  auto run = f.idempotency->Run("k", "req", [&](eventstore::EventStore& s) {
-    auto out = gauges.Execute(s, "s", kMeta, {}, Raise(1));
-    if (!out.ok()) return StoredResponse{500, out.status().ToString()};
-    return StoredResponse{200, absl::StrCat(out->version)};
-  });
+  auto run =
+      f.idempotency->Run(f.Key("k"), "req", [&](eventstore::EventStore& s) {
+        auto out = gauges.Execute(s, "s", kMeta, {}, Raise(1));
+        if (!out.ok()) return StoredResponse{500, out.status().ToString()};
+        return StoredResponse{200, absl::StrCat(out->version)};
+      });
   INFO(run.status().ToString());
   REQUIRE(run.ok());
   // Before the fix: 200 "2" for a transaction that had rolled back.
   CHECK(run->response.status == 200);
   CHECK(run->response.body == "2");
   CHECK(f.Version("gauge-s") == 2);
-  auto replay = f.idempotency->Run("k", "req", [](eventstore::EventStore&) {
-    return StoredResponse{500, "must not run"};
-  });
+  auto replay =
+      f.idempotency->Run(f.Key("k"), "req", [](eventstore::EventStore&) {
+        return StoredResponse{500, "must not run"};
+      });
+  INFO(replay.status().ToString());
   REQUIRE(replay.ok());
   CHECK(replay->replayed);
   CHECK(replay->response.body == "2");
@@ -231,8 +241,8 @@ TEST_CASE("a keyed command whose transaction was aborted never answers 2xx",
     return StoredResponse{200, "{}"};
   };
   {
-    LockHolder lock(f.schema.url(), StreamLock("gauge-b"));
-    auto run = f.idempotency->Run("k", "req", careless);
+    LockHolder lock(f.schema.url(), StreamLock(f.schema.name(), "gauge-b"));
+    auto run = f.idempotency->Run(f.Key("k"), "req", careless);
     CHECK(!run.ok());
     CHECK(run.status().code() == absl::StatusCode::kUnavailable);
     CHECK(runs == 2);  // a transient failure runs again, then gives up
@@ -240,7 +250,7 @@ TEST_CASE("a keyed command whose transaction was aborted never answers 2xx",
   CHECK(f.Version("gauge-a") == 0);
   CHECK(f.Version("gauge-b") == 0);
   // No record was stored: the same key runs the command now.
-  auto again = f.idempotency->Run("k", "req", careless);
+  auto again = f.idempotency->Run(f.Key("k"), "req", careless);
   REQUIRE(again.ok());
   CHECK(!again->replayed);
   CHECK(again->response.status == 200);
@@ -255,10 +265,11 @@ TEST_CASE("a rolled-back command leaves no phantom state in the cache",
   GaugeType process_b(GaugeOptions());
   REQUIRE(process_a.Execute(*f.store, "g", kMeta, {}, Raise(90)).ok());
   // Process A zeroes the gauge in a keyed transaction that then fails.
-  auto failed = f.idempotency->Run("k", "req", [&](eventstore::EventStore& s) {
-    REQUIRE(process_a.Execute(s, "g", kMeta, {}, Zero()).ok());
-    return StoredResponse{503, "{}"};
-  });
+  auto failed =
+      f.idempotency->Run(f.Key("k"), "req", [&](eventstore::EventStore& s) {
+        REQUIRE(process_a.Execute(s, "g", kMeta, {}, Zero()).ok());
+        return StoredResponse{503, "{}"};
+      });
   REQUIRE(failed.ok());
   CHECK(failed->response.status == 503);
   REQUIRE(f.Version("gauge-g") == 1);
@@ -364,10 +375,10 @@ TEST_CASE("idempotency records can be kept forever", "[commands][pg]") {
     ++runs;
     return StoredResponse{200, "{}"};
   };
-  auto first = f.idempotency->Run("k", "req", count);
+  auto first = f.idempotency->Run(f.Key("k"), "req", count);
   REQUIRE(first.ok());  // before the fix: "interval out of range"
   CHECK(!first->replayed);
-  auto second = f.idempotency->Run("k", "req", count);
+  auto second = f.idempotency->Run(f.Key("k"), "req", count);
   REQUIRE(second.ok());
   CHECK(second->replayed);
   CHECK(runs == 1);
@@ -402,11 +413,11 @@ TEST_CASE("a version conflict is not stored as a key's answer",
     }
     return StoredResponse{200, "{}"};
   };
-  auto early = f.idempotency->Run("k", "req", at_two);
+  auto early = f.idempotency->Run(f.Key("k"), "req", at_two);
   REQUIRE(early.ok());
   CHECK(early->response.status == 409);
   REQUIRE(gauges.Execute(*f.store, "v", kMeta, {}, Raise(1)).ok());
-  auto later = f.idempotency->Run("k", "req", at_two);
+  auto later = f.idempotency->Run(f.Key("k"), "req", at_two);
   REQUIRE(later.ok());
   CHECK(!later->replayed);
   CHECK(later->response.status == 200);

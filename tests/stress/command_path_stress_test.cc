@@ -281,8 +281,8 @@ void SetApplicationName(pqxx::connection& conn, const std::string& name) {
   tx.exec_params("SELECT set_config('application_name', $1, false)", name);
 }
 
-FaultCounts InjectFaults(const std::string& url, uint64_t seed,
-                         const std::atomic<bool>& stop) {
+FaultCounts InjectFaults(const std::string& url, const std::string& schema,
+                         uint64_t seed, const std::atomic<bool>& stop) {
   std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ULL);
   FaultCounts counts;
   pqxx::connection conn(url);
@@ -297,8 +297,8 @@ FaultCounts InjectFaults(const std::string& url, uint64_t seed,
             "account-" + Account(static_cast<int>(rng() % kAccounts));
         tx.exec("BEGIN");
         tx.exec_params(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7468563))",
-            stream);
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, hashtext($2)))",
+            stream, schema);
         tx.exec_params("SELECT pg_sleep($1)",
                        0.02 + static_cast<double>(rng() % 60) / 1000);
         tx.exec("COMMIT");
@@ -465,7 +465,7 @@ TEST_CASE("the command path under faults keeps every guarantee",
   REQUIRE(scratch.ok());
   FaultCounts faults;
   std::thread injector(
-      [&] { faults = InjectFaults(icu.url(), config.seed, stop); });
+      [&] { faults = InjectFaults(icu.url(), s, config.seed, stop); });
   std::vector<Races> races(2);
   std::vector<std::thread> racers;
   for (int w = 0; w < 2; ++w) {
