@@ -10,8 +10,9 @@
 // PostgresIdempotencyStore runs `execute` inside one transaction that also
 // stores the response, so the events and the record commit together or not
 // at all. Concurrent requests with one key queue on a transaction-scoped
-// advisory lock on the key; the second one sees the first's committed record
-// and replays it. Responses with status >= 500, and responses the command
+// advisory lock on the key (database-wide: stores in other schemas of the
+// database that see the same key at that moment queue too); the second one
+// sees the first's committed record and replays it. Responses with status >= 500, and responses the command
 // marks as not lasting (StoredResponse::store = false: a concurrency
 // conflict or a timeout, whose retry may well succeed), are not stored:
 // their transaction is rolled back, events included, so a retry runs again.
