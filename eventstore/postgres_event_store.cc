@@ -376,13 +376,13 @@ $fn$;
 -- expected version does not exist or whose stream is deleted is skipped,
 -- and its append takes append_v3 on its own. The checks run in a statement
 -- after the locks, so they see every commit of an earlier lock holder.
--- Returns the inserted rows by their index in the arrays (1-based).
--- A function so that its plan can be generic (see append_group).
+-- Returns the inserted rows (the caller maps them back by event id and
+-- stream). A function so that its plan can be generic (see append_group).
 CREATE FUNCTION {s}.append_group_v3(p_streams text[], p_expected bigint[],
                                     p_ids uuid[], p_types text[],
                                     p_schema_versions integer[],
                                     p_data json[], p_meta json[])
-RETURNS TABLE (o_index bigint, o_version bigint, o_position bigint,
+RETURNS TABLE (o_id text, o_stream text, o_version bigint, o_position bigint,
                o_xid text)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
@@ -411,14 +411,41 @@ BEGIN
     RETURNING event_id, stream_id, stream_version, global_position,
               transaction_id
   )
-  -- Two rows with one event id and stream (the same append twice): the
-  -- first is the one inserted, the other is a retry of it.
-  SELECT DISTINCT ON (ins.global_position) r.i, ins.stream_version,
+  SELECT ins.event_id::text, ins.stream_id, ins.stream_version,
          ins.global_position, ins.transaction_id::text
-    FROM ins
-    JOIN unnest(p_streams, p_ids) WITH ORDINALITY AS r(stream, id, i)
-      ON r.id = ins.event_id AND r.stream = ins.stream_id
-   ORDER BY ins.global_position, r.i;
+    FROM ins;
+END
+$fn$;
+
+-- A group of one (the common case on a store that is not busy): the same
+-- as append_group_v3, without arrays.
+CREATE FUNCTION {s}.append_one_v3(p_stream text, p_expected bigint,
+                                  p_id uuid, p_type text,
+                                  p_schema_version integer, p_data json,
+                                  p_meta json)
+RETURNS TABLE (o_version bigint, o_position bigint, o_xid text)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtextextended(p_stream,
+                                                    hashtext('{s}'))) THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  WITH ins AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT p_stream, p_expected + 1, p_id, p_type, p_schema_version, p_data,
+           p_meta
+     WHERE (p_expected = 0 OR EXISTS (SELECT 1 FROM {s}.events e
+                                       WHERE e.stream_id = p_stream
+                                         AND e.stream_version = p_expected))
+       AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                        WHERE d.stream_id = p_stream)
+    ON CONFLICT DO NOTHING
+    RETURNING stream_version, global_position, transaction_id
+  )
+  SELECT ins.stream_version, ins.global_position, ins.transaction_id::text
+    FROM ins;
 END
 $fn$;
 
@@ -498,8 +525,11 @@ constexpr char kAppend[] =
     "SELECT outcome, first_version, last_version, tx::text, last_position "
     "FROM {s}.append_v3($1, $2, $3, $4, $5, $6, $7, $8)";
 constexpr char kGroupAppend[] =
-    "SELECT o_index, o_version, o_position, o_xid FROM "
+    "SELECT o_id, o_stream, o_version, o_position, o_xid FROM "
     "{s}.append_group_v3($1, $2, $3, $4, $5, $6, $7)";
+constexpr char kOneAppend[] =
+    "SELECT o_version, o_position, o_xid FROM "
+    "{s}.append_one_v3($1, $2, $3, $4, $5, $6::json, $7::json)";
 
 // The columns every event read returns, in this order. Converted columns
 // get names of their own: an output column named like a table column would
@@ -561,6 +591,7 @@ class PostgresEventStore::Statements {
     };
     add(append, "append3", kAppend);
     add(group_append, "append_group3", kGroupAppend);
+    add(one_append, "append_one3", kOneAppend);
     add(read_forward, "read_fwd",
         absl::StrCat(
             "SELECT ", kEventColumns,
@@ -631,9 +662,9 @@ class PostgresEventStore::Statements {
     return st.name;
   }
 
-  Statement append, group_append, read_forward, read_backward, read_all,
-      read_category, stream_info, delete_stream, save_snapshot, load_snapshot,
-      head;
+  Statement append, group_append, one_append, read_forward, read_backward,
+      read_all, read_category, stream_info, delete_stream, save_snapshot,
+      load_snapshot, head;
 };
 
 int PostgresEventStore::LatestSchemaVersion() {
@@ -1177,25 +1208,49 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
 
 void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                                     std::vector<bool>* inserted) {
+  // Any error leaves every append not inserted: each then runs on its own
+  // and meets (or reports) the problem itself.
+  if (group.size() == 1) {
+    GroupedAppend& g = *group[0];
+    pool_
+        ->Run(PgPool::Retry::kOnBrokenConnection,
+              [&](pqxx::connection& conn) {
+                pqxx::nontransaction tx(conn);
+                const pqxx::result rows = tx.exec_prepared(
+                    Statements::On(conn, sql_->one_append), *g.stream,
+                    g.expected, g.event->event_id, g.event->event_type,
+                    g.event->schema_version, g.event->data, g.event->metadata);
+                if (rows.size() != 1) return absl::OkStatus();
+                g.version = rows[0][0].as<int64_t>();
+                g.position.global_position = rows[0][1].as<int64_t>();
+                g.position.transaction_id = ParseXid(rows[0][2]);
+                (*inserted)[0] = true;
+                return absl::OkStatus();
+              })
+        .IgnoreError();
+    return;
+  }
   EventArrays arrays;
   std::string streams = "{", expected = "{";
-  for (const GroupedAppend* g : group) {
-    AppendArrayElement(streams, *g->stream);
-    AppendArrayElement(expected, absl::StrCat(g->expected));
-    AppendArrayElement(arrays.ids, g->event->event_id);
-    AppendArrayElement(arrays.types, g->event->event_type);
-    AppendArrayElement(arrays.versions, absl::StrCat(g->event->schema_version));
-    AppendArrayElement(arrays.data, g->event->data);
-    AppendArrayElement(arrays.metadata, g->event->metadata);
+  // Inserted rows come back by (event id, stream): each reaches its own
+  // append, whatever the database's collation. Of two appends with both
+  // the same, the first is the one inserted; the other finds it stored.
+  absl::flat_hash_map<std::pair<std::string, std::string>, size_t> index;
+  for (size_t i = 0; i < group.size(); ++i) {
+    const GroupedAppend& g = *group[i];
+    AppendArrayElement(streams, *g.stream);
+    AppendArrayElement(expected, absl::StrCat(g.expected));
+    AppendArrayElement(arrays.ids, g.event->event_id);
+    AppendArrayElement(arrays.types, g.event->event_type);
+    AppendArrayElement(arrays.versions, absl::StrCat(g.event->schema_version));
+    AppendArrayElement(arrays.data, g.event->data);
+    AppendArrayElement(arrays.metadata, g.event->metadata);
+    index.emplace(std::make_pair(g.event->event_id, *g.stream), i);
   }
   for (std::string* a : {&streams, &expected, &arrays.ids, &arrays.types,
                          &arrays.versions, &arrays.data, &arrays.metadata}) {
     a->push_back('}');
   }
-  // Rows come back by their index in the arrays, so each outcome reaches
-  // its own append whatever the database's collation or duplicate ids.
-  // Any error leaves every append not inserted: each then runs on its own
-  // and meets (or reports) the problem itself.
   pool_
       ->Run(PgPool::Retry::kOnBrokenConnection,
             [&](pqxx::connection& conn) {
@@ -1205,15 +1260,15 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                   arrays.ids, arrays.types, arrays.versions, arrays.data,
                   arrays.metadata);
               for (const pqxx::row& row : rows) {
-                const int64_t index = row[0].as<int64_t>() - 1;
-                if (index < 0 || index >= static_cast<int64_t>(group.size())) {
-                  continue;
-                }
-                GroupedAppend& g = *group[index];
-                g.version = row[1].as<int64_t>();
-                g.position.global_position = row[2].as<int64_t>();
-                g.position.transaction_id = ParseXid(row[3]);
-                (*inserted)[index] = true;
+                auto it = index.find(
+                    std::make_pair(std::string(row[0].c_str(), row[0].size()),
+                                   std::string(row[1].c_str(), row[1].size())));
+                if (it == index.end()) continue;
+                GroupedAppend& g = *group[it->second];
+                g.version = row[2].as<int64_t>();
+                g.position.global_position = row[3].as<int64_t>();
+                g.position.transaction_id = ParseXid(row[4]);
+                (*inserted)[it->second] = true;
               }
               return absl::OkStatus();
             })
