@@ -16,10 +16,7 @@
 //      the invariants hold: per currency, the balances sum to deposits minus
 //      withdrawals; every transfer is completed or failed; none is both
 //      completed and refunded.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <map>
@@ -49,19 +46,6 @@ using cqrs::http_test::TestClient;
 
 constexpr int kAccounts = 50;
 constexpr int kClients = 16;
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // A `bank` process on the test schema; killed with SIGKILL when still
 // running at the end. Its output (2,000 access-log lines) is discarded.
@@ -372,7 +356,7 @@ TEST_CASE(
     "restart",
     "[e2e][pg]") {
   cqrs::testing::TestSchema schema(4);
-  int port = FreePort();
+  int port = cqrs::testing::FreePort();
   std::unique_ptr<Bank> server = Serve(schema, port);
   {
     auto client = TestClient::Connect(port);

@@ -7,10 +7,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <csignal>
 
 #include <cstdio>
@@ -427,19 +424,6 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
   CHECK(absl::StrContains(list.output, "account_transactions"));
 }
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // One request on a fresh connection to the server on `port`.
 cqrs::http_test::ClientResponse Http(int port, const std::string& method,
                                      const std::string& target,
@@ -483,7 +467,7 @@ TEST_CASE(
   TestSchema schema;
   auto store = Store(schema);
   Balances want = Fill(*store, "u", 2, 3);
-  const int port = FreePort();
+  const int port = cqrs::testing::FreePort();
   Server server(schema, port);
   REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
 

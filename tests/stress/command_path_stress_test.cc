@@ -28,10 +28,7 @@
 // CQRS_STRESS_SEED and CQRS_STRESS_SECONDS override the fixed seed and the
 // traffic time; scripts/stress-commands runs it for longer with random seeds.
 // STRESS_DEBUG=1 passes the banks' logs through.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -87,19 +84,6 @@ Config FromEnvironment() {
     config.traffic = absl::Seconds(seconds);
   }
   return config;
-}
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 std::string Account(int i) { return absl::StrCat("a", i); }
@@ -411,7 +395,8 @@ TEST_CASE("the command path under faults keeps every guarantee",
   // fail for real, in every session the banks open from here on.
   schema.Exec(absl::StrCat("ALTER DATABASE ", icu.name(),
                            " SET statement_timeout = '250ms'"));
-  std::vector<int> ports = {FreePort(), FreePort()};
+  std::vector<int> ports = {cqrs::testing::FreePort(),
+                            cqrs::testing::FreePort()};
   std::vector<std::unique_ptr<cqrs::testing::ChildProcess>> banks;
   for (int port : ports) {
     banks.push_back(

@@ -43,6 +43,11 @@ class ChildProcess {
   pid_t pid_ = -1;
 };
 
+// A TCP port on 127.0.0.1 that was free a moment ago, for a child server
+// that takes its port on the command line (`bank serve --listen`). Fails
+// the test when the system has none.
+int FreePort();
+
 // What a shell command printed and how it ended.
 struct ShellResult {
   int exit_code;       // -1 when it did not exit normally
