@@ -777,7 +777,7 @@ namespace {
 
 using Statements = PostgresEventStore::Statements;
 
-// The raw outcome of append_events.
+// The raw outcome of append_v3.
 struct AppendRow {
   std::string outcome;
   AppendResult result;
