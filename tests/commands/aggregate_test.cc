@@ -321,3 +321,49 @@ TEST_CASE("commands on PostgreSQL: 16 threads on one aggregate",
 
 }  // namespace
 }  // namespace cqrs::commands
+
+namespace cqrs::commands {
+namespace {
+
+void DeletedAggregateStaysDeleted(eventstore::EventStore& store) {
+  AggregateType<Counter, CounterEvent> counters(CounterOptions(2));
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(
+        counters
+            .Execute(store, "gone", CommandMetadata::ForCommand(""), {}, Add(1))
+            .ok());
+  }
+  REQUIRE(store.LoadSnapshot("counter-gone").ok());
+  REQUIRE(
+      store
+          .DeleteStream("counter-gone", eventstore::ExpectedVersion::Exactly(3))
+          .ok());
+  counters.ClearCache();
+  // Before the fix: the snapshot brought back {value 2, version 2}, and
+  // without it the aggregate loaded as new (version 0).
+  auto loaded = counters.Load(store, "gone");
+  CHECK(loaded.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(loaded.status().message(), "deleted"));
+  auto command = counters.Execute(store, "gone",
+                                  CommandMetadata::ForCommand(""), {}, Add(1));
+  CHECK(command.status().code() == absl::StatusCode::kFailedPrecondition);
+  // A stream that never existed still loads as new.
+  auto fresh = counters.Load(store, "never");
+  REQUIRE(fresh.ok());
+  CHECK(fresh->second == 0);
+}
+
+TEST_CASE("a deleted aggregate neither loads as new nor from its snapshot",
+          "[commands]") {
+  eventstore::InMemoryEventStore store;
+  DeletedAggregateStaysDeleted(store);
+}
+
+TEST_CASE("a deleted aggregate stays deleted on PostgreSQL", "[commands][pg]") {
+  testing::TestSchema schema;
+  auto store = schema.NewEventStore();
+  DeletedAggregateStaysDeleted(*store);
+}
+
+}  // namespace
+}  // namespace cqrs::commands
