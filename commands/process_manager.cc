@@ -1,6 +1,7 @@
 #include "commands/process_manager.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include <pqxx/pqxx>
@@ -145,6 +146,13 @@ projections::Projection AsProjection(ProcessManager pm,
       // batch cannot commit; the runner retries it (transient errors,
       // MustRetryTransaction) or applies the error policy.
       if (in_tx->failed()) return in_tx->failure();
+    }
+    // The commands' events count (and, with Notify::kAfterCommit, wake the
+    // store's subscribers) once the batch has committed.
+    if (std::optional<eventstore::Position> last = in_tx->last_appended()) {
+      ctx.AfterCommit([store, last = *last, n = in_tx->appended_events()] {
+        store->NotifyCommitted(last, n);
+      });
     }
     return absl::OkStatus();
   };

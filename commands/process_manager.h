@@ -26,7 +26,10 @@
 // moved back by hand) finds the record and the step is skipped.
 //
 // The commands' events carry that command id, the triggering event's
-// correlation id, and the triggering event's id as causation id.
+// correlation id, and the triggering event's id as causation id. Once the
+// batch commits they are announced through the store's NotifyCommitted()
+// (its events_appended counter, and its notifications unless they are sent
+// in the transaction).
 //
 // Aggregates used by a process manager may be the ones the HTTP side uses:
 // a command inside the batch's transaction neither fills the state cache

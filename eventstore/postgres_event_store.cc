@@ -1074,25 +1074,17 @@ class PostgresEventStore::TransactionStore
     RETURN_IF_ERROR(eventstore_internal::ValidateSnapshot(snapshot));
     const bool autocommit = dynamic_cast<pqxx::dbtransaction*>(&tx_) == nullptr;
     bool saved = false;
-    // Plain SAVEPOINT statements: libpqxx 6.4's subtransaction does not open
-    // its savepoint before an exec_prepared(), so a failure there aborted
-    // the whole transaction.
-    absl::Status status = TranslateExceptions([&] {
-      if (!autocommit) tx_.exec("SAVEPOINT cqrs_snapshot");
-      saved = SaveSnapshotOn(tx_, *owner_.sql_, snapshot);
-      if (!autocommit) tx_.exec("RELEASE SAVEPOINT cqrs_snapshot");
+    auto save = [&](pqxx::transaction_base& tx) {
+      saved = SaveSnapshotOn(tx, *owner_.sql_, snapshot);
       return absl::OkStatus();
-    });
-    if (!status.ok() && !autocommit) {
-      absl::Status undone = TranslateExceptions([&] {
-        tx_.exec("ROLLBACK TO SAVEPOINT cqrs_snapshot");
-        tx_.exec("RELEASE SAVEPOINT cqrs_snapshot");
-        return absl::OkStatus();
-      });
-      // Without the savepoint undone (a broken connection), the
-      // transaction is lost.
-      if (!undone.ok() && failure_.ok()) failure_ = undone;
-    }
+    };
+    bool lost = false;
+    absl::Status status = autocommit
+                              ? TranslateExceptions([&] { return save(tx_); })
+                              : InSavepoint(tx_, save, &lost);
+    // Without the savepoint undone (a broken connection), the transaction
+    // is lost.
+    if (lost && failure_.ok()) failure_ = status;
     RETURN_IF_ERROR(status);
     if (!saved) return StreamDeleted(snapshot.stream_id);
     return absl::OkStatus();

@@ -77,8 +77,11 @@ absl::StatusOr<std::unique_ptr<BankApp>> BankApp::Create(cqrs::PgPool* pool,
   ASSIGN_OR_RETURN(auto idem,
                    cqrs::commands::PostgresIdempotencyStore::Create(
                        pool, store.get(), options.schema, options.idempotency));
-  return std::unique_ptr<BankApp>(new BankApp(
+  cqrs::Counter* events_appended = store_options.events_appended;
+  std::unique_ptr<BankApp> app(new BankApp(
       pool, std::move(options), std::move(store), std::move(idem), commands));
+  app->events_appended_ = events_appended;
+  return app;
 }
 
 BankApp::BankApp(cqrs::PgPool* pool, BankOptions options,

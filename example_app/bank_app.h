@@ -59,6 +59,9 @@ class BankApp {
   void StartMaintenance(absl::Duration interval = absl::Hours(1));
 
   cqrs::eventstore::PostgresEventStore& store() { return *store_; }
+  // cqrs_events_appended_total, for the other stores of this process that
+  // append (the transfer process manager's); null without metrics.
+  cqrs::Counter* events_appended() { return events_appended_; }
   cqrs::commands::IdempotencyStore& idempotency() { return *idempotency_; }
 
  private:
@@ -79,6 +82,7 @@ class BankApp {
   std::unique_ptr<cqrs::eventstore::PostgresEventStore> store_;
   std::unique_ptr<cqrs::commands::PostgresIdempotencyStore> idempotency_;
   cqrs::commands::HttpCommandRunner runner_;
+  cqrs::Counter* events_appended_ = nullptr;
 
   absl::Mutex maintenance_mu_;
   bool stopping_ ABSL_GUARDED_BY(maintenance_mu_) = false;

@@ -51,13 +51,18 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
                                            cqrs::eventstore::Position p) {
       tracker->Record(name, p);
     };
-    ASSIGN_OR_RETURN(s->process_store_, NewProcessStore(pool, options.schema));
     ASSIGN_OR_RETURN(
-        s->projector_,
-        cqrs::projections::ProjectionRunner::Create(
-            pool, s->projection_store_.get(),
-            BankRunnerProjections(s->process_store_.get(), options.schema),
-            runner_options));
+        s->process_store_,
+        NewProcessStore(pool, options.schema, s->app_->events_appended()));
+    std::vector<cqrs::projections::Projection> projections =
+        BankRunnerProjections(s->process_store_.get(), options.schema);
+    for (const cqrs::projections::Projection& p : projections) {
+      s->projection_versions_[p.name] = p.version;
+    }
+    ASSIGN_OR_RETURN(s->projector_,
+                     cqrs::projections::ProjectionRunner::Create(
+                         pool, s->projection_store_.get(),
+                         std::move(projections), runner_options));
   }
 
   cqrs::queries::QueryServiceOptions query_options;
@@ -76,6 +81,7 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
       {"commands", [pool] { return pool->stats(); }},
       {"queries", [q = s->queries_.get()] { return q->pool_stats(); }}};
   ops.tracker = s->tracker_.get();
+  ops.projection_versions = s->projection_versions_;
   ASSIGN_OR_RETURN(s->operations_,
                    cqrs::queries::Operations::Create(std::move(ops)));
   return s;

@@ -20,6 +20,7 @@
 #define EXAMPLE_APP_BANK_SERVICE_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -103,6 +104,8 @@ class BankService {
   std::unique_ptr<cqrs::queries::QueryService> queries_;
   std::unique_ptr<cqrs::queries::Operations> operations_;
   std::string schema_;
+  // Of this build's projections, for their status.
+  std::map<std::string, int> projection_versions_;
   bool run_projections_ = false;
   bool started_ = false;
 };

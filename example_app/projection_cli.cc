@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -91,8 +92,14 @@ int List() {
 }
 
 int Status(cqrs::PgPool& pool, const std::string& schema, bool json) {
+  // This build's versions: a stored read model of another one is
+  // "outdated".
+  std::map<std::string, int> versions;
+  for (const Projection& p : BankProjections()) versions[p.name] = p.version;
+  const cqrs::commands::ProcessManager transfers = TransferProcess();
+  versions[transfers.name] = transfers.version;
   auto statuses =
-      cqrs::projections::ReadProjectionStatuses(pool, schema, schema);
+      cqrs::projections::ReadProjectionStatuses(pool, schema, schema, versions);
   if (!statuses.ok()) return Fail(statuses.status());
   if (json) {
     std::cout << cqrs::projections::StatusesJson(
@@ -108,8 +115,18 @@ int Status(cqrs::PgPool& pool, const std::string& schema, bool json) {
         "%-22s %3d %4d %-12s %-16s %10d %9.1f %6d  %s\n", s.name, s.version,
         s.generation, s.state, s.position, s.lag_events, s.lag_seconds,
         s.parked, s.owner.empty() ? "-" : s.owner);
+    if (s.code_version != 0 && s.code_version != s.version) {
+      std::cout << "    stored version " << s.version << ", this build has "
+                << s.code_version << ": `bank projections rebuild " << s.name
+                << "` with this build, or run the build of version "
+                << s.version << "\n";
+    }
     if (!s.last_error.empty()) {
-      std::cout << "    last error: " << s.last_error
+      std::cout << "    last error"
+                << (s.last_error_at.empty()
+                        ? ""
+                        : absl::StrCat(" (", s.last_error_at, ")"))
+                << ": " << s.last_error
                 << (s.failed_position.empty()
                         ? ""
                         : absl::StrCat(" (at ", s.failed_position, ")"))

@@ -149,9 +149,11 @@ absl::Status Handle(ProcessContext& ctx, const RecordedEvent& e) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<cqrs::eventstore::PostgresEventStore>>
-NewProcessStore(cqrs::PgPool* pool, const std::string& schema) {
+NewProcessStore(cqrs::PgPool* pool, const std::string& schema,
+                cqrs::Counter* events_appended) {
   cqrs::eventstore::PostgresEventStoreOptions options;
   options.schema = schema;
+  options.events_appended = events_appended;
   options.notify =
       cqrs::eventstore::PostgresEventStoreOptions::Notify::kInTransaction;
   return cqrs::eventstore::PostgresEventStore::Create(pool, options);

@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "commands/process_manager.h"
 #include "eventstore/postgres_event_store.h"
+#include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "projections/projection.h"
 
@@ -46,9 +47,12 @@ cqrs::commands::ProcessManager TransferProcess();
 
 // The event store the process manager appends through: its appends notify
 // inside their transaction, so that the projections hear of a transfer's
-// progress when the process manager's batch commits.
+// progress when the process manager's batch commits. `events_appended`
+// (may be null; must outlive the store) counts them, as the command side's
+// store counts its own.
 absl::StatusOr<std::unique_ptr<cqrs::eventstore::PostgresEventStore>>
-NewProcessStore(cqrs::PgPool* pool, const std::string& schema);
+NewProcessStore(cqrs::PgPool* pool, const std::string& schema,
+                cqrs::Counter* events_appended = nullptr);
 
 // What a bank runner runs: the read models (BankProjections()) and the
 // transfer process manager. `process_store` must outlive the runner.

@@ -2,6 +2,7 @@
 
 #include <pqxx/except>
 #include <pqxx/nontransaction>
+#include <pqxx/transaction_base>
 
 #include "absl/strings/str_cat.h"
 
@@ -91,6 +92,28 @@ absl::Status TranslateCurrentPgException() {
 absl::Status StatusFromCurrentPgException() {
   return MarkDatabaseError(TranslateCurrentPgException());
 }
+
+namespace pg_pool_internal {
+
+void BeginSavepoint(pqxx::transaction_base& tx) {
+  tx.exec("SAVEPOINT cqrs_savepoint");
+}
+
+void ReleaseSavepoint(pqxx::transaction_base& tx) {
+  tx.exec("RELEASE SAVEPOINT cqrs_savepoint");
+}
+
+bool RollbackSavepoint(pqxx::transaction_base& tx) {
+  try {
+    tx.exec("ROLLBACK TO SAVEPOINT cqrs_savepoint");
+    tx.exec("RELEASE SAVEPOINT cqrs_savepoint");
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace pg_pool_internal
 
 bool ResetAfterFailure(pqxx::connection& conn) {
   try {

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <pqxx/connection>
+#include <pqxx/transaction_base>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -143,6 +144,17 @@ class PgPool {
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// Runs `fn(tx)` (returning absl::Status, possibly throwing) inside a
+// savepoint of `tx`: when it fails, only its own work is undone and `tx`
+// stays usable. (libpqxx 6.4's pqxx::subtransaction does not open its
+// savepoint before exec_params() or exec_prepared(), so a failure there
+// aborts the whole transaction: do not use it.) Returns what `fn` returned,
+// or its exception translated. When the savepoint cannot be rolled back (a
+// lost connection), `*tx_lost` is set: `tx` is then unusable.
+template <typename Fn>
+absl::Status InSavepoint(pqxx::transaction_base& tx, Fn&& fn,
+                         bool* tx_lost = nullptr);
+
 // After work on `conn` failed: ends any transaction block the work left
 // open, so that the connection goes back to the pool outside a transaction.
 // (A statement cancelled while BEGIN runs leaves the session in an aborted
@@ -163,6 +175,32 @@ absl::Status RunOnLease(PgPool::Lease& lease, Fn&& fn) {
   if (absl::IsUnavailable(status) || absl::IsUnknown(status) ||
       !lease->is_open() || (!status.ok() && !ResetAfterFailure(*lease))) {
     lease.MarkBroken();
+  }
+  return status;
+}
+
+namespace pg_pool_internal {
+// The statements around InSavepoint()'s work; they may throw.
+void BeginSavepoint(pqxx::transaction_base& tx);
+void ReleaseSavepoint(pqxx::transaction_base& tx);
+// Returns false when the rollback failed.
+bool RollbackSavepoint(pqxx::transaction_base& tx);
+}  // namespace pg_pool_internal
+
+template <typename Fn>
+absl::Status InSavepoint(pqxx::transaction_base& tx, Fn&& fn, bool* tx_lost) {
+  absl::Status status;
+  bool begun = false;
+  try {
+    pg_pool_internal::BeginSavepoint(tx);
+    begun = true;
+    status = fn(tx);
+    if (status.ok()) pg_pool_internal::ReleaseSavepoint(tx);
+  } catch (...) {
+    status = StatusFromCurrentPgException();
+  }
+  if (!status.ok() && (!begun || !pg_pool_internal::RollbackSavepoint(tx))) {
+    if (tx_lost != nullptr) *tx_lost = true;
   }
   return status;
 }

@@ -73,6 +73,7 @@ absl::StatusOr<ReplayResult> ReplayParked(PgPool& pool, const Projection& p,
         const auto tables =
             projections_internal::TableMap(schema, p, generation);
         std::set<std::string> blocked;
+        std::string last_failure;  // of an event that failed again
         for (const pqxx::row& r : tx.exec_params(
                  absl::StrCat(
                      "SELECT transaction_id::text, global_position, "
@@ -98,21 +99,17 @@ absl::StatusOr<ReplayResult> ReplayParked(PgPool& pool, const Projection& p,
             ++result.still_parked;
             continue;
           }
-          absl::Status applied;
-          {
-            pqxx::subtransaction sub(tx, "replay");
-            applied =
-                projections_internal::ApplyHandler(p, sub, tables, {&e, 1});
-            if (applied.ok()) {
-              try {
-                sub.commit();
-              } catch (const std::exception& ex) {
-                applied = absl::InternalError(ex.what());
-              }
-            } else {
-              sub.abort();
-            }
-          }
+          // Each event in a savepoint of its own: one that fails again
+          // stays parked, the others are applied.
+          bool lost = false;
+          absl::Status applied = InSavepoint(
+              tx,
+              [&](pqxx::transaction_base& t) {
+                return projections_internal::ApplyHandler(p, t, tables,
+                                                          {&e, 1});
+              },
+              &lost);
+          if (lost) return applied;
           const std::string key_sql = absl::StrCat(
               " WHERE name = $1 AND generation = $2 AND transaction_id = "
               "$3::text::xid8 AND global_position = $4");
@@ -124,6 +121,7 @@ absl::StatusOr<ReplayResult> ReplayParked(PgPool& pool, const Projection& p,
                            e.position.global_position);
             ++result.replayed;
           } else {
+            last_failure = std::string(applied.message());
             blocked.insert(e.stream_id);
             tx.exec_params(
                 absl::StrCat("UPDATE ", schema,
@@ -133,9 +131,26 @@ absl::StatusOr<ReplayResult> ReplayParked(PgPool& pool, const Projection& p,
             ++result.still_parked;
           }
         }
+        // The last error describes what is parked: none left, no error;
+        // an event that failed again, its new error.
+        tx.exec_params(
+            absl::StrCat(
+                "UPDATE ", schema,
+                ".projections SET parked_epoch = parked_epoch + 1, "
+                "last_error = CASE WHEN NOT EXISTS (SELECT 1 FROM ",
+                schema,
+                ".projection_parked k WHERE k.name = $1 AND k.generation = "
+                "$2) THEN NULL WHEN $3 <> '' THEN $3 ELSE last_error END, "
+                "last_error_at = CASE WHEN NOT EXISTS (SELECT 1 FROM ",
+                schema,
+                ".projection_parked k WHERE k.name = $1 AND k.generation = "
+                "$2) THEN NULL WHEN $3 <> '' THEN now() ELSE last_error_at "
+                "END WHERE name = $1 AND state <> 'failed'"),
+            p.name, generation, last_failure);
         tx.exec_params(absl::StrCat("UPDATE ", schema,
                                     ".projections SET parked_epoch = "
-                                    "parked_epoch + 1 WHERE name = $1"),
+                                    "parked_epoch + 1 WHERE name = $1 AND "
+                                    "state = 'failed'"),
                        p.name);
         tx.commit();
         return absl::OkStatus();

@@ -48,7 +48,10 @@ struct ReplayResult {
 // savepoint, in one transaction that holds the projection's row lock (the
 // runner waits meanwhile). An event that fails again stays parked with its
 // new error, and so do the later parked events of its stream (per-stream
-// order). Streams with no parked event left are no longer held back.
+// order). Streams with no parked event left are no longer held back. The
+// projection's last error then describes what is still parked: cleared
+// when nothing is, else the newest failure (unless the projection failed:
+// that error stays until it is resumed or rebuilt).
 absl::StatusOr<ReplayResult> ReplayParked(PgPool& pool,
                                           const Projection& projection,
                                           absl::string_view schema);

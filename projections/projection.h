@@ -88,6 +88,12 @@ class ProjectionContext {
   // The schema-qualified physical name of the projection's table `name`
   // (one of Projection::tables), to splice into SQL.
   virtual const std::string& Table(absl::string_view name) const = 0;
+  // Runs `fn` on the runner's thread once the batch has committed (never
+  // when it rolls back), e.g. to announce what the batch appended. Batches
+  // applied outside the live runner (a rebuild, a replay of parked events)
+  // do not call it: keep it to announcements a later batch would make
+  // anyway.
+  virtual void AfterCommit(std::function<void()> fn) = 0;
 };
 
 enum class ProjectionKind {

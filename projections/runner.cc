@@ -81,10 +81,13 @@ CREATE TABLE {s}.projection_rebuilds (
   started_at   timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
-    {3, "transient errors in the status", R"sql(
+    {3, "transient errors and the time of the last error in the status",
+     R"sql(
 -- The error of the last failed attempt while the owner retries without end
 -- (a transient error); NULL once a batch succeeds.
 ALTER TABLE {s}.projections ADD COLUMN transient_error text;
+-- When last_error happened.
+ALTER TABLE {s}.projections ADD COLUMN last_error_at timestamptz;
 )sql"},
 };
 static_assert(std::size(kMigrations) ==
@@ -181,8 +184,31 @@ class Worker {
     Position isolate_until;
     absl::Duration busy_wait = absl::Milliseconds(1);
     while (!stopping()) {
+      if (outdated_) {
+        // The stored read model is another version's: not ours to apply,
+        // and not ours to hold (a process of that version must be able to
+        // take it). Compete again once a rebuild made it this version.
+        absl::StatusOr<int> stored = StoredVersion();
+        if (!stored.ok() || *stored != p_.version) {
+          SleepFor(options_->takeover_interval);
+          continue;
+        }
+        outdated_ = false;
+        Log(LogLevel::kInfo, "projection version matches again",
+            {{"projection", p_.name}, {"version", p_.version}});
+      }
       if (!Owned()) {
-        SetState("standby");
+        // A standby of another version than the stored one could never
+        // apply it: say so.
+        absl::StatusOr<int> stored = StoredVersion();
+        if (stored.ok() && *stored != p_.version) {
+          outdated_ = true;
+          absl::MutexLock lock(&mu_);
+          status_.state = "outdated";
+          status_.last_error = OutdatedMessage(*stored);
+        } else {
+          SetState("standby");
+        }
         SleepFor(options_->takeover_interval);
         continue;
       }
@@ -195,10 +221,14 @@ class Worker {
           continue;
         }
         if (version_mismatch_) {
-          // Another version's read model: leave it alone, and look again
-          // later (a rebuild with this version swaps it in).
+          // Another version's read model: leave it alone and let go of it,
+          // so that a process of that version applies it until a rebuild
+          // with this version swaps one in.
+          Log(LogLevel::kWarn, "projection outdated: ownership released",
+              {{"projection", p_.name}, {"error", Status().last_error}});
           prepared_ = false;
-          SleepFor(options_->takeover_interval);
+          outdated_ = true;
+          ownership_.reset();
           continue;
         }
       }
@@ -319,6 +349,28 @@ class Worker {
     poked_ = false;
   }
 
+  std::string OutdatedMessage(int stored) const {
+    return absl::StrCat("stored version ", stored, ", this build has ",
+                        p_.version, ": run `projections rebuild ", p_.name,
+                        "` with this build");
+  }
+
+  // The projection's stored version (which version's read model it is).
+  absl::StatusOr<int> StoredVersion() {
+    int version = 0;
+    RETURN_IF_ERROR(pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::nontransaction tx(conn);
+          version = tx.exec_params1(
+                          absl::StrCat("SELECT version FROM ", options_->schema,
+                                       ".projections WHERE name = $1"),
+                          p_.name)[0]
+                        .as<int>();
+          return absl::OkStatus();
+        }));
+    return version;
+  }
+
   // Takes or confirms ownership on the dedicated session.
   bool Owned() {
     const absl::Time now = absl::Now();
@@ -326,8 +378,18 @@ class Worker {
     next_ownership_check_ = now + options_->poll_interval;
     try {
       if (ownership_ != nullptr && ownership_->is_open()) {
+        // Also notices, while this runner has nothing to do, a rebuild that
+        // swapped in another version and a replay of parked events (whose
+        // outcome changes the parked streams and the last error).
         pqxx::nontransaction tx(*ownership_);
-        tx.exec("SELECT 1");
+        const pqxx::row row = tx.exec_params1(
+            absl::StrCat("SELECT version, parked_epoch FROM ", options_->schema,
+                         ".projections WHERE name = $1"),
+            p_.name);
+        if (row[0].as<int>() != p_.version ||
+            row[1].as<int>() != parked_epoch_) {
+          prepared_ = false;
+        }
         return true;
       }
       ownership_.reset();
@@ -406,10 +468,8 @@ class Worker {
           }
           version_mismatch_ = version != p_.version;
           if (version_mismatch_) {
-            status_.state = "stopped";
-            status_.last_error = absl::StrCat(
-                "stored version ", version, ", this build has ", p_.version,
-                ": run `projections rebuild ", p_.name, "`");
+            status_.state = "outdated";
+            status_.last_error = OutdatedMessage(version);
           }
           prepared_ = true;
           return absl::OkStatus();
@@ -435,6 +495,7 @@ class Worker {
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           pqxx::work tx(conn);
           auto events_tx = store_->InTransaction(tx);
+          std::vector<std::function<void()>> after_commit;
           const Position from = checkpoint();
           // Reading first: the transaction takes no transaction id (which
           // would hold back every reader of the event store) until the lock
@@ -509,8 +570,8 @@ class Worker {
             relevant.push_back(std::move(e));
           }
           if (!relevant.empty()) {
-            absl::Status applied =
-                projections_internal::ApplyHandler(p_, tx, tables_, relevant);
+            absl::Status applied = projections_internal::ApplyHandler(
+                p_, tx, tables_, relevant, &after_commit);
             if (applied.ok() && options_->before_commit_for_testing) {
               applied = options_->before_commit_for_testing(p_.name, page.next);
             }
@@ -534,6 +595,7 @@ class Worker {
           NotifyProgress(tx, options_->schema, p_.name, page.next);
           tx.commit();
           MarkStored(page.next);
+          for (const auto& fn : after_commit) fn();
           if (flush) return absl::OkStatus();  // kEmpty: nothing new read
           next = page.next;
           result = static_cast<int>(page.events.size()) >= limit
@@ -649,6 +711,7 @@ class Worker {
                 absl::StrCat("UPDATE ", options_->schema,
                              ".projections SET state = 'failed', "
                              "last_error = $2, failed_position = $3, "
+                             "last_error_at = now(), "
                              "transient_error = NULL, updated_at = now() "
                              "WHERE name = $1"),
                 p_.name, message, event.position.ToToken());
@@ -667,6 +730,7 @@ class Worker {
               absl::StrCat("UPDATE ", options_->schema,
                            ".projections SET position_xid = $2::text::xid8, "
                            "position_gp = $3, last_error = $4, "
+                           "last_error_at = now(), "
                            "updated_at = now() WHERE name = $1"),
               p_.name, absl::StrCat(event.position.transaction_id),
               event.position.global_position, message);
@@ -703,6 +767,8 @@ class Worker {
   bool prepared_ = false;
   bool failed_ = false;
   bool version_mismatch_ = false;  // the stored version is not ours
+  // Found so: ownership released until the stored version is ours.
+  bool outdated_ = false;
   int generation_ = 0;
   int parked_epoch_ = 0;
   absl::flat_hash_map<std::string, std::string> tables_;

@@ -90,8 +90,10 @@ struct ProjectionStatus {
   std::string name;
   int version = 0;
   // "running" (caught up), "catching_up", "standby" (another process owns
-  // it), "failed" (stopped by an error; see last_error), "stopped" (not
-  // started, or its stored version differs: rebuild it).
+  // it), "failed" (stopped by an error; see last_error), "outdated" (the
+  // stored read model is of another version: this process neither applies
+  // nor holds it, so that a process of that version can, until a rebuild
+  // with this version swaps one in), "stopped" (not started).
   std::string state;
   // How far it has got: the committed checkpoint, or beyond it by events
   // it does not handle (see checkpoint_interval).

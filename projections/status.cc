@@ -13,7 +13,8 @@
 namespace cqrs::projections {
 
 absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
-    PgPool& pool, absl::string_view schema, absl::string_view event_schema) {
+    PgPool& pool, absl::string_view schema, absl::string_view event_schema,
+    const std::map<std::string, int>& code_versions) {
   RETURN_IF_ERROR(ValidateSchemaName(schema));
   RETURN_IF_ERROR(ValidateSchemaName(event_schema));
   ASSIGN_OR_RETURN(int migrated, MigratedVersion(pool, schema, "projections"));
@@ -48,7 +49,8 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
             "pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE "
             "l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid "
             "AND l.objid = hashtext($2 || '.' || p.name)::oid "
-            "AND l.objsubid = 2 LIMIT 1), ''), "
+            "AND l.objsubid = 2 AND l.database = (SELECT oid FROM "
+            "pg_database WHERE datname = current_database()) LIMIT 1), ''), "
             "(SELECT count(*) FROM ",
             schema,
             ".projection_parked k WHERE k.name = p.name AND k.generation = "
@@ -57,7 +59,9 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
             "EXISTS (SELECT 1 FROM ",
             schema,
             ".projection_rebuilds r WHERE r.name = p.name), "
-            "coalesce(p.transient_error, '') "
+            "coalesce(p.transient_error, ''), "
+            "coalesce(to_char(p.last_error_at AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '') "
             "FROM ",
             schema, ".projections p ORDER BY p.name");
         for (const pqxx::row& r :
@@ -77,8 +81,13 @@ absl::StatusOr<std::vector<StoredStatus>> ReadProjectionStatuses(
           const bool rebuilding = r[11].as<bool>();
           // Left by an owner that has gone: not a current retry.
           if (!s.owner.empty()) s.transient_error = r[12].as<std::string>();
+          if (!s.last_error.empty()) s.last_error_at = r[13].as<std::string>();
+          auto code = code_versions.find(s.name);
+          if (code != code_versions.end()) s.code_version = code->second;
           if (r[3].as<std::string>() == "failed") {
             s.state = "failed";
+          } else if (s.code_version != 0 && s.code_version != s.version) {
+            s.state = "outdated";
           } else if (rebuilding) {
             s.state = "rebuilding";
           } else if (s.owner.empty()) {
@@ -120,7 +129,12 @@ void WriteStatus(Writer& w, const StoredStatus& s, StatusFields fields) {
   if (all) string("owner", s.owner);
   w.Key("parked");
   w.Int64(s.parked);
+  if (s.code_version != 0) {
+    w.Key("code_version");
+    w.Int(s.code_version);
+  }
   if (!s.last_error.empty()) string("last_error", s.last_error);
+  if (!s.last_error_at.empty()) string("last_error_at", s.last_error_at);
   if (all && !s.failed_position.empty()) {
     string("failed_position", s.failed_position);
   }
@@ -176,8 +190,9 @@ absl::Status ResumeProjection(PgPool& pool, absl::string_view schema,
         tx.exec_params(
             absl::StrCat("UPDATE ", schema,
                          ".projections SET state = 'running', last_error = "
-                         "NULL, failed_position = NULL, transient_error = "
-                         "NULL, updated_at = now() WHERE name = $1"),
+                         "NULL, last_error_at = NULL, failed_position = NULL, "
+                         "transient_error = NULL, updated_at = now() "
+                         "WHERE name = $1"),
             std::string(name));
         tx.commit();
         Log(LogLevel::kInfo, "projection resumed",

@@ -11,7 +11,7 @@ namespace cqrs::queries {
 namespace {
 
 constexpr const char* kStates[] = {"running", "catching_up", "rebuilding",
-                                   "stopped", "failed"};
+                                   "stopped", "failed",      "outdated"};
 
 }  // namespace
 
@@ -100,7 +100,8 @@ void Operations::RegisterRoutes(http::Router& router) {
 http::Response Operations::Metrics() const {
   absl::StatusOr<std::vector<projections::StoredStatus>> statuses =
       projections::ReadProjectionStatuses(*options_.pool, options_.schema,
-                                          options_.event_schema);
+                                          options_.event_schema,
+                                          options_.projection_versions);
   if (statuses.ok()) {
     for (const projections::StoredStatus& s : *statuses) {
       absl::StatusOr<eventstore::Position> p =
@@ -145,7 +146,8 @@ http::Response Operations::Metrics() const {
 http::Response Operations::Projections() const {
   absl::StatusOr<std::vector<projections::StoredStatus>> statuses =
       projections::ReadProjectionStatuses(*options_.pool, options_.schema,
-                                          options_.event_schema);
+                                          options_.event_schema,
+                                          options_.projection_versions);
   if (!statuses.ok()) return http::ResponseFromStatus(statuses.status());
   return http::JsonResponse(
       200,
@@ -167,7 +169,8 @@ http::Response Operations::ResumeProjection(absl::string_view name) const {
   if (!resumed.ok()) return http::ResponseFromStatus(resumed);
   absl::StatusOr<std::vector<projections::StoredStatus>> statuses =
       projections::ReadProjectionStatuses(*options_.pool, options_.schema,
-                                          options_.event_schema);
+                                          options_.event_schema,
+                                          options_.projection_versions);
   if (!statuses.ok()) return http::ResponseFromStatus(statuses.status());
   for (const projections::StoredStatus& s : *statuses) {
     if (s.name != name) continue;

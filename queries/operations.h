@@ -27,6 +27,7 @@
 #define QUERIES_OPERATIONS_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -53,6 +54,9 @@ struct OperationsOptions {
   std::vector<std::pair<std::string, std::function<PgPool::Stats()>>> pools;
   // Optional: its waiting read-your-writes queries are reported.
   const ProgressTracker* tracker = nullptr;
+  // The versions of this build's projections (name -> version): a stored
+  // read model of another version shows as "outdated".
+  std::map<std::string, int> projection_versions;
 };
 
 class Operations {

@@ -12,8 +12,9 @@ namespace {
 class Context : public projections::ProjectionContext {
  public:
   Context(pqxx::transaction_base& tx,
-          const absl::flat_hash_map<std::string, std::string>& tables)
-      : tx_(tx), tables_(tables) {}
+          const absl::flat_hash_map<std::string, std::string>& tables,
+          std::vector<std::function<void()>>* after_commit)
+      : tx_(tx), tables_(tables), after_commit_(after_commit) {}
   pqxx::transaction_base& tx() override { return tx_; }
   const std::string& Table(absl::string_view name) const override {
     auto it = tables_.find(name);
@@ -23,10 +24,14 @@ class Context : public projections::ProjectionContext {
     }
     return it->second;
   }
+  void AfterCommit(std::function<void()> fn) override {
+    if (after_commit_ != nullptr) after_commit_->push_back(std::move(fn));
+  }
 
  private:
   pqxx::transaction_base& tx_;
   const absl::flat_hash_map<std::string, std::string>& tables_;
+  std::vector<std::function<void()>>* const after_commit_;
 };
 
 }  // namespace
@@ -131,8 +136,9 @@ absl::Status EnsureRegistered(PgPool& pool, absl::string_view schema,
 absl::Status ApplyHandler(
     const projections::Projection& p, pqxx::transaction_base& tx,
     const absl::flat_hash_map<std::string, std::string>& tables,
-    projections::EventBatch events) {
-  Context ctx(tx, tables);
+    projections::EventBatch events,
+    std::vector<std::function<void()>>* after_commit) {
+  Context ctx(tx, tables, after_commit);
   try {
     return p.apply(ctx, events);
   } catch (const pqxx::failure&) {

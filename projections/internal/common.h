@@ -4,7 +4,9 @@
 #define PROJECTIONS_INTERNAL_COMMON_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include <pqxx/pqxx>
 
@@ -63,10 +65,14 @@ absl::Status EnsureRegistered(PgPool& pool, absl::string_view schema,
 // StatusFromCurrentPgException() (so that IsTransientError() classifies it:
 // a lock timeout is kDeadlineExceeded, a lost session kUnavailable), any
 // other exception, std:: or not, kInternal (a failure of these events).
+// What the handler passes to ProjectionContext::AfterCommit() is added to
+// `after_commit` (dropped when null), for the caller to run once it has
+// committed.
 absl::Status ApplyHandler(
     const projections::Projection& p, pqxx::transaction_base& tx,
     const absl::flat_hash_map<std::string, std::string>& tables,
-    projections::EventBatch events);
+    projections::EventBatch events,
+    std::vector<std::function<void()>>* after_commit = nullptr);
 
 }  // namespace cqrs::projections_internal
 

@@ -499,6 +499,37 @@ TEST_CASE("GET /metrics is Prometheus text and its counters move",
   CHECK(Sample(after, "cqrs_projections_scrape_ok") == 1);
 }
 
+TEST_CASE("cqrs_events_appended_total counts the process manager's appends",
+          "[bank][queries][pg]") {
+  ServiceFixture f;
+  Open(f, "cnt-a");
+  Open(f, "cnt-b");
+  Deposit(f, "cnt-a", 100);
+  auto stored = [&] {
+    return f.schema().QueryInt(
+        absl::StrCat("SELECT count(*) FROM ", f.schema().name(), ".events"));
+  };
+  const double before = Sample(Scrape(f), "cqrs_events_appended_total");
+  const long long stored_before = stored();
+  // A completed transfer: TransferRequested from the command, then the
+  // process manager's debit, credit and transfer events.
+  REQUIRE(
+      f.Post(
+           "/transfers",
+           R"({"from":"cnt-a","to":"cnt-b","amount":40,"transfer_id":"cnt-t"})")
+          .status == 202);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (f.Get("/transfers/cnt-t").body.find("completed") ==
+         std::string::npos) {
+    REQUIRE(absl::Now() < deadline);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  // Before: only the request (1 of the 6 events) was counted.
+  CHECK(stored() - stored_before == 6);
+  CHECK(Sample(Scrape(f), "cqrs_events_appended_total") - before ==
+        stored() - stored_before);
+}
+
 TEST_CASE("GET /projections reports every projection", "[bank][queries][pg]") {
   ServiceFixture f;
   const std::string at = Open(f, "p-1");

@@ -479,6 +479,81 @@ TEST_CASE("a poison event is parked with kPark and its stream waits",
   CHECK(WaitUntil([&] { return StatusOf(**runner).parked == 0; }));
 }
 
+// Totals(), where an amount of 777 also fails, in SQL, while `sql_poison`
+// is set: the failure aborts what the handler's statement did.
+Projection TotalsFailingInSql(std::atomic<bool>* poison,
+                              std::atomic<bool>* sql_poison) {
+  Projection p = Totals(poison);
+  auto totals = p.apply;
+  p.apply = [totals, sql_poison](ProjectionContext& ctx,
+                                 EventBatch events) -> absl::Status {
+    for (const RecordedEvent& e : events) {
+      if (*sql_poison && absl::StrContains(e.data, "777")) {
+        ctx.tx().exec_params("SELECT 1 / $1::int", 0);  // throws
+      }
+    }
+    return totals(ctx, events);
+  };
+  return p;
+}
+
+TEST_CASE(
+    "a replay keeps an event that fails again in SQL parked, applies the "
+    "rest, and then clears the last error",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  std::atomic<bool> poison{true};
+  std::atomic<bool> sql_poison{true};
+  auto fold = AppendMany(*store, 20, 4);
+  REQUIRE(store->Append("s-1", ExpectedVersion::Any(), {Added(666)}).ok());
+  REQUIRE(store->Append("s-2", ExpectedVersion::Any(), {Added(777)}).ok());
+  Projection p = TotalsFailingInSql(&poison, &sql_poison);
+  p.max_attempts = 1;
+  p.on_error = ErrorPolicy::kPark;
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(), {p},
+                                         Options(schema));
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**runner).parked == 2; }));
+  auto stored = [&] {
+    auto all =
+        ReadProjectionStatuses(schema.pool(), schema.name(), schema.name());
+    REQUIRE(all.ok());
+    return (*all)[0];
+  };
+  CHECK(!stored().last_error.empty());
+  CHECK(!stored().last_error_at.empty());
+
+  // 666 is fixed, 777 still fails in SQL. Before the fix the failed
+  // statement aborted the whole replay (libpqxx's subtransaction had not
+  // opened its savepoint): nothing was replayed.
+  poison = false;
+  auto replay = ReplayParked(schema.pool(), p, schema.name());
+  REQUIRE(replay.ok());
+  CHECK(replay->replayed == 1);
+  CHECK(replay->still_parked == 1);
+  CHECK(absl::StrContains(stored().last_error, "division by zero"));
+  fold["s-1"].first += 666;
+  fold["s-1"].second += 1;
+  CHECK(Converges(schema, fold));
+
+  // Everything replayed: no error left to show (before: the poison's).
+  sql_poison = false;
+  replay = ReplayParked(schema.pool(), p, schema.name());
+  REQUIRE(replay.ok());
+  CHECK(replay->replayed == 1);
+  CHECK(replay->still_parked == 0);
+  CHECK(stored().last_error.empty());
+  CHECK(stored().last_error_at.empty());
+  CHECK(stored().parked == 0);
+  fold["s-2"].first += 777;
+  fold["s-2"].second += 1;
+  CHECK(Converges(schema, fold));
+  CHECK(WaitUntil([&] { return StatusOf(**runner).last_error.empty(); }));
+}
+
 TEST_CASE("a new projection version waits for its rebuild, then takes over",
           "[projections][pg]") {
   TestSchema schema;
@@ -502,7 +577,7 @@ TEST_CASE("a new projection version waits for its rebuild, then takes over",
   REQUIRE(WaitUntil([&] {
     return absl::StrContains(StatusOf(**new_code).last_error, "rebuild");
   }));
-  CHECK(StatusOf(**new_code).state == "stopped");
+  CHECK(StatusOf(**new_code).state == "outdated");
   auto more = AppendMany(*store, 50, 7, 1000);
   for (const auto& [stream, d] : more) {
     fold[stream].first += d.first;
@@ -521,6 +596,126 @@ TEST_CASE("a new projection version waits for its rebuild, then takes over",
     fold[stream].second += d.second;
   }
   CHECK(Converges(schema, fold));
+}
+
+// The deploy flow of docs/projections.md with both versions running at
+// once, whichever starts first: the old version applies until the rebuild
+// swaps the new one in, then the new version takes over; neither freezes
+// the projection by holding it while it cannot apply it.
+void DeployWithBothVersions(bool new_code_first) {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 100, 5);
+  auto add = [&](int n, int first) {
+    for (const auto& [stream, d] : AppendMany(*store, n, 5, first)) {
+      fold[stream].first += d.first;
+      fold[stream].second += d.second;
+    }
+  };
+  // Version 1 exists in the database before the deploy.
+  {
+    auto first = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                          {Totals()}, Options(schema));
+    REQUIRE(first.ok());
+    (*first)->Start();
+    REQUIRE(Converges(schema, fold));
+  }
+  Projection v2 = Totals();
+  v2.version = 2;
+  std::unique_ptr<ProjectionRunner> old_code, new_code;
+  auto start = [&](std::unique_ptr<ProjectionRunner>& runner, Projection p) {
+    auto r = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                      {std::move(p)}, Options(schema));
+    REQUIRE(r.ok());
+    runner = *std::move(r);
+    runner->Start();
+  };
+  if (new_code_first) {
+    start(new_code, v2);
+    // Before the fix the new code kept ownership here, and the old code
+    // below stayed a standby: nothing was applied until it was killed.
+    REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "outdated"; }));
+    start(old_code, Totals());
+  } else {
+    start(old_code, Totals());
+    REQUIRE(WaitUntil([&] { return StatusOf(*old_code).state == "running"; }));
+    start(new_code, v2);
+    REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "outdated"; }));
+  }
+  add(40, 1000);
+  CHECK(Converges(schema, fold));
+  CHECK(StatusOf(*new_code).state == "outdated");
+  auto stored = ReadProjectionStatuses(schema.pool(), schema.name(),
+                                       schema.name(), {{"totals", 2}});
+  REQUIRE(stored.ok());
+  CHECK((*stored)[0].state == "outdated");
+  CHECK((*stored)[0].code_version == 2);
+
+  REQUIRE(RebuildProjection(&schema.pool(), store.get(), v2, schema.name(), {})
+              .ok());
+  // Before the fix the old code kept ownership after the swap: the new
+  // version never took over.
+  REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "running"; }));
+  CHECK(WaitUntil([&] { return StatusOf(*old_code).state == "outdated"; }));
+  add(30, 5000);
+  CHECK(Converges(schema, fold));
+  stored = ReadProjectionStatuses(schema.pool(), schema.name(), schema.name(),
+                                  {{"totals", 2}});
+  REQUIRE(stored.ok());
+  CHECK((*stored)[0].state == "running");
+  CHECK(absl::StrContains((*stored)[0].owner, "cqrs projection"));
+}
+
+TEST_CASE("deploy: new code first, both versions running",
+          "[projections][pg]") {
+  DeployWithBothVersions(/*new_code_first=*/true);
+}
+
+TEST_CASE("deploy: old code first, both versions running",
+          "[projections][pg]") {
+  DeployWithBothVersions(/*new_code_first=*/false);
+}
+
+TEST_CASE("the status names no owner from another database",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, Options(schema));
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  // The same schema and projection in another database of the cluster,
+  // which nothing runs.
+  cqrs::testing::TestDatabase other("");
+  {
+    PgPoolOptions pool_options;
+    pool_options.conninfo = other.url();
+    pool_options.max_connections = 2;
+    auto twin_pool = PgPool::Create(pool_options);
+    REQUIRE(twin_pool.ok());
+    REQUIRE(eventstore::PostgresEventStore::Migrate(**twin_pool, schema.name())
+                .ok());
+    REQUIRE(ProjectionRunner::Migrate(**twin_pool, schema.name()).ok());
+    pqxx::connection conn(other.url());
+    pqxx::nontransaction tx(conn);
+    tx.exec(absl::StrCat(
+        "INSERT INTO ", schema.name(),
+        ".projections (name, version, generation) VALUES ('totals', 1, 1)"));
+    auto statuses =
+        ReadProjectionStatuses(**twin_pool, schema.name(), schema.name());
+    REQUIRE(statuses.ok());
+    REQUIRE(statuses->size() == 1);
+    // Before the fix: "running", owned by the other database's runner.
+    CHECK((*statuses)[0].owner.empty());
+    CHECK((*statuses)[0].state == "stopped");
+  }
+  auto here =
+      ReadProjectionStatuses(schema.pool(), schema.name(), schema.name());
+  REQUIRE(here.ok());
+  CHECK(!(*here)[0].owner.empty());
 }
 
 TEST_CASE("bad projections are refused", "[projections][pg]") {
