@@ -33,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "framework/internal/subprocess.h"
@@ -538,9 +539,11 @@ absl::Status HandOverDataDir(const EmbeddedCluster& cluster) {
 // A Unix socket address holds at most 107 bytes, so a deep data directory
 // gets its socket in /tmp, under a name derived from the directory so that
 // every process computes the same one. /tmp rather than $TMPDIR, which may
-// differ between processes.
+// differ between processes. So does a directory with a comma in its path:
+// libpq's host= is a comma-separated list, which no quoting escapes.
 fs::path SocketDirFor(const fs::path& data_dir) {
-  if (data_dir.native().size() + kSocketNameLength <= kMaxSocketPath) {
+  if (data_dir.native().size() + kSocketNameLength <= kMaxSocketPath &&
+      data_dir.native().find(',') == std::string::npos) {
     return data_dir;
   }
   uint64_t hash = 14695981039346656037ull;  // FNV-1a: stable across builds
@@ -610,6 +613,13 @@ std::string QuoteConf(absl::string_view value) {
   return quoted;
 }
 
+// `dir` as one element of a comma-separated list setting such as
+// unix_socket_directories: in double quotes, with quotes doubled, so that a
+// comma in the path does not split it into two directories.
+std::string ListElement(const std::string& dir) {
+  return absl::StrCat("\"", absl::StrReplaceAll(dir, {{"\"", "\"\""}}), "\"");
+}
+
 // Rewritten before every start, so a moved data directory gets its new
 // socket directory. postgresql.conf `include`s it (not include_if_exists):
 // without it the server would fall back to listening on localhost TCP.
@@ -618,8 +628,9 @@ absl::Status WriteServerConf(const EmbeddedCluster& cluster) {
       "# Written by cqrs::EmbeddedPostgres before every start; edits are "
       "lost.\n",
       "listen_addresses = ''\n", "port = ", kPort, "\n",
-      "unix_socket_directories = ", QuoteConf(cluster.socket_dir.string()),
-      "\n", "unix_socket_permissions = 0700\n");
+      "unix_socket_directories = ",
+      QuoteConf(ListElement(cluster.socket_dir.string())), "\n",
+      "unix_socket_permissions = 0700\n");
   return WriteFileAtomically(cluster.pgdata / kServerConf, conf, cluster.user);
 }
 

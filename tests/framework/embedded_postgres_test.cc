@@ -206,6 +206,21 @@ TEST_CASE("a data directory too deep for a socket path gets its socket in /tmp",
   CHECK_FALSE(ServerAnswers(conninfo));
 }
 
+TEST_CASE("a data directory with a comma in its path works", "[embedded]") {
+  TempDir tmp;
+  // unix_socket_directories is a comma-separated list: before the fix the
+  // server took "<tmp>/a" and "b/bank-data" for two directories and did not
+  // start (or put its socket in <tmp>/a when that existed).
+  const fs::path data_dir = tmp.path() / "a,b" / "bank-data";
+  fs::create_directories(tmp.path() / "a");
+  std::unique_ptr<EmbeddedPostgres> pg = StartOrFail(data_dir);
+  // libpq's host= cannot hold a comma either: the socket goes to /tmp.
+  CHECK(absl::StrContains(pg->conninfo(), "host='/tmp/embedded-pg-"));
+  CHECK(QueryValue(pg->conninfo(), "SELECT 1") == "1");
+  CHECK(fs::is_empty(tmp.path() / "a"));
+  REQUIRE(pg->Stop().ok());
+}
+
 TEST_CASE("a postmaster killed with SIGKILL is recovered by the next start",
           "[embedded]") {
   TempDir tmp;
