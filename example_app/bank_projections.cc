@@ -1,12 +1,14 @@
 #include "example_app/bank_projections.h"
 
 #include <map>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <variant>
 
 #include <pqxx/pqxx>
 
+#include "absl/numeric/int128.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -246,7 +248,9 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
       currency[r[0].as<std::string>()] = r[1].as<std::string>();
     }
   }
-  std::map<std::string, int64_t> delta;
+  // Wide enough for any batch: each event moves at most 2^63 - 1, and the
+  // stored totals are numeric, so no reachable state overflows.
+  std::map<std::string, absl::int128> delta;
   SqlArray new_ids, new_currencies;
   for (const RecordedEvent& e : events) {
     if (IsTransferEvent(e)) {
@@ -294,12 +298,14 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
   SqlArray keys, values;
   for (const auto& [key, value] : delta) {
     keys.Add(key);
-    values.Add(value);
+    std::ostringstream text;
+    text << value;
+    values.Add(text.str());
   }
   ctx.tx().exec_params(
       absl::StrCat("INSERT INTO ", stats,
                    " AS s (key, value) SELECT * FROM unnest($1::text[], "
-                   "$2::bigint[]) ON CONFLICT (key) DO UPDATE SET "
+                   "$2::numeric[]) ON CONFLICT (key) DO UPDATE SET "
                    "value = s.value + EXCLUDED.value"),
       keys.literal(), values.literal());
   return absl::OkStatus();
@@ -358,7 +364,9 @@ Projection AccountTransactionsProjection() {
 Projection BankStatsProjection() {
   Projection p;
   p.name = "bank_stats";
-  p.version = 1;
+  // 2: totals are numeric (version 1's bigint overflowed for legal
+  // balances: two accounts near 2^62 each).
+  p.version = 2;
   p.event_types = AccountEventTypes();
   for (const char* type :
        {"TransferRequested", "TransferCompleted", "TransferFailed"}) {
@@ -367,7 +375,7 @@ Projection BankStatsProjection() {
   p.tables = {{"bank_stats",
                "CREATE TABLE {table} ("
                "  key   text PRIMARY KEY,"
-               "  value bigint NOT NULL)"},
+               "  value numeric NOT NULL)"},
               {"bank_stats_accounts",
                "CREATE TABLE {table} ("
                "  account_id text PRIMARY KEY,"

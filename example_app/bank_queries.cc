@@ -257,18 +257,21 @@ queries::QueryRoute GetStats(const std::string& schema) {
          pqxx::transaction_base& tx) -> absl::StatusOr<http::Response> {
     int64_t accounts = 0;
     int64_t open_accounts = 0;
-    std::map<std::string, int64_t> balances;  // sorted by currency
+    // Exact decimal integers: a total may exceed 64 bits.
+    std::map<std::string, std::string> balances;  // sorted by currency
     std::map<std::string, int64_t> transfers = {
         {"pending", 0}, {"completed", 0}, {"failed", 0}};
     for (const pqxx::row& row : tx.exec_prepared("bank_get_stats")) {
       absl::string_view key = row[0].c_str();
+      if (absl::ConsumePrefix(&key, "balance:")) {
+        balances[std::string(key)] = row[1].as<std::string>();
+        continue;
+      }
       const int64_t value = row[1].as<int64_t>();
       if (key == "accounts") {
         accounts = value;
       } else if (key == "open_accounts") {
         open_accounts = value;
-      } else if (absl::ConsumePrefix(&key, "balance:")) {
-        balances[std::string(key)] = value;
       } else if (absl::ConsumePrefix(&key, "transfers:")) {
         transfers[std::string(key)] = value;
       }
@@ -284,7 +287,7 @@ queries::QueryRoute GetStats(const std::string& schema) {
     w.StartObject();
     for (const auto& [currency, amount] : balances) {
       String(w, currency);
-      w.Int64(amount);
+      w.RawValue(amount.data(), amount.size(), rapidjson::kNumberType);
     }
     w.EndObject();
     w.Key("transfers");

@@ -486,7 +486,7 @@ TEST_CASE(
   Run status = BankCli(schema, "projections status");
   INFO(status.output);
   CHECK(status.exit_code == 0);
-  CHECK(absl::StrContains(status.output, "last error: "));
+  CHECK(absl::StrContains(status.output, "last error ("));
 
   Run not_failed = BankCli(schema, "projections resume account_transactions");
   CHECK(not_failed.exit_code == 1);
