@@ -1,6 +1,7 @@
 // The `bank` command: the example bank's HTTP API and its operations.
 // Usage and exit codes follow ../shared/specs/bank-api.md (CLI section):
 // 0 success, 1 runtime failure, 2 usage error.
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -27,6 +28,8 @@ namespace {
 constexpr int kOk = 0;
 constexpr int kFailure = 1;
 constexpr int kUsage = 2;
+// Upper bound of --max-connections and --max-queued-requests.
+constexpr int kMaxConnectionsLimit = 1000000;
 
 constexpr char kMainHelp[] = R"(usage: bank <command> [options]
 
@@ -47,6 +50,8 @@ cluster kept in --data-dir (default ./bank-data).
 constexpr char kServeHelp[] = R"(usage: bank serve [options]
 
 Runs the bank's HTTP API until SIGINT or SIGTERM. Migrates the schema first.
+On SIGINT or SIGTERM, queries waiting for read-your-writes are answered 503
+at once and requests in flight get up to 10 s.
 
 options:
   --listen HOST:PORT     address to listen on (default 127.0.0.1:8080)
@@ -61,6 +66,14 @@ options:
                          (default 8)
   --pool-size N          database connections for commands (default:
                          --workers + 4; queries have their own sessions)
+  --max-connections N    open HTTP connections, idle ones included
+                         (default 1024); from 3/4 of it idle connections
+                         get 2 s; up to 64 beyond it are answered 503
+                         overloaded (operations endpoints are served)
+  --max-queued-requests N
+                         requests waiting for a worker beyond this many get
+                         503 overloaded (default: 256, at most a quarter of
+                         --max-connections); below --max-connections
   --log-format text|json log line format (default text)
   --idempotency-hours N  keep Idempotency-Key records N hours (default 24)
   --no-projections       do not run the projections in this process (run
@@ -106,6 +119,8 @@ struct Flags {
   int workers = 16;
   int query_threads = 8;
   int pool_size = 0;
+  int max_connections = 1024;
+  int max_queued_requests = 0;  // 0: derived from max_connections
   int idempotency_hours = 24;
   bool no_projections = false;
   bool help = false;
@@ -193,7 +208,27 @@ std::string ParseFlags(const std::vector<std::string>& args,
       }
     } else if (name == "--pool-size") {
       if (!positive(&flags.pool_size)) return "--pool-size must be 1 to 1024";
+    } else if (name == "--max-connections") {
+      if (!absl::SimpleAtoi(value, &flags.max_connections) ||
+          flags.max_connections < 2 ||
+          flags.max_connections > kMaxConnectionsLimit) {
+        return absl::StrCat("--max-connections must be 2 to ",
+                            kMaxConnectionsLimit);
+      }
+    } else if (name == "--max-queued-requests") {
+      if (!absl::SimpleAtoi(value, &flags.max_queued_requests) ||
+          flags.max_queued_requests < 1 ||
+          flags.max_queued_requests > kMaxConnectionsLimit) {
+        return absl::StrCat("--max-queued-requests must be 1 to ",
+                            kMaxConnectionsLimit);
+      }
     }
+  }
+  if (flags.max_queued_requests == 0) {
+    flags.max_queued_requests =
+        std::max(1, std::min(256, flags.max_connections / 4));
+  } else if (flags.max_queued_requests >= flags.max_connections) {
+    return "--max-queued-requests must be less than --max-connections";
   }
   return "";
 }
@@ -293,7 +328,14 @@ int Serve(const Flags& flags) {
   server_options.listen_address = flags.listen;
   server_options.network_threads = flags.threads;
   server_options.worker_threads = flags.workers;
+  server_options.max_connections = flags.max_connections;
+  server_options.max_queued_requests =
+      static_cast<size_t>(flags.max_queued_requests);
   (*service)->InstrumentServer(server_options);
+  // Shutdown answers parked read-your-writes queries (503 with Retry-After)
+  // at once, before the server waits for requests in flight.
+  cqrs::queries::ProgressTracker* tracker = &(*service)->tracker();
+  server_options.on_shutdown = [tracker] { tracker->StopWaiting(); };
   auto server = cqrs::http::Server::Create(server_options, &router);
   if (!server.ok()) return Fail(server.status());
   (*service)->Start();
@@ -330,6 +372,7 @@ int main(int argc, char** argv) {
         ParseFlags(args,
                    {"--listen", "--database-url", "--data-dir", "--schema",
                     "--threads", "--workers", "--query-threads", "--pool-size",
+                    "--max-connections", "--max-queued-requests",
                     "--log-format", "--idempotency-hours", "--no-projections"},
                    flags);
     if (flags.help) {

@@ -13,8 +13,9 @@ using eventstore::Position;
 
 namespace {
 
-void CallAll(std::vector<std::function<void(bool)>>& callbacks, bool value) {
-  for (auto& done : callbacks) done(value);
+void CallAll(std::vector<std::function<void(WaitOutcome)>>& callbacks,
+             WaitOutcome outcome) {
+  for (auto& done : callbacks) done(outcome);
 }
 
 }  // namespace
@@ -41,17 +42,25 @@ void ProgressTracker::Start() {
   timer_ = std::thread([this] { TimeOut(); });
 }
 
-void ProgressTracker::Stop() {
+void ProgressTracker::StopWaiting() {
   std::vector<Waiter> pending;
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;
+    refusing_waits_ = true;
     pending.swap(waiters_);
+  }
+  for (Waiter& w : pending) w.done(WaitOutcome::kShutdown);
+}
+
+void ProgressTracker::Stop() {
+  StopWaiting();
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
     timer_cv_.SignalAll();
   }
   if (listener_.joinable()) listener_.join();
   if (timer_.joinable()) timer_.join();
-  for (Waiter& w : pending) w.done(false);
 }
 
 absl::Status ProgressTracker::Refresh() {
@@ -62,8 +71,8 @@ absl::Status ProgressTracker::Refresh() {
 }
 
 void ProgressTracker::Record(absl::string_view name, const Position& position) {
-  std::vector<std::function<void(bool)>> reached;
-  std::vector<std::function<void(bool)>> expired;
+  std::vector<std::function<void(WaitOutcome)>> reached;
+  std::vector<std::function<void(WaitOutcome)>> expired;
   {
     absl::MutexLock lock(&mu_);
     auto it = positions_.find(name);
@@ -77,8 +86,8 @@ void ProgressTracker::Record(absl::string_view name, const Position& position) {
     if (waiters_.empty()) return;
     TakeDone(absl::Now(), &reached, &expired);
   }
-  CallAll(reached, true);
-  CallAll(expired, false);
+  CallAll(reached, WaitOutcome::kReached);
+  CallAll(expired, WaitOutcome::kDeadline);
 }
 
 Position ProgressTracker::Current(const std::vector<std::string>& names) const {
@@ -101,21 +110,25 @@ Position ProgressTracker::CurrentLocked(
 
 void ProgressTracker::WhenReached(std::vector<std::string> names,
                                   Position target, absl::Time deadline,
-                                  std::function<void(bool)> done) {
-  bool reached = false;
+                                  std::function<void(WaitOutcome)> done) {
+  WaitOutcome outcome = WaitOutcome::kReached;
   {
     absl::MutexLock lock(&mu_);
     if (target <= CurrentLocked(names)) {
-      reached = true;
-    } else if (!stopping_ && deadline > absl::Now()) {
+      outcome = WaitOutcome::kReached;
+    } else if (refusing_waits_) {
+      outcome = WaitOutcome::kShutdown;
+    } else if (deadline <= absl::Now()) {
+      outcome = WaitOutcome::kDeadline;
+    } else {
       waiters_.push_back(
           Waiter{std::move(names), target, deadline, std::move(done)});
       timer_cv_.Signal();
       return;
     }
   }
-  // Reached already, or stopping or past the deadline: answer now.
-  done(reached);
+  // Reached already, shutting down, or past the deadline: answer now.
+  done(outcome);
 }
 
 size_t ProgressTracker::waiting() const {
@@ -124,8 +137,8 @@ size_t ProgressTracker::waiting() const {
 }
 
 void ProgressTracker::TakeDone(
-    absl::Time now, std::vector<std::function<void(bool)>>* reached,
-    std::vector<std::function<void(bool)>>* expired) {
+    absl::Time now, std::vector<std::function<void(WaitOutcome)>>* reached,
+    std::vector<std::function<void(WaitOutcome)>>* expired) {
   auto keep = waiters_.begin();
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->target <= CurrentLocked(it->names)) {
@@ -147,13 +160,13 @@ void ProgressTracker::TimeOut() {
     for (const Waiter& w : waiters_) earliest = std::min(earliest, w.deadline);
     timer_cv_.WaitWithDeadline(&mu_, earliest);
     if (stopping_) return;
-    std::vector<std::function<void(bool)>> reached;
-    std::vector<std::function<void(bool)>> expired;
+    std::vector<std::function<void(WaitOutcome)>> reached;
+    std::vector<std::function<void(WaitOutcome)>> expired;
     TakeDone(absl::Now(), &reached, &expired);
     if (reached.empty() && expired.empty()) continue;
     mu_.Unlock();
-    CallAll(reached, true);
-    CallAll(expired, false);
+    CallAll(reached, WaitOutcome::kReached);
+    CallAll(expired, WaitOutcome::kDeadline);
     mu_.Lock();
   }
 }

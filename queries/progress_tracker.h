@@ -8,14 +8,17 @@
 //   tracker->Start();                     // projections anywhere (LISTEN)
 //   tracker->WhenReached({"account_balances"}, target,
 //                        absl::Now() + absl::Seconds(5),
-//                        [](bool reached) { ... });
+//                        [](WaitOutcome outcome) { ... });
+//   server_options.on_shutdown = [&] { tracker->StopWaiting(); };
 //
 // Positions come from three sources, all of them committed checkpoints: the
 // in-process runner (Record), the NOTIFYs every runner and rebuild sends
 // with its commits (projections/progress.h), and a re-read of the
 // checkpoint table every `refresh_interval` (for notifications lost while
 // the listening session was down). Waiting is driven by those updates, with
-// one timer thread for the deadlines; nothing polls.
+// one timer thread for the deadlines; nothing polls. On shutdown,
+// StopWaiting() answers every waiter at once, so that the server can drain
+// without waiting out their deadlines.
 //
 // Every position the tracker reports is a lower bound: a read that starts
 // after Current() returned P sees every event up to P applied.
@@ -41,6 +44,13 @@
 
 namespace cqrs::queries {
 
+// How a WhenReached() wait ended.
+enum class WaitOutcome {
+  kReached,   // every projection has processed the target
+  kDeadline,  // the deadline passed first
+  kShutdown,  // StopWaiting() or Stop(): the process is shutting down
+};
+
 struct ProgressTrackerOptions {
   // Schema of the projections' bookkeeping tables.
   std::string schema = "cqrs";
@@ -59,9 +69,13 @@ class ProgressTracker {
 
   // Starts following other processes' progress (LISTEN and refresh) and
   // the timer for deadlines. Without Start(), only Record() moves positions
-  // and waiters time out only when a later Record() or Stop() looks.
+  // and waiters time out only when a later Record() looks.
   void Start();
-  // Stops the threads; every pending waiter is called with false.
+  // Shutdown begins: every pending waiter is called with kShutdown now, and
+  // every later WhenReached() whose target is not reached yet at once.
+  // Positions keep moving. Idempotent.
+  void StopWaiting();
+  // StopWaiting(), then stops the threads.
   void Stop();
 
   // `name` has committed its checkpoint at `position`. Positions only move
@@ -72,12 +86,13 @@ class ProgressTracker {
   // every event up to it. A name never seen counts as Position::Start().
   eventstore::Position Current(const std::vector<std::string>& names) const;
 
-  // Calls `done(true)` once every projection in `names` has processed
-  // `target`, or `done(false)` at `deadline`, whichever comes first; exactly
-  // once. It may run inline (already reached, or deadline passed) or later
-  // on a tracker thread: keep it short and non-blocking.
+  // Calls `done(kReached)` once every projection in `names` has processed
+  // `target`, `done(kDeadline)` at `deadline`, or `done(kShutdown)` when
+  // StopWaiting() comes first; exactly once. It may run inline (already
+  // reached, deadline passed, shutting down), later on a tracker thread, or
+  // on the thread that calls StopWaiting(): keep it short and non-blocking.
   void WhenReached(std::vector<std::string> names, eventstore::Position target,
-                   absl::Time deadline, std::function<void(bool)> done);
+                   absl::Time deadline, std::function<void(WaitOutcome)> done);
 
   // Waiters not yet answered (for tests and metrics).
   size_t waiting() const;
@@ -87,7 +102,7 @@ class ProgressTracker {
     std::vector<std::string> names;
     eventstore::Position target;
     absl::Time deadline;
-    std::function<void(bool)> done;
+    std::function<void(WaitOutcome)> done;
   };
 
   ProgressTracker(PgPool* pool, ProgressTrackerOptions options);
@@ -98,8 +113,9 @@ class ProgressTracker {
       const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the callbacks of the waiters whose targets are reached into
   // `*reached`, and of those past their deadline at `now` into `*expired`.
-  void TakeDone(absl::Time now, std::vector<std::function<void(bool)>>* reached,
-                std::vector<std::function<void(bool)>>* expired)
+  void TakeDone(absl::Time now,
+                std::vector<std::function<void(WaitOutcome)>>* reached,
+                std::vector<std::function<void(WaitOutcome)>>* expired)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
@@ -110,6 +126,9 @@ class ProgressTracker {
   absl::flat_hash_map<std::string, eventstore::Position> positions_
       ABSL_GUARDED_BY(mu_);
   std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
+  // StopWaiting() ran: no new waiter is parked.
+  bool refusing_waits_ ABSL_GUARDED_BY(mu_) = false;
+  // Stop() ran: the threads end.
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Wakes the timer thread: a new waiter, or stopping.
   absl::CondVar timer_cv_;

@@ -182,8 +182,8 @@ void QueryService::Handle(RouteState& state, const http::Request& request,
   tracker_->WhenReached(
       route.projections, target, absl::Now() + consistency->max_wait,
       [lifeline = lifeline_, state = &state, pending = std::move(pending),
-       tracker = tracker_, target, wait_ms](bool reached) mutable {
-        if (reached) {
+       tracker = tracker_, target, wait_ms](WaitOutcome outcome) mutable {
+        if (outcome == WaitOutcome::kReached) {
           absl::MutexLock lock(&lifeline->mu);
           // Gone: the responder answers 500 when dropped.
           if (lifeline->service != nullptr) {
@@ -192,12 +192,18 @@ void QueryService::Handle(RouteState& state, const http::Request& request,
           return;
         }
         const QueryRoute& route = state->route;
-        http::Response response = http::ErrorResponse(
-            503, "projection_lagging",
-            absl::StrCat("the read model (",
-                         absl::StrJoin(route.projections, ", "),
-                         ") has not reached position ", target.ToToken(),
-                         " within ", wait_ms, " ms; retry later"));
+        http::Response response =
+            outcome == WaitOutcome::kShutdown
+                ? http::ErrorResponse(
+                      503, "unavailable",
+                      "the server is shutting down; retry later")
+                : http::ErrorResponse(
+                      503, "projection_lagging",
+                      absl::StrCat("the read model (",
+                                   absl::StrJoin(route.projections, ", "),
+                                   ") has not reached position ",
+                                   target.ToToken(), " within ", wait_ms,
+                                   " ms; retry later"));
         response.SetHeader("Retry-After", "1");
         response.SetHeader(kProjectionPositionHeader,
                            tracker->Current(route.projections).ToToken());
@@ -208,6 +214,7 @@ void QueryService::Handle(RouteState& state, const http::Request& request,
 void QueryService::Submit(RouteState& state, Pending pending) {
   http::Response overloaded = http::ErrorResponse(
       503, "overloaded", "too many queries are waiting; retry later");
+  overloaded.SetHeader("Retry-After", "1");
   if (!state.route.batch_handler) {
     if (!workers_.TrySubmit([this, &state, pending] {
           pending.responder(Run(state.route, *pending.request));

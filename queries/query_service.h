@@ -13,7 +13,11 @@
 //    most 30000); a malformed value is 400 invalid_request;
 //  - with a position, waits (without holding any thread) until every
 //    projection the route declares has processed it, else answers 503
-//    projection_lagging when the wait is over;
+//    projection_lagging when the wait is over, or 503 unavailable at once
+//    when the process shuts down (ProgressTracker::StopWaiting(), which the
+//    server's on_shutdown should call); both with Retry-After: 1;
+//  - answers 503 overloaded with Retry-After: 1 when `max_queued` queries
+//    wait for a query thread already;
 //  - runs the handler on a query thread with a session that is read-only
 //    (`default_transaction_read_only`), so a handler cannot write;
 //  - sets `X-Projection-Position` on every response, errors included: the
@@ -102,8 +106,10 @@ struct QueryServiceOptions {
   std::string conninfo;
   // Query threads, and read sessions (one each).
   int threads = 8;
-  // Queries waiting for a thread beyond this many get 503 overloaded.
-  size_t max_queued = 1024;
+  // Queries waiting for a thread beyond this many get 503 overloaded (per
+  // route for batch routes). Keep it below the server's max_connections, so
+  // that it fills, and refuses, before the connection table does.
+  size_t max_queued = 256;
   absl::Duration default_wait = absl::Seconds(5);
   absl::Duration max_wait = absl::Seconds(30);
   // Requests per call of a BatchQueryHandler.

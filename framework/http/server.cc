@@ -7,12 +7,14 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <exception>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -55,6 +57,8 @@ constexpr size_t kMaxCorrelationIdLength = 200;
 // what the client still sends, so that the kernel does not answer that data
 // with a reset that could destroy the error response before it is read.
 constexpr auto kLingerTime = std::chrono::seconds(5);
+// Requests waiting for the operations lane's threads.
+constexpr size_t kOperationsQueue = 64;
 
 absl::string_view ToAbsl(beast::string_view text) {
   return absl::string_view(text.data(), text.size());
@@ -103,6 +107,21 @@ bool IsSafeHeader(absl::string_view name, absl::string_view value) {
   return true;
 }
 
+// 503 overloaded, for a request the server has no room for now.
+Response Overloaded(absl::string_view message) {
+  Response response = ErrorResponse(503, "overloaded", message);
+  response.SetHeader("Retry-After", "1");
+  return response;
+}
+
+// Where a new connection goes: into the table, to be answered beyond it
+// (max_connections reached, overflow_connections not), or nowhere.
+enum class Admission { kRegular, kOverflow, kRefused };
+
+// A queued request's handler runs only if it moves kQueued -> kStarted
+// before the queue timeout moves it kQueued -> kAbandoned.
+enum class QueueState { kQueued, kStarted, kAbandoned };
+
 class Session;
 
 // Lets Responders post into the io_context only while the server runs: a
@@ -131,32 +150,75 @@ struct Core {
       : options(std::move(server_options)),
         router(server_router),
         pool(options.worker_threads, options.max_queued_requests),
+        operations_pool(options.operations_threads, kOperationsQueue),
+        operations_routes(options.operations_routes.begin(),
+                          options.operations_routes.end()),
+        high_water(static_cast<size_t>(options.max_connections -
+                                       options.max_connections / 4)),
+        low_water(static_cast<size_t>(options.max_connections / 2)),
         gate(std::make_shared<DeliveryGate>()) {}
+
+  bool IsOperationsRoute(const std::string& pattern) const {
+    return operations_routes.count(pattern) > 0;
+  }
 
   // Constant after construction.
   const ServerOptions options;
   const Router* const router;
   WorkerPool pool;
+  WorkerPool operations_pool;
+  const std::unordered_set<std::string> operations_routes;
+  // Pressure begins at high_water regular connections and ends at
+  // low_water (see server.h).
+  const size_t high_water;
+  const size_t low_water;
   const std::shared_ptr<DeliveryGate> gate;
 
   std::atomic<bool> draining{false};
+  // Written under mu; read without it by sessions choosing a timeout.
+  std::atomic<bool> under_pressure{false};
 
   // Open connections. The map owns the sessions (a Responder holds only a
   // weak reference); a session removes itself when its socket is closed.
+  struct Entry {
+    std::shared_ptr<Session> session;
+    bool overflow = false;
+  };
   absl::Mutex mu;
-  std::unordered_map<Session*, std::shared_ptr<Session>> sessions
-      ABSL_GUARDED_BY(mu);
+  std::unordered_map<Session*, Entry> sessions ABSL_GUARDED_BY(mu);
+  size_t regular ABSL_GUARDED_BY(mu) = 0;
+  size_t overflow ABSL_GUARDED_BY(mu) = 0;
 
-  // Returns false when at max_connections or draining.
-  bool TryRegister(std::shared_ptr<Session> session) {
+  // Admits `session` (kRefused when draining or beyond both limits). When
+  // this admission starts the pressure, sets `*pressure_began` and appends
+  // the sessions already open to `*already_open`: their waits must be cut
+  // short.
+  Admission Register(std::shared_ptr<Session> session,
+                     std::vector<std::shared_ptr<Session>>* already_open,
+                     bool* pressure_began) {
     absl::MutexLock lock(&mu);
-    if (draining.load() ||
-        sessions.size() >= static_cast<size_t>(options.max_connections)) {
-      return false;
+    if (draining.load()) return Admission::kRefused;
+    Admission admission = Admission::kRegular;
+    if (regular < static_cast<size_t>(options.max_connections)) {
+      ++regular;
+    } else if (overflow < static_cast<size_t>(options.overflow_connections)) {
+      ++overflow;
+      admission = Admission::kOverflow;
+    } else {
+      return Admission::kRefused;
+    }
+    if (regular >= high_water && !under_pressure.load()) {
+      under_pressure.store(true);
+      *pressure_began = true;
+      already_open->reserve(sessions.size());
+      for (const auto& entry : sessions) {
+        already_open->push_back(entry.second.session);
+      }
     }
     Session* key = session.get();
-    sessions.emplace(key, std::move(session));
-    return true;
+    sessions.emplace(
+        key, Entry{std::move(session), admission == Admission::kOverflow});
+    return admission;
   }
 
   void Unregister(Session* session) {
@@ -164,15 +226,23 @@ struct Core {
     absl::MutexLock lock(&mu);
     auto it = sessions.find(session);
     if (it == sessions.end()) return;
-    owned = std::move(it->second);
+    owned = std::move(it->second.session);
+    if (it->second.overflow) {
+      --overflow;
+    } else {
+      --regular;
+    }
     sessions.erase(it);
+    if (under_pressure.load() && regular <= low_water) {
+      under_pressure.store(false);
+    }
   }
 
   std::vector<std::shared_ptr<Session>> Snapshot() {
     absl::MutexLock lock(&mu);
     std::vector<std::shared_ptr<Session>> all;
     all.reserve(sessions.size());
-    for (const auto& entry : sessions) all.push_back(entry.second);
+    for (const auto& entry : sessions) all.push_back(entry.second.session);
     return all;
   }
 };
@@ -182,9 +252,15 @@ struct Core {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket&& socket, Core* core)
-      : stream_(std::move(socket)), core_(core) {}
+      : stream_(std::move(socket)),
+        queue_timer_(stream_.get_executor()),
+        core_(core) {}
 
-  void Run() {
+  // Starts serving; `admission` is kRegular or kOverflow.
+  void Run(Admission admission) {
+    overflow_ = admission == Admission::kOverflow;
+    // An overflow connection gets one answer.
+    close_after_response_ = overflow_;
     net::dispatch(stream_.get_executor(),
                   beast::bind_front_handler(&Session::DoWaitForRequest,
                                             shared_from_this()));
@@ -197,6 +273,17 @@ class Session : public std::enable_shared_from_this<Session> {
       if (self->phase_ != Phase::kWaiting) return;
       beast::error_code ec;
       self->stream_.socket().cancel(ec);
+    });
+  }
+
+  // Pressure began: if the connection waits for a request, its wait is cut
+  // to pressure_timeout (counted from when it began).
+  void Tighten() {
+    net::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->phase_ != Phase::kWaiting || self->overflow_) return;
+      self->rearm_ = true;
+      beast::error_code ec;
+      self->stream_.socket().cancel(ec);  // OnFirstBytes waits again.
     });
   }
 
@@ -234,11 +321,24 @@ class Session : public std::enable_shared_from_this<Session> {
     if (core_->draining.load()) return CloseNow();
     if (buffer_.size() > 0) return DoReadHeader();  // Pipelined request.
     phase_ = Phase::kWaiting;
-    // A new connection gets read_timeout for its first request; a kept-alive
-    // one may idle for idle_timeout.
-    stream_.expires_after(ToChrono(requests_served_ == 0
-                                       ? core_->options.read_timeout
-                                       : core_->options.idle_timeout));
+    wait_started_ = SteadyClock::now();
+    DoWait();
+  }
+
+  // Waits for a request's first bytes. A new connection gets read_timeout
+  // for its first request, a kept-alive one idle_timeout, both cut to
+  // pressure_timeout under pressure; counted from wait_started_, so that a
+  // wait cut short by Tighten() ends at once when it has lasted long enough.
+  void DoWait() {
+    absl::Duration allowed = requests_served_ == 0
+                                 ? core_->options.read_timeout
+                                 : core_->options.idle_timeout;
+    if (UnderPressure()) {
+      allowed = std::min(allowed, core_->options.pressure_timeout);
+    }
+    const SteadyClock::time_point deadline = wait_started_ + ToChrono(allowed);
+    if (deadline <= SteadyClock::now()) return CloseNow();
+    stream_.expires_at(deadline);
     stream_.async_read_some(
         buffer_.prepare(4096),
         beast::bind_front_handler(&Session::OnFirstBytes, shared_from_this()));
@@ -246,9 +346,18 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void OnFirstBytes(beast::error_code ec, std::size_t bytes) {
     if (phase_ == Phase::kClosed) return;
+    const bool rearm = std::exchange(rearm_, false);
+    if (ec == net::error::operation_aborted && rearm &&
+        !core_->draining.load()) {
+      return DoWait();  // Cancelled by Tighten().
+    }
     if (ec) return CloseNow();  // Idle timeout, EOF, or cancelled by Drain().
     buffer_.commit(bytes);
     DoReadHeader();
+  }
+
+  bool UnderPressure() const {
+    return overflow_ || core_->under_pressure.load();
   }
 
   void DoReadHeader() {
@@ -256,11 +365,16 @@ class Session : public std::enable_shared_from_this<Session> {
     request_ = InFlight();
     request_.active = true;
     request_.start = SteadyClock::now();
+    ++request_seq_;
     parser_.emplace();
     parser_->header_limit(
         static_cast<std::uint32_t>(core_->options.header_limit));
     parser_->body_limit(core_->options.body_limit);
-    stream_.expires_after(ToChrono(core_->options.read_timeout));
+    absl::Duration allowed = core_->options.read_timeout;
+    if (UnderPressure()) {
+      allowed = std::min(allowed, core_->options.pressure_timeout);
+    }
+    stream_.expires_after(ToChrono(allowed));
     bhttp::async_read_header(
         stream_, buffer_, *parser_,
         beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
@@ -291,6 +405,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void DoReadBody() {
+    // The body gets what is left of read_timeout, even when pressure cut
+    // the header's time.
+    stream_.expires_at(request_.start + ToChrono(core_->options.read_timeout));
     bhttp::async_read(
         stream_, buffer_, *parser_,
         beast::bind_front_handler(&Session::OnRead, shared_from_this()));
@@ -402,6 +519,12 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     const Route& route = *match.route;
     request_.route = route.pattern;
+    const bool operations = core_->IsOperationsRoute(route.pattern);
+    if (overflow_ && !operations) {
+      Response response = Overloaded("too many open connections; retry later");
+      response.log_detail = "connection beyond max_connections";
+      return WriteResponse(std::move(response));
+    }
     request.set_route_pattern(route.pattern);
     request.set_path_params(std::move(match.params));
 
@@ -411,23 +534,24 @@ class Session : public std::enable_shared_from_this<Session> {
           415, "unsupported_media_type",
           "request body must have Content-Type application/json"));
     }
-    Dispatch(route, std::move(request));
+    Dispatch(route, std::move(request), operations);
   }
 
   // Builds the Responder through which the handler answers: it posts the
   // response onto this connection's strand, if the server still runs and
-  // the connection is still open.
+  // the connection is still open and still waits for this request's
+  // response (the queue timeout may have answered it).
   Responder MakeResponder() {
     std::weak_ptr<Session> weak = shared_from_this();
     std::shared_ptr<DeliveryGate> gate = core_->gate;
-    return Responder([weak = std::move(weak),
-                      gate = std::move(gate)](Response response) mutable {
+    return Responder([weak = std::move(weak), gate = std::move(gate),
+                      seq = request_seq_](Response response) mutable {
       gate->IfOpen([&] {
         std::shared_ptr<Session> self = weak.lock();
         if (self == nullptr) return;
         net::post(self->stream_.get_executor(),
-                  [self, response = std::move(response)]() mutable {
-                    self->OnResponse(std::move(response));
+                  [self, seq, response = std::move(response)]() mutable {
+                    self->OnResponse(seq, std::move(response));
                   });
       });
     });
@@ -454,7 +578,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  void Dispatch(const Route& route, Request request) {
+  void Dispatch(const Route& route, Request request, bool operations) {
     Responder responder = MakeResponder();
     if (route.options.execution == Execution::kNetworkThread) {
       RunHandler(route, request, responder);
@@ -462,16 +586,46 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     const Route* route_ptr = &route;
     auto shared_request = std::make_shared<const Request>(std::move(request));
-    if (!core_->pool.TrySubmit([route_ptr, shared_request, responder] {
+    auto ticket =
+        std::make_shared<std::atomic<QueueState>>(QueueState::kQueued);
+    WorkerPool& pool = operations ? core_->operations_pool : core_->pool;
+    if (!pool.TrySubmit([route_ptr, shared_request, responder, ticket] {
+          QueueState queued = QueueState::kQueued;
+          // Abandoned: the client has had its 503 already (the 500 that
+          // the dropped responder sends is stale and ignored).
+          if (!ticket->compare_exchange_strong(queued, QueueState::kStarted)) {
+            return;
+          }
           RunHandler(*route_ptr, *shared_request, responder);
         })) {
-      responder(ErrorResponse(503, "overloaded",
-                              "too many requests are waiting; retry later"));
+      responder(Overloaded("too many requests are waiting; retry later"));
+      return;
     }
+    queue_timer_.expires_after(ToChrono(core_->options.queue_timeout));
+    queue_timer_.async_wait([self = shared_from_this(),
+                             ticket = std::move(ticket),
+                             seq = request_seq_](beast::error_code ec) {
+      if (!ec) self->OnQueueTimeout(*ticket, seq);
+    });
   }
 
-  void OnResponse(Response response) {
-    if (phase_ != Phase::kHandling) return;  // Closed in the meantime.
+  // No worker took request `seq` within queue_timeout: unless one has just
+  // taken it, answer 503 and make sure its handler never runs.
+  void OnQueueTimeout(std::atomic<QueueState>& ticket, uint64_t seq) {
+    if (phase_ != Phase::kHandling || seq != request_seq_) return;
+    QueueState queued = QueueState::kQueued;
+    if (!ticket.compare_exchange_strong(queued, QueueState::kAbandoned)) {
+      return;
+    }
+    Response response = Overloaded("no worker was free in time; retry later");
+    response.log_detail = "waited queue_timeout for a worker";
+    WriteResponse(std::move(response));
+  }
+
+  void OnResponse(uint64_t seq, Response response) {
+    // Closed in the meantime, or answered already by the queue timeout.
+    if (phase_ != Phase::kHandling || seq != request_seq_) return;
+    queue_timer_.cancel();
     WriteResponse(std::move(response));
   }
 
@@ -625,6 +779,7 @@ class Session : public std::enable_shared_from_this<Session> {
       request_.active = false;
     }
     phase_ = Phase::kClosed;
+    queue_timer_.cancel();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
@@ -632,8 +787,13 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
+  // Bounds the wait of a queued request for a worker.
+  net::steady_timer queue_timer_;
   // Owned by the server, which outlives every session it runs.
   Core* const core_;
+  // Beyond max_connections: answered once (operations routes served,
+  // others 503), always under pressure. Set before the first handler runs.
+  bool overflow_ = false;
 
   beast::flat_buffer buffer_;
   absl::optional<bhttp::request_parser<bhttp::string_body>> parser_;
@@ -650,6 +810,12 @@ class Session : public std::enable_shared_from_this<Session> {
   bool close_after_response_ = false;
   bool linger_ = false;
   int64_t requests_served_ = 0;
+  // Counts requests; a Responder or queue timer of an earlier one is stale.
+  uint64_t request_seq_ = 0;
+  // When the current wait for a request began.
+  SteadyClock::time_point wait_started_;
+  // Tighten() cancelled the wait: wait again with the shorter deadline.
+  bool rearm_ = false;
 };
 
 // Accepts connections and starts a session for each.
@@ -699,14 +865,26 @@ class Listener : public std::enable_shared_from_this<Listener> {
     beast::error_code option_ec;
     socket.set_option(tcp::no_delay(true), option_ec);
     auto session = std::make_shared<Session>(std::move(socket), core_);
-    if (core_->TryRegister(session)) {
-      session->Run();
+    std::vector<std::shared_ptr<Session>> already_open;
+    bool pressure_began = false;
+    const Admission admission =
+        core_->Register(session, &already_open, &pressure_began);
+    if (pressure_began) {
+      Log(LogLevel::kWarn,
+          "http connections under pressure: waits cut to pressure_timeout",
+          {{"connections", static_cast<int64_t>(already_open.size() + 1)},
+           {"max_connections", core_->options.max_connections}});
+    }
+    for (const auto& open : already_open) open->Tighten();
+    if (admission != Admission::kRefused) {
+      session->Run(admission);
     } else {
-      // Over max_connections (or shutting down): the session's destructor
-      // closes the socket.
+      // Beyond max_connections and overflow_connections (or shutting
+      // down): the session's destructor closes the socket.
       Log(LogLevel::kWarn, "http connection refused",
           {{"reason", "too many open connections"},
-           {"max_connections", core_->options.max_connections}});
+           {"max_connections", core_->options.max_connections},
+           {"overflow_connections", core_->options.overflow_connections}});
     }
     DoAccept();
   }
@@ -750,10 +928,22 @@ absl::Status ValidateOptions(const ServerOptions& options) {
         "network_threads and worker_threads must be at least 1");
   }
   if (options.max_connections < 1 || options.body_limit == 0 ||
-      options.header_limit == 0 || options.max_queued_requests == 0) {
+      options.header_limit == 0 || options.max_queued_requests == 0 ||
+      options.operations_threads < 1) {
     return absl::InvalidArgumentError(
-        "max_connections, body_limit, header_limit and max_queued_requests "
-        "must be positive");
+        "max_connections, body_limit, header_limit, max_queued_requests and "
+        "operations_threads must be positive");
+  }
+  if (options.overflow_connections < 0) {
+    return absl::InvalidArgumentError("overflow_connections must be >= 0");
+  }
+  if (options.max_queued_requests >=
+      static_cast<size_t>(options.max_connections)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_queued_requests (", options.max_queued_requests,
+        ") must be less than max_connections (", options.max_connections,
+        "): a connection has at most one request in flight, so a longer "
+        "queue would never fill"));
   }
   if (options.header_limit > UINT32_MAX) {
     return absl::InvalidArgumentError("header_limit must fit in 32 bits");
@@ -761,6 +951,8 @@ absl::Status ValidateOptions(const ServerOptions& options) {
   if (options.read_timeout <= absl::ZeroDuration() ||
       options.idle_timeout <= absl::ZeroDuration() ||
       options.write_timeout <= absl::ZeroDuration() ||
+      options.queue_timeout <= absl::ZeroDuration() ||
+      options.pressure_timeout <= absl::ZeroDuration() ||
       options.drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("timeouts must be positive");
   }
@@ -815,7 +1007,10 @@ class Server::Impl {
     Log(LogLevel::kInfo, "http server listening",
         {{"address", core_.options.listen_address},
          {"network_threads", core_.options.network_threads},
-         {"worker_threads", core_.options.worker_threads}});
+         {"worker_threads", core_.options.worker_threads},
+         {"max_connections", core_.options.max_connections},
+         {"max_queued_requests",
+          static_cast<int64_t>(core_.options.max_queued_requests)}});
   }
 
   // Makes the next SIGINT or SIGTERM call RequestStop().
@@ -842,14 +1037,18 @@ class Server::Impl {
   // The graceful shutdown described in server.h.
   void Stop(bool started) {
     if (!started) {
+      if (core_.options.on_shutdown) core_.options.on_shutdown();
       core_.gate->Close();
       core_.pool.Stop();
+      core_.operations_pool.Stop();
       return;
     }
     const auto begin = SteadyClock::now();
     core_.draining.store(true);
     listener_->Stop();
     for (const auto& session : core_.Snapshot()) session->Drain();
+    // Parked requests are answered now rather than at the drain timeout.
+    if (core_.options.on_shutdown) core_.options.on_shutdown();
     const bool drained = WaitForNoSessions(core_.options.drain_timeout);
     if (!drained) {
       Log(LogLevel::kWarn, "http drain timeout: closing remaining connections",
@@ -867,13 +1066,14 @@ class Server::Impl {
     signals_.reset();
     // Waits for handlers still running; queued ones are dropped.
     core_.pool.Stop();
+    core_.operations_pool.Stop();
     {
       // Sessions left (their strands were stuck) die here; the io_context
       // destroys whatever handlers are still queued in it.
       std::vector<std::shared_ptr<Session>> left;
       absl::MutexLock lock(&core_.mu);
       for (auto& entry : core_.sessions)
-        left.push_back(std::move(entry.second));
+        left.push_back(std::move(entry.second.session));
       core_.sessions.clear();
     }
     Log(LogLevel::kInfo, "http server stopped",

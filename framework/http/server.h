@@ -9,8 +9,32 @@
 // Threads: `network_threads` threads run one io_context that accepts,
 // parses and writes; they never block. Handlers with Execution::kWorkerPool
 // (the default) run on `worker_threads` separate threads fed by a queue of at
-// most `max_queued_requests`; when it is full the request is answered 503
-// overloaded at once. Handlers with Execution::kNetworkThread run inline.
+// most `max_queued_requests`. Handlers with Execution::kNetworkThread run
+// inline. The routes named in `operations_routes` (/healthz, /readyz,
+// /metrics, /projections by default) run their kWorkerPool handlers on a
+// lane of their own (`operations_threads`, a queue of 64), so that they
+// answer while the workers are saturated.
+//
+// Limits, and how the server degrades when they are reached:
+//  - Worker queue. A request that finds `max_queued_requests` waiting is
+//    answered 503 overloaded with Retry-After: 1 at once; one that waits
+//    `queue_timeout` without a worker taking it gets the same and its
+//    handler never runs. The queue bound must be below max_connections
+//    (each connection has at most one request in flight), so the queue
+//    fills, and refuses, before the connection table does.
+//  - Connections. `max_connections` counts every open connection, idle and
+//    parked ones included. From 3/4 of it the server is under pressure
+//    (until it is back to 1/2): a connection waiting for a request (a new
+//    one before its first byte, or an idle kept-alive one) and a request
+//    header started meanwhile get at most `pressure_timeout` instead of
+//    read_timeout / idle_timeout, and connections already waiting are cut
+//    to that too. So connections that send nothing hold a full table for
+//    seconds, not for the read timeout.
+//  - Beyond max_connections, up to `overflow_connections` more are accepted
+//    and read with pressure_timeout: a request for an operations route is
+//    served, any other is answered 503 overloaded with Retry-After: 1; then
+//    the connection closes. Only beyond those is a connection closed
+//    without a response.
 //
 // Per request the server: enforces header_limit (431) and body_limit (413,
 // also when Content-Length announces more), answers malformed HTTP with 400
@@ -21,13 +45,14 @@
 // written: method, path, status, duration_ms, correlation_id, route.
 //
 // Shutdown, on Shutdown() or a signal during Run(): stop accepting; close
-// idle keep-alive connections; let requests in flight finish and their
-// responses be written, each connection closing after its response; after
-// `drain_timeout` close whatever remains; then wait for handlers still
-// running on the worker pool to return. When Run() or Shutdown() returns, no
-// handler is running and none will start, so the owner may then close what
-// handlers use (the database pool). A Responder called after that is
-// ignored.
+// idle keep-alive connections; call `on_shutdown`, where the application
+// answers the requests it parks (read-your-writes waits) at once; let
+// requests in flight finish and their responses be written, each connection
+// closing after its response; after `drain_timeout` close whatever remains;
+// then wait for handlers still running on the worker pools to return. When
+// Run() or Shutdown() returns, no handler is running and none will start, so
+// the owner may then close what handlers use (the database pool). A
+// Responder called after that is ignored.
 //
 // Thread-safety: Start(), Run(), Shutdown() and port() are thread-safe.
 // Shutdown() blocks and must not be called from a handler.
@@ -38,6 +63,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -66,8 +92,12 @@ struct ServerOptions {
   int network_threads = 2;
   // Threads for blocking handlers; size it like the database pool.
   int worker_threads = 16;
-  // Requests waiting for a worker beyond this many get 503 overloaded.
-  size_t max_queued_requests = 1024;
+  // Requests waiting for a worker beyond this many get 503 overloaded with
+  // Retry-After. Must be less than max_connections.
+  size_t max_queued_requests = 256;
+  // A request that waited this long for a worker gets 503 overloaded with
+  // Retry-After instead; its handler never runs.
+  absl::Duration queue_timeout = absl::Seconds(5);
   // Largest accepted request body in bytes (413 payload_too_large above).
   size_t body_limit = 1 << 20;
   // Largest accepted request line plus headers (431 above).
@@ -81,8 +111,27 @@ struct ServerOptions {
   absl::Duration write_timeout = absl::Seconds(30);
   // How long shutdown waits for requests in flight.
   absl::Duration drain_timeout = absl::Seconds(10);
-  // Connections beyond this many are accepted and closed at once.
+  // Open connections, idle and parked ones included (see the limits above).
   int max_connections = 1024;
+  // Connections beyond max_connections that are still answered (operations
+  // routes served, others 503 overloaded) before they close; 0: none.
+  int overflow_connections = 64;
+  // Under pressure, the most a connection may wait for a request or for a
+  // request's header.
+  absl::Duration pressure_timeout = absl::Seconds(2);
+  // Route patterns, as registered (any method), of the operations lane:
+  // their worker handlers run on `operations_threads` threads of their own,
+  // and they are served on overflow connections. Patterns the router does
+  // not have are ignored.
+  std::vector<std::string> operations_routes = {"/healthz", "/readyz",
+                                                "/metrics", "/projections",
+                                                "/projections/{name}/resume"};
+  int operations_threads = 2;
+  // Called once when shutdown begins, on the thread that shuts down, after
+  // the server stopped accepting and before it waits for requests in
+  // flight: answer parked requests here (their Responders still deliver).
+  // Must not block for long.
+  std::function<void()> on_shutdown;
   // Called once per request after its response is written (or failed to
   // be), on a network thread: keep it cheap and thread-safe. For metrics.
   std::function<void(const RequestInfo&)> on_request_done;
@@ -91,7 +140,8 @@ struct ServerOptions {
 class Server {
  public:
   // Validates `options`, resolves and binds the listen address. Returns
-  // kInvalidArgument for bad options or a router whose status() is not OK,
+  // kInvalidArgument for bad options (max_queued_requests not below
+  // max_connections included) or a router whose status() is not OK,
   // and kUnavailable when the address cannot be bound (e.g. in use).
   // `router` must outlive the server.
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,

@@ -43,13 +43,14 @@ std::unique_ptr<ProgressTracker> NewTracker(testing::TestSchema& schema,
 // The outcome of a WhenReached() call, once it is called.
 struct Outcome {
   absl::Notification done;
-  std::atomic<bool> reached{false};
-  std::function<void(bool)> Callback() {
-    return [this](bool r) {
-      reached = r;
+  std::atomic<WaitOutcome> outcome{WaitOutcome::kDeadline};
+  std::function<void(WaitOutcome)> Callback() {
+    return [this](WaitOutcome o) {
+      outcome = o;
       done.Notify();
     };
   }
+  bool reached() const { return outcome == WaitOutcome::kReached; }
 };
 
 TEST_CASE("the tracker answers waiters when their projections get there",
@@ -70,7 +71,7 @@ TEST_CASE("the tracker answers waiters when their projections get there",
   tracker->WhenReached({"a"}, At(10, 5), absl::Now() + absl::Seconds(5),
                        now.Callback());
   CHECK(now.done.HasBeenNotified());
-  CHECK(now.reached);
+  CHECK(now.reached());
 
   // Waits for the slower of two projections.
   Outcome later;
@@ -81,7 +82,7 @@ TEST_CASE("the tracker answers waiters when their projections get there",
   CHECK(!later.done.HasBeenNotified());
   tracker->Record("b", At(11, 1));
   CHECK(later.done.HasBeenNotified());
-  CHECK(later.reached);
+  CHECK(later.reached());
   CHECK(tracker->waiting() == 0);
 
   // A deadline passes without progress: answered false by the timer, not
@@ -91,7 +92,7 @@ TEST_CASE("the tracker answers waiters when their projections get there",
   tracker->WhenReached({"a"}, At(99, 1), start + absl::Milliseconds(150),
                        expired.Callback());
   REQUIRE(expired.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  CHECK(!expired.reached);
+  CHECK(expired.outcome == WaitOutcome::kDeadline);
   CHECK(absl::Now() - start >= absl::Milliseconds(150));
 
   // Stop answers whoever still waits.
@@ -100,7 +101,7 @@ TEST_CASE("the tracker answers waiters when their projections get there",
                        pending.Callback());
   tracker->Stop();
   CHECK(pending.done.HasBeenNotified());
-  CHECK(!pending.reached);
+  CHECK(pending.outcome == WaitOutcome::kShutdown);
 }
 
 TEST_CASE("the tracker hears checkpoints committed by other processes",
@@ -128,7 +129,7 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
     tx.commit();
   }
   REQUIRE(heard.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  CHECK(heard.reached);
+  CHECK(heard.reached());
   CHECK(tracker->Current({"remote"}) == At(5, 3));
 
   // A notification inside a rolled back transaction is never heard.
@@ -157,7 +158,7 @@ TEST_CASE("the tracker re-reads checkpoints it was not told about",
   tracker->WhenReached({"silent"}, At(77, 4), absl::Now() + absl::Seconds(20),
                        seen.Callback());
   REQUIRE(seen.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-  CHECK(seen.reached);
+  CHECK(seen.reached());
 }
 
 http::Request Get(const std::string& target, http::HeaderList headers = {}) {
@@ -321,6 +322,70 @@ TEST_CASE(
   neither.pattern = "/neither";
   (*service)->Add(other, neither);
   CHECK(!other.status().ok());
+}
+
+TEST_CASE(
+    "shutdown answers parked read-your-writes queries at once with 503 and "
+    "Retry-After",
+    "[queries][pg]") {
+  testing::TestSchema schema;
+  auto tracker = NewTracker(schema, absl::Seconds(60));
+  tracker->Start();
+  tracker->Record("things", At(3, 3));
+  QueryServiceOptions options;
+  options.conninfo = schema.url();
+  options.threads = 1;
+  auto service = QueryService::Create(tracker.get(), options);
+  REQUIRE(service.ok());
+  http::Router router;
+  QueryRoute route;
+  route.pattern = "/things";
+  route.projections = {"things"};
+  route.handler =
+      [](const http::Request&,
+         pqxx::transaction_base&) -> absl::StatusOr<http::Response> {
+    return http::JsonResponse(200, "{}");
+  };
+  (*service)->Add(router, route);
+  REQUIRE(router.status().ok());
+  http::RouteMatch match = router.Match("GET", "/things");
+  REQUIRE(match.result == http::RouteMatch::Result::kFound);
+
+  // Queries parked on a position the projection does not reach, for 30 s.
+  constexpr int kParked = 5;
+  std::vector<std::promise<http::Response>> promises(kParked);
+  std::vector<std::future<http::Response>> answers;
+  for (auto& promise : promises) {
+    answers.push_back(promise.get_future());
+    match.route->async_handler(
+        Get("/things", {{"X-Min-Position", "9.9"}, {"X-Max-Wait-Ms", "30000"}}),
+        http::Responder(
+            [p = &promise](http::Response r) { p->set_value(std::move(r)); }));
+  }
+  CHECK(tracker->waiting() == kParked);
+
+  // What a server's on_shutdown does: every one is answered now.
+  tracker->StopWaiting();
+  CHECK(tracker->waiting() == 0);
+  for (auto& answer : answers) {
+    REQUIRE(answer.wait_for(std::chrono::seconds(0)) ==
+            std::future_status::ready);
+    http::Response response = answer.get();
+    CHECK(response.status == 503);
+    CHECK(response.body.find("\"unavailable\"") != std::string::npos);
+    CHECK(response.Header("Retry-After").value_or("") == "1");
+    CHECK(response.Header("X-Projection-Position").value_or("") == "3.3");
+  }
+
+  // While the server drains: a later wait is answered at once, a position
+  // already reached is still served.
+  http::Response late =
+      Call(router, "/things",
+           {{"X-Min-Position", "9.9"}, {"X-Max-Wait-Ms", "30000"}});
+  CHECK(late.status == 503);
+  CHECK(late.Header("Retry-After").value_or("") == "1");
+  CHECK(tracker->waiting() == 0);
+  CHECK(Call(router, "/things", {{"X-Min-Position", "3.3"}}).status == 200);
 }
 
 }  // namespace

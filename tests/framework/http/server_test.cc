@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -54,6 +55,9 @@ struct Hooks {
   std::atomic<int> slow_calls{0};
   absl::Mutex mu;
   std::vector<Responder> parked ABSL_GUARDED_BY(mu);
+  // /block: handlers that hold their worker until released.
+  std::atomic<int> block_calls{0};
+  absl::Notification release_block;
 };
 
 void AddRoutes(Router& router, Hooks& hooks) {
@@ -118,6 +122,15 @@ void AddRoutes(Router& router, Hooks& hooks) {
         hooks.parked.push_back(std::move(respond));
       },
       OnNetworkThread());
+  router.Add("GET", "/block", [&hooks](const Request&) {
+    ++hooks.block_calls;
+    hooks.release_block.WaitForNotificationWithTimeout(absl::Seconds(60));
+    return JsonResponse(200, R"({"blocked":"done"})");
+  });
+  // On the worker pool like a real /metrics (which reads the database), and
+  // one of the default operations routes.
+  router.Add("GET", "/metrics",
+             [](const Request&) { return TextResponse(200, "up 1\n"); });
   router.Add("GET", "/slow", [&hooks](const Request&) {
     ++hooks.slow_calls;
     if (!hooks.slow_started.HasBeenNotified()) hooks.slow_started.Notify();
@@ -609,29 +622,198 @@ TEST_CASE("shutdown gives up on a request after the drain timeout", "[http]") {
   server.hooks().parked.front()(JsonResponse(200, "{}"));
 }
 
-TEST_CASE("connections beyond the limit are closed", "[http]") {
-  ServerOptions options;
-  options.max_connections = 2;
-  TestServer server(options);
-  auto first = server.Connect();
-  auto second = server.Connect();
-  CHECK(MustSend(*first, "GET", "/hello").status == 200);
-  CHECK(MustSend(*second, "GET", "/hello").status == 200);
-
-  auto third = server.Connect();  // The kernel completes the handshake.
-  CHECK_FALSE(third->Send("GET", "/hello").ok());
-
-  first.reset();  // Frees a slot once the server sees the close.
-  bool served = false;
-  const absl::Time deadline = absl::Now() + kGenerous;
-  while (!served && absl::Now() < deadline) {
-    absl::StatusOr<std::unique_ptr<TestClient>> next =
-        TestClient::Connect(server.port());
-    served = next.ok() && (*next)->Send("GET", "/hello").ok();
-    if (!served) absl::SleepFor(absl::Milliseconds(10));
+// Waits until `done` holds; false after `timeout`.
+bool WaitUntil(const std::function<bool()>& done,
+               absl::Duration timeout = kGenerous) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
   }
-  CHECK(served);
-  CHECK(MustSend(*second, "GET", "/hello").status == 200);
+  return true;
+}
+
+void CheckOverloaded(const ClientResponse& response) {
+  CHECK(response.status == 503);
+  CHECK(ErrorCode(response) == "overloaded");
+  CHECK(response.Header("Retry-After").value_or("") == "1");
+}
+
+TEST_CASE(
+    "a full connection table answers new clients 503 overloaded and still "
+    "serves the operations routes",
+    "[http]") {
+  ServerOptions options;
+  options.max_connections = 4;
+  options.max_queued_requests = 2;
+  // Long enough that the idle connections below stay for the whole test.
+  options.pressure_timeout = absl::Seconds(60);
+  TestServer server(options);
+  // The table is full of idle connections: two kept alive after a request,
+  // two that never sent anything.
+  std::vector<std::unique_ptr<TestClient>> idle;
+  for (int i = 0; i < 2; ++i) {
+    idle.push_back(server.Connect());
+    CHECK(MustSend(*idle.back(), "GET", "/hello").status == 200);
+  }
+  for (int i = 0; i < 2; ++i) idle.push_back(server.Connect());
+
+  // A new client gets an answer, not a reset, and the connection closes.
+  auto refused = server.Connect();
+  const ClientResponse overloaded = MustSend(*refused, "GET", "/hello");
+  CheckOverloaded(overloaded);
+  CHECK_FALSE(overloaded.keep_alive);
+  CHECK(refused->WaitForClose().ok());
+
+  // The operations routes are served beyond the table: inline, and on the
+  // operations lane.
+  auto health = server.Connect();
+  const ClientResponse healthz = MustSend(*health, "GET", "/healthz");
+  CHECK(healthz.status == 200);
+  CHECK_FALSE(healthz.keep_alive);
+  auto scrape = server.Connect();
+  CHECK(MustSend(*scrape, "GET", "/metrics").status == 200);
+
+  // The connections in the table are untouched.
+  CHECK(MustSend(*idle[0], "GET", "/hello").status == 200);
+}
+
+TEST_CASE(
+    "under connection pressure idle connections are closed after "
+    "pressure_timeout, not read_timeout",
+    "[http]") {
+  ServerOptions options;
+  options.max_connections = 4;
+  options.max_queued_requests = 2;
+  options.read_timeout = absl::Seconds(120);
+  options.idle_timeout = absl::Seconds(120);
+  TestServer server(options);
+  // Connections that send nothing fill the table, and one that is kept
+  // alive idles in it.
+  std::vector<std::unique_ptr<TestClient>> idle;
+  idle.push_back(server.Connect());
+  CHECK(MustSend(*idle.back(), "GET", "/hello").status == 200);
+  for (int i = 0; i < 3; ++i) idle.push_back(server.Connect());
+  // Each is closed long before read_timeout and idle_timeout (the default
+  // pressure_timeout is 2 s; the deadline is generous).
+  for (auto& client : idle) CHECK(client->WaitForClose(absl::Seconds(30)).ok());
+  // Then a new client is served.
+  auto next = server.Connect();
+  CHECK(MustSend(*next, "GET", "/hello").status == 200);
+}
+
+TEST_CASE(
+    "with the workers saturated, excess requests get 503 overloaded with "
+    "Retry-After before the workers free up, and the operations routes "
+    "answer",
+    "[http]") {
+  ServerOptions options;
+  options.worker_threads = 2;
+  options.max_queued_requests = 2;
+  options.queue_timeout = absl::Milliseconds(300);
+  options.max_connections = 64;
+  TestServer server(options);
+  Hooks& hooks = server.hooks();
+
+  // No Catch2 assertions off the main thread: they are not thread-safe.
+  absl::Mutex mu;
+  std::vector<absl::StatusOr<ClientResponse>> blocked;
+  std::vector<absl::StatusOr<ClientResponse>> excess;
+  const auto send = [&](std::vector<absl::StatusOr<ClientResponse>>* out) {
+    absl::StatusOr<ClientResponse> response =
+        absl::UnavailableError("no connection");
+    absl::StatusOr<std::unique_ptr<TestClient>> client =
+        TestClient::Connect(server.port(), absl::Seconds(90));
+    if (client.ok()) response = (*client)->Send("GET", "/block");
+    absl::MutexLock lock(&mu);
+    out->push_back(std::move(response));
+  };
+  std::vector<std::thread> threads;
+  // Both workers block.
+  for (int i = 0; i < 2; ++i) threads.emplace_back(send, &blocked);
+  REQUIRE(WaitUntil([&] { return hooks.block_calls == 2; }));
+  // Five more: two fit the queue and wait there for queue_timeout, three
+  // find it full. All are answered while the workers are still blocked.
+  for (int i = 0; i < 5; ++i) threads.emplace_back(send, &excess);
+  const bool answered_while_blocked = WaitUntil([&] {
+    absl::MutexLock lock(&mu);
+    return excess.size() == 5;
+  });
+  const bool still_blocked = [&] {
+    absl::MutexLock lock(&mu);
+    return blocked.empty();
+  }();
+  // The operations routes answer meanwhile: inline, and on their own lane.
+  auto ops = server.Connect();
+  const ClientResponse healthz = MustSend(*ops, "GET", "/healthz");
+  const ClientResponse metrics = MustSend(*ops, "GET", "/metrics");
+
+  hooks.release_block.Notify();
+  for (std::thread& thread : threads) thread.join();
+  CHECK(answered_while_blocked);
+  CHECK(still_blocked);
+  CHECK(healthz.status == 200);
+  CHECK(metrics.status == 200);
+  for (const auto& response : excess) {
+    INFO(response.status().ToString());
+    REQUIRE(response.ok());
+    CheckOverloaded(*response);
+  }
+  for (const auto& response : blocked) {
+    INFO(response.status().ToString());
+    REQUIRE(response.ok());
+    CHECK(response->status == 200);
+  }
+  // Requests answered 503 never reach their handler: once the queue has
+  // been worked off (a later request is served), still two calls.
+  CHECK(WaitUntil([&] {
+    auto after = server.Connect();
+    absl::StatusOr<ClientResponse> response = after->Send("GET", "/hello");
+    return response.ok() && response->status == 200;
+  }));
+  CHECK(hooks.block_calls == 2);
+}
+
+TEST_CASE(
+    "shutdown calls on_shutdown before the drain, so parked requests are "
+    "answered at once",
+    "[http]") {
+  std::function<void()> answer_parked;
+  ServerOptions options;
+  // Far beyond the test's deadlines: only on_shutdown can answer in time.
+  options.drain_timeout = absl::Seconds(120);
+  options.on_shutdown = [&answer_parked] { answer_parked(); };
+  TestServer server(options);
+  Hooks& hooks = server.hooks();
+  answer_parked = [&hooks] {
+    absl::MutexLock lock(&hooks.mu);
+    for (Responder& respond : hooks.parked) {
+      Response response =
+          ErrorResponse(503, "unavailable", "the server is shutting down");
+      response.SetHeader("Retry-After", "1");
+      respond(std::move(response));
+    }
+  };
+  std::vector<std::unique_ptr<TestClient>> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(server.Connect());
+    REQUIRE(clients.back()
+                ->WriteRaw("GET /parked HTTP/1.1\r\nHost: t\r\n\r\n")
+                .ok());
+  }
+  REQUIRE(WaitUntil([&] {
+    absl::MutexLock lock(&hooks.mu);
+    return hooks.parked.size() == 3;
+  }));
+  std::thread shutdown_thread([&] { server.server().Shutdown(); });
+  for (auto& client : clients) {
+    // The client's own timeout (10 s) is far below the drain timeout.
+    const ClientResponse response = MustRead(*client);
+    CHECK(response.status == 503);
+    CHECK(response.Header("Retry-After").value_or("") == "1");
+    CHECK_FALSE(response.keep_alive);
+  }
+  shutdown_thread.join();
 }
 
 TEST_CASE("an idle keep-alive connection is closed after idle_timeout",
@@ -780,6 +962,16 @@ TEST_CASE("Create rejects bad options and routers and busy ports", "[http]") {
   bad_threads.worker_threads = 0;
   CHECK(Server::Create(bad_threads, &router).status().code() ==
         absl::StatusCode::kInvalidArgument);
+
+  // A queue the connections could never fill.
+  ServerOptions long_queue;
+  long_queue.listen_address = "127.0.0.1:0";
+  long_queue.max_connections = 100;
+  long_queue.max_queued_requests = 100;
+  CHECK(Server::Create(long_queue, &router).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  long_queue.max_queued_requests = 99;
+  CHECK(Server::Create(long_queue, &router).ok());
 
   Router bad_router;
   bad_router.Add("GET", "no-slash",
