@@ -141,16 +141,21 @@ void BankApp::RegisterRoutes(http::Router& router) {
       "POST", "/transfers",
       [this](const http::Request& r) { return RequestTransfer(r); }, command);
 
-  http::RouteOptions inline_route;
-  inline_route.execution = http::Execution::kNetworkThread;
+  // Operations routes: they answer while the command routes cannot.
+  http::RouteOptions health;
+  health.execution = http::Execution::kNetworkThread;
+  health.operations = true;
   router.Add(
       "GET", "/healthz",
       [](const http::Request&) {
         return http::JsonResponse(200, "{\"status\":\"ok\"}");
       },
-      inline_route);
-  router.Add("GET", "/readyz",
-             [this](const http::Request&) { return Ready(); });
+      health);
+  http::RouteOptions readiness;
+  readiness.operations = true;
+  router.Add(
+      "GET", "/readyz", [this](const http::Request&) { return Ready(); },
+      readiness);
 }
 
 http::Response BankApp::Ready() const {

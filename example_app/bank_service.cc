@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
   query_options.conninfo = pool->conninfo();
   query_options.threads = options.query_threads;
   query_options.batch_concurrency = options.batch_concurrency;
+  query_options.max_queued = options.max_queued_queries;
   ASSIGN_OR_RETURN(s->queries_, cqrs::queries::QueryService::Create(
                                     s->tracker_.get(), query_options));
 

@@ -51,6 +51,9 @@ struct BankServiceOptions {
   int query_threads = 8;
   // Batches of one batched query route at once (0: query_threads).
   int batch_concurrency = 2;
+  // Queries waiting for a query thread before the next gets 503 overloaded
+  // (`bank serve --max-queued-requests`, as the server's worker queue).
+  size_t max_queued_queries = 256;
   absl::Duration idempotency_retention = absl::Hours(24);
   // For tests: how often the runner looks for events without a
   // notification, and how often the tracker re-reads the checkpoints.

@@ -318,6 +318,7 @@ int Serve(const Flags& flags) {
   options.schema = flags.schema;
   options.run_projections = !flags.no_projections;
   options.query_threads = flags.query_threads;
+  options.max_queued_queries = static_cast<size_t>(flags.max_queued_requests);
   options.idempotency_retention = absl::Hours(flags.idempotency_hours);
   auto service = bank::BankService::Create(pool->get(), options);
   if (!service.ok()) return Fail(service.status());

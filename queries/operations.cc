@@ -87,14 +87,22 @@ Operations::Operations(OperationsOptions options,
 Operations::~Operations() = default;
 
 void Operations::RegisterRoutes(http::Router& router) {
-  router.Add("GET", "/metrics",
-             [this](const http::Request&) { return Metrics(); });
-  router.Add("GET", "/projections",
-             [this](const http::Request&) { return Projections(); });
-  router.Add("POST", "/projections/{name}/resume",
-             [this](const http::Request& request) {
-               return ResumeProjection(request.PathParam("name"));
-             });
+  // On the server's operations lane: they answer while the application's
+  // routes are saturated.
+  http::RouteOptions operations;
+  operations.operations = true;
+  router.Add(
+      "GET", "/metrics", [this](const http::Request&) { return Metrics(); },
+      operations);
+  router.Add(
+      "GET", "/projections",
+      [this](const http::Request&) { return Projections(); }, operations);
+  router.Add(
+      "POST", "/projections/{name}/resume",
+      [this](const http::Request& request) {
+        return ResumeProjection(request.PathParam("name"));
+      },
+      operations);
 }
 
 http::Response Operations::Metrics() const {

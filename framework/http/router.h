@@ -86,6 +86,11 @@ struct RouteOptions {
   // unsupported_media_type before the handler runs. An empty body passes:
   // the handler decides whether it needs one.
   bool require_json_body = false;
+  // An operations route (health, readiness, metrics, administration): it
+  // must answer while the application's routes cannot. The server runs its
+  // kWorkerPool handler on a lane of its own and serves it on connections
+  // beyond max_connections (framework/http/server.h).
+  bool operations = false;
 };
 
 struct Route {

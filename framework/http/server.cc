@@ -14,7 +14,6 @@
 #include <exception>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -151,23 +150,16 @@ struct Core {
         router(server_router),
         pool(options.worker_threads, options.max_queued_requests),
         operations_pool(options.operations_threads, kOperationsQueue),
-        operations_routes(options.operations_routes.begin(),
-                          options.operations_routes.end()),
         high_water(static_cast<size_t>(options.max_connections -
                                        options.max_connections / 4)),
         low_water(static_cast<size_t>(options.max_connections / 2)),
         gate(std::make_shared<DeliveryGate>()) {}
-
-  bool IsOperationsRoute(const std::string& pattern) const {
-    return operations_routes.count(pattern) > 0;
-  }
 
   // Constant after construction.
   const ServerOptions options;
   const Router* const router;
   WorkerPool pool;
   WorkerPool operations_pool;
-  const std::unordered_set<std::string> operations_routes;
   // Pressure begins at high_water regular connections and ends at
   // low_water (see server.h).
   const size_t high_water;
@@ -519,7 +511,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     const Route& route = *match.route;
     request_.route = route.pattern;
-    const bool operations = core_->IsOperationsRoute(route.pattern);
+    const bool operations = route.options.operations;
     if (overflow_ && !operations) {
       Response response = Overloaded("too many open connections; retry later");
       response.log_detail = "connection beyond max_connections";

@@ -10,10 +10,10 @@
 // parses and writes; they never block. Handlers with Execution::kWorkerPool
 // (the default) run on `worker_threads` separate threads fed by a queue of at
 // most `max_queued_requests`. Handlers with Execution::kNetworkThread run
-// inline. The routes named in `operations_routes` (/healthz, /readyz,
-// /metrics, /projections by default) run their kWorkerPool handlers on a
-// lane of their own (`operations_threads`, a queue of 64), so that they
-// answer while the workers are saturated.
+// inline. Operations routes (RouteOptions::operations: /healthz, /readyz,
+// /metrics, /projections...) run their kWorkerPool handlers on a lane of
+// their own (`operations_threads`, a queue of 64), so that they answer
+// while the workers are saturated.
 //
 // Limits, and how the server degrades when they are reached:
 //  - Worker queue. A request that finds `max_queued_requests` waiting is
@@ -119,13 +119,7 @@ struct ServerOptions {
   // Under pressure, the most a connection may wait for a request or for a
   // request's header.
   absl::Duration pressure_timeout = absl::Seconds(2);
-  // Route patterns, as registered (any method), of the operations lane:
-  // their worker handlers run on `operations_threads` threads of their own,
-  // and they are served on overflow connections. Patterns the router does
-  // not have are ignored.
-  std::vector<std::string> operations_routes = {"/healthz", "/readyz",
-                                                "/metrics", "/projections",
-                                                "/projections/{name}/resume"};
+  // Threads of the operations lane (routes with RouteOptions::operations).
   int operations_threads = 2;
   // Called once when shutdown begins, on the thread that shuts down, after
   // the server stopped accepting and before it waits for requests in

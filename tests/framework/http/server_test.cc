@@ -36,6 +36,14 @@ RouteOptions OnNetworkThread() {
   return options;
 }
 
+// An operations route: on its own lane, served beyond the connection table.
+RouteOptions Operations(Execution execution) {
+  RouteOptions options;
+  options.execution = execution;
+  options.operations = true;
+  return options;
+}
+
 RouteOptions JsonBodyRequired() {
   RouteOptions options;
   options.require_json_body = true;
@@ -82,7 +90,7 @@ void AddRoutes(Router& router, Hooks& hooks) {
       JsonBodyRequired());
   router.Add(
       "GET", "/healthz", [](const Request&) { return TextResponse(200, "ok"); },
-      OnNetworkThread());
+      Operations(Execution::kNetworkThread));
   router.Add("GET", "/correlation", [](const Request& request) {
     return TextResponse(200, request.correlation_id());
   });
@@ -128,9 +136,11 @@ void AddRoutes(Router& router, Hooks& hooks) {
     return JsonResponse(200, R"({"blocked":"done"})");
   });
   // On the worker pool like a real /metrics (which reads the database), and
-  // one of the default operations routes.
-  router.Add("GET", "/metrics",
-             [](const Request&) { return TextResponse(200, "up 1\n"); });
+  // an operations route.
+  router.Add(
+      "GET", "/metrics",
+      [](const Request&) { return TextResponse(200, "up 1\n"); },
+      Operations(Execution::kWorkerPool));
   router.Add("GET", "/slow", [&hooks](const Request&) {
     ++hooks.slow_calls;
     if (!hooks.slow_started.HasBeenNotified()) hooks.slow_started.Notify();
