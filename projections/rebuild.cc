@@ -1,15 +1,28 @@
 #include "projections/rebuild.h"
 
+#include <algorithm>
 #include <deque>
 #include <memory>
+#include <optional>
+#include <random>
+#include <regex>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <pqxx/pqxx>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "framework/error_classes.h"
+#include "framework/log.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
@@ -21,6 +34,14 @@ namespace {
 using eventstore::Position;
 using eventstore::RecordedEvent;
 using projections_internal::ParseXid;
+
+// The first write transaction's size, before there is a duration to adapt
+// to.
+constexpr int kFirstChunk = 200;
+// Pause between attempts to swap, doubling.
+constexpr absl::Duration kFirstSwapBackoff = absl::Milliseconds(20);
+constexpr absl::Duration kMaxSwapBackoff = absl::Seconds(1);
+constexpr absl::Duration kSwapLogInterval = absl::Seconds(10);
 
 // Reads the next pages of the global order on its own connection while the
 // current one is being applied: on two cores this overlaps reading with
@@ -78,6 +99,89 @@ class Prefetcher {
   std::thread thread_;  // last: starts after the members above exist
 };
 
+// A deferred index statement, rewritten so that reading the table holds no
+// transaction id: CREATE INDEX runs CONCURRENTLY (outside a transaction
+// block; only its short catalog updates take one), and ADD PRIMARY KEY
+// becomes such an index plus ADD CONSTRAINT ... USING INDEX, which only
+// checks the index (and scans the table when a key column is nullable).
+// Anything else runs as given in a transaction of its own.
+struct IndexPlan {
+  enum class Kind { kConcurrently, kPrimaryKey, kAsGiven };
+  Kind kind = Kind::kAsGiven;
+  std::string sql;      // kConcurrently, kAsGiven: the statement to run
+  std::string table;    // kPrimaryKey: the table, as written
+  std::string name;     // kPrimaryKey: the index's and constraint's name
+  std::string columns;  // kPrimaryKey: "(a, b)"
+};
+
+IndexPlan PlanIndex(absl::string_view statement) {
+  std::string sql(absl::StripAsciiWhitespace(statement));
+  while (!sql.empty() &&
+         (sql.back() == ';' ||
+          absl::ascii_isspace(static_cast<unsigned char>(sql.back())))) {
+    sql.pop_back();
+  }
+  IndexPlan plan;
+  plan.sql = sql;
+  if (absl::StrContains(sql, ";")) return plan;  // several statements
+  static const std::regex kCreateIndex(
+      R"(CREATE\s+(UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(IF\s+NOT\s+EXISTS\s+)?([\s\S]*))",
+      std::regex::icase);
+  static const std::regex kNamed(R"(([A-Za-z_][A-Za-z0-9_$]*)\s+ON\s[\s\S]*)",
+                                 std::regex::icase);
+  static const std::regex kPrimaryKey(
+      R"(ALTER\s+TABLE\s+([A-Za-z0-9_$.]+)\s+ADD\s+(CONSTRAINT\s+([A-Za-z_][A-Za-z0-9_$]*)\s+)?PRIMARY\s+KEY\s*(\([^()]*\)))",
+      std::regex::icase);
+  std::smatch m;
+  if (std::regex_match(sql, m, kCreateIndex)) {
+    const std::string rest = m[4].str();
+    std::smatch named;
+    const bool has_name = std::regex_match(rest, named, kNamed) &&
+                          !absl::EqualsIgnoreCase(named[1].str(), "on");
+    plan.kind = IndexPlan::Kind::kConcurrently;
+    // IF NOT EXISTS makes a rerun after an interruption skip what is built
+    // (invalid leftovers are dropped first); an unnamed index would be built
+    // twice then.
+    plan.sql = absl::StrCat("CREATE ", m[1].matched ? "UNIQUE " : "",
+                            "INDEX CONCURRENTLY ",
+                            has_name ? "IF NOT EXISTS " : "", rest);
+    return plan;
+  }
+  if (std::regex_match(sql, m, kPrimaryKey)) {
+    plan.kind = IndexPlan::Kind::kPrimaryKey;
+    plan.table = m[1].str();
+    const size_t dot = plan.table.rfind('.');
+    plan.name = m[3].matched ? m[3].str()
+                             : absl::StrCat(dot == std::string::npos
+                                                ? plan.table
+                                                : plan.table.substr(dot + 1),
+                                            "_pkey");
+    plan.columns = m[4].str();
+    return plan;
+  }
+  return plan;
+}
+
+std::string Expand(absl::string_view sql, absl::string_view schema,
+                   absl::string_view table, int generation) {
+  return absl::StrReplaceAll(
+      sql, {{"{table}",
+             projections_internal::PhysicalTable(schema, table, generation)},
+            {"{table_name}", absl::StrCat(table, "_g", generation)}});
+}
+
+// "{a,b}": a text[] literal of names made of [a-z0-9_.] (no quoting needed).
+std::string NameArray(const std::vector<std::string>& names) {
+  return absl::StrCat("{", absl::StrJoin(names, ","), "}");
+}
+
+// A session that has held a lock on one of the swap's relations for longer
+// than the swap waits.
+struct LongReader {
+  int pid = 0;
+  double seconds = 0;  // since its transaction began
+};
+
 class Rebuild {
  public:
   Rebuild(PgPool* pool, eventstore::PostgresEventStore* store,
@@ -96,6 +200,16 @@ class Rebuild {
     if (options_.batch_size < 1 || options_.batch_size > 100000) {
       return absl::InvalidArgumentError("batch_size must be 1 to 100000");
     }
+    if (options_.max_batch_duration < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("max_batch_duration must not be < 0");
+    }
+    if (options_.swap_lock_timeout < absl::Milliseconds(1)) {
+      return absl::InvalidArgumentError(
+          "swap_lock_timeout must be at least 1 ms");
+    }
+    chunk_ = options_.max_batch_duration > absl::ZeroDuration()
+                 ? std::min(options_.batch_size, kFirstChunk)
+                 : options_.batch_size;
     RETURN_IF_ERROR(
         projections_internal::EnsureRegistered(*pool_, schema_, p_));
     RETURN_IF_ERROR(Lock());
@@ -104,26 +218,33 @@ class Rebuild {
     progress_.total = head.global_position;
     started_ = absl::Now();
     done_at_start_ = position_.global_position;
-    Prefetcher prefetcher(store_, position_, options_.batch_size);
-    while (true) {
-      if (options_.cancelled && options_.cancelled()) {
-        return absl::CancelledError(absl::StrCat(
-            "rebuild of '", p_.name,
-            "' interrupted; the live read model is untouched; run it again "
-            "to resume"));
+    {
+      Prefetcher prefetcher(store_, position_, options_.batch_size);
+      while (true) {
+        if (Cancelled()) return Interrupted();
+        ASSIGN_OR_RETURN(eventstore::ReadAllResult page, prefetcher.Next());
+        const int read = static_cast<int>(page.events.size());
+        RETURN_IF_ERROR(ApplyPage(std::move(page)));
+        Report(false);
+        if (read < options_.batch_size) break;
       }
-      ASSIGN_OR_RETURN(eventstore::ReadAllResult page, prefetcher.Next());
-      ASSIGN_OR_RETURN(int read, Batch(std::move(page)));
-      Report(false);
-      if (read < options_.batch_size) break;
     }
-    RETURN_IF_ERROR(SetLogged());
-    RETURN_IF_ERROR(Swap());
+    RETURN_IF_ERROR(BuildIndexes());
+    RETURN_IF_ERROR(SwapWhenReadersAllow());
     Report(true);
     return absl::OkStatus();
   }
 
  private:
+  bool Cancelled() const { return options_.cancelled && options_.cancelled(); }
+
+  absl::Status Interrupted() const {
+    return absl::CancelledError(
+        absl::StrCat("rebuild of '", p_.name,
+                     "' interrupted; the live read model is untouched; run it "
+                     "again to resume"));
+  }
+
   // One rebuild of this projection at a time, across processes: a session
   // lock held for the whole call.
   absl::Status Lock() {
@@ -147,7 +268,19 @@ class Rebuild {
     }
   }
 
+  std::vector<std::string> TargetTables() const {
+    std::vector<std::string> out;
+    for (const auto& [name, physical] : tables_) out.push_back(physical);
+    return out;
+  }
+
   // Finds or creates the generation to fill, and where to resume.
+  //
+  // The target tables are logged and every batch commits its rows with its
+  // checkpoint, so after a crash (or on a promoted standby) the tables hold
+  // exactly what the surviving checkpoint says: resuming is safe. Older
+  // builds filled them UNLOGGED, which a crash empties while the checkpoint
+  // stays: such a target, or a missing table, starts over.
   absl::Status PrepareTarget() {
     return pool_->Run(
         PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
@@ -164,17 +297,16 @@ class Rebuild {
                            "position_gp FROM ",
                            schema_, ".projection_rebuilds WHERE name = $1"),
               p_.name);
-          // Unlogged tables are emptied by a server crash: resume only when
-          // the server has not restarted since the rebuild began.
+          const int64_t logged =
+              tx.exec_params1(
+                    "SELECT count(*) FROM unnest($1::text[]) AS t(name) "
+                    "JOIN pg_class c ON c.oid = to_regclass(t.name) "
+                    "WHERE c.relpersistence = 'p'",
+                    NameArray(TargetTables()))[0]
+                  .as<int64_t>();
           if (!r.empty() && r[0][0].as<int>() == p_.version &&
               r[0][1].as<int>() == target_ &&
-              tx.exec_params1(
-                    absl::StrCat(
-                        "SELECT started_at > pg_postmaster_start_time()"
-                        " FROM ",
-                        schema_, ".projection_rebuilds WHERE name = $1"),
-                    p_.name)[0]
-                  .as<bool>()) {
+              logged == static_cast<int64_t>(tables_.size())) {
             position_ = Position{ParseXid(r[0][2]), r[0][3].as<int64_t>()};
             tx.commit();
             return absl::OkStatus();
@@ -185,11 +317,6 @@ class Rebuild {
           projections_internal::CreateTables(
               tx, schema_, p_, target_,
               projections_internal::DeferredIndexes::kLater);
-          // Filled unlogged (no WAL per row: several times faster), made
-          // logged before the swap (SetLogged).
-          for (const auto& [name, physical] : tables_) {
-            tx.exec(absl::StrCat("ALTER TABLE ", physical, " SET UNLOGGED"));
-          }
           tx.exec_params(
               absl::StrCat("INSERT INTO ", schema_,
                            ".projection_rebuilds (name, version, generation) "
@@ -205,80 +332,129 @@ class Rebuild {
         });
   }
 
-  // Reads up to a batch after position_ in `tx` and applies it to the
-  // target tables. Returns how many events were read (of any type).
-  absl::StatusOr<int> ApplyNext(pqxx::transaction_base& tx) {
-    auto events_tx = store_->InTransaction(tx);
-    ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
-                     events_tx->ReadAll(position_, options_.batch_size));
-    return ApplyPage(tx, std::move(page));
+  // Runs the handler on `relevant` (events of its types) in `tx`.
+  absl::Status ApplyRelevant(pqxx::transaction_base& tx,
+                             const std::vector<RecordedEvent>& relevant) {
+    if (relevant.empty()) return absl::OkStatus();
+    absl::Status applied =
+        projections_internal::ApplyHandler(p_, tx, tables_, relevant);
+    if (applied.ok()) return applied;
+    return absl::Status(
+        applied.code(),
+        absl::StrCat("rebuild of '", p_.name, "' failed at or after ",
+                     relevant.front().position.ToToken(), ": ",
+                     applied.message(), " (the live read model is untouched)"));
   }
 
-  // Applies `page` (read after position_) to the target tables. Returns how
-  // many events it had (of any type).
-  absl::StatusOr<int> ApplyPage(pqxx::transaction_base& tx,
-                                eventstore::ReadAllResult page) {
-    if (page.events.empty()) return 0;
+  std::vector<RecordedEvent> Relevant(absl::Span<RecordedEvent> events) {
     std::vector<RecordedEvent> relevant;
-    relevant.reserve(page.events.size());
-    for (RecordedEvent& e : page.events) {
+    relevant.reserve(events.size());
+    for (RecordedEvent& e : events) {
       if (types_.contains(e.event_type)) relevant.push_back(std::move(e));
     }
-    if (!relevant.empty()) {
-      absl::Status applied =
-          projections_internal::ApplyHandler(p_, tx, tables_, relevant);
-      if (!applied.ok()) {
-        return absl::Status(
-            applied.code(),
-            absl::StrCat("rebuild of '", p_.name, "' failed at or after ",
-                         relevant.front().position.ToToken(), ": ",
-                         applied.message(),
-                         " (the live read model is untouched)"));
-      }
-    }
-    const int read = static_cast<int>(page.events.size());
-    pending_ = page.next;
-    return read;
+    return relevant;
   }
 
-  absl::StatusOr<int> Batch(eventstore::ReadAllResult page) {
-    int read = 0;
+  // Applies `page` (read after position_) in as many transactions as
+  // max_batch_duration asks for, each committing the checkpoint of its last
+  // event with its writes.
+  absl::Status ApplyPage(eventstore::ReadAllResult page) {
+    absl::Span<RecordedEvent> events = absl::MakeSpan(page.events);
+    while (!events.empty()) {
+      const size_t n = std::min(events.size(), static_cast<size_t>(chunk_));
+      const absl::Time start = absl::Now();
+      RETURN_IF_ERROR(ApplyChunk(events.subspan(0, n)));
+      Adapt(absl::Now() - start);
+      events.remove_prefix(n);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ApplyChunk(absl::Span<RecordedEvent> events) {
+    const Position end = events.back().position;
+    const std::vector<RecordedEvent> relevant = Relevant(events);
     RETURN_IF_ERROR(pool_->Run(
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           pqxx::work tx(conn);
-          ASSIGN_OR_RETURN(read, ApplyPage(tx, std::move(page)));
-          if (read == 0) return absl::OkStatus();
+          // Not waiting for the WAL flush lets the commit release the
+          // transaction id (which holds every reader of the event store
+          // back) at once. A crash may lose the last batches, rows and
+          // checkpoint together: the rerun resumes a little earlier.
+          tx.exec("SET LOCAL synchronous_commit = off");
+          RETURN_IF_ERROR(ApplyRelevant(tx, relevant));
           tx.exec_params(
               absl::StrCat("UPDATE ", schema_,
                            ".projection_rebuilds SET position_xid = "
                            "$2::text::xid8, position_gp = $3 WHERE name = $1"),
-              p_.name, absl::StrCat(pending_.transaction_id),
-              pending_.global_position);
+              p_.name, absl::StrCat(end.transaction_id), end.global_position);
           tx.commit();
-          position_ = pending_;
           return absl::OkStatus();
         }));
-    return read;
+    position_ = end;
+    return absl::OkStatus();
   }
 
-  // Writes the new tables to the WAL (a bulk copy), so that they survive a
-  // crash from the swap on, and builds their deferred indexes. Outside the
-  // swap's transaction, which stays short.
-  absl::Status SetLogged() {
+  // Sizes the next write transaction after the last one took `took`.
+  void Adapt(absl::Duration took) {
+    if (options_.max_batch_duration <= absl::ZeroDuration()) return;
+    double ratio = absl::FDivDuration(options_.max_batch_duration,
+                                      std::max(took, absl::Milliseconds(1)));
+    ratio = std::clamp(ratio, 0.5, 2.0);
+    chunk_ =
+        std::clamp(static_cast<int>(chunk_ * ratio), 1, options_.batch_size);
+  }
+
+  // Applies what was appended since the last page, until a short page.
+  absl::Status CatchUp() {
+    while (true) {
+      if (Cancelled()) return Interrupted();
+      ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
+                       store_->ReadAll(position_, options_.batch_size));
+      const int read = static_cast<int>(page.events.size());
+      if (read == 0) return absl::OkStatus();
+      RETURN_IF_ERROR(ApplyPage(std::move(page)));
+      Report(false);
+      if (read < options_.batch_size) return absl::OkStatus();
+    }
+  }
+
+  // Builds the deferred indexes of the filled tables (IndexPlan: without a
+  // transaction id while they read the tables), once: a resumed rebuild
+  // whose indexes are built goes straight on. An earlier, interrupted
+  // attempt may have left invalid indexes behind: they are dropped and
+  // built again.
+  absl::Status BuildIndexes() {
+    bool finished = false;
+    RETURN_IF_ERROR(pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::work tx(conn);
+          finished =
+              tx.exec_params1(absl::StrCat("SELECT finished FROM ", schema_,
+                                           ".projection_rebuilds WHERE name "
+                                           "= $1"),
+                              p_.name)[0]
+                  .as<bool>();
+          if (finished) return absl::OkStatus();
+          for (const pqxx::row& r : tx.exec_params(
+                   "SELECT i.indexrelid::regclass::text FROM pg_index i "
+                   "WHERE NOT i.indisvalid AND i.indrelid IN "
+                   "(SELECT to_regclass(t) FROM unnest($1::text[]) AS t)",
+                   NameArray(TargetTables()))) {
+            tx.exec(absl::StrCat("DROP INDEX ", r[0].c_str()));
+          }
+          tx.commit();
+          return absl::OkStatus();
+        }));
+    if (finished) return absl::OkStatus();
+    for (const ProjectionTable& t : p_.tables) {
+      for (const std::string& index : t.deferred_indexes) {
+        RETURN_IF_ERROR(
+            BuildIndex(PlanIndex(Expand(index, schema_, t.name, target_))));
+      }
+    }
     return pool_->Run(
         PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
           pqxx::work tx(conn);
-          const bool finished =
-              tx.exec_params1(absl::StrCat("SELECT finished FROM ", schema_,
-                                           ".projection_rebuilds WHERE name "
-                                           "= $1 FOR UPDATE"),
-                              p_.name)[0]
-                  .as<bool>();
-          if (finished) return absl::OkStatus();  // a resumed rebuild
-          for (const auto& [name, physical] : tables_) {
-            tx.exec(absl::StrCat("ALTER TABLE ", physical, " SET LOGGED"));
-          }
-          projections_internal::CreateDeferredIndexes(tx, schema_, p_, target_);
           tx.exec_params(absl::StrCat("UPDATE ", schema_,
                                       ".projection_rebuilds SET finished = "
                                       "true WHERE name = $1"),
@@ -288,13 +464,132 @@ class Rebuild {
         });
   }
 
-  // The short transaction that makes the new generation live.
-  absl::Status Swap() {
+  absl::Status BuildIndex(const IndexPlan& plan) {
+    return pool_->Run(
+        PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+          if (plan.kind == IndexPlan::Kind::kAsGiven) {
+            pqxx::work tx(conn);
+            tx.exec(plan.sql);
+            tx.commit();
+            return absl::OkStatus();
+          }
+          pqxx::nontransaction outside(conn);
+          if (plan.kind == IndexPlan::Kind::kConcurrently) {
+            outside.exec(plan.sql);
+            return absl::OkStatus();
+          }
+          outside.exec(
+              absl::StrCat("CREATE UNIQUE INDEX CONCURRENTLY IF NOT "
+                           "EXISTS ",
+                           plan.name, " ON ", plan.table, " ", plan.columns));
+          const bool has_key =
+              outside
+                  .exec_params1(
+                      "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE "
+                      "conrelid = to_regclass($1) AND contype = 'p')",
+                      plan.table)[0]
+                  .as<bool>();
+          if (!has_key) {
+            outside.exec(absl::StrCat("ALTER TABLE ", plan.table,
+                                      " ADD CONSTRAINT ", plan.name,
+                                      " PRIMARY KEY USING INDEX ", plan.name));
+          }
+          return absl::OkStatus();
+        });
+  }
+
+  // The views readers query and the live tables the swap drops.
+  std::vector<std::string> SwapRelations() const {
+    std::vector<std::string> out;
+    for (const ProjectionTable& t : p_.tables) {
+      out.push_back(absl::StrCat(schema_, ".", t.name));
+      out.push_back(projections_internal::PhysicalTable(schema_, t.name,
+                                                        live_generation_));
+    }
+    return out;
+  }
+
+  // A session that has held a lock on the views or the live tables for
+  // longer than the swap would wait for it: attempting the swap now would
+  // only make new readers queue behind it.
+  absl::StatusOr<std::optional<LongReader>> FindLongReader() {
+    std::optional<LongReader> found;
+    RETURN_IF_ERROR(pool_->Run(
+        PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+          pqxx::nontransaction tx(conn);
+          pqxx::result r = tx.exec_params(
+              "SELECT a.pid, extract(epoch FROM clock_timestamp() - "
+              "a.xact_start)::float8 FROM pg_locks l JOIN pg_stat_activity a "
+              "ON a.pid = l.pid WHERE l.locktype = 'relation' AND l.granted "
+              "AND l.database = (SELECT oid FROM pg_database WHERE datname = "
+              "current_database()) AND l.pid <> pg_backend_pid() AND "
+              "l.relation IN (SELECT to_regclass(t) FROM unnest($1::text[]) "
+              "AS t) AND a.xact_start < clock_timestamp() - make_interval(secs "
+              "=> $2) ORDER BY a.xact_start LIMIT 1",
+              NameArray(SwapRelations()),
+              absl::ToDoubleSeconds(options_.swap_lock_timeout));
+          if (!r.empty()) {
+            found = LongReader{r[0][0].as<int>(), r[0][1].as<double>()};
+          }
+          return absl::OkStatus();
+        }));
+    return found;
+  }
+
+  // Swaps once the views are free: catches up in short transactions first,
+  // so that the swap itself applies only the last few events; gives up on a
+  // lock that does not come within swap_lock_timeout (or while a long
+  // reader holds the views) and tries again after a pause, so that new
+  // readers never wait long behind it.
+  absl::Status SwapWhenReadersAllow() {
+    absl::Duration backoff = kFirstSwapBackoff;
+    absl::Time next_log = absl::InfinitePast();
+    std::minstd_rand jitter(std::random_device{}());
+    while (true) {
+      RETURN_IF_ERROR(CatchUp());
+      ASSIGN_OR_RETURN(std::optional<LongReader> reader, FindLongReader());
+      absl::Status swapped =
+          reader.has_value()
+              ? absl::DeadlineExceededError(absl::StrCat(
+                    "session ", reader->pid, " has read the views for ",
+                    static_cast<int64_t>(reader->seconds), " s"))
+              : TrySwap();
+      if (swapped.ok()) return swapped;
+      // A lock timeout, or a deadlock with a session that took the same
+      // locks in another order: the same swap works later.
+      const bool retry = absl::IsDeadlineExceeded(swapped) ||
+                         (absl::IsAborted(swapped) && IsDatabaseError(swapped));
+      if (!retry) return swapped;
+      if (absl::Now() >= next_log) {
+        Log(LogLevel::kWarn, "rebuild waits for readers of the views to swap",
+            {{"projection", p_.name}, {"reason", swapped.message()}});
+        next_log = absl::Now() + kSwapLogInterval;
+      }
+      const absl::Time until =
+          absl::Now() +
+          backoff * std::uniform_real_distribution<double>(0.5, 1.0)(jitter);
+      while (absl::Now() < until) {
+        if (Cancelled()) return Interrupted();
+        absl::SleepFor(std::min(until - absl::Now(), absl::Milliseconds(20)));
+      }
+      backoff = std::min(backoff * 2, kMaxSwapBackoff);
+    }
+  }
+
+  // The short transaction that makes the new generation live. It takes the
+  // projection's row first (waiting for the live runner's batch in flight
+  // and holding the next one back), then the views: in that order the live
+  // runner, which locks the row before it writes the live tables, never
+  // waits for the swap while holding what the swap needs. Every lock wait
+  // ends after swap_lock_timeout.
+  absl::Status TrySwap() {
     return pool_->Run(
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           pqxx::work tx(conn);
-          // Waits for the live runner's batch in flight, and holds the next
-          // one back until the swap commits.
+          tx.exec(absl::StrCat(
+              "SET LOCAL lock_timeout = ",
+              std::max<int64_t>(
+                  1, absl::ToInt64Milliseconds(options_.swap_lock_timeout))));
           const int live =
               tx.exec_params1(absl::StrCat("SELECT generation FROM ", schema_,
                                            ".projections WHERE name = $1 "
@@ -302,14 +597,33 @@ class Rebuild {
                               p_.name)[0]
                   .as<int>();
           if (live != live_generation_) {
-            return absl::AbortedError(absl::StrCat(
+            return absl::FailedPreconditionError(absl::StrCat(
                 "projection '", p_.name,
                 "' was swapped by another rebuild meanwhile; run again"));
           }
+          std::vector<std::string> views;
+          for (const ProjectionTable& t : p_.tables) {
+            const std::string view = absl::StrCat(schema_, ".", t.name);
+            if (!tx.exec_params1("SELECT to_regclass($1) IS NOT NULL", view)[0]
+                     .as<bool>()) {
+              continue;  // a table this version adds: PointViews creates it
+            }
+            views.push_back(view);
+          }
+          if (!views.empty()) {
+            tx.exec(absl::StrCat("LOCK TABLE ", absl::StrJoin(views, ", "),
+                                 " IN ACCESS EXCLUSIVE MODE"));
+          }
+          // Where the swap's own catch-up got to: committed only with it.
+          Position at = position_;
           while (true) {
-            ASSIGN_OR_RETURN(int read, ApplyNext(tx));
-            if (read == 0) break;
-            position_ = pending_;
+            auto events_tx = store_->InTransaction(tx);
+            ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
+                             events_tx->ReadAll(at, options_.batch_size));
+            if (page.events.empty()) break;
+            RETURN_IF_ERROR(
+                ApplyRelevant(tx, Relevant(absl::MakeSpan(page.events))));
+            at = page.next;
           }
           tx.exec_params(
               absl::StrCat(
@@ -318,11 +632,10 @@ class Rebuild {
                   "position_xid = $4::text::xid8, position_gp = $5, "
                   "state = 'running', last_error = NULL, failed_position = "
                   "NULL, updated_at = now() WHERE name = $1"),
-              p_.name, target_, p_.version,
-              absl::StrCat(position_.transaction_id),
-              position_.global_position);
+              p_.name, target_, p_.version, absl::StrCat(at.transaction_id),
+              at.global_position);
           projections_internal::PointViews(tx, schema_, p_, target_);
-          NotifyProgress(tx, schema_, p_.name, position_);
+          NotifyProgress(tx, schema_, p_.name, at);
           tx.exec_params(absl::StrCat("DELETE FROM ", schema_,
                                       ".projection_rebuilds WHERE name = $1"),
                          p_.name);
@@ -336,6 +649,7 @@ class Rebuild {
                                      schema_, t.name, live_generation_)));
           }
           tx.commit();
+          position_ = at;
           return absl::OkStatus();
         });
   }
@@ -367,7 +681,7 @@ class Rebuild {
   int target_ = 0;
   absl::flat_hash_map<std::string, std::string> tables_;
   Position position_;  // committed to projection_rebuilds
-  Position pending_;   // read, not yet committed
+  int chunk_ = 0;      // events in the next write transaction
   RebuildProgress progress_;
   absl::Time started_;
   int64_t done_at_start_ = 0;
