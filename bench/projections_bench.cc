@@ -7,14 +7,30 @@
 // 2. lag: deposits at a steady --rate per second while the bank's
 //    projections run in-process; for each deposit, the time from its
 //    append returning until account_balances' checkpoint covers it
-//    (sampled every millisecond).
+//    (sampled every millisecond);
+// 3. stall (issue 12, item 4): what a rebuild does to ANOTHER projection.
+//    Over a store of --events events (filled, and the projections brought
+//    to its head, unless the rebuild phase did that), deposits at --rate
+//    per second while the bank's projections run in-process: for --seconds
+//    without a rebuild, then while account_transactions is rebuilt, then
+//    as long while only reading all events over and over (the CPU load of
+//    the rebuild's reading, without its writes: a control), then for
+//    --seconds without again. For account_balances: read-your-writes
+//    latency (append returned -> its checkpoint covers the deposit, what
+//    X-Min-Position waits for) per deposit, and projection lag (age of the
+//    oldest deposit it does not cover yet, sampled every millisecond); p99
+//    during the rebuild against p99 without, before and after together (target
+//    <= 2x).
 //
 //   projections_bench --database-url=URL [--events=1000000] [--accounts=10000]
-//                     [--rate=1000] [--seconds=10] [--phases=rebuild,lag]
+//                     [--rate=1000] [--seconds=10] [--batch=10000]
+//                     [--max-batch-ms=N] [--phases=rebuild,lag,stall]
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,8 +64,11 @@ struct Flags {
   int rate = 1000;
   int seconds = 10;
   int batch = 10000;
+  // RebuildOptions::max_batch_duration of every rebuild; < 0: the default.
+  int64_t max_batch_ms = -1;
   bool rebuild = true;
   bool lag = true;
+  bool stall = true;
 };
 
 [[noreturn]] void Die(const std::string& message) {
@@ -81,11 +100,14 @@ Flags ParseFlags(int argc, char** argv) {
       f.rate = static_cast<int>(n);
     } else if (k == "--seconds" && number) {
       f.seconds = static_cast<int>(n);
+    } else if (k == "--max-batch-ms" && absl::SimpleAtoi(v, &n) && n >= 0) {
+      f.max_batch_ms = n;
     } else if (k == "--batch" && number) {
       f.batch = static_cast<int>(n);
     } else if (k == "--phases") {
       f.rebuild = absl::StrContains(v, "rebuild");
       f.lag = absl::StrContains(v, "lag");
+      f.stall = absl::StrContains(v, "stall");
     } else {
       Die(absl::StrCat("bad argument '", argv[i], "' (see the file comment)"));
     }
@@ -129,11 +151,11 @@ void Fill(const Flags& f, const std::string& schema) {
 }
 
 double ReadRate(cqrs::eventstore::PostgresEventStore& store, int page,
-                int64_t* count) {
+                int64_t* count, absl::Time until = absl::InfiniteFuture()) {
   const absl::Time start = absl::Now();
   Position at = Position::Start();
   *count = 0;
-  while (true) {
+  while (absl::Now() < until) {
     auto r = store.ReadAll(at, page);
     Check(r.status(), "ReadAll");
     if (r->events.empty()) break;
@@ -141,6 +163,15 @@ double ReadRate(cqrs::eventstore::PostgresEventStore& store, int page,
     at = r->next;
   }
   return *count / absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+cqrs::projections::RebuildOptions Rebuilding(const Flags& f) {
+  cqrs::projections::RebuildOptions options;
+  options.batch_size = f.batch;
+  if (f.max_batch_ms >= 0) {
+    options.max_batch_duration = absl::Milliseconds(f.max_batch_ms);
+  }
+  return options;
 }
 
 void RebuildPhase(const Flags& f, cqrs::PgPool& pool,
@@ -155,8 +186,7 @@ void RebuildPhase(const Flags& f, cqrs::PgPool& pool,
               f.batch, static_cast<long long>(read), read_rate);
   bool all_met = true;
   for (const cqrs::projections::Projection& p : bank::BankProjections()) {
-    cqrs::projections::RebuildOptions options;
-    options.batch_size = f.batch;
+    const cqrs::projections::RebuildOptions options = Rebuilding(f);
     const absl::Time start = absl::Now();
     Check(
         cqrs::projections::RebuildProjection(&pool, &store, p, schema, options),
@@ -173,11 +203,11 @@ void RebuildPhase(const Flags& f, cqrs::PgPool& pool,
   std::printf("rebuild targets: %s\n", all_met ? "met" : "MISSED");
 }
 
-void LagPhase(const Flags& f, cqrs::PgPool& pool,
-              cqrs::eventstore::PostgresEventStore& store,
-              const std::string& schema) {
-  constexpr int kAccounts = 1000;
-  for (int i = 0; i < kAccounts; ++i) {
+constexpr int kLagAccounts = 1000;
+
+// Opens the accounts the deposits go to.
+void OpenLagAccounts(cqrs::eventstore::PostgresEventStore& store) {
+  for (int i = 0; i < kLagAccounts; ++i) {
     NewEvent e;
     e.event_type = "AccountOpened";
     e.data = absl::StrCat(R"({"owner":"lag","currency":"EUR"})");
@@ -187,34 +217,66 @@ void LagPhase(const Flags& f, cqrs::PgPool& pool,
             .status(),
         "open");
   }
-  cqrs::projections::ProjectionRunnerOptions options;
-  options.schema = schema;
-  auto runner = cqrs::projections::ProjectionRunner::Create(
-      &pool, &store, bank::BankProjections(), options);
-  Check(runner.status(), "runner");
-  (*runner)->Start();
-  // Wait until caught up with the fill (if any).
-  pqxx::connection conn(f.database_url);
-  auto checkpoint = [&] {
-    pqxx::nontransaction tx(conn);
-    pqxx::row r = tx.exec1(
-        absl::StrCat("SELECT position_xid::text, position_gp FROM ", schema,
-                     ".projections WHERE name = 'account_balances'"));
+}
+
+// account_balances' stored checkpoint.
+class Checkpoint {
+ public:
+  Checkpoint(const std::string& url, const std::string& schema)
+      : conn_(url),
+        sql_(absl::StrCat("SELECT position_xid::text, position_gp FROM ",
+                          schema,
+                          ".projections WHERE name = 'account_balances'")) {}
+  Position Read() {
+    pqxx::nontransaction tx(conn_);
+    pqxx::row r = tx.exec1(sql_);
     uint64_t xid = 0;
     absl::SimpleAtoi(r[0].c_str(), &xid);
     return Position{xid, r[1].as<int64_t>()};
-  };
+  }
+
+ private:
+  pqxx::connection conn_;
+  const std::string sql_;
+};
+
+void WaitForHead(cqrs::eventstore::PostgresEventStore& store,
+                 Checkpoint& checkpoint) {
   auto head = store.HeadPosition();
   Check(head.status(), "head");
-  while (checkpoint() < *head) absl::SleepFor(absl::Milliseconds(50));
+  while (checkpoint.Read() < *head) absl::SleepFor(absl::Milliseconds(50));
+}
 
+struct LagRun {
+  std::vector<double> visible_ms;  // per deposit: append -> checkpoint
+  std::vector<double> behind_ms;   // per poll: oldest uncovered deposit
+  int64_t deposits = 0;
+  double seconds = 0;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(q * (v.size() - 1))];
+}
+
+double Max(const std::vector<double>& v) {
+  return v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+}
+
+// Deposits at f.rate per second to the lag accounts, for at least
+// `at_least` and then until `busy()` turns false; meanwhile polls
+// account_balances' checkpoint every millisecond.
+LagRun Deposits(const Flags& f, cqrs::eventstore::PostgresEventStore& store,
+                Checkpoint& checkpoint, absl::Duration at_least,
+                const std::function<bool()>& busy) {
   struct Sample {
     Position position;
     absl::Time appended;
   };
-  const int64_t total = static_cast<int64_t>(f.rate) * f.seconds;
   absl::Mutex mu;
   std::vector<Sample> appended;  // guarded by mu
+  std::atomic<bool> stop{false};
   // Writers: four threads share the pace, so that a slow append does not
   // hold the others back.
   constexpr int kWriters = 4;
@@ -224,16 +286,16 @@ void LagPhase(const Flags& f, cqrs::PgPool& pool,
   for (int w = 0; w < kWriters; ++w) {
     writers.emplace_back([&] {
       absl::BitGen gen;
-      while (true) {
+      while (!stop) {
         const int64_t i = next++;
-        if (i >= total) return;
         absl::SleepFor(start + absl::Seconds(static_cast<double>(i) / f.rate) -
                        absl::Now());
+        if (stop) return;
         NewEvent e;
         e.event_type = "MoneyDeposited";
         e.data = R"({"amount":1})";
         auto r = store.Append(
-            absl::StrCat("account-lag", absl::Uniform(gen, 0, kAccounts)),
+            absl::StrCat("account-lag", absl::Uniform(gen, 0, kLagAccounts)),
             ExpectedVersion::Any(), {e});
         Check(r.status(), "deposit");
         absl::MutexLock lock(&mu);
@@ -241,48 +303,172 @@ void LagPhase(const Flags& f, cqrs::PgPool& pool,
       }
     });
   }
-  // The poller: when does the checkpoint cover each sample?
-  std::vector<double> lags_ms;
-  lags_ms.reserve(total);
+  LagRun run;
   std::vector<Sample> pending;
-  int64_t taken = 0;
-  while (static_cast<int64_t>(lags_ms.size()) < total &&
-         absl::Now() - start < absl::Seconds(f.seconds + 60)) {
+  size_t taken = 0;
+  bool writing = true;
+  const absl::Time give_up = start + at_least + absl::Hours(1);
+  while (absl::Now() < give_up) {
+    if (writing && absl::Now() - start >= at_least && !busy()) {
+      stop = true;
+      for (auto& t : writers) t.join();
+      writing = false;
+      run.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    }
     {
       absl::MutexLock lock(&mu);
       pending.insert(pending.end(), appended.begin() + taken, appended.end());
-      taken = static_cast<int64_t>(appended.size());
+      taken = appended.size();
     }
-    const Position cp = checkpoint();
+    if (!writing && pending.empty()) break;
+    const Position cp = checkpoint.Read();
     const absl::Time now = absl::Now();
     std::vector<Sample> still;
+    absl::Time oldest = now;
     for (const Sample& s : pending) {
       if (cp < s.position) {
         still.push_back(s);
+        oldest = std::min(oldest, s.appended);
       } else {
-        lags_ms.push_back(
+        run.visible_ms.push_back(
             std::max(0.0, absl::ToDoubleMilliseconds(now - s.appended)));
       }
     }
+    if (writing)
+      run.behind_ms.push_back(absl::ToDoubleMilliseconds(now - oldest));
     pending.swap(still);
     absl::SleepFor(absl::Milliseconds(1));
   }
-  for (auto& t : writers) t.join();
-  (*runner)->Stop();
-  std::sort(lags_ms.begin(), lags_ms.end());
-  auto pct = [&](double q) {
-    return lags_ms.empty()
-               ? 0.0
-               : lags_ms[static_cast<size_t>(q * (lags_ms.size() - 1))];
-  };
-  const double achieved = total / absl::ToDoubleSeconds(absl::Now() - start);
+  run.deposits = static_cast<int64_t>(taken);
+  return run;
+}
+
+std::unique_ptr<cqrs::projections::ProjectionRunner> StartRunner(
+    cqrs::PgPool& pool, cqrs::eventstore::PostgresEventStore& store,
+    const std::string& schema) {
+  cqrs::projections::ProjectionRunnerOptions options;
+  options.schema = schema;
+  auto runner = cqrs::projections::ProjectionRunner::Create(
+      &pool, &store, bank::BankProjections(), options);
+  Check(runner.status(), "runner");
+  (*runner)->Start();
+  return *std::move(runner);
+}
+
+void LagPhase(const Flags& f, cqrs::PgPool& pool,
+              cqrs::eventstore::PostgresEventStore& store,
+              const std::string& schema) {
+  OpenLagAccounts(store);
+  auto runner = StartRunner(pool, store, schema);
+  // Wait until caught up with the fill (if any).
+  Checkpoint checkpoint(f.database_url, schema);
+  WaitForHead(store, checkpoint);
+  LagRun run = Deposits(f, store, checkpoint, absl::Seconds(f.seconds),
+                        [] { return false; });
+  runner->Stop();
+  const double p99 = Percentile(run.visible_ms, 0.99);
   std::printf(
       "lag: %lld deposits at %d/s (achieved %.0f/s over the run), commit to "
       "visible in account_balances: p50 %.1f ms, p99 %.1f ms, max %.1f ms  "
       "target p99 <= 50 ms %s\n",
-      static_cast<long long>(lags_ms.size()), f.rate, achieved, pct(0.5),
-      pct(0.99), lags_ms.empty() ? 0.0 : lags_ms.back(),
-      pct(0.99) <= 50 ? "met" : "MISSED");
+      static_cast<long long>(run.deposits), f.rate, run.deposits / run.seconds,
+      Percentile(run.visible_ms, 0.5), p99, Max(run.visible_ms),
+      p99 <= 50 ? "met" : "MISSED");
+}
+
+void PrintStall(const char* label, const LagRun& run) {
+  std::printf(
+      "stall: %-16s %6lld deposits in %5.1f s  read-your-writes p50 %6.1f ms "
+      "p99 %7.1f ms max %7.1f ms  lag p99 %7.1f ms max %7.1f ms\n",
+      label, static_cast<long long>(run.deposits), run.seconds,
+      Percentile(run.visible_ms, 0.5), Percentile(run.visible_ms, 0.99),
+      Max(run.visible_ms), Percentile(run.behind_ms, 0.99), Max(run.behind_ms));
+}
+
+void StallPhase(const Flags& f, cqrs::PgPool& pool,
+                cqrs::eventstore::PostgresEventStore& store,
+                const std::string& schema) {
+  if (!f.rebuild) {
+    Fill(f, schema);
+    // The quickest way to the head for the runner: rebuild each, in whole
+    // pages (nothing else runs yet).
+    cqrs::projections::RebuildOptions fast;
+    fast.max_batch_duration = absl::ZeroDuration();
+    for (const cqrs::projections::Projection& p : bank::BankProjections()) {
+      Check(
+          cqrs::projections::RebuildProjection(&pool, &store, p, schema, fast),
+          "rebuild");
+    }
+  }
+  if (!f.lag) OpenLagAccounts(store);  // else opened by the lag phase
+  auto runner = StartRunner(pool, store, schema);
+  Checkpoint checkpoint(f.database_url, schema);
+  WaitForHead(store, checkpoint);
+  std::printf(
+      "stall: deposits at %d/s to account_balances while "
+      "account_transactions is rebuilt over %lld events\n",
+      f.rate, static_cast<long long>(f.events));
+  // Without a rebuild before and after it: the machine's other load drifts
+  // over minutes, and the baseline is both runs together.
+  const LagRun before = Deposits(f, store, checkpoint, absl::Seconds(f.seconds),
+                                 [] { return false; });
+  PrintStall("no rebuild", before);
+
+  std::atomic<bool> rebuilding{true};
+  absl::Status rebuilt;
+  double rebuild_seconds = 0;
+  std::thread rebuild([&] {
+    const cqrs::projections::RebuildOptions options = Rebuilding(f);
+    const absl::Time start = absl::Now();
+    rebuilt = cqrs::projections::RebuildProjection(
+        &pool, &store, bank::AccountTransactionsProjection(), schema, options);
+    rebuild_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    rebuilding = false;
+  });
+  const LagRun busy = Deposits(f, store, checkpoint, absl::Seconds(1),
+                               [&] { return rebuilding.load(); });
+  rebuild.join();
+  Check(rebuilt, "rebuild during the stall phase");
+  PrintStall("during rebuild", busy);
+  // The control: the same time spent only reading the events (as the
+  // rebuild does besides writing), which loads the CPUs without holding a
+  // transaction id. What the rebuild adds beyond this is its writes.
+  std::atomic<bool> reading{true};
+  std::thread reader([&] {
+    const absl::Time until = absl::Now() + absl::Seconds(rebuild_seconds);
+    int64_t count = 0;
+    while (absl::Now() < until) ReadRate(store, f.batch, &count, until);
+    reading = false;
+  });
+  const LagRun read = Deposits(f, store, checkpoint, absl::Seconds(1),
+                               [&] { return reading.load(); });
+  reader.join();
+  PrintStall("during reads", read);
+  const LagRun after = Deposits(f, store, checkpoint, absl::Seconds(f.seconds),
+                                [] { return false; });
+  PrintStall("no rebuild", after);
+  runner->Stop();
+  LagRun quiet = before;
+  quiet.visible_ms.insert(quiet.visible_ms.end(), after.visible_ms.begin(),
+                          after.visible_ms.end());
+  quiet.behind_ms.insert(quiet.behind_ms.end(), after.behind_ms.begin(),
+                         after.behind_ms.end());
+  const double ratio = Percentile(busy.visible_ms, 0.99) /
+                       std::max(0.001, Percentile(quiet.visible_ms, 0.99));
+  const double lag_ratio = Percentile(busy.behind_ms, 0.99) /
+                           std::max(0.001, Percentile(quiet.behind_ms, 0.99));
+  std::printf(
+      "stall: rebuild of account_transactions took %.1f s; p99 during / "
+      "without (before and after together: read-your-writes %.1f ms, lag "
+      "%.1f ms): read-your-writes %.2fx, lag %.2fx  target <= 2x %s; "
+      "reads only: %.2fx, %.2fx\n",
+      rebuild_seconds, Percentile(quiet.visible_ms, 0.99),
+      Percentile(quiet.behind_ms, 0.99), ratio, lag_ratio,
+      ratio <= 2 && lag_ratio <= 2 ? "met" : "MISSED",
+      Percentile(read.visible_ms, 0.99) /
+          std::max(0.001, Percentile(quiet.visible_ms, 0.99)),
+      Percentile(read.behind_ms, 0.99) /
+          std::max(0.001, Percentile(quiet.behind_ms, 0.99)));
 }
 
 }  // namespace
@@ -307,6 +493,7 @@ int main(int argc, char** argv) {
               static_cast<int>(std::thread::hardware_concurrency()));
   if (f.rebuild) RebuildPhase(f, **pool, **store, schema);
   if (f.lag) LagPhase(f, **pool, **store, schema);
+  if (f.stall) StallPhase(f, **pool, **store, schema);
   {
     pqxx::connection conn(f.database_url);
     pqxx::nontransaction tx(conn);

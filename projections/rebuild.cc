@@ -125,12 +125,15 @@ IndexPlan PlanIndex(absl::string_view statement) {
   plan.sql = sql;
   if (absl::StrContains(sql, ";")) return plan;  // several statements
   static const std::regex kCreateIndex(
-      R"(CREATE\s+(UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(IF\s+NOT\s+EXISTS\s+)?([\s\S]*))",
+      R"(CREATE\s+(UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?)"
+      R"((IF\s+NOT\s+EXISTS\s+)?([\s\S]*))",
       std::regex::icase);
   static const std::regex kNamed(R"(([A-Za-z_][A-Za-z0-9_$]*)\s+ON\s[\s\S]*)",
                                  std::regex::icase);
   static const std::regex kPrimaryKey(
-      R"(ALTER\s+TABLE\s+([A-Za-z0-9_$.]+)\s+ADD\s+(CONSTRAINT\s+([A-Za-z_][A-Za-z0-9_$]*)\s+)?PRIMARY\s+KEY\s*(\([^()]*\)))",
+      R"(ALTER\s+TABLE\s+([A-Za-z0-9_$.]+)\s+ADD\s+)"
+      R"((CONSTRAINT\s+([A-Za-z_][A-Za-z0-9_$]*)\s+)?)"
+      R"(PRIMARY\s+KEY\s*(\([^()]*\)))",
       std::regex::icase);
   std::smatch m;
   if (std::regex_match(sql, m, kCreateIndex)) {
@@ -469,7 +472,17 @@ class Rebuild {
         PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
           if (plan.kind == IndexPlan::Kind::kAsGiven) {
             pqxx::work tx(conn);
-            tx.exec(plan.sql);
+            try {
+              tx.exec(plan.sql);
+            } catch (const pqxx::sql_error& e) {
+              // Built by an earlier, interrupted attempt: the same
+              // statements ran without conflict for the live generation,
+              // so on a fresh target nothing else creates that name.
+              if (e.sqlstate() == "42P07" || e.sqlstate() == "42710") {
+                return absl::OkStatus();
+              }
+              throw;
+            }
             tx.commit();
             return absl::OkStatus();
           }
@@ -590,6 +603,20 @@ class Rebuild {
               "SET LOCAL lock_timeout = ",
               std::max<int64_t>(
                   1, absl::ToInt64Milliseconds(options_.swap_lock_timeout))));
+          // The views there are (a table this version adds has none yet:
+          // PointViews creates it); read before the row lock, which takes
+          // the transaction's id.
+          std::vector<std::string> names;
+          for (const ProjectionTable& t : p_.tables) {
+            names.push_back(absl::StrCat(schema_, ".", t.name));
+          }
+          std::vector<std::string> views;
+          for (const pqxx::row& r :
+               tx.exec_params("SELECT v FROM unnest($1::text[]) AS v WHERE "
+                              "to_regclass(v) IS NOT NULL",
+                              NameArray(names))) {
+            views.push_back(r[0].as<std::string>());
+          }
           const int live =
               tx.exec_params1(absl::StrCat("SELECT generation FROM ", schema_,
                                            ".projections WHERE name = $1 "
@@ -600,15 +627,6 @@ class Rebuild {
             return absl::FailedPreconditionError(absl::StrCat(
                 "projection '", p_.name,
                 "' was swapped by another rebuild meanwhile; run again"));
-          }
-          std::vector<std::string> views;
-          for (const ProjectionTable& t : p_.tables) {
-            const std::string view = absl::StrCat(schema_, ".", t.name);
-            if (!tx.exec_params1("SELECT to_regclass($1) IS NOT NULL", view)[0]
-                     .as<bool>()) {
-              continue;  // a table this version adds: PointViews creates it
-            }
-            views.push_back(view);
           }
           if (!views.empty()) {
             tx.exec(absl::StrCat("LOCK TABLE ", absl::StrJoin(views, ", "),
