@@ -163,7 +163,8 @@ std::string ParseFlags(const std::vector<std::string>& args,
       continue;
     }
     if (allowed_flag("positional") &&
-        (name.rfind("--", 0) != 0 || name == "--json" || name == "--all")) {
+        (name.rfind("--", 0) != 0 || name == "--json" || name == "--all" ||
+         name == "--fast")) {
       flags.positional.push_back(args[i]);
       continue;
     }

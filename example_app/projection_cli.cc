@@ -36,7 +36,12 @@ commands:
   rebuild <name>... | --all rebuild read models without downtime (a progress
                             bar on a terminal); Ctrl-C stops it and leaves the
                             live read model untouched; running it again
-                            resumes
+                            resumes. It writes in short transactions and
+                            pauses between them so that live projections
+                            keep their latency; --fast writes whole pages
+                            without pauses (several times faster, for quiet
+                            hours: every live projection in the cluster
+                            waits up to a page's write, about 0.1 s)
   parked [<name>]           the parked (dead-letter) events, oldest first
   replay-parked <name>      apply a projection's parked events again, in
                             order; those that fail again stay parked
@@ -197,7 +202,7 @@ class ProgressPrinter {
 };
 
 int Rebuild(cqrs::PgPool& pool, const std::string& schema,
-            const std::vector<std::string>& names, bool all) {
+            const std::vector<std::string>& names, bool all, bool fast) {
   std::vector<Projection> chosen;
   std::vector<Projection> known = BankProjections();
   if (all) {
@@ -236,6 +241,10 @@ int Rebuild(cqrs::PgPool& pool, const std::string& schema,
       printer.Print(r);
     };
     options.cancelled = [] { return interrupted.load(); };
+    if (fast) {
+      options.max_batch_duration = absl::ZeroDuration();
+      options.pause_share = 0;
+    }
     absl::Status s = cqrs::projections::RebuildProjection(&pool, store->get(),
                                                           p, schema, options);
     if (!s.ok()) {
@@ -322,13 +331,15 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
   }
   const std::string& command = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
-  bool json = false, all = false;
+  bool json = false, all = false, fast = false;
   std::vector<std::string> names;
   for (const std::string& a : rest) {
     if (a == "--json" && command == "status") {
       json = true;
     } else if (a == "--all" && command == "rebuild") {
       all = true;
+    } else if (a == "--fast" && command == "rebuild") {
+      fast = true;
     } else if (a.rfind("--", 0) == 0 ||
                (command != "rebuild" && command != "parked" &&
                 command != "replay-parked" && command != "resume")) {
@@ -339,7 +350,7 @@ int RunProjectionsCommand(cqrs::PgPool& pool, const std::string& schema,
   }
   if (command == "list") return List();
   if (command == "status") return Status(pool, schema, json);
-  if (command == "rebuild") return Rebuild(pool, schema, names, all);
+  if (command == "rebuild") return Rebuild(pool, schema, names, all, fast);
   if (command == "parked") return Parked(pool, schema, names);
   if (command == "replay-parked") return ReplayParked(pool, schema, names);
   if (command == "resume") return Resume(pool, schema, names);

@@ -206,6 +206,9 @@ class Rebuild {
     if (options_.max_batch_duration < absl::ZeroDuration()) {
       return absl::InvalidArgumentError("max_batch_duration must not be < 0");
     }
+    if (!(options_.pause_share >= 0 && options_.pause_share <= 0.9)) {
+      return absl::InvalidArgumentError("pause_share must be 0 to 0.9");
+    }
     if (options_.swap_lock_timeout < absl::Milliseconds(1)) {
       return absl::InvalidArgumentError(
           "swap_lock_timeout must be at least 1 ms");
@@ -367,8 +370,14 @@ class Rebuild {
       const size_t n = std::min(events.size(), static_cast<size_t>(chunk_));
       const absl::Time start = absl::Now();
       RETURN_IF_ERROR(ApplyChunk(events.subspan(0, n)));
-      Adapt(absl::Now() - start);
+      const absl::Duration took = absl::Now() - start;
+      Adapt(took);
       events.remove_prefix(n);
+      if (options_.pause_share > 0) {
+        if (Cancelled()) return Interrupted();
+        absl::SleepFor(took *
+                       (options_.pause_share / (1 - options_.pause_share)));
+      }
     }
     return absl::OkStatus();
   }

@@ -182,7 +182,8 @@ class Worker {
     // failing event. (Not std::optional: GCC 12 warns falsely on it.)
     bool isolating = false;
     Position isolate_until;
-    absl::Duration busy_wait = absl::Milliseconds(1);
+    // Reads in a row that did not reach a notified position.
+    int hidden_polls = 0;
     while (!stopping()) {
       if (outdated_) {
         // The stored read model is another version's: not ours to apply,
@@ -306,17 +307,17 @@ class Worker {
         case BatchResult::kFull:
         case BatchResult::kRaced:
           SetState("catching_up");
-          busy_wait = absl::Milliseconds(1);
+          hidden_polls = 0;
           continue;
         case BatchResult::kPartial:
-          busy_wait = absl::Milliseconds(1);
+          hidden_polls = 0;
           SetState("running");
           break;
         case BatchResult::kEmpty:
           SetState("running");
           break;
       }
-      WaitForEvents(&busy_wait);
+      WaitForEvents(&hidden_polls);
     }
   }
 
@@ -334,14 +335,25 @@ class Worker {
   // Live mode: returns when a notification says there is more, when the
   // poll interval passed, or when stopping. A notified position that the
   // last read did not reach yet (its transaction was not yet visible to
-  // readers) is retried after a short, growing pause.
-  void WaitForEvents(absl::Duration* busy_wait) {
+  // readers: an older transaction was still running) is read again after a
+  // pause: 1 ms for the first 20 times, since what hides it is most often
+  // an append or a rebuild's write batch that ends within milliseconds (a
+  // pause that doubled from the start overslept those by up to as long
+  // again, read-your-writes included), then doubling up to 50 ms, so that
+  // a long transaction is not polled every millisecond for its whole life.
+  void WaitForEvents(int* hidden_polls) {
     absl::MutexLock lock(&mu_);
     if (status_.position < notified_) {
-      mu_.AwaitWithTimeout(absl::Condition(&stopping_), *busy_wait);
-      *busy_wait = std::min(*busy_wait * 2, absl::Milliseconds(50));
+      constexpr int kQuickPolls = 20;
+      const int slow = std::max(0, *hidden_polls - kQuickPolls);
+      ++*hidden_polls;
+      mu_.AwaitWithTimeout(
+          absl::Condition(&stopping_),
+          std::min(absl::Milliseconds(int64_t{1} << std::min(slow, 6)),
+                   absl::Milliseconds(50)));
       return;
     }
+    *hidden_polls = 0;
     auto more = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_ || poked_ || status_.position < notified_;
     };

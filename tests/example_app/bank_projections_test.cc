@@ -409,7 +409,16 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
     CHECK(swapped == BankProjections().size());  // not the process manager
     CHECK(ReadBalances(schema) == want);
     CheckOtherModels(schema, want);
+    // Whole pages without pauses: the same result.
+    Run fast = BankCli(schema, "projections rebuild account_balances --fast");
+    INFO(fast.output);
+    CHECK(fast.exit_code == 0);
+    CHECK(absl::StrContains(fast.output, "swapped"));
+    CHECK(ReadBalances(schema) == want);
   }
+  Run fast_status = BankCli(schema, "projections status --fast");
+  CHECK(fast_status.exit_code == 2);
+  CHECK(absl::StrContains(fast_status.output, "unexpected argument '--fast'"));
   Run parked = BankCli(schema, "projections parked");
   CHECK(parked.exit_code == 0);
   CHECK(absl::StrContains(parked.output, "0 parked event(s)"));

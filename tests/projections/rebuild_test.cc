@@ -574,5 +574,34 @@ TEST_CASE(
   runner->Stop();
 }
 
+TEST_CASE("rebuild options out of range are refused and change nothing",
+          "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  AppendAdded(*store, 10, 5);
+  const Projection ledger = Ledger("ledger");
+  for (double share : {-0.1, 0.95}) {
+    INFO(share);
+    RebuildOptions options;
+    options.pause_share = share;
+    absl::Status s = RebuildProjection(&schema.pool(), store.get(), ledger,
+                                       schema.name(), options);
+    CHECK(absl::IsInvalidArgument(s));
+    CHECK(absl::StrContains(s.message(), "pause_share"));
+  }
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".projection_rebuilds")) == 0);
+  // In range: pauses between writes, same result.
+  RebuildOptions options;
+  options.batch_size = 3;
+  options.pause_share = 0.9;
+  REQUIRE(RebuildProjection(&schema.pool(), store.get(), ledger, schema.name(),
+                            options)
+              .ok());
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".ledger")) == 10);
+}
+
 }  // namespace
 }  // namespace cqrs::projections
