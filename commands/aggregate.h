@@ -67,8 +67,8 @@
 #include "commands/command_metadata.h"
 #include "commands/state_cache.h"
 #include "eventstore/event_store.h"
+#include "framework/error_code.h"
 #include "framework/event_registry.h"
-#include "framework/http/status_mapping.h"
 
 namespace cqrs::commands {
 
@@ -227,11 +227,10 @@ class AggregateType {
           loaded.reset();
           continue;
         }
-        return http::WithErrorCode(
-            absl::AbortedError(absl::StrCat("expected version ",
-                                            *execute.required_version,
-                                            ", current version ", version)),
-            "version_conflict");
+        return WithErrorCode(absl::AbortedError(absl::StrCat(
+                                 "expected version ", *execute.required_version,
+                                 ", current version ", version)),
+                             "version_conflict");
       }
 
       absl::StatusOr<std::vector<Event>> decided = decide(state, version);
@@ -279,7 +278,7 @@ class AggregateType {
       }
       cache_.Erase(stream);
       if (attempt + 1 >= execute.max_attempts) {
-        return http::WithErrorCode(
+        return WithErrorCode(
             absl::AbortedError(absl::StrCat("stream '", stream,
                                             "' kept changing; gave up after ",
                                             execute.max_attempts, " attempts")),

@@ -5,7 +5,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "framework/http/status_mapping.h"
+#include "framework/error_code.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 
@@ -28,7 +28,7 @@ CREATE INDEX idempotency_keys_created_idx
 };
 
 absl::Status KeyReused() {
-  return http::WithErrorCode(
+  return WithErrorCode(
       absl::FailedPreconditionError(
           "this Idempotency-Key was already used with a different request"),
       "idempotency_key_reused");

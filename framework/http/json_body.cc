@@ -95,10 +95,6 @@ absl::StatusOr<bool> BoolValue(const rapidjson::Value& value,
 
 }  // namespace
 
-absl::Status InvalidRequest(absl::string_view message) {
-  return WithErrorCode(absl::InvalidArgumentError(message), "invalid_request");
-}
-
 absl::Status ParseJsonBody(absl::string_view body, rapidjson::Document* doc,
                            EmptyBody empty) {
   if (absl::StripAsciiWhitespace(body).empty()) {

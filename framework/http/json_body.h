@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
+#include "framework/error_code.h"
 #include "rapidjson/fwd.h"
 
 namespace cqrs {
@@ -94,8 +95,9 @@ absl::Status RejectUnknownFields(
     std::initializer_list<absl::string_view> allowed);
 
 // kInvalidArgument with code invalid_request and `message`: for checks the
-// helpers above do not cover (e.g. "from and to must differ").
-absl::Status InvalidRequest(absl::string_view message);
+// helpers above do not cover (e.g. "from and to must differ"). Declared in
+// framework/error_code.h.
+using ::cqrs::InvalidRequest;
 
 }  // namespace http
 }  // namespace cqrs

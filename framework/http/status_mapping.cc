@@ -11,9 +11,6 @@ namespace cqrs {
 namespace http {
 namespace {
 
-constexpr char kErrorCodeUrl[] = "type.cqrs.dev/http.error_code";
-constexpr char kHttpStatusUrl[] = "type.cqrs.dev/http.status";
-
 struct DefaultMapping {
   int http_status;
   absl::string_view code;
@@ -53,34 +50,6 @@ DefaultMapping DefaultFor(absl::StatusCode code) {
 }
 
 }  // namespace
-
-absl::Status WithErrorCode(absl::Status status, absl::string_view code) {
-  if (!status.ok()) status.SetPayload(kErrorCodeUrl, absl::Cord(code));
-  return status;
-}
-
-std::string ErrorCodeOf(const absl::Status& status) {
-  absl::optional<absl::Cord> payload = status.GetPayload(kErrorCodeUrl);
-  if (!payload.has_value()) return std::string();
-  return std::string(*payload);
-}
-
-absl::Status WithHttpStatus(absl::Status status, int http_status) {
-  if (!status.ok()) {
-    status.SetPayload(kHttpStatusUrl, absl::Cord(absl::StrCat(http_status)));
-  }
-  return status;
-}
-
-absl::optional<int> HttpStatusOf(const absl::Status& status) {
-  absl::optional<absl::Cord> payload = status.GetPayload(kHttpStatusUrl);
-  int value = 0;
-  if (!payload.has_value() ||
-      !absl::SimpleAtoi(std::string(*payload), &value)) {
-    return absl::nullopt;
-  }
-  return value;
-}
 
 int HttpStatusFor(const absl::Status& status) {
   if (status.ok()) return 500;

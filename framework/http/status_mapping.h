@@ -1,6 +1,6 @@
 // The one place that turns an absl::Status into an HTTP error response.
 //
-//   return http::ResponseFromStatus(http::WithErrorCode(
+//   return http::ResponseFromStatus(cqrs::WithErrorCode(
 //       absl::FailedPreconditionError("insufficient funds"),
 //       "insufficient_funds"));   // 422
 //       {"error":{"code":"insufficient_funds",...
@@ -40,26 +40,18 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
+#include "framework/error_code.h"
 #include "framework/http/message.h"
 
 namespace cqrs {
 namespace http {
 
-// Returns `status` carrying the error code `code` (snake_case, e.g.
-// "account_not_found"), replacing any code attached before. An OK status is
-// returned unchanged (payloads cannot be attached to it).
-absl::Status WithErrorCode(absl::Status status, absl::string_view code);
-
-// The code attached by WithErrorCode(), or an empty string.
-std::string ErrorCodeOf(const absl::Status& status);
-
-// Returns `status` carrying an explicit HTTP status (e.g. 409 instead of the
-// default 422 of kFailedPrecondition). Values outside 400..599 are ignored by
-// ResponseFromStatus(). An OK status is returned unchanged.
-absl::Status WithHttpStatus(absl::Status status, int http_status);
-
-// The HTTP status attached by WithHttpStatus(), or nullopt.
-absl::optional<int> HttpStatusOf(const absl::Status& status);
+// Error codes live in framework/error_code.h (commands and other layers
+// attach them without knowing HTTP); these names keep working here.
+using ::cqrs::ErrorCodeOf;
+using ::cqrs::HttpStatusOf;
+using ::cqrs::WithErrorCode;
+using ::cqrs::WithHttpStatus;
 
 // The HTTP status ResponseFromStatus() sends for `status`.
 int HttpStatusFor(const absl::Status& status);
