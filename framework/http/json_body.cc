@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "framework/http/status_mapping.h"
+#include "framework/json_shape.h"
 #include "rapidjson/document.h"
 #include "rapidjson/error/en.h"
 
@@ -116,6 +117,13 @@ absl::Status ParseJsonBody(absl::string_view body, rapidjson::Document* doc,
   if (!doc->IsObject()) {
     return InvalidRequest(absl::StrCat(
         "request body must be a JSON object, not ", TypeName(*doc)));
+  }
+  // RapidJSON keeps both members of {"owner":"a","owner":"b"} and FindMember
+  // returns the first, while PostgreSQL's jsonb keeps the last: refuse the
+  // ambiguity.
+  const absl::optional<std::string> duplicate = json::FindDuplicateKey(*doc);
+  if (duplicate.has_value()) {
+    return InvalidRequest(absl::StrCat("duplicate field \"", *duplicate, "\""));
   }
   return absl::OkStatus();
 }

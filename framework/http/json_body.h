@@ -43,7 +43,8 @@ enum class EmptyBody {
 
 // Parses `body` into `doc`, requiring a single JSON object in valid UTF-8.
 // Returns invalid_json for malformed JSON (the message names the offset) and
-// invalid_request for valid JSON that is not an object.
+// invalid_request for valid JSON that is not an object, or in which an
+// object names a member twice at any depth ("duplicate field \"owner\"").
 absl::Status ParseJsonBody(absl::string_view body, rapidjson::Document* doc,
                            EmptyBody empty = EmptyBody::kReject);
 

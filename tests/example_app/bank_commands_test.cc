@@ -419,6 +419,28 @@ TEST_CASE("bad input gets the contract's error and appends nothing",
   CHECK(f.EventCount() == before);
 }
 
+TEST_CASE("a request body naming a field twice is refused", "[bank][pg]") {
+  BankFixture f;
+  const long long before = f.EventCount();
+  for (
+      const char* body :
+      {R"({"owner":"a","owner":"b","currency":"EUR","account_id":"dup"})",
+       R"({"owner":"a","currency":"EUR","account_id":"dup","currency":"USD"})",
+       R"({"owner":"a","currency":"EUR","account_id":"dup","account_id":"x"})"}) {
+    INFO(body);
+    auto r = f.Post("/accounts", body);
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+    CHECK(absl::StrContains(r.body, "duplicate field"));
+  }
+  CHECK(f.EventCount() == before);
+  // No account was opened: the same body without the repeat opens it (201,
+  // not 409 account_exists).
+  CHECK(f.Post("/accounts",
+               R"({"owner":"a","currency":"EUR","account_id":"dup"})")
+            .status == 201);
+}
+
 TEST_CASE("correlation ids are echoed and stamped into events", "[bank][pg]") {
   BankFixture f;
   auto r = f.Post("/accounts",

@@ -59,6 +59,29 @@ TEST_CASE("a JSON body must be an object", "[http]") {
   CHECK(ResponseFromStatus(status).status == 400);
 }
 
+TEST_CASE("a member named twice is invalid_request at any depth", "[http]") {
+  struct Case {
+    const char* body;
+    const char* message;
+  };
+  for (const Case& c : {
+           Case{R"({"owner":"a","owner":"b"})", "duplicate field \"owner\""},
+           Case{R"({"owner":"a","currency":"EUR","owner":"a"})",
+                "duplicate field \"owner\""},
+           Case{R"({"a":{"b":1,"b":1}})", "duplicate field \"a.b\""},
+           Case{R"({"a":[{},{"c":[{"d":1,"d":null}]}]})",
+                "duplicate field \"a[1].c[0].d\""},
+       }) {
+    INFO(c.body);
+    rapidjson::Document doc;
+    const absl::Status status = ParseJsonBody(c.body, &doc);
+    CheckInvalidRequest(status, c.message);
+  }
+  // The same name in different objects is fine.
+  rapidjson::Document doc;
+  CHECK(ParseJsonBody(R"({"a":{"a":1},"b":[{"a":1},{"a":2}]})", &doc).ok());
+}
+
 TEST_CASE("an empty body may count as an empty object", "[http]") {
   rapidjson::Document doc;
   REQUIRE(ParseJsonBody(" \n", &doc, EmptyBody::kAsEmptyObject).ok());
