@@ -20,7 +20,10 @@
 
 namespace bank {
 
-// Registers the routes above in `router`, reading the views in `schema`.
+// Registers the routes above in `router`, reading the views in `schema`,
+// which must be the one `queries` expands `{table}` placeholders with
+// (QueryServiceOptions::schema); otherwise records kInvalidArgument in
+// router.status() and registers nothing.
 void RegisterBankQueries(cqrs::queries::QueryService& queries,
                          cqrs::http::Router& router, absl::string_view schema);
 

@@ -67,6 +67,7 @@ absl::StatusOr<std::unique_ptr<BankService>> BankService::Create(
 
   cqrs::queries::QueryServiceOptions query_options;
   query_options.conninfo = pool->conninfo();
+  query_options.schema = options.schema;
   query_options.threads = options.query_threads;
   query_options.batch_concurrency = options.batch_concurrency;
   query_options.max_queued = options.max_queued_queries;

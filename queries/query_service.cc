@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "framework/http/status_mapping.h"
+#include "framework/migrations.h"
 #include "framework/status_macros.h"
 
 namespace cqrs::queries {
@@ -93,6 +94,9 @@ absl::StatusOr<std::unique_ptr<QueryService>> QueryService::Create(
     return absl::InvalidArgumentError(
         "query threads and max_queued must be at least 1");
   }
+  if (!options.schema.empty()) {
+    RETURN_IF_ERROR(ValidateSchemaName(options.schema));
+  }
   if (options.default_wait < absl::ZeroDuration() ||
       options.default_wait > options.max_wait) {
     return absl::InvalidArgumentError(
@@ -132,6 +136,8 @@ void QueryService::Prepare(pqxx::connection& conn) const {
     // Read-only sessions: a query handler cannot write, whatever it runs.
     tx.exec("SET default_transaction_read_only = on");
     tx.exec("SET application_name = 'cqrs queries'");
+    // What queries/json_rows.h reads timestamps and dates in.
+    tx.exec("SET DateStyle = ISO");
   }
   for (const auto& route : routes_) {
     for (const auto& [name, sql] : route->route.prepared) {
@@ -147,6 +153,16 @@ void QueryService::Add(http::Router& router, QueryRoute route) {
         absl::StrCat("query route ", route.pattern,
                      " needs exactly one of handler and batch_handler")));
     return;
+  }
+  for (auto& [name, sql] : route.prepared) {
+    absl::StatusOr<std::string> expanded = ExpandTables(sql, options_.schema);
+    if (!expanded.ok()) {
+      router.RecordError(absl::InvalidArgumentError(
+          absl::StrCat("query route ", route.pattern, ", statement ", name,
+                       ": ", expanded.status().message())));
+      return;
+    }
+    sql = *std::move(expanded);
   }
   routes_.push_back(std::make_unique<RouteState>(std::move(route)));
   RouteState* r = routes_.back().get();
@@ -335,9 +351,11 @@ http::Response QueryService::Run(const QueryRoute& route,
   // Taken before the read: the read reflects at least this position.
   const Position position = tracker_->Current(route.projections);
   absl::StatusOr<http::Response> result;
-  absl::Status status = InSession(
-      route.snapshot,
-      [&](pqxx::transaction_base& tx) { result = route.handler(request, tx); });
+  absl::Status status =
+      InSession(route.snapshot, [&](pqxx::transaction_base& tx) {
+        QueryContext context(request, tx, options_.schema);
+        result = route.handler(context);
+      });
   http::Response response =
       status.ok() ? ToResponse(std::move(result)) : ToResponse(status);
   response.SetHeader(kProjectionPositionHeader, position.ToToken());

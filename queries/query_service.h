@@ -4,8 +4,11 @@
 //
 //   ASSIGN_OR_RETURN(auto queries, QueryService::Create(tracker.get(), opts));
 //   queries->Add(router, {"/accounts/{id}", {"account_balances"},
-//       [](const http::Request& r, pqxx::transaction_base& tx)
-//           -> absl::StatusOr<http::Response> { ... }});
+//       [](QueryContext& q) -> absl::StatusOr<http::Response> {
+//         return q.One("SELECT account_id, balance FROM {account_balances} "
+//                      "WHERE account_id = $1",
+//                      {q.Param("id")}, "account_not_found");
+//       }});
 //
 // For each request the service:
 //  - reads the wanted position from `X-Min-Position` (or `?min_position=`,
@@ -24,7 +27,9 @@
 //    least checkpoint of the route's projections taken before the read, so
 //    the answer reflects at least every event up to it.
 // Handlers read the projections' views (`<schema>.<table>`), never the
-// event store's tables.
+// event store's tables: SQL given to the service (QueryRoute::prepared, and
+// QueryContext's statements) names them `{table}`, expanded with
+// QueryServiceOptions::schema (queries/query_context.h).
 //
 // This header is for PostgreSQL-facing code: handlers receive a libpqxx
 // transaction.
@@ -40,6 +45,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -51,6 +57,7 @@
 #include "framework/pg_pool.h"
 #include "framework/worker_pool.h"
 #include "queries/progress_tracker.h"
+#include "queries/query_context.h"
 
 namespace pqxx {
 class transaction_base;
@@ -64,13 +71,68 @@ inline constexpr absl::string_view kProjectionPositionHeader =
     "X-Projection-Position";
 
 // Returns the response, or an error that becomes one
-// (http::ResponseFromStatus): attach codes with http::WithErrorCode.
+// (http::ResponseFromStatus): attach codes with cqrs::WithErrorCode.
+using ContextQueryHandler =
+    std::function<absl::StatusOr<http::Response>(QueryContext&)>;
+// The earlier form, without placeholders or response helpers.
 using QueryHandler = std::function<absl::StatusOr<http::Response>(
     const http::Request&, pqxx::transaction_base&)>;
 
+// QueryRoute::handler: holds a function of either form above.
+class RouteHandler {
+ public:
+  RouteHandler() = default;
+  template <
+      typename F,
+      std::enable_if_t<std::is_invocable_r_v<absl::StatusOr<http::Response>, F&,
+                                             QueryContext&>,
+                       int> = 0>
+  RouteHandler(F f) {  // NOLINT: implicit, to assign and brace-init routes
+    if (IsSet(f)) fn_ = std::move(f);
+  }
+  template <
+      typename F,
+      std::enable_if_t<!std::is_invocable_v<F&, QueryContext&> &&
+                           std::is_invocable_r_v<absl::StatusOr<http::Response>,
+                                                 F&, const http::Request&,
+                                                 pqxx::transaction_base&>,
+                       int> = 0>
+  RouteHandler(F f) {  // NOLINT
+    if (!IsSet(f)) return;
+    fn_ =
+        [f = std::move(f)](QueryContext& q) -> absl::StatusOr<http::Response> {
+      return f(q.request(), q.tx());
+    };
+  }
+
+  explicit operator bool() const { return static_cast<bool>(fn_); }
+  absl::StatusOr<http::Response> operator()(QueryContext& q) const {
+    return fn_(q);
+  }
+
+ private:
+  // An empty std::function stays an empty handler.
+  template <typename F>
+  static bool IsSet(const F& f) {
+    if constexpr (std::is_constructible_v<bool, const F&> &&
+                  !std::is_class_v<F>) {
+      return static_cast<bool>(f);  // a function pointer
+    } else if constexpr (std::is_same_v<F, QueryHandler> ||
+                         std::is_same_v<F, ContextQueryHandler>) {
+      return static_cast<bool>(f);
+    } else {
+      return true;
+    }
+  }
+
+  ContextQueryHandler fn_;
+};
+
 // Answers several requests of one route at once (typically with one
 // statement over all their keys): returns exactly one response or error per
-// request, in the order given.
+// request, in the order given. Batch handlers keep this form: they name their
+// tables through QueryRoute::prepared, and build bodies with RowToJson()
+// (queries/json_rows.h).
 using BatchQueryHandler =
     std::function<std::vector<absl::StatusOr<http::Response>>(
         const std::vector<const http::Request*>&, pqxx::transaction_base&)>;
@@ -83,27 +145,36 @@ enum class Snapshot {
   kShared,
 };
 
+// Every member but `pattern` has a default initializer, so that the short
+// form `{pattern, projections, handler}` compiles without
+// -Wmissing-field-initializers.
 struct QueryRoute {
   // Absolute path pattern (http::Router syntax); the method is GET.
   std::string pattern;
   // The projections whose tables the handler reads; read-your-writes waits
   // for all of them.
-  std::vector<std::string> projections;
+  std::vector<std::string> projections{};
   // Exactly one of the two. With `batch_handler`, requests that arrive
   // while the query threads are busy are answered together, up to
   // `max_batch` at a time: under load, one statement serves many requests.
-  QueryHandler handler;
-  BatchQueryHandler batch_handler;
+  // `handler` takes a QueryContext&, or (const http::Request&,
+  // pqxx::transaction_base&).
+  RouteHandler handler{};
+  BatchQueryHandler batch_handler{};
   Snapshot snapshot = Snapshot::kPerStatement;
   // Statements prepared on every read session as (name, SQL), for
-  // tx.exec_prepared(name, ...) in the handler. Names are global to the
-  // service: give each statement its own.
-  std::vector<std::pair<std::string, std::string>> prepared;
+  // Statement::Prepared(name) or tx.exec_prepared(name, ...) in the handler.
+  // The SQL's `{table}` placeholders are expanded by Add(). Names are global
+  // to the service: give each statement its own.
+  std::vector<std::pair<std::string, std::string>> prepared{};
 };
 
 struct QueryServiceOptions {
   // libpq connection string for the read sessions. Never logged.
   std::string conninfo;
+  // The schema of the projections' views, for `{table}` placeholders
+  // (cqrs::ValidateSchemaName). Empty: SQL with a placeholder is an error.
+  std::string schema;
   // Query threads, and read sessions (one each).
   int threads = 8;
   // Queries waiting for a thread beyond this many get 503 overloaded (per
@@ -145,8 +216,13 @@ class QueryService {
   ~QueryService();
 
   // Registers `route` as GET in `router`. A route without exactly one
-  // handler is recorded in router.status() as kInvalidArgument.
+  // handler, or with a prepared statement whose placeholders do not expand
+  // (ExpandTables()), is recorded in router.status() as kInvalidArgument and
+  // not registered.
   void Add(http::Router& router, QueryRoute route);
+
+  // QueryServiceOptions::schema: where `{table}` placeholders point.
+  const std::string& schema() const { return options_.schema; }
 
   // The read sessions' pool, for metrics.
   PgPool::Stats pool_stats() const { return pool_->stats(); }
