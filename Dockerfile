@@ -13,7 +13,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       g++ make cmake pkg-config \
-      libpqxx-dev libboost-dev rapidjson-dev libabsl-dev \
+      libpqxx-dev libboost-dev rapidjson-dev libabsl-dev libcli11-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -7,6 +7,8 @@ find_package(Boost 1.74 REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PQXX REQUIRED IMPORTED_TARGET libpqxx>=6.4)
 find_package(RapidJSON REQUIRED)
+# Command lines (app/cli.cc); header-only.
+find_package(CLI11 2.1 REQUIRED)
 
 if(NOT TARGET cqrs_third_party::rapidjson)
   add_library(cqrs_third_party::rapidjson INTERFACE IMPORTED)

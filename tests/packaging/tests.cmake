@@ -2,8 +2,9 @@
 # tree itself: run them after a full `cmake --build` (scripts/test does).
 set(CQRS_PACKAGING_WORK_DIR ${CMAKE_BINARY_DIR}/packaging-test)
 
-# `cmake --install` into a scratch prefix, then docs/example-app built
-# against it with find_package(cqrs).
+# `cmake --install` into a scratch prefix, then docs/example-app and
+# docs/inventory-app built against it with find_package(cqrs); the apps are
+# tested from outside by examples_test (tests/CMakeLists.txt).
 add_test(NAME packaging_find_package
   COMMAND ${CMAKE_CURRENT_LIST_DIR}/find_package_test.sh
     ${CMAKE_COMMAND} ${CMAKE_BINARY_DIR} ${PROJECT_SOURCE_DIR}
@@ -13,16 +14,6 @@ set_tests_properties(packaging_find_package PROPERTIES
   LABELS packaging
   FIXTURES_SETUP cqrs_example_app
   # Also reinstalls into the work dir: never two at once.
-  RESOURCE_LOCK cqrs_packaging_work_dir)
-
-# That example, run against PostgreSQL (CQRS_TEST_DATABASE_URL).
-add_test(NAME packaging_example_self_test
-  COMMAND ${CMAKE_CURRENT_LIST_DIR}/example_self_test.sh
-    ${CQRS_PACKAGING_WORK_DIR}/example/counter_app)
-set_tests_properties(packaging_example_self_test PROPERTIES
-  TIMEOUT 180
-  LABELS "packaging;pg"
-  FIXTURES_REQUIRED cqrs_example_app
   RESOURCE_LOCK cqrs_packaging_work_dir)
 
 add_test(NAME packaging_compose_config

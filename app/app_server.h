@@ -1,0 +1,105 @@
+// A running app: what `APP serve` runs, for programs and tests that run an
+// app in-process (App::Main's `serve` is OpenDatabase, migrate, Start, Run).
+//
+//   ASSIGN_OR_RETURN(auto server, cqrs::AppServer::Start(app, pool, {}));
+//   ... requests to 127.0.0.1:server->port() ...
+//   server->Stop();   // or Run(): until SIGINT or SIGTERM
+//
+// Start() builds the parts (one event store, the idempotency store and its
+// hourly purge, the projection runner feeding the progress tracker, the
+// query service, the operations endpoints, the router with every declared
+// route, /healthz, /readyz, /openapi.json) and starts them and the HTTP
+// server. Stop() shuts down in order: parked read-your-writes queries are
+// answered 503 at once, requests in flight drain, then the projections,
+// the tracker and the query threads stop.
+//
+// Thread-safety: Start/Run/Stop from one thread (Stop may also come from
+// another while Run blocks). `app` and `pool` must outlive the server.
+#ifndef APP_APP_SERVER_H_
+#define APP_APP_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "app/app.h"
+#include "eventstore/position.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/http/router.h"
+#include "framework/metrics.h"
+#include "framework/pg_pool.h"
+#include "projections/runner.h"
+#include "queries/progress_tracker.h"
+
+namespace cqrs {
+
+struct ServeOptions {
+  // The app's schema (migrated: MigrateApp()). Empty: the app's default.
+  std::string schema;
+  // HOST:PORT; port 0 picks a free one (AppServer::port()).
+  std::string listen = "127.0.0.1:0";
+  int network_threads = 2;
+  int worker_threads = 16;
+  int query_threads = 8;
+  // Batches of one batched query route at once (0: query_threads).
+  int batch_concurrency = 2;
+  int max_connections = 1024;
+  // Requests waiting for a worker (and queries for a query thread) beyond
+  // this get 503 overloaded; 0: min(256, max_connections / 4).
+  int max_queued_requests = 0;
+  absl::Duration idempotency_retention = absl::Hours(24);
+  // Run the projections and process managers here (`serve` without
+  // --no-projections); otherwise reads follow another process's.
+  bool run_projections = true;
+  // For tests: how often the runner polls without a notification and the
+  // tracker re-reads the checkpoints.
+  absl::Duration poll_interval = absl::Seconds(1);
+  // For tests: ProjectionRunnerOptions::before_commit_for_testing.
+  std::function<absl::Status(absl::string_view projection,
+                             eventstore::Position last)>
+      before_commit_for_testing;
+};
+
+// Creates or upgrades every table an app needs in `schema` (idempotent).
+absl::Status MigrateApp(PgPool& pool, absl::string_view schema);
+
+class AppServer {
+ public:
+  // Errors: kFailedPrecondition for definition errors of `app` (all of
+  // them in the message) or an unmigrated schema; kInvalidArgument for bad
+  // options; kUnavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<AppServer>> Start(App& app,
+                                                          PgPool* pool,
+                                                          ServeOptions options);
+  ~AppServer();  // Stop()
+
+  // The bound port.
+  int port() const;
+  // Blocks until SIGINT or SIGTERM (or Stop() from another thread), then
+  // stops as Stop() does.
+  absl::Status Run();
+  // Graceful, ordered shutdown (see above); idempotent.
+  void Stop();
+
+  eventstore::PostgresEventStore& store();
+  MetricsRegistry& metrics();
+  queries::ProgressTracker& tracker();
+  // Null unless the projections run here.
+  projections::ProjectionRunner* projector();
+  const http::Router& router() const;
+  // What raw routes get (AppRuntime).
+  const AppRuntime& runtime() const;
+
+ private:
+  struct Parts;
+  explicit AppServer(std::unique_ptr<Parts> parts);
+  std::unique_ptr<Parts> parts_;
+};
+
+}  // namespace cqrs
+
+#endif  // APP_APP_SERVER_H_

@@ -1,0 +1,88 @@
+// The subcommands every app gets (App::Main): what they do, apart from how
+// the command line is parsed (cli.cc).
+#ifndef APP_INTERNAL_COMMANDS_H_
+#define APP_INTERNAL_COMMANDS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "app/app.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/embedded_postgres.h"
+#include "framework/metrics.h"
+#include "framework/pg_pool.h"
+
+namespace cqrs::app_internal {
+
+inline constexpr int kOk = 0;
+inline constexpr int kFailure = 1;
+inline constexpr int kUsage = 2;
+
+struct DatabaseFlags {
+  std::string url;  // --database-url or $DATABASE_URL; empty: embedded
+  std::string data_dir;
+  std::string schema;
+  std::string log_format = "text";
+};
+
+struct ServeFlags {
+  std::string listen;
+  int threads = 2;
+  int workers = 16;
+  int query_threads = 8;
+  int pool_size = 0;  // 0: workers + 4
+  int max_connections = 1024;
+  int max_queued_requests = 0;  // 0: min(256, max_connections / 4)
+  int idempotency_hours = 24;
+  bool no_projections = false;
+};
+
+struct ProjectionsFlags {
+  std::string command;  // list, status, rebuild, parked, replay-parked, resume
+  std::vector<std::string> names;
+  bool all = false;
+  bool json = false;
+  bool fast = false;
+};
+
+// The database, and the embedded cluster it runs in when no URL was given
+// (kept running while this lives).
+struct Database {
+  std::unique_ptr<EmbeddedPostgres> embedded;
+  std::unique_ptr<PgPool> pool;
+};
+absl::StatusOr<Database> OpenDatabase(const std::string& program,
+                                      const DatabaseFlags& flags,
+                                      int pool_size);
+
+// The app's event store in `schema`; `events_appended` may be null.
+absl::StatusOr<std::unique_ptr<eventstore::PostgresEventStore>> OpenStore(
+    PgPool* pool, const std::string& schema, Counter* events_appended);
+
+// What a runner runs: the read models, then the process managers
+// (appending through `store`).
+std::vector<projections::Projection> RunnerProjections(
+    const App& app, eventstore::PostgresEventStore* store,
+    const std::string& schema);
+
+// Creates or upgrades every table the app's parts need in `schema`.
+absl::Status MigrateAll(PgPool& pool, const std::string& schema);
+
+// "<program>: <message>" on stderr; returns kFailure.
+int Fail(const App& app, const absl::Status& status);
+
+int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags);
+int Project(App& app, const DatabaseFlags& db);
+int Migrate(App& app, const DatabaseFlags& db);
+int Projections(App& app, const DatabaseFlags& db,
+                const ProjectionsFlags& flags);
+
+// The OpenAPI document generated from the app's routes.
+std::string GeneratedOpenApi(const App& app);
+
+}  // namespace cqrs::app_internal
+
+#endif  // APP_INTERNAL_COMMANDS_H_

@@ -1,0 +1,155 @@
+// The OpenAPI document an app serves at /openapi.json unless it sets its
+// own: every command route with the JSON Schema of its body, every query
+// route, and the operations endpoints.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
+#include "app/internal/commands.h"
+#include "app/internal/parts.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+
+namespace cqrs::app_internal {
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void String(Writer& w, absl::string_view s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+
+// The {name} parameters of a path pattern.
+std::vector<std::string> PathParameters(absl::string_view pattern) {
+  std::vector<std::string> names;
+  for (absl::string_view segment : absl::StrSplit(pattern, '/')) {
+    if (segment.size() > 2 && segment.front() == '{' && segment.back() == '}') {
+      names.emplace_back(segment.substr(1, segment.size() - 2));
+    }
+  }
+  return names;
+}
+
+void Parameters(Writer& w, absl::string_view pattern, bool read_your_writes) {
+  w.Key("parameters");
+  w.StartArray();
+  for (const std::string& name : PathParameters(pattern)) {
+    w.StartObject();
+    w.Key("name");
+    String(w, name);
+    w.Key("in");
+    w.String("path");
+    w.Key("required");
+    w.Bool(true);
+    w.Key("schema");
+    w.RawValue(R"({"type":"string"})", 17, rapidjson::kObjectType);
+    w.EndObject();
+  }
+  if (read_your_writes) {
+    for (const char* header : {"X-Min-Position", "X-Max-Wait-Ms"}) {
+      w.StartObject();
+      w.Key("name");
+      w.String(header);
+      w.Key("in");
+      w.String("header");
+      w.Key("schema");
+      w.RawValue(R"({"type":"string"})", 17, rapidjson::kObjectType);
+      w.EndObject();
+    }
+  }
+  w.EndArray();
+}
+
+void Responses(Writer& w, const std::vector<int>& codes) {
+  w.Key("responses");
+  w.StartObject();
+  for (int code : codes) {
+    const std::string key = std::to_string(code);
+    String(w, key);
+    w.StartObject();
+    w.Key("description");
+    w.String(code < 400 ? "success" : "error (see the error shape)");
+    w.EndObject();
+  }
+  w.EndObject();
+}
+
+}  // namespace
+
+std::string GeneratedOpenApi(const App& app) {
+  // pattern -> method -> writes the operation
+  std::map<std::string, std::map<std::string, std::function<void(Writer&)>>>
+      paths;
+  for (const App::Parts::CommandRoute& c : app.parts().command_routes) {
+    paths[c.pattern][absl::AsciiStrToLower(c.method)] = [&c](Writer& w) {
+      w.StartObject();
+      w.Key("operationId");
+      String(w, c.name ? c.name() : "command");
+      Parameters(w, c.pattern, false);
+      if (!c.body_schema.empty()) {
+        w.Key("requestBody");
+        w.StartObject();
+        w.Key("required");
+        w.Bool(true);
+        w.Key("content");
+        w.StartObject();
+        w.Key("application/json");
+        w.StartObject();
+        w.Key("schema");
+        w.RawValue(c.body_schema.data(), c.body_schema.size(),
+                   rapidjson::kObjectType);
+        w.EndObject();
+        w.EndObject();
+        w.EndObject();
+      }
+      Responses(w, {200, 400, 404, 409, 422, 503});
+      w.EndObject();
+    };
+  }
+  for (const queries::QueryRoute& q : app.parts().queries) {
+    paths[q.pattern]["get"] = [&q](Writer& w) {
+      w.StartObject();
+      Parameters(w, q.pattern, true);
+      Responses(w, {200, 400, 404, 503});
+      w.EndObject();
+    };
+  }
+  for (const char* pattern :
+       {"/healthz", "/readyz", "/metrics", "/projections", "/openapi.json"}) {
+    paths[pattern]["get"] = [](Writer& w) {
+      w.StartObject();
+      Responses(w, {200, 503});
+      w.EndObject();
+    };
+  }
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  w.Key("openapi");
+  w.String("3.1.0");
+  w.Key("info");
+  w.StartObject();
+  w.Key("title");
+  String(w, app.name());
+  w.Key("version");
+  w.String("1");
+  w.EndObject();
+  w.Key("paths");
+  w.StartObject();
+  for (const auto& [pattern, methods] : paths) {
+    String(w, pattern);
+    w.StartObject();
+    for (const auto& [method, write] : methods) {
+      String(w, method);
+      write(w);
+    }
+    w.EndObject();
+  }
+  w.EndObject();
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+}  // namespace cqrs::app_internal

@@ -1,0 +1,170 @@
+// serve, project and migrate: the wiring every app shares.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "app/app_server.h"
+#include "app/internal/commands.h"
+#include "app/internal/parts.h"
+#include "commands/http_command.h"
+#include "commands/idempotency.h"
+#include "commands/process_manager.h"
+#include "eventstore/postgres_event_store.h"
+#include "framework/http/request_metrics.h"
+#include "framework/http/server.h"
+#include "framework/http/status_mapping.h"
+#include "framework/log.h"
+#include "framework/migrations.h"
+#include "projections/runner.h"
+#include "queries/operations.h"
+#include "queries/progress_tracker.h"
+#include "queries/query_service.h"
+
+namespace cqrs::app_internal {
+namespace {
+
+void SetLogging(const DatabaseFlags& db) {
+  SetLogFormat(db.log_format == "json" ? LogFormat::kJson : LogFormat::kText);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<eventstore::PostgresEventStore>> OpenStore(
+    PgPool* pool, const std::string& schema, Counter* events_appended) {
+  eventstore::PostgresEventStoreOptions options;
+  options.schema = schema;
+  options.events_appended = events_appended;
+  return eventstore::PostgresEventStore::Create(pool, std::move(options));
+}
+
+// What the runner runs: the read models, then the process managers.
+std::vector<projections::Projection> RunnerProjections(
+    const App& app, eventstore::PostgresEventStore* store,
+    const std::string& schema) {
+  std::vector<projections::Projection> all = app.parts().projections;
+  for (const commands::ProcessManager& pm : app.parts().process_managers) {
+    all.push_back(commands::AsProjection(pm, store, schema));
+  }
+  return all;
+}
+
+absl::StatusOr<Database> OpenDatabase(const std::string& program,
+                                      const DatabaseFlags& flags,
+                                      int pool_size) {
+  Database db;
+  std::string url = flags.url;
+  if (url.empty()) {
+    EmbeddedPostgresOptions options;
+    options.data_dir = flags.data_dir;
+    options.database = flags.schema;
+    ASSIGN_OR_RETURN(db.embedded, EmbeddedPostgres::Start(options));
+    Log(LogLevel::kInfo, "embedded PostgreSQL ready",
+        {{"program", program},
+         {"data_dir", flags.data_dir},
+         {"owner", db.embedded->owns_server() ? "this process" : "another"}});
+    url = db.embedded->conninfo();
+  }
+  PgPoolOptions options;
+  options.conninfo = url;
+  options.max_connections = pool_size;
+  ASSIGN_OR_RETURN(db.pool, PgPool::Create(std::move(options)));
+  return db;
+}
+
+absl::Status MigrateAll(PgPool& pool, const std::string& schema) {
+  return MigrateApp(pool, schema);
+}
+
+int Fail(const App& app, const absl::Status& status) {
+  std::cerr << app.name() << ": " << status.message() << std::endl;
+  return kFailure;
+}
+
+int Migrate(App& app, const DatabaseFlags& db) {
+  auto database = OpenDatabase(app.name(), db, 2);
+  if (!database.ok()) return Fail(app, database.status());
+  if (absl::Status s = MigrateAll(*database->pool, db.schema); !s.ok()) {
+    return Fail(app, s);
+  }
+  std::cout << "schema '" << db.schema << "' is up to date" << std::endl;
+  return kOk;
+}
+
+int Project(App& app, const DatabaseFlags& db) {
+  SetLogging(db);
+  // Signals are taken synchronously: blocked here, before any thread
+  // starts, and awaited below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  auto database = OpenDatabase(app.name(), db, 8);
+  if (!database.ok()) return Fail(app, database.status());
+  PgPool* pool = database->pool.get();
+  if (absl::Status s = MigrateAll(*pool, db.schema); !s.ok()) {
+    return Fail(app, s);
+  }
+  auto store = OpenStore(pool, db.schema, nullptr);
+  if (!store.ok()) return Fail(app, store.status());
+  projections::ProjectionRunnerOptions options;
+  options.schema = db.schema;
+  auto runner = projections::ProjectionRunner::Create(
+      pool, store->get(), RunnerProjections(app, store->get(), db.schema),
+      options);
+  if (!runner.ok()) return Fail(app, runner.status());
+  (*runner)->Start();
+  Log(LogLevel::kInfo, "projector running",
+      {{"program", app.name()}, {"schema", db.schema}});
+  int signal = 0;
+  sigwait(&signals, &signal);
+  Log(LogLevel::kInfo, "projector stopping", {{"signal", signal}});
+  (*runner)->Stop();
+  return kOk;
+}
+
+int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
+  SetLogging(db);
+  auto database =
+      OpenDatabase(app.name(), db,
+                   flags.pool_size > 0 ? flags.pool_size : flags.workers + 4);
+  if (!database.ok()) return Fail(app, database.status());
+  if (absl::Status s = MigrateAll(*database->pool, db.schema); !s.ok()) {
+    return Fail(app, s);
+  }
+  ServeOptions options;
+  options.schema = db.schema;
+  options.listen = flags.listen;
+  options.network_threads = flags.threads;
+  options.worker_threads = flags.workers;
+  options.query_threads = flags.query_threads;
+  options.max_connections = flags.max_connections;
+  options.max_queued_requests = flags.max_queued_requests;
+  options.idempotency_retention = absl::Hours(flags.idempotency_hours);
+  options.run_projections = !flags.no_projections;
+  auto server = AppServer::Start(app, database->pool.get(), options);
+  if (!server.ok()) return Fail(app, server.status());
+  Log(LogLevel::kInfo, "listening",
+      {{"program", app.name()},
+       {"address", flags.listen},
+       {"port", (*server)->port()},
+       {"projections", flags.no_projections ? "elsewhere" : "here"}});
+  absl::Status ran = (*server)->Run();
+  // Stopped in order; the pool goes last, with `database`.
+  server->reset();
+  if (!ran.ok()) return Fail(app, ran);
+  Log(LogLevel::kInfo, "stopped", {{"program", app.name()}});
+  return kOk;
+}
+
+}  // namespace cqrs::app_internal

@@ -1,0 +1,144 @@
+// The application object's declaration rules (app/app.h): names written
+// once, subscriptions by C++ type, and every mistake reported before the
+// app touches a database. The apps themselves run in
+// tests/examples/examples_test.cc.
+#include "app/app.h"
+
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+
+namespace {
+
+namespace json = cqrs::json;
+
+struct Added {
+  int64_t n = 0;
+  static auto Json() { return json::Shape<Added>().Field("n", &Added::n); }
+};
+struct Removed {
+  int64_t n = 0;
+  static auto Json() { return json::Shape<Removed>().Field("n", &Removed::n); }
+};
+struct Tally {
+  int64_t total = 0;
+};
+using Tallies = cqrs::AggregateOf<Tally, Added, Removed>;
+
+std::string Errors(cqrs::App& app) {
+  return absl::StrJoin(app.Finalize(), "\n");
+}
+
+void NoOp(cqrs::ReadModel&, const cqrs::Recorded<Added>&) {}
+
+TEST_CASE("a complete app has no definition errors", "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added").Event<Removed>("Removed");
+  Tallies& tallies = app.Aggregate<Tally, Added, Removed>("tally");
+  tallies.On<Added>([](Tally& t, const Added& e) { t.total += e.n; });
+  app.Command<Added>("POST", "/tallies/{id}/add", tallies,
+                     [](const Tally&, const Added& a) -> Tallies::Decision {
+                       return Tallies::Emit(a);
+                     });
+  app.Projection("totals")
+      .Table("totals", "CREATE TABLE {table} (id text PRIMARY KEY)")
+      .On<Added>(NoOp);
+  app.Query("/tallies/{id}", {"totals"},
+            [](cqrs::QueryContext& q) -> absl::StatusOr<cqrs::http::Response> {
+              return q.One("SELECT id FROM {totals} WHERE id = $1",
+                           {q.Param("id")}, "tally_not_found");
+            });
+  CHECK(Errors(app).empty());
+  CHECK(app.options().schema == "tally");
+  CHECK(app.IdOf("tally-42") == "42");
+  CHECK(app.IdOf("tally-a-b") == "a-b");
+  CHECK(app.IdOf("other-42") == "other-42");
+  // The aggregate resolved its event names and folds them.
+  CHECK(tallies.StreamId("7") == "tally-7");
+}
+
+TEST_CASE("an event type used but never declared is a definition error",
+          "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added");
+  app.Aggregate<Tally, Added, Removed>("tally");  // Removed: not declared
+  app.Projection("totals")
+      .Table("totals", "CREATE TABLE {table} (id text PRIMARY KEY)")
+      .On<Removed>([](cqrs::ReadModel&, const cqrs::Recorded<Removed>&) {});
+  const std::string errors = Errors(app);
+  INFO(errors);
+  CHECK(absl::StrContains(errors, "aggregate 'tally' uses event type"));
+  CHECK(absl::StrContains(errors, "Removed"));
+  CHECK(absl::StrContains(errors, "projection 'totals' handles event type"));
+}
+
+TEST_CASE("names are declared once", "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added").Event<Removed>("Added");
+  app.Event<Added>("Other");
+  const std::string errors = Errors(app);
+  INFO(errors);
+  CHECK(absl::StrContains(errors, "event name 'Added' declared twice"));
+  CHECK(absl::StrContains(errors, "declared twice"));
+}
+
+TEST_CASE("raw projections, process managers and queries are checked too",
+          "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added");
+  cqrs::projections::Projection raw;
+  raw.name = "raw_totals";
+  raw.event_types = {"Addded"};  // a typo
+  raw.tables = {{"raw_totals", "CREATE TABLE {table} (id text)"}};
+  raw.apply = [](cqrs::projections::ProjectionContext&,
+                 cqrs::projections::EventBatch) { return absl::OkStatus(); };
+  app.AddProjection(raw);
+  cqrs::commands::ProcessManager pm;
+  pm.name = "raw_totals";  // taken by the projection
+  pm.event_types = {"Removed"};
+  pm.handle = [](cqrs::commands::ProcessContext&,
+                 const cqrs::eventstore::RecordedEvent&) {
+    return absl::OkStatus();
+  };
+  app.AddProcessManager(pm);
+  app.Projection("empty").Table("empty", "CREATE TABLE {table} (id text)");
+  app.Query("/x/{id}", {"totalz"},
+            [](cqrs::QueryContext& q) -> absl::StatusOr<cqrs::http::Response> {
+              return q.Many("SELECT 1");
+            });
+  const std::string errors = Errors(app);
+  INFO(errors);
+  CHECK(absl::StrContains(errors, "subscribes to event 'Addded'"));
+  CHECK(absl::StrContains(errors,
+                          "process manager 'raw_totals' subscribes "
+                          "to event 'Removed'"));
+  CHECK(absl::StrContains(errors, "has the name of another projection"));
+  CHECK(absl::StrContains(errors, "projection 'empty' handles no event"));
+  CHECK(absl::StrContains(errors, "reads projection 'totalz'"));
+}
+
+TEST_CASE("Main reports definition errors and exits 1 before any database",
+          "[app]") {
+  cqrs::App app("tally");
+  app.Aggregate<Tally, Added>("tally");
+  char name[] = "tally";
+  char command[] = "migrate";
+  char* argv[] = {name, command, nullptr};
+  CHECK(app.Main(2, argv) == 1);
+}
+
+TEST_CASE("decisions refuse with the contract's codes", "[app]") {
+  absl::Status rejected = cqrs::Reject("counter_full", "full");
+  CHECK(absl::IsFailedPrecondition(rejected));
+  CHECK(cqrs::ErrorCodeOf(rejected) == "counter_full");
+  absl::Status missing = cqrs::NotFound("counter_not_found", "none");
+  CHECK(absl::IsNotFound(missing));
+  CHECK(cqrs::ErrorCodeOf(missing) == "counter_not_found");
+  CHECK(Tallies::Emit(Added{1}, Removed{2}).size() == 2);
+}
+
+}  // namespace
