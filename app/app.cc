@@ -252,6 +252,16 @@ void App::AddQuery(queries::QueryRoute route) {
   parts_->queries.push_back(std::move(route));
 }
 
+void App::AddRoute(std::string method, std::string pattern,
+                   http::Handler handler, http::RouteOptions options) {
+  Parts::PlainRoute route;
+  route.method = std::move(method);
+  route.pattern = std::move(pattern);
+  route.handler = std::move(handler);
+  route.options = options;
+  parts_->plain_routes.push_back(std::move(route));
+}
+
 void App::SetOpenApi(std::string document) {
   parts_->openapi = std::move(document);
 }

@@ -342,6 +342,8 @@ class CommandBuilder {
                                               const Body&)>
         id;
     std::function<std::string(const CommandResult<State>&)> respond;
+    std::function<absl::Status(absl::string_view)> check_id;
+    bool require_body = false;
   };
 
   explicit CommandBuilder(std::shared_ptr<Spec> spec)
@@ -363,6 +365,20 @@ class CommandBuilder {
   CommandBuilder& IdFrom(Fn fn) {
     spec_->id = [fn = std::move(fn)](const http::Request&, const Body& body)
         -> absl::StatusOr<std::string> { return std::string(fn(body)); };
+    return *this;
+  }
+  // An app's own rule for ids (beyond 1 to 128 bytes of UTF-8 without
+  // control characters): fn(absl::string_view id) returns an error, usually
+  // InvalidRequest (400), to refuse the command before anything is loaded.
+  template <typename Fn>
+  CommandBuilder& CheckId(Fn fn) {
+    spec_->check_id = std::move(fn);
+    return *this;
+  }
+  // Refuses an empty body as invalid_json (400) instead of reading it as
+  // {}: for commands whose body carries what they do.
+  CommandBuilder& RequireBody() {
+    spec_->require_body = true;
     return *this;
   }
   // The response body (default {"id", "version", "position"}):
@@ -507,47 +523,26 @@ class App {
   CommandBuilder<Body, State>& Command(std::string method, std::string pattern,
                                        AggregateOf<State, Es...>& aggregate,
                                        Decide decide) {
-    using Builder = CommandBuilder<Body, State>;
-    auto spec = std::make_shared<typename Builder::Spec>();
-    spec->name = DefaultCommandName(pattern);
+    using Type = typename AggregateOf<State, Es...>::Type;
     AggregateOf<State, Es...>* agg = &aggregate;
-    AddCommandRoute(
+    return CommandOn<Body, State, std::variant<Es...>>(
         std::move(method), std::move(pattern),
-        [spec, agg, decide](const http::Request& request,
-                            eventstore::EventStore& store,
-                            const commands::CommandContext& ctx)
-            -> absl::StatusOr<http::Response> {
-          ASSIGN_OR_RETURN(Body body,
-                           app_internal::DecodeBody<Body>(request.body()));
-          std::string id;
-          if (spec->id) {
-            ASSIGN_OR_RETURN(id, spec->id(request, body));
-          } else {
-            id = std::string(request.PathParam("id"));
-          }
-          RETURN_IF_ERROR(app_internal::ValidateId(id, "id"));
-          ASSIGN_OR_RETURN(
-              auto out, agg->type().Execute(
-                            store, id, ctx.metadata, ctx.execute,
-                            [&](const State& state, int64_t) {
-                              return
-                                  typename AggregateOf<State, Es...>::Decision(
-                                      decide(state, body));
-                            }));
-          const CommandResult<State> result{id, out.state, out.version,
-                                            out.position, out.appended};
-          return http::JsonResponse(spec->status,
-                                    spec->respond
-                                        ? spec->respond(result)
-                                        : app_internal::DefaultCommandResponse(
-                                              id, out.version, out.position));
-        },
-        [spec] { return spec->name; });
-    SetLastCommandSchema(json::SchemaOf<Body>());
-    auto builder = std::make_shared<Builder>(spec);
-    Builder& ref = *builder;
-    commands_.push_back(std::move(builder));
-    return ref;
+        [agg]() -> const Type& { return agg->type(); }, std::move(decide));
+  }
+
+  // The same on an aggregate type built outside the app
+  // (commands/aggregate.h), for apps that keep theirs: its event types must
+  // be declared with Event<E>(), under the names its registry uses. `type`
+  // must outlive the app's use.
+  template <typename Body, typename State, typename Ev, typename Decide>
+  CommandBuilder<Body, State>& Command(
+      std::string method, std::string pattern,
+      const commands::AggregateType<State, Ev>& type, Decide decide) {
+    using Type = commands::AggregateType<State, Ev>;
+    const Type* t = &type;
+    return CommandOn<Body, State, Ev>(
+        std::move(method), std::move(pattern),
+        [t]() -> const Type& { return *t; }, std::move(decide));
   }
 
   // A command route written by hand: `handler` runs inside the command
@@ -585,6 +580,13 @@ class App {
   // prepared statements, snapshots).
   void AddQuery(queries::QueryRoute route);
 
+  // A route outside the command and query machinery (a constant document,
+  // a probe): `handler` runs as `options` say (framework/http/router.h),
+  // without If-Match, Idempotency-Key or read-your-writes. It is not in
+  // the generated OpenAPI document.
+  void AddRoute(std::string method, std::string pattern, http::Handler handler,
+                http::RouteOptions options = {});
+
   // Serves `document` at GET /openapi.json instead of the generated one.
   void SetOpenApi(std::string document);
 
@@ -606,6 +608,56 @@ class App {
   const Parts& parts() const { return *parts_; }
 
  private:
+  // Command() on the aggregate type `type()` returns (valid once the app
+  // runs).
+  template <typename Body, typename State, typename Ev, typename Decide>
+  CommandBuilder<Body, State>& CommandOn(
+      std::string method, std::string pattern,
+      std::function<const commands::AggregateType<State, Ev>&()> type,
+      Decide decide) {
+    using Builder = CommandBuilder<Body, State>;
+    using Decision = absl::StatusOr<std::vector<Ev>>;
+    auto spec = std::make_shared<typename Builder::Spec>();
+    spec->name = DefaultCommandName(pattern);
+    AddCommandRoute(
+        std::move(method), std::move(pattern),
+        [spec, type, decide](const http::Request& request,
+                             eventstore::EventStore& store,
+                             const commands::CommandContext& ctx)
+            -> absl::StatusOr<http::Response> {
+          ASSIGN_OR_RETURN(
+              Body body, spec->require_body
+                             ? json::Decode<Body>(request.body())
+                             : app_internal::DecodeBody<Body>(request.body()));
+          std::string id;
+          if (spec->id) {
+            ASSIGN_OR_RETURN(id, spec->id(request, body));
+          } else {
+            id = std::string(request.PathParam("id"));
+          }
+          if (spec->check_id) RETURN_IF_ERROR(spec->check_id(id));
+          RETURN_IF_ERROR(app_internal::ValidateId(id, "id"));
+          ASSIGN_OR_RETURN(
+              auto out, type().Execute(store, id, ctx.metadata, ctx.execute,
+                                       [&](const State& state, int64_t) {
+                                         return Decision(decide(state, body));
+                                       }));
+          const CommandResult<State> result{id, out.state, out.version,
+                                            out.position, out.appended};
+          return http::JsonResponse(spec->status,
+                                    spec->respond
+                                        ? spec->respond(result)
+                                        : app_internal::DefaultCommandResponse(
+                                              id, out.version, out.position));
+        },
+        [spec] { return spec->name; });
+    SetLastCommandSchema(json::SchemaOf<Body>());
+    auto builder = std::make_shared<Builder>(spec);
+    Builder& ref = *builder;
+    commands_.push_back(std::move(builder));
+    return ref;
+  }
+
   static std::string DefaultCommandName(absl::string_view pattern);
   // The JSON Schema of the body of the last command route added.
   void SetLastCommandSchema(std::string schema);

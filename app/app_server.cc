@@ -221,6 +221,9 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
         },
         command_route);
   }
+  for (const App::Parts::PlainRoute& r : app.parts().plain_routes) {
+    p->router.Add(r.method, r.pattern, r.handler, r.options);
+  }
   for (const queries::QueryRoute& q : app.parts().queries) {
     p->queries->Add(p->router, q);
   }

@@ -65,6 +65,23 @@ std::string CommandPath(const CLI::App& root, int argc, char** argv) {
   return path;
 }
 
+// The word of `argv` right after the subcommands the user typed, when it
+// names no subcommand ("frobnicate" in `APP projections frobnicate`), or "".
+std::string UnknownCommand(const CLI::App& root, int argc, char** argv) {
+  const CLI::App* at = &root;
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') return "";
+    const CLI::App* sub = nullptr;
+    for (const CLI::App* s : at->get_subcommands({})) {
+      if (s->get_name() == word) sub = s;
+    }
+    if (sub == nullptr) return at->get_subcommands({}).empty() ? "" : word;
+    at = sub;
+  }
+  return "";
+}
+
 }  // namespace
 
 int App::Main(int argc, char** argv) {
@@ -140,9 +157,12 @@ int App::Main(int argc, char** argv) {
                    "keep Idempotency-Key records this many hours")
       ->check(CLI::Range(24, 24 * 365))
       ->capture_default_str();
-  serve->add_flag("--no-projections", serve_flags.no_projections,
-                  absl::StrCat("do not run the projections here (run `", name_,
-                               " project` beside it)"));
+  // Flags take no value: `--no-projections=yes` is a usage error.
+  serve
+      ->add_flag("--no-projections", serve_flags.no_projections,
+                 absl::StrCat("do not run the projections here (run `", name_,
+                              " project` beside it)"))
+      ->disable_flag_override();
 
   CLI::App* project = cli.add_subcommand(
       "project",
@@ -156,7 +176,9 @@ int App::Main(int argc, char** argv) {
   AddDatabaseOptions(*migrate, db, *this);
 
   CLI::App* projections =
-      cli.add_subcommand("projections", "operate the projections");
+      cli.add_subcommand("projections",
+                         "operate the projections: list, status, rebuild, "
+                         "parked, replay-parked, resume");
   projections->require_subcommand(1);
   AddDatabaseOptions(*projections, db, *this);
   auto sub = [&](const std::string& name, const std::string& help) {
@@ -170,18 +192,22 @@ int App::Main(int argc, char** argv) {
   sub("status",
       "state, checkpoint, lag, owner, parked events, last error and the "
       "error being retried of every projection")
-      ->add_flag("--json", projections_flags.json, "as JSON");
+      ->add_flag("--json", projections_flags.json, "as JSON")
+      ->disable_flag_override();
   CLI::App* rebuild =
       sub("rebuild",
           "rebuild read models without downtime (a progress bar on a "
           "terminal); Ctrl-C stops it and leaves the live read model "
           "untouched; running it again resumes");
   rebuild->add_option("names", projections_flags.names, "projections");
-  rebuild->add_flag("--all", projections_flags.all, "every read model");
-  rebuild->add_flag("--fast", projections_flags.fast,
-                    "whole pages without pauses: several times faster, for "
-                    "quiet hours (live projections wait up to a page's "
-                    "write)");
+  rebuild->add_flag("--all", projections_flags.all, "every read model")
+      ->disable_flag_override();
+  rebuild
+      ->add_flag("--fast", projections_flags.fast,
+                 "whole pages without pauses: several times faster, for "
+                 "quiet hours (live projections wait up to a page's "
+                 "write)")
+      ->disable_flag_override();
   sub("parked", "the parked (dead-letter) events, oldest first")
       ->add_option("name", projections_flags.names, "projection");
   sub("replay-parked",
@@ -203,8 +229,13 @@ int App::Main(int argc, char** argv) {
       cli.exit(e);  // --help: prints it
       return kOk;
     }
-    std::cerr << name_ << ": " << e.what() << " (see `" << name_ << " "
-              << CommandPath(cli, argc, argv) << "--help`)" << std::endl;
+    const std::string unknown = UnknownCommand(cli, argc, argv);
+    std::cerr << name_ << ": "
+              << (unknown.empty()
+                      ? std::string(e.what())
+                      : absl::StrCat("unknown command '", unknown, "'"))
+              << " (see `" << name_ << " " << CommandPath(cli, argc, argv)
+              << "--help`)" << std::endl;
     return kUsage;
   }
   if (serve->parsed()) {

@@ -22,6 +22,13 @@ struct App::Parts {
     std::string body_schema;  // JSON Schema; empty for raw routes
   };
   std::vector<CommandRoute> command_routes;
+  struct PlainRoute {
+    std::string method;
+    std::string pattern;
+    http::Handler handler;
+    http::RouteOptions options;
+  };
+  std::vector<PlainRoute> plain_routes;
   std::vector<std::unique_ptr<ProjectionBuilder>> builders;
   std::vector<projections::Projection> raw_projections;
   std::vector<commands::ProcessManager> process_managers;

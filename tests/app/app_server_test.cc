@@ -1,0 +1,173 @@
+// An app served in-process (cqrs::AppServer) over real HTTP against the
+// test PostgreSQL: the command options an app uses beyond the defaults
+// (CheckId, RequireBody, a command on an aggregate type built outside the
+// app) and plain routes (App::AddRoute). The bank (tests/example_app) runs
+// on the same machinery with every route of its contract.
+#include "app/app_server.h"
+
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "app/app.h"
+#include "framework/error_code.h"
+#include "rapidjson/document.h"
+#include "tests/framework/http/client.h"
+#include "tests/support/test_database.h"
+
+namespace {
+
+namespace json = cqrs::json;
+namespace http = cqrs::http;
+
+struct Added {
+  static constexpr char kName[] = "Added";
+  int64_t n = 0;
+  static auto Json() {
+    return json::Shape<Added>().Field("n", &Added::n, json::Range(1, 100));
+  }
+};
+struct Tally {
+  int64_t total = 0;
+};
+using TallyEvent = std::variant<Added>;
+using TallyType = cqrs::commands::AggregateType<Tally, TallyEvent>;
+
+// An aggregate type built by hand, as an app that keeps its own does.
+const TallyType& HandMadeTallies() {
+  static const auto* registry = [] {
+    auto* r = new cqrs::EventRegistry<TallyEvent>();
+    cqrs::EventCodec<Added> codec;
+    codec.name = Added::kName;
+    codec.to_json = [](const Added& e) { return json::Encode(e); };
+    codec.from_json = [](absl::string_view j) {
+      return json::Decode<Added>(j);
+    };
+    REQUIRE(r->Register(std::move(codec)).ok());
+    return r;
+  }();
+  static const auto* type = [] {
+    TallyType::Options o;
+    o.category = "tally";
+    o.registry = registry;
+    o.apply = [](Tally& t, const TallyEvent& e) {
+      t.total += std::get<Added>(e).n;
+    };
+    return new TallyType(std::move(o));
+  }();
+  return *type;
+}
+
+absl::Status Digits(absl::string_view id) {
+  for (char c : id) {
+    if (c < '0' || c > '9') return cqrs::InvalidRequest("id must be digits");
+  }
+  return absl::OkStatus();
+}
+
+struct Total {
+  int64_t total = 0;
+  static auto Json() {
+    return json::Shape<Total>().Field("total", &Total::total);
+  }
+};
+
+class Served {
+ public:
+  Served() {
+    app_.Event<Added>(Added::kName);
+    app_.Command<Added>("POST", "/tallies/{id}/add", HandMadeTallies(),
+                        [](const Tally&, const Added& a) {
+                          return std::vector<TallyEvent>{a};
+                        })
+        .CheckId(Digits)
+        .RequireBody()
+        .Respond([](const cqrs::CommandResult<Tally>& r) {
+          return Total{r.state.total};
+        });
+    app_.Command<cqrs::NoBody>("POST", "/tallies/{id}/touch", HandMadeTallies(),
+                               [](const Tally&, const cqrs::NoBody&) {
+                                 return std::vector<TallyEvent>{Added{1}};
+                               });
+    http::RouteOptions inline_route;
+    inline_route.execution = http::Execution::kNetworkThread;
+    app_.AddRoute(
+        "GET", "/constant",
+        [](const http::Request&) {
+          return http::JsonResponse(200, R"({"constant":true})");
+        },
+        inline_route);
+    REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
+    cqrs::ServeOptions options;
+    options.schema = schema_.name();
+    auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
+    INFO(server.status().ToString());
+    REQUIRE(server.ok());
+    server_ = *std::move(server);
+  }
+
+  cqrs::http_test::ClientResponse Send(const std::string& method,
+                                       const std::string& target,
+                                       const std::string& body) {
+    auto client = cqrs::http_test::TestClient::Connect(server_->port());
+    REQUIRE(client.ok());
+    auto r = (*client)->Send(method, target, body,
+                             {{"Content-Type", "application/json"}});
+    REQUIRE(r.ok());
+    return *std::move(r);
+  }
+
+ private:
+  cqrs::testing::TestSchema schema_{8};
+  cqrs::App app_{"tally"};
+  std::unique_ptr<cqrs::AppServer> server_;
+};
+
+std::string Code(const cqrs::http_test::ClientResponse& r) {
+  rapidjson::Document doc;
+  doc.Parse(r.body.c_str());
+  REQUIRE(doc.IsObject());
+  REQUIRE(doc.HasMember("error"));
+  return doc["error"]["code"].GetString();
+}
+
+TEST_CASE("commands on an aggregate type of the app's own", "[app][pg]") {
+  Served s;
+  auto first = s.Send("POST", "/tallies/7/add", R"({"n":5})");
+  CHECK(first.status == 200);
+  CHECK(first.body == R"({"total":5})");
+  auto second = s.Send("POST", "/tallies/7/add", R"({"n":2})");
+  CHECK(second.body == R"({"total":7})");
+
+  // CheckId refuses before anything is loaded; RequireBody makes an empty
+  // body invalid JSON rather than {}.
+  auto bad_id = s.Send("POST", "/tallies/x7/add", R"({"n":5})");
+  CHECK(bad_id.status == 400);
+  CHECK(Code(bad_id) == "invalid_request");
+  auto empty = s.Send("POST", "/tallies/7/add", "");
+  CHECK(empty.status == 400);
+  CHECK(Code(empty) == "invalid_json");
+  auto out_of_range = s.Send("POST", "/tallies/7/add", R"({"n":0})");
+  CHECK(Code(out_of_range) == "invalid_request");
+
+  // Without RequireBody an empty body is {}.
+  auto touched = s.Send("POST", "/tallies/7/touch", "");
+  CHECK(touched.status == 200);
+  rapidjson::Document doc;
+  doc.Parse(touched.body.c_str());
+  REQUIRE(doc.IsObject());
+  CHECK(doc["version"].GetInt64() == 3);
+}
+
+TEST_CASE("plain routes are served as declared", "[app][pg]") {
+  Served s;
+  auto r = s.Send("GET", "/constant", "");
+  CHECK(r.status == 200);
+  CHECK(r.body == R"({"constant":true})");
+}
+
+}  // namespace
