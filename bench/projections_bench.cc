@@ -46,8 +46,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "app/app_server.h"
 #include "eventstore/postgres_event_store.h"
-#include "example_app/bank_app.h"
 #include "example_app/bank_projections.h"
 #include "framework/pg_pool.h"
 #include "projections/rebuild.h"
@@ -507,7 +507,7 @@ int main(int argc, char** argv) {
   pool_options.max_connections = 16;
   auto pool = cqrs::PgPool::Create(pool_options);
   Check(pool.status(), "pool");
-  Check(bank::BankApp::Migrate(**pool, schema), "migrate");
+  Check(cqrs::MigrateApp(**pool, schema), "migrate");
   cqrs::eventstore::PostgresEventStoreOptions store_options;
   store_options.schema = schema;
   auto store =

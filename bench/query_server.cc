@@ -1,14 +1,15 @@
-// The server side of scripts/bench-queries: the whole bank (BankService,
-// projections in-process) plus one extra route, GET /bench/constant, that
-// answers inline on the network thread with the exact body GET
-// /accounts/<prefix><accounts/2> returns: the HTTP ceiling of this server
-// for a response of that size.
+// The server side of scripts/bench-queries: the whole bank (its cqrs::App
+// run by cqrs::AppServer, projections in-process) plus one extra route, GET
+// /bench/constant, that answers inline on the network thread with the exact
+// body GET /accounts/<prefix><accounts/2> returns: the HTTP ceiling of this
+// server for a response of that size.
 //
 //   query_server --database-url URL --accounts 10000 --listen 127.0.0.1:8090
 //
-// Before listening it opens --accounts accounts <prefix>0.. (those that
-// exist already are kept) and waits until the projections have processed
-// them. Runs until SIGINT/SIGTERM. A benchmark tool, not a test.
+// Before it prints that it is ready it opens --accounts accounts
+// <prefix>0.. (those that exist already are kept) and waits until the
+// projections have processed them. Runs until SIGINT/SIGTERM. A benchmark
+// tool, not a test.
 #include <atomic>
 #include <cstdio>
 #include <future>
@@ -18,10 +19,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "app/app.h"
+#include "app/app_server.h"
 #include "commands/command_metadata.h"
 #include "example_app/account.h"
 #include "example_app/bank_app.h"
-#include "example_app/bank_service.h"
 #include "framework/http/server.h"
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
@@ -77,8 +80,8 @@ int Fail(const absl::Status& status) {
 }
 
 // Opens the accounts from 4 threads; returns the newest position.
-absl::StatusOr<cqrs::eventstore::Position> OpenAccounts(bank::BankApp& app,
-                                                        const Flags& f) {
+absl::StatusOr<cqrs::eventstore::Position> OpenAccounts(
+    cqrs::eventstore::EventStore& store, const Flags& f) {
   std::atomic<int> next{0};
   std::atomic<bool> failed{false};
   absl::Mutex mu;
@@ -89,7 +92,7 @@ absl::StatusOr<cqrs::eventstore::Position> OpenAccounts(bank::BankApp& app,
       const auto meta = cqrs::commands::CommandMetadata::ForCommand("seed");
       for (int i = next++; i < f.accounts && !failed; i = next++) {
         auto out = bank::AccountAggregate().Execute(
-            app.store(), absl::StrCat(f.prefix, i), meta, {},
+            store, absl::StrCat(f.prefix, i), meta, {},
             bank::DecideOpen("bench", "EUR"));
         if (!out.ok() && !absl::IsAlreadyExists(out.status()) &&
             cqrs::http::ErrorCodeOf(out.status()) != "account_exists") {
@@ -140,53 +143,56 @@ int Main(int argc, char** argv) {
   pool_options.max_connections = 16;
   auto pool = cqrs::PgPool::Create(pool_options);
   if (!pool.ok()) return Fail(pool.status());
-  if (auto s = bank::BankApp::Migrate(**pool, f.schema); !s.ok())
-    return Fail(s);
-  bank::BankServiceOptions options;
+  if (auto s = cqrs::MigrateApp(**pool, f.schema); !s.ok()) return Fail(s);
+  cqrs::App app("bank");
+  bank::DeclareBank(app);
+  // The body of GET /bench/constant, set once the reference is known.
+  struct Constant {
+    absl::Mutex mu;
+    std::string body ABSL_GUARDED_BY(mu);
+  } constant;
+  http::RouteOptions inline_route;
+  inline_route.execution = http::Execution::kNetworkThread;
+  app.AddRoute(
+      "GET", "/bench/constant",
+      [&constant](const http::Request&) {
+        absl::MutexLock lock(&constant.mu);
+        return http::JsonResponse(200, constant.body);
+      },
+      inline_route);
+  cqrs::ServeOptions options;
   options.schema = f.schema;
+  options.listen = f.listen;
+  options.network_threads = f.threads;
+  options.worker_threads = 4;
   options.query_threads = f.query_threads;
   options.batch_concurrency = f.batch_concurrency;
-  auto service = bank::BankService::Create(pool->get(), options);
-  if (!service.ok()) return Fail(service.status());
-  http::Router router;
-  (*service)->RegisterRoutes(router);
-  (*service)->Start();
+  auto server = cqrs::AppServer::Start(app, pool->get(), options);
+  if (!server.ok()) return Fail(server.status());
 
-  auto newest = OpenAccounts((*service)->app(), f);
+  auto newest = OpenAccounts((*server)->store(), f);
   if (!newest.ok()) return Fail(newest.status());
-  while ((*service)->tracker().Current({"account_balances"}) < *newest) {
+  while ((*server)->tracker().Current({"account_balances"}) < *newest) {
     absl::SleepFor(absl::Milliseconds(50));
   }
   const std::string sample =
       absl::StrCat("/accounts/", f.prefix, f.accounts / 2);
-  http::Response reference = Get(router, sample);
+  http::Response reference = Get((*server)->router(), sample);
   if (reference.status != 200) {
     return Fail(absl::InternalError(
         absl::StrCat(sample, " answered ", reference.status)));
   }
-  http::RouteOptions inline_route;
-  inline_route.execution = http::Execution::kNetworkThread;
-  const std::string body = reference.body;
-  router.Add(
-      "GET", "/bench/constant",
-      [body](const http::Request&) { return http::JsonResponse(200, body); },
-      inline_route);
-
-  http::ServerOptions server_options;
-  server_options.listen_address = f.listen;
-  server_options.network_threads = f.threads;
-  server_options.worker_threads = 4;
-  (*service)->InstrumentServer(server_options);
-  auto server = http::Server::Create(server_options, &router);
-  if (!server.ok()) return Fail(server.status());
+  {
+    absl::MutexLock lock(&constant.mu);
+    constant.body = reference.body;
+  }
   std::printf(
       "query_server: %d accounts ready; %s is %zu bytes; listening "
       "on %s\n",
-      f.accounts, sample.c_str(), body.size(), f.listen.c_str());
+      f.accounts, sample.c_str(), reference.body.size(), f.listen.c_str());
   std::fflush(stdout);
   absl::Status ran = (*server)->Run();
   server->reset();
-  (*service)->Stop();
   return ran.ok() ? 0 : Fail(ran);
 }
 

@@ -3,11 +3,10 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "framework/http/json_body.h"
+#include "example_app/bank_events.h"
+#include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
-#include "rapidjson/document.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
+#include "framework/json_shape.h"
 
 namespace bank {
 namespace {
@@ -17,132 +16,6 @@ using cqrs::http::WithErrorCode;
 absl::Status Coded(absl::Status status, absl::string_view code) {
   return WithErrorCode(std::move(status), code);
 }
-
-// Writes a JSON object with the given members.
-template <typename Fn>
-std::string JsonObject(Fn&& members) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  w.StartObject();
-  members(w);
-  w.EndObject();
-  return std::string(buffer.GetString(), buffer.GetSize());
-}
-
-absl::StatusOr<rapidjson::Document> Parse(absl::string_view json) {
-  rapidjson::Document doc;
-  absl::Status parsed = cqrs::http::ParseJsonBody(json, &doc);
-  if (!parsed.ok()) return parsed;
-  return doc;
-}
-
-absl::StatusOr<int64_t> AmountOf(absl::string_view json) {
-  absl::StatusOr<rapidjson::Document> doc = Parse(json);
-  if (!doc.ok()) return doc.status();
-  return cqrs::http::RequiredInt64(*doc, "amount");
-}
-
-// {"transfer_id": ..., "amount": ...}: the body of the transfer events.
-template <typename Event>
-cqrs::EventCodec<Event> TransferCodec(std::string name) {
-  cqrs::EventCodec<Event> codec;
-  codec.name = std::move(name);
-  codec.to_json = [](const Event& e) {
-    return JsonObject([&](auto& w) {
-      w.Key("transfer_id");
-      w.String(e.transfer_id.data(), e.transfer_id.size());
-      w.Key("amount");
-      w.Int64(e.amount);
-    });
-  };
-  codec.from_json = [](absl::string_view json) -> absl::StatusOr<Event> {
-    absl::StatusOr<rapidjson::Document> doc = Parse(json);
-    if (!doc.ok()) return doc.status();
-    absl::StatusOr<std::string> id =
-        cqrs::http::RequiredString(*doc, "transfer_id");
-    if (!id.ok()) return id.status();
-    absl::StatusOr<int64_t> amount = cqrs::http::RequiredInt64(*doc, "amount");
-    if (!amount.ok()) return amount.status();
-    return Event{*std::move(id), *amount};
-  };
-  return codec;
-}
-
-std::string AmountJson(int64_t amount) {
-  return JsonObject([&](auto& w) {
-    w.Key("amount");
-    w.Int64(amount);
-  });
-}
-
-cqrs::EventRegistry<AccountEvent>* BuildRegistry() {
-  auto* r = new cqrs::EventRegistry<AccountEvent>();
-  cqrs::EventCodec<AccountOpened> opened;
-  opened.name = "AccountOpened";
-  opened.to_json = [](const AccountOpened& e) {
-    return JsonObject([&](auto& w) {
-      w.Key("owner");
-      w.String(e.owner.data(), e.owner.size());
-      w.Key("currency");
-      w.String(e.currency.data(), e.currency.size());
-    });
-  };
-  opened.from_json =
-      [](absl::string_view json) -> absl::StatusOr<AccountOpened> {
-    absl::StatusOr<rapidjson::Document> doc = Parse(json);
-    if (!doc.ok()) return doc.status();
-    absl::StatusOr<std::string> owner =
-        cqrs::http::RequiredString(*doc, "owner");
-    if (!owner.ok()) return owner.status();
-    absl::StatusOr<std::string> currency =
-        cqrs::http::RequiredString(*doc, "currency");
-    if (!currency.ok()) return currency.status();
-    return AccountOpened{*std::move(owner), *std::move(currency)};
-  };
-  cqrs::EventCodec<MoneyDeposited> deposited;
-  deposited.name = "MoneyDeposited";
-  deposited.to_json = [](const MoneyDeposited& e) {
-    return AmountJson(e.amount);
-  };
-  deposited.from_json =
-      [](absl::string_view json) -> absl::StatusOr<MoneyDeposited> {
-    absl::StatusOr<int64_t> amount = AmountOf(json);
-    if (!amount.ok()) return amount.status();
-    return MoneyDeposited{*amount};
-  };
-  cqrs::EventCodec<MoneyWithdrawn> withdrawn;
-  withdrawn.name = "MoneyWithdrawn";
-  withdrawn.to_json = [](const MoneyWithdrawn& e) {
-    return AmountJson(e.amount);
-  };
-  withdrawn.from_json =
-      [](absl::string_view json) -> absl::StatusOr<MoneyWithdrawn> {
-    absl::StatusOr<int64_t> amount = AmountOf(json);
-    if (!amount.ok()) return amount.status();
-    return MoneyWithdrawn{*amount};
-  };
-  cqrs::EventCodec<AccountClosed> closed;
-  closed.name = "AccountClosed";
-  closed.to_json = [](const AccountClosed&) { return std::string("{}"); };
-  closed.from_json = [](absl::string_view) -> absl::StatusOr<AccountClosed> {
-    return AccountClosed{};
-  };
-  // Registration of distinct, complete codecs cannot fail.
-  r->Register(std::move(opened)).IgnoreError();
-  r->Register(std::move(deposited)).IgnoreError();
-  r->Register(std::move(withdrawn)).IgnoreError();
-  r->Register(std::move(closed)).IgnoreError();
-  r->Register(TransferCodec<TransferDebit>("AccountDebitedForTransfer"))
-      .IgnoreError();
-  r->Register(TransferCodec<TransferCredit>("AccountCreditedForTransfer"))
-      .IgnoreError();
-  r->Register(TransferCodec<TransferRefund>("AccountRefundedForTransfer"))
-      .IgnoreError();
-  return r;
-}
-
-std::string SnapshotJson(const Account& a);
-absl::StatusOr<Account> AccountFromSnapshot(absl::string_view json);
 
 void Apply(Account& a, const AccountEvent& event) {
   if (const auto* e = std::get_if<AccountOpened>(&event)) {
@@ -162,42 +35,13 @@ AccountType::Options AccountOptions() {
   o.apply = Apply;
   o.snapshots.every = 100;
   o.snapshots.schema_version = 1;
-  o.snapshots.to_json = SnapshotJson;
-  o.snapshots.from_json = AccountFromSnapshot;
+  o.snapshots.to_json = [](const Account& a) { return cqrs::json::Encode(a); };
+  o.snapshots.from_json = [](absl::string_view json) {
+    absl::StatusOr<Account> a = cqrs::json::Decode<Account>(json);
+    if (a.ok()) a->exists = true;
+    return a;
+  };
   return o;
-}
-
-std::string SnapshotJson(const Account& a) {
-  return JsonObject([&](auto& w) {
-    w.Key("owner");
-    w.String(a.owner.data(), a.owner.size());
-    w.Key("currency");
-    w.String(a.currency.data(), a.currency.size());
-    w.Key("balance");
-    w.Int64(a.balance);
-    w.Key("closed");
-    w.Bool(a.closed);
-  });
-}
-
-absl::StatusOr<Account> AccountFromSnapshot(absl::string_view json) {
-  absl::StatusOr<rapidjson::Document> doc = Parse(json);
-  if (!doc.ok()) return doc.status();
-  Account a;
-  a.exists = true;
-  absl::StatusOr<std::string> owner = cqrs::http::RequiredString(*doc, "owner");
-  absl::StatusOr<std::string> currency =
-      cqrs::http::RequiredString(*doc, "currency");
-  absl::StatusOr<int64_t> balance = cqrs::http::RequiredInt64(*doc, "balance");
-  absl::StatusOr<bool> closed = cqrs::http::RequiredBool(*doc, "closed");
-  if (!owner.ok() || !currency.ok() || !balance.ok() || !closed.ok()) {
-    return absl::InvalidArgumentError("malformed account snapshot");
-  }
-  a.owner = *std::move(owner);
-  a.currency = *std::move(currency);
-  a.balance = *balance;
-  a.closed = *closed;
-  return a;
 }
 
 absl::Status NotFound() {
@@ -211,20 +55,11 @@ absl::Status Closed() {
 }  // namespace
 
 const cqrs::EventRegistry<AccountEvent>& AccountEvents() {
-  static const cqrs::EventRegistry<AccountEvent>* registry = BuildRegistry();
-  return *registry;
+  return EventRegistryOf<AccountEvent>();
 }
 
-const std::vector<std::string>& AccountEventTypes() {
-  static const auto* types =
-      new std::vector<std::string>{"AccountOpened",
-                                   "MoneyDeposited",
-                                   "MoneyWithdrawn",
-                                   "AccountClosed",
-                                   "AccountDebitedForTransfer",
-                                   "AccountCreditedForTransfer",
-                                   "AccountRefundedForTransfer"};
-  return *types;
+std::vector<std::string> AccountEventTypes() {
+  return EventNamesOf<AccountEvent>();
 }
 
 int64_t BalanceDelta(const AccountEvent& event) {
@@ -355,7 +190,7 @@ absl::Status ValidateAccountId(absl::string_view id) {
                 (c >= '0' && c <= '9') || c == '_' || c == '-');
   }
   if (!ok) {
-    return cqrs::http::InvalidRequest(
+    return cqrs::InvalidRequest(
         "account id must be 1 to 64 characters of [A-Za-z0-9_-]");
   }
   return absl::OkStatus();
@@ -365,7 +200,7 @@ absl::Status ValidateCurrency(absl::string_view currency) {
   bool ok = currency.size() == 3;
   for (char c : currency) ok = ok && c >= 'A' && c <= 'Z';
   if (!ok) {
-    return cqrs::http::InvalidRequest(
+    return cqrs::InvalidRequest(
         "currency must be three upper-case letters, e.g. EUR");
   }
   return absl::OkStatus();

@@ -21,35 +21,69 @@
 #include "absl/strings/string_view.h"
 #include "commands/aggregate.h"
 #include "framework/event_registry.h"
+#include "framework/json_shape.h"
 
 namespace bank {
 
 inline constexpr int64_t kMaxAmount = 1000000000000000;  // 10^15
 
+// Each event: its stored name and its JSON (example_app/bank_events.h).
 struct AccountOpened {
+  static constexpr char kName[] = "AccountOpened";
   std::string owner;
   std::string currency;
+  static auto Json() {
+    return cqrs::json::Shape<AccountOpened>()
+        .Field("owner", &AccountOpened::owner)
+        .Field("currency", &AccountOpened::currency);
+  }
 };
 struct MoneyDeposited {
+  static constexpr char kName[] = "MoneyDeposited";
   int64_t amount = 0;
+  static auto Json() {
+    return cqrs::json::Shape<MoneyDeposited>().Field("amount",
+                                                     &MoneyDeposited::amount);
+  }
 };
 struct MoneyWithdrawn {
+  static constexpr char kName[] = "MoneyWithdrawn";
   int64_t amount = 0;
+  static auto Json() {
+    return cqrs::json::Shape<MoneyWithdrawn>().Field("amount",
+                                                     &MoneyWithdrawn::amount);
+  }
 };
-struct AccountClosed {};
+struct AccountClosed {
+  static constexpr char kName[] = "AccountClosed";
+  static auto Json() { return cqrs::json::Shape<AccountClosed>(); }
+};
 // Money moved by a transfer (example_app/transfer.h): out of the source,
-// into the target, or back into the source when the target refused it.
+// into the target, or back into the source when the target refused it. All
+// three are {"transfer_id", "amount"}.
+template <typename T>
+cqrs::json::Shape<T> TransferMoveShape() {
+  return cqrs::json::Shape<T>()
+      .Field("transfer_id", &T::transfer_id)
+      .Field("amount", &T::amount);
+}
 struct TransferDebit {
+  static constexpr char kName[] = "AccountDebitedForTransfer";
   std::string transfer_id;
   int64_t amount = 0;
+  static auto Json() { return TransferMoveShape<TransferDebit>(); }
 };
 struct TransferCredit {
+  static constexpr char kName[] = "AccountCreditedForTransfer";
   std::string transfer_id;
   int64_t amount = 0;
+  static auto Json() { return TransferMoveShape<TransferCredit>(); }
 };
 struct TransferRefund {
+  static constexpr char kName[] = "AccountRefundedForTransfer";
   std::string transfer_id;
   int64_t amount = 0;
+  static auto Json() { return TransferMoveShape<TransferRefund>(); }
 };
 
 using AccountEvent =
@@ -57,23 +91,29 @@ using AccountEvent =
                  TransferDebit, TransferCredit, TransferRefund>;
 
 struct Account {
-  bool exists = false;
+  bool exists = false;  // not in snapshots: a snapshot is of one that does
   std::string owner;
   std::string currency;
   int64_t balance = 0;
   bool closed = false;
+  // The snapshot's JSON.
+  static auto Json() {
+    return cqrs::json::Shape<Account>()
+        .Field("owner", &Account::owner)
+        .Field("currency", &Account::currency)
+        .Field("balance", &Account::balance)
+        .Field("closed", &Account::closed);
+  }
 };
 
 using AccountType = cqrs::commands::AggregateType<Account, AccountEvent>;
 using Decision = absl::StatusOr<std::vector<AccountEvent>>;
 
-// The registry of account events ("AccountOpened", "MoneyDeposited",
-// "MoneyWithdrawn", "AccountClosed", "AccountDebitedForTransfer",
-// "AccountCreditedForTransfer", "AccountRefundedForTransfer", all schema
-// version 1).
+// The registry of account events (all schema version 1), by their kName
+// and JSON shape.
 const cqrs::EventRegistry<AccountEvent>& AccountEvents();
-// Their type names, in that order.
-const std::vector<std::string>& AccountEventTypes();
+// Their type names, in the variant's order.
+std::vector<std::string> AccountEventTypes();
 
 // The account aggregate type: category "account", snapshots every 100
 // events.

@@ -136,7 +136,8 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
   {
     std::map<std::string, bool> first_is_opening;
     for (const RecordedEvent& e : events) {
-      first_is_opening.emplace(AccountId(e), e.event_type == "AccountOpened");
+      first_is_opening.emplace(AccountId(e),
+                               e.event_type == AccountOpened::kName);
     }
     for (const auto& [id, opening] : first_is_opening) {
       if (!opening) unknown.Add(id);
@@ -237,7 +238,7 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
   std::map<std::string, std::string> currency;  // account id -> currency
   SqlArray unknown;
   for (const RecordedEvent& e : events) {
-    if (e.event_type == "AccountOpened" || IsTransferEvent(e)) continue;
+    if (e.event_type == AccountOpened::kName || IsTransferEvent(e)) continue;
     unknown.Add(AccountId(e));
   }
   if (!unknown.empty()) {
@@ -256,12 +257,12 @@ absl::Status ApplyStats(ProjectionContext& ctx, EventBatch events) {
     if (IsTransferEvent(e)) {
       // Every transfer is pending from its request until it completes or
       // fails.
-      if (e.event_type == "TransferRequested") {
+      if (e.event_type == TransferRequested::kName) {
         delta["transfers:pending"] += 1;
-      } else if (e.event_type == "TransferCompleted") {
+      } else if (e.event_type == TransferCompleted::kName) {
         delta["transfers:pending"] -= 1;
         delta["transfers:completed"] += 1;
-      } else if (e.event_type == "TransferFailed") {
+      } else if (e.event_type == TransferFailed::kName) {
         delta["transfers:pending"] -= 1;
         delta["transfers:failed"] += 1;
       }
@@ -368,8 +369,8 @@ Projection BankStatsProjection() {
   // balances: two accounts near 2^62 each).
   p.version = 2;
   p.event_types = AccountEventTypes();
-  for (const char* type :
-       {"TransferRequested", "TransferCompleted", "TransferFailed"}) {
+  for (const char* type : {TransferRequested::kName, TransferCompleted::kName,
+                           TransferFailed::kName}) {
     p.event_types.push_back(type);
   }
   p.tables = {{"bank_stats",
@@ -434,8 +435,8 @@ Projection TransfersProjection() {
   Projection p;
   p.name = "transfers";
   p.version = 1;
-  p.event_types = {"TransferRequested", "TransferCompleted", "TransferRefunded",
-                   "TransferFailed"};
+  p.event_types = {TransferRequested::kName, TransferCompleted::kName,
+                   TransferRefunded::kName, TransferFailed::kName};
   p.tables = {{"transfers",
                "CREATE TABLE {table} ("
                "  transfer_id  text PRIMARY KEY,"

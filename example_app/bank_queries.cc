@@ -213,20 +213,9 @@ queries::QueryRoute GetTransfer() {
 
 }  // namespace
 
-void RegisterBankQueries(cqrs::queries::QueryService& queries,
-                         http::Router& router, absl::string_view schema) {
-  if (queries.schema() != schema) {
-    router.RecordError(absl::InvalidArgumentError(
-        absl::StrCat("the bank's queries read schema '", schema,
-                     "' but the query service expands tables in schema '",
-                     queries.schema(), "' (QueryServiceOptions::schema)")));
-    return;
-  }
-  queries.Add(router, GetAccount());
-  queries.Add(router, ListTransactions());
-  queries.Add(router, ListAccounts());
-  queries.Add(router, GetStats());
-  queries.Add(router, GetTransfer());
+std::vector<cqrs::queries::QueryRoute> BankQueries() {
+  return {GetAccount(), ListTransactions(), ListAccounts(), GetStats(),
+          GetTransfer()};
 }
 
 }  // namespace bank

@@ -31,21 +31,48 @@
 
 #include "commands/aggregate.h"
 #include "framework/event_registry.h"
+#include "framework/json_shape.h"
 
 namespace bank {
 
+// Each event: its stored name and its JSON (example_app/bank_events.h).
 struct TransferRequested {
+  static constexpr char kName[] = "TransferRequested";
   std::string from;
   std::string to;
   int64_t amount = 0;
   std::string currency;  // the source account's
+  static auto Json() {
+    return cqrs::json::Shape<TransferRequested>()
+        .Field("from", &TransferRequested::from)
+        .Field("to", &TransferRequested::to)
+        .Field("amount", &TransferRequested::amount)
+        .Field("currency", &TransferRequested::currency);
+  }
 };
-struct TransferDebited {};
-struct TransferCredited {};
-struct TransferCompleted {};
-struct TransferRefunded {};
+struct TransferDebited {
+  static constexpr char kName[] = "TransferDebited";
+  static auto Json() { return cqrs::json::Shape<TransferDebited>(); }
+};
+struct TransferCredited {
+  static constexpr char kName[] = "TransferCredited";
+  static auto Json() { return cqrs::json::Shape<TransferCredited>(); }
+};
+struct TransferCompleted {
+  static constexpr char kName[] = "TransferCompleted";
+  static auto Json() { return cqrs::json::Shape<TransferCompleted>(); }
+};
+struct TransferRefunded {
+  static constexpr char kName[] = "TransferRefunded";
+  static auto Json() { return cqrs::json::Shape<TransferRefunded>(); }
+};
 struct TransferFailed {
+  static constexpr char kName[] = "TransferFailed";
   std::string reason;  // an error code: insufficient_funds, account_closed...
+  static auto Json() {
+    return cqrs::json::Shape<TransferFailed>().Field("reason",
+                                                     &TransferFailed::reason);
+  }
 };
 
 using TransferEvent =
@@ -63,10 +90,9 @@ struct Transfer {
 
 using TransferType = cqrs::commands::AggregateType<Transfer, TransferEvent>;
 
-// "TransferRequested", "TransferDebited", "TransferCredited",
-// "TransferCompleted", "TransferRefunded", "TransferFailed" (version 1).
+// By their kName and JSON shape (version 1).
 const cqrs::EventRegistry<TransferEvent>& TransferEvents();
-const std::vector<std::string>& TransferEventTypes();
+std::vector<std::string> TransferEventTypes();
 
 // Category "transfer"; no cache or in-process queue (the process manager
 // appends to transfers inside its batch transactions).

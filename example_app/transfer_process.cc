@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "example_app/account.h"
-#include "example_app/bank_projections.h"
 #include "example_app/transfer.h"
 #include "framework/http/status_mapping.h"
 #include "framework/status_macros.h"
@@ -115,7 +114,7 @@ absl::Status Handle(ProcessContext& ctx, const RecordedEvent& e) {
   absl::string_view id = e.stream_id;
   if (!absl::ConsumePrefix(&id, kTransferPrefix)) return absl::OkStatus();
   const std::string transfer_id(id);
-  if (e.event_type == "TransferRequested") {
+  if (e.event_type == TransferRequested::kName) {
     ASSIGN_OR_RETURN(
         TransferEvent event,
         TransferEvents().Decode(e.event_type, e.schema_version, e.data));
@@ -127,7 +126,7 @@ absl::Status Handle(ProcessContext& ctx, const RecordedEvent& e) {
               })
         .status();
   }
-  if (e.event_type == "TransferDebited") {
+  if (e.event_type == TransferDebited::kName) {
     // This build records TransferDebited together with the outcome: only a
     // transfer an older build debited is still pending here.
     ASSIGN_OR_RETURN(auto loaded,
@@ -148,30 +147,10 @@ absl::Status Handle(ProcessContext& ctx, const RecordedEvent& e) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<cqrs::eventstore::PostgresEventStore>>
-NewProcessStore(cqrs::PgPool* pool, const std::string& schema,
-                cqrs::Counter* events_appended) {
-  cqrs::eventstore::PostgresEventStoreOptions options;
-  options.schema = schema;
-  options.events_appended = events_appended;
-  options.notify =
-      cqrs::eventstore::PostgresEventStoreOptions::Notify::kInTransaction;
-  return cqrs::eventstore::PostgresEventStore::Create(pool, options);
-}
-
-std::vector<cqrs::projections::Projection> BankRunnerProjections(
-    cqrs::eventstore::PostgresEventStore* process_store,
-    const std::string& schema) {
-  std::vector<cqrs::projections::Projection> all = BankProjections();
-  all.push_back(
-      cqrs::commands::AsProjection(TransferProcess(), process_store, schema));
-  return all;
-}
-
 cqrs::commands::ProcessManager TransferProcess() {
   cqrs::commands::ProcessManager pm;
   pm.name = "transfer_process";
-  pm.event_types = {"TransferRequested", "TransferDebited"};
+  pm.event_types = {TransferRequested::kName, TransferDebited::kName};
   pm.handle = Handle;
   return pm;
 }

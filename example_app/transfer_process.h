@@ -22,43 +22,20 @@
 // or refund and fail. The TransferDebited this build records commits with
 // the outcome, so it finds the transfer settled and does nothing.
 //
-//   runner_projections.push_back(cqrs::commands::AsProjection(
-//       bank::TransferProcess(), store, "bank"));
+//   app.AddProcessManager(bank::TransferProcess());
 //
 // Thread-safety: the returned value is immutable.
 #ifndef EXAMPLE_APP_TRANSFER_PROCESS_H_
 #define EXAMPLE_APP_TRANSFER_PROCESS_H_
 
-#include <memory>
 #include <string>
-#include <vector>
 
-#include "absl/status/statusor.h"
 #include "commands/process_manager.h"
-#include "eventstore/postgres_event_store.h"
-#include "framework/metrics.h"
-#include "framework/pg_pool.h"
-#include "projections/projection.h"
 
 namespace bank {
 
 // Named "transfer_process".
 cqrs::commands::ProcessManager TransferProcess();
-
-// The event store the process manager appends through: its appends notify
-// inside their transaction, so that the projections hear of a transfer's
-// progress when the process manager's batch commits. `events_appended`
-// (may be null; must outlive the store) counts them, as the command side's
-// store counts its own.
-absl::StatusOr<std::unique_ptr<cqrs::eventstore::PostgresEventStore>>
-NewProcessStore(cqrs::PgPool* pool, const std::string& schema,
-                cqrs::Counter* events_appended = nullptr);
-
-// What a bank runner runs: the read models (BankProjections()) and the
-// transfer process manager. `process_store` must outlive the runner.
-std::vector<cqrs::projections::Projection> BankRunnerProjections(
-    cqrs::eventstore::PostgresEventStore* process_store,
-    const std::string& schema);
 
 }  // namespace bank
 

@@ -24,17 +24,17 @@ TEST_CASE("help on every subcommand exits 0", "[bank][cli]") {
     INFO(args);
     Run r = Bank(args);
     CHECK(r.exit_code == 0);
-    CHECK(absl::StrContains(r.output, "usage: bank"));
+    CHECK(absl::StrContains(r.output, "Usage: bank"));
   }
 }
 
 TEST_CASE("the projections help lists every subcommand", "[bank][cli]") {
   Run r = Bank("projections --help");
   CHECK(r.exit_code == 0);
-  for (const char* sub : {"list", "status", "rebuild <name>", "parked",
-                          "replay-parked <name>", "resume <name>"}) {
+  for (const char* sub :
+       {"list", "status", "rebuild", "parked", "replay-parked", "resume"}) {
     INFO(sub);
-    CHECK(absl::StrContains(r.output, absl::StrCat("\n  ", sub)));
+    CHECK(absl::StrContains(r.output, absl::StrCat("\n  ", sub, " ")));
   }
   CHECK(absl::StrContains(Bank("--help").output, "resume"));
 }

@@ -12,6 +12,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "app/app.h"
+#include "app/app_server.h"
 #include "example_app/bank_app.h"
 #include "framework/http/server.h"
 #include "framework/uuid.h"
@@ -34,26 +36,23 @@ http::HeaderList Json(http::HeaderList extra) {
   return extra;
 }
 
-// A bank on its own schema, served on an ephemeral port.
+// The bank's command side on its own schema, served on an ephemeral port
+// (its projections do not run: these tests read the events).
 class BankFixture {
  public:
   BankFixture() {
-    REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
-    BankOptions options;
+    DeclareBank(app_);
+    REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
+    cqrs::ServeOptions options;
     options.schema = schema_.name();
-    auto app = BankApp::Create(&schema_.pool(), options);
-    REQUIRE(app.ok());
-    app_ = *std::move(app);
-    app_->RegisterRoutes(router_);
-    http::ServerOptions server_options;
-    server_options.listen_address = "127.0.0.1:0";
-    server_options.worker_threads = 16;
-    auto server = http::Server::Create(server_options, &router_);
+    options.worker_threads = 16;
+    options.run_projections = false;
+    auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
+    INFO(server.status().ToString());
     REQUIRE(server.ok());
     server_ = *std::move(server);
-    REQUIRE(server_->Start().ok());
   }
-  ~BankFixture() { server_->Shutdown(); }
+  ~BankFixture() { server_->Stop(); }
 
   std::unique_ptr<TestClient> Client() {
     auto client = TestClient::Connect(server_->port());
@@ -77,13 +76,11 @@ class BankFixture {
 
   long long QueryInt(const std::string& sql) { return schema_.QueryInt(sql); }
   const std::string& schema() const { return schema_.name(); }
-  BankApp& app() { return *app_; }
 
  private:
   cqrs::testing::TestSchema schema_{40};
-  std::unique_ptr<BankApp> app_;
-  http::Router router_;
-  std::unique_ptr<http::Server> server_;
+  cqrs::App app_{"bank"};
+  std::unique_ptr<cqrs::AppServer> server_;
 };
 
 void Open(BankFixture& f, const std::string& id,

@@ -20,7 +20,6 @@
 #include "eventstore/position.h"
 #include "example_app/bank_app.h"
 #include "example_app/bank_projections.h"
-#include "example_app/bank_service.h"
 #include "framework/http/server.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
@@ -608,7 +607,7 @@ TEST_CASE("per-currency totals past 64 bits stay exact, also after a rebuild",
   // Each account ends at 4,613 * 10^15 (a legal balance); together they
   // hold 9,226 * 10^15, more than 2^63 - 1. Appended through the store: a
   // deposit is at most 10^15, and 9,226 HTTP deposits would only be slow.
-  cqrs::eventstore::PostgresEventStore& store = f.service().app().store();
+  cqrs::eventstore::PostgresEventStore& store = f.server().store();
   std::string last;
   for (const char* account : {"account-big-1", "account-big-2"}) {
     for (int left = 4613; left > 0; left -= 100) {

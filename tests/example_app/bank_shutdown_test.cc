@@ -232,8 +232,8 @@ TEST_CASE("bank serve refuses connection limits that cannot work", "[bank]") {
   }
   const cqrs::testing::ShellResult help = serve("--help");
   CHECK(help.exit_code == 0);
-  CHECK(absl::StrContains(help.output, "--max-connections N"));
-  CHECK(absl::StrContains(help.output, "--max-queued-requests N"));
+  CHECK(absl::StrContains(help.output, "--max-connections INT"));
+  CHECK(absl::StrContains(help.output, "--max-queued-requests INT"));
 }
 
 }  // namespace

@@ -125,7 +125,7 @@ long long CountEvents(ServiceFixture& f, const std::string& where) {
 
 // Every account as its events fold (the aggregate's own Load), by id.
 std::map<std::string, bank::Account> FoldAccounts(ServiceFixture& f) {
-  cqrs::eventstore::EventStore& store = f.service().app().store();
+  cqrs::eventstore::EventStore& store = f.server().store();
   std::map<std::string, bank::Account> accounts;
   cqrs::eventstore::Position after = cqrs::eventstore::Position::Start();
   while (true) {
@@ -301,7 +301,7 @@ std::string AppendDebitedByOlderBuild(ServiceFixture& f,
                                       const std::string& to, int64_t amount,
                                       const std::string& currency,
                                       const std::string& id) {
-  cqrs::eventstore::EventStore& store = f.service().app().store();
+  cqrs::eventstore::EventStore& store = f.server().store();
   cqrs::eventstore::NewEvent debit;
   debit.event_type = "AccountDebitedForTransfer";
   debit.data =

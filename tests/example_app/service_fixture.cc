@@ -17,31 +17,21 @@ const http::HeaderList kJson = {{"Content-Type", "application/json"}};
 
 ServiceFixture::ServiceFixture(Projections projections,
                                BeforeCommit before_commit) {
-  REQUIRE(BankApp::Migrate(schema_.pool(), schema_.name()).ok());
-  BankServiceOptions options;
+  DeclareBank(app_);
+  REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
+  cqrs::ServeOptions options;
   options.schema = schema_.name();
+  options.worker_threads = 8;
   options.run_projections = projections == Projections::kHere;
   options.poll_interval = absl::Milliseconds(200);
   options.before_commit_for_testing = std::move(before_commit);
-  auto service = BankService::Create(&schema_.pool(), options);
-  REQUIRE(service.ok());
-  service_ = *std::move(service);
-  service_->RegisterRoutes(router_);
-  http::ServerOptions server_options;
-  server_options.listen_address = "127.0.0.1:0";
-  server_options.worker_threads = 8;
-  service_->InstrumentServer(server_options);
-  auto server = http::Server::Create(server_options, &router_);
+  auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
+  INFO(server.status().ToString());
   REQUIRE(server.ok());
   server_ = *std::move(server);
-  service_->Start();
-  REQUIRE(server_->Start().ok());
 }
 
-ServiceFixture::~ServiceFixture() {
-  server_->Shutdown();
-  service_->Stop();
-}
+ServiceFixture::~ServiceFixture() { server_->Stop(); }
 
 std::unique_ptr<TestClient> ServiceFixture::Client() {
   auto client = TestClient::Connect(server_->port());

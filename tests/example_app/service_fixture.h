@@ -1,6 +1,7 @@
-// A whole bank (BankService: commands, projections, transfers, queries)
-// on its own schema of the test PostgreSQL, served on an ephemeral port,
-// with helpers to drive it over HTTP. Shared by the bank's HTTP tests.
+// A whole bank (bank::DeclareBank on a cqrs::App, run by cqrs::AppServer:
+// commands, projections, transfers, queries) on its own schema of the test
+// PostgreSQL, served on an ephemeral port, with helpers to drive it over
+// HTTP. Shared by the bank's HTTP tests.
 //
 //   ServiceFixture f;
 //   std::string at = Open(f, "acc-1");
@@ -18,9 +19,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "example_app/bank_service.h"
-#include "framework/http/router.h"
-#include "framework/http/server.h"
+#include "app/app.h"
+#include "app/app_server.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/test_database.h"
@@ -50,14 +50,13 @@ class ServiceFixture {
                                        const std::string& body);
 
   cqrs::testing::TestSchema& schema() { return schema_; }
-  BankService& service() { return *service_; }
-  const cqrs::http::Router& router() const { return router_; }
+  cqrs::AppServer& server() { return *server_; }
+  const cqrs::http::Router& router() const { return server_->router(); }
 
  private:
   cqrs::testing::TestSchema schema_{40};
-  std::unique_ptr<BankService> service_;
-  cqrs::http::Router router_;
-  std::unique_ptr<cqrs::http::Server> server_;
+  cqrs::App app_{"bank"};
+  std::unique_ptr<cqrs::AppServer> server_;
   std::unique_ptr<cqrs::http_test::TestClient> client_;
 };
 
