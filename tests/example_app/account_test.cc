@@ -1,11 +1,16 @@
-// The account aggregate's rules, without a database.
+// The account aggregate's rules and the bank's stored JSON, without a
+// database.
 #include "example_app/account.h"
 
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "eventstore/in_memory_event_store.h"
+#include "example_app/transfer.h"
 #include "framework/http/status_mapping.h"
 
 namespace bank {
@@ -58,14 +63,75 @@ TEST_CASE("account events round-trip through the registry and snapshots",
   auto snapshot = store.LoadSnapshot("account-rt");
   REQUIRE(snapshot.ok());
   CHECK(snapshot->stream_version == 100);
+  // The snapshot's JSON as stored before Account had a JSON shape.
+  CHECK(snapshot->state ==
+        R"({"owner":"Zoë \"Z\"","currency":"CHF","balance":297,)"
+        R"("closed":false})");
   accounts.ClearCache();
   auto loaded = accounts.Load(store, "rt");
   REQUIRE(loaded.ok());
   CHECK(loaded->second == 122);
+  CHECK(loaded->first.exists);
   CHECK(loaded->first.owner == "Zoë \"Z\"");
   CHECK(loaded->first.currency == "CHF");
   CHECK(loaded->first.balance == 300);
   CHECK(!loaded->first.closed);
+}
+
+// The JSON stored before the events had JSON shapes: what the shapes must
+// still write, and read.
+TEST_CASE("events keep their stored JSON", "[bank]") {
+  struct Stored {
+    AccountEvent event;
+    std::string type;
+    std::string data;
+  };
+  const std::vector<Stored> account = {
+      {AccountOpened{"Ann \"A\"", "EUR"}, "AccountOpened",
+       R"({"owner":"Ann \"A\"","currency":"EUR"})"},
+      {MoneyDeposited{5}, "MoneyDeposited", R"({"amount":5})"},
+      {MoneyWithdrawn{3}, "MoneyWithdrawn", R"({"amount":3})"},
+      {AccountClosed{}, "AccountClosed", "{}"},
+      {TransferDebit{"t1", 2}, "AccountDebitedForTransfer",
+       R"({"transfer_id":"t1","amount":2})"},
+      {TransferCredit{"t1", 2}, "AccountCreditedForTransfer",
+       R"({"transfer_id":"t1","amount":2})"},
+      {TransferRefund{"t1", 2}, "AccountRefundedForTransfer",
+       R"({"transfer_id":"t1","amount":2})"},
+  };
+  for (const Stored& s : account) {
+    INFO(s.type);
+    auto encoded = AccountEvents().Encode(s.event);
+    REQUIRE(encoded.ok());
+    CHECK(encoded->type == s.type);
+    CHECK(encoded->schema_version == 1);
+    CHECK(encoded->data == s.data);
+    auto decoded = AccountEvents().Decode(s.type, 1, s.data);
+    REQUIRE(decoded.ok());
+    CHECK(decoded->index() == s.event.index());
+    CHECK(BalanceDelta(*decoded) == BalanceDelta(s.event));
+  }
+  CHECK(AccountEventTypes().size() == account.size());
+
+  const std::vector<std::pair<std::string, std::string>> transfer = {
+      {"TransferRequested",
+       R"({"from":"a","to":"b","amount":7,"currency":"EUR"})"},
+      {"TransferDebited", "{}"},
+      {"TransferCredited", "{}"},
+      {"TransferCompleted", "{}"},
+      {"TransferRefunded", "{}"},
+      {"TransferFailed", R"({"reason":"insufficient_funds"})"},
+  };
+  CHECK(TransferEventTypes().size() == transfer.size());
+  for (const auto& [type, data] : transfer) {
+    INFO(type);
+    auto decoded = TransferEvents().Decode(type, 1, data);
+    REQUIRE(decoded.ok());
+    auto encoded = TransferEvents().Encode(*decoded);
+    REQUIRE(encoded.ok());
+    CHECK(encoded->type == type);
+    CHECK(encoded->data == data);
+  }
 }
 
 }  // namespace
