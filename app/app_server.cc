@@ -14,6 +14,7 @@
 #include "commands/http_command.h"
 #include "commands/idempotency.h"
 #include "commands/process_manager.h"
+#include "framework/auth/api_keys.h"
 #include "framework/http/request_metrics.h"
 #include "framework/http/server.h"
 #include "framework/http/status_mapping.h"
@@ -94,6 +95,7 @@ absl::Status MigrateApp(PgPool& pool, absl::string_view schema) {
   RETURN_IF_ERROR(eventstore::PostgresEventStore::Migrate(pool, schema));
   RETURN_IF_ERROR(projections::ProjectionRunner::Migrate(pool, schema));
   RETURN_IF_ERROR(commands::MigrateProcessManagers(pool, schema));
+  RETURN_IF_ERROR(auth::ApiKeyStore::Migrate(pool, schema));
   return commands::PostgresIdempotencyStore::Migrate(pool, schema);
 }
 

@@ -222,6 +222,39 @@ int App::Main(int argc, char** argv) {
       ->add_option("name", projections_flags.names, "projection")
       ->required();
 
+  app_internal::KeysFlags keys_flags;
+  CLI::App* keys = cli.add_subcommand(
+      "keys",
+      "the API keys clients send as `Authorization: Bearer <token>`: "
+      "create, list, revoke");
+  keys->require_subcommand(1);
+  AddDatabaseOptions(*keys, db, *this);
+  auto key_command = [&](const std::string& name, const std::string& help) {
+    CLI::App* c = keys->add_subcommand(name, help);
+    c->fallthrough();
+    c->callback([&keys_flags, name] { keys_flags.command = name; });
+    return c;
+  };
+  CLI::App* create = key_command(
+      "create", "a new key; its token is printed once, alone on the last line");
+  create->add_option("--name", keys_flags.name, "what the key is for")
+      ->required();
+  create
+      ->add_option("--scopes", keys_flags.scopes,
+                   "what it may do, comma-separated (commands, queries, "
+                   "events, admin, metrics)")
+      ->required();
+  create->add_option("--expires-in", keys_flags.expires_in,
+                     "lifetime, e.g. 30d, 12h, 90m (default: none)");
+  key_command("list", "every key: id, name, scopes, times (never the token)")
+      ->add_flag("--json", keys_flags.json, "as JSON")
+      ->disable_flag_override();
+  key_command("revoke",
+              "refuse a key's token from now on (within a second "
+              "in every process)")
+      ->add_option("id", keys_flags.id, "the key's id")
+      ->required();
+
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -251,6 +284,7 @@ int App::Main(int argc, char** argv) {
   }
   if (project->parsed()) return app_internal::Project(*this, db);
   if (migrate->parsed()) return app_internal::Migrate(*this, db);
+  if (keys->parsed()) return app_internal::Keys(*this, db, keys_flags);
   return app_internal::Projections(*this, db, projections_flags);
 }
 

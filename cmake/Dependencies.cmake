@@ -7,6 +7,8 @@ find_package(Boost 1.74 REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PQXX REQUIRED IMPORTED_TARGET libpqxx>=6.4)
 find_package(RapidJSON REQUIRED)
+# SHA-256, random tokens, constant-time comparison (framework/auth).
+find_package(OpenSSL 3 REQUIRED)
 # Command lines (app/cli.cc); header-only.
 find_package(CLI11 2.1 REQUIRED)
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "app/app.h"
 #include "eventstore/postgres_event_store.h"
 #include "framework/embedded_postgres.h"
@@ -48,6 +49,15 @@ struct ProjectionsFlags {
   bool fast = false;
 };
 
+struct KeysFlags {
+  std::string command;  // create, list, revoke
+  std::string name;
+  std::string scopes;  // comma-separated
+  std::string expires_in;
+  std::string id;
+  bool json = false;
+};
+
 // The database, and the embedded cluster it runs in when no URL was given
 // (kept running while this lives).
 struct Database {
@@ -79,6 +89,10 @@ int Project(App& app, const DatabaseFlags& db);
 int Migrate(App& app, const DatabaseFlags& db);
 int Projections(App& app, const DatabaseFlags& db,
                 const ProjectionsFlags& flags);
+int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags);
+
+// "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
+absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);
 
 // The OpenAPI document generated from the app's routes.
 std::string GeneratedOpenApi(const App& app);

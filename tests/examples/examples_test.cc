@@ -223,6 +223,44 @@ TEST_CASE("counter_app: help, usage errors and definition checks",
   CHECK(down.exit_code == 1);
 }
 
+TEST_CASE("counter_app: API keys from the CLI", "[examples][pg]") {
+  TestSchema schema;
+  const std::string app = COUNTER_APP;
+  ShellResult created = Cli(app, schema,
+                            "keys create --name ci --scopes commands,queries "
+                            "--expires-in 30d");
+  INFO(created.output);
+  REQUIRE(created.exit_code == 0);
+  // The token alone on the last line, for scripts.
+  std::string out = created.output;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  const std::string token = out.substr(out.rfind('\n') + 1);
+  CHECK(absl::StartsWith(token, "cqrs_"));
+  CHECK(token.size() == 5 + 12 + 1 + 43);
+  const std::string id = token.substr(5, 12);
+
+  ShellResult list = Cli(app, schema, "keys list --json");
+  INFO(list.output);
+  CHECK(list.exit_code == 0);
+  CHECK(absl::StrContains(list.output, absl::StrCat("\"id\":\"", id, "\"")));
+  CHECK(
+      absl::StrContains(list.output, "\"scopes\":[\"commands\",\"queries\"]"));
+  CHECK(absl::StrContains(list.output, "\"revoked_at\":null"));
+  CHECK_FALSE(absl::StrContains(list.output, token.substr(18)));  // no secret
+
+  CHECK(Cli(app, schema, absl::StrCat("keys revoke ", id)).exit_code == 0);
+  list = Cli(app, schema, "keys list --json");
+  CHECK_FALSE(absl::StrContains(list.output, "\"revoked_at\":null"));
+  CHECK(Cli(app, schema, "keys revoke 000000000000").exit_code == 1);
+  for (const char* bad : {"keys create --name x", "keys create --scopes a",
+                          "keys create --name x --scopes 'A B'",
+                          "keys create --name x --scopes a --expires-in soon",
+                          "keys revoke", "keys"}) {
+    INFO(bad);
+    CHECK(Cli(app, schema, bad).exit_code == 2);
+  }
+}
+
 TEST_CASE("inventory_app: business rules, two read models, worker process",
           "[examples][pg]") {
   TestSchema schema;

@@ -1,0 +1,284 @@
+#include "framework/auth/api_keys.h"
+
+#include <algorithm>
+#include <utility>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "framework/auth/crypto.h"
+#include "framework/error_code.h"
+#include "framework/migrations.h"
+#include "framework/status_macros.h"
+
+namespace cqrs::auth {
+namespace {
+
+constexpr char kComponent[] = "auth";
+constexpr Migration kMigrations[] = {
+    {1, "api keys",
+     "CREATE TABLE IF NOT EXISTS {s}.api_keys ("
+     "  id text PRIMARY KEY,"
+     "  name text NOT NULL,"
+     "  scopes text[] NOT NULL,"
+     "  secret_sha256 text NOT NULL,"
+     "  created_at timestamptz NOT NULL DEFAULT now(),"
+     "  last_used_at timestamptz,"
+     "  expires_at timestamptz,"
+     "  revoked_at timestamptz)"},
+};
+
+constexpr size_t kIdBytes = 6;       // 12 hex digits
+constexpr size_t kSecretBytes = 32;  // 256 bits
+constexpr size_t kMaxTokenBytes = 200;
+
+absl::Status Unauthenticated() {
+  return WithErrorCode(
+      absl::UnauthenticatedError("a valid bearer token is required"),
+      "unauthenticated");
+}
+
+bool IsWord(absl::string_view s) {
+  return !s.empty() && s.size() <= 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) {
+           return absl::ascii_islower(c) || absl::ascii_isdigit(c) ||
+                  c == '_' || c == '-';
+         });
+}
+
+std::optional<absl::Time> TimeOf(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return absl::FromUnixMicros(f.as<int64_t>());
+}
+
+constexpr char kColumns[] =
+    "id, name, array_to_string(scopes, ','), secret_sha256, "
+    "(extract(epoch FROM created_at) * 1000000)::bigint, "
+    "(extract(epoch FROM last_used_at) * 1000000)::bigint, "
+    "(extract(epoch FROM expires_at) * 1000000)::bigint, "
+    "(extract(epoch FROM revoked_at) * 1000000)::bigint";
+
+ApiKey KeyOf(const pqxx::row& r) {
+  ApiKey k;
+  k.id = r[0].as<std::string>();
+  k.name = r[1].as<std::string>();
+  k.scopes = absl::StrSplit(r[2].as<std::string>(), ',', absl::SkipEmpty());
+  k.created_at = *TimeOf(r[4]);
+  k.last_used_at = TimeOf(r[5]);
+  k.expires_at = TimeOf(r[6]);
+  k.revoked_at = TimeOf(r[7]);
+  return k;
+}
+
+}  // namespace
+
+bool ApiKey::HasScope(absl::string_view scope) const {
+  return std::find(scopes.begin(), scopes.end(), scope) != scopes.end();
+}
+
+std::optional<std::string> KeyIdOf(absl::string_view token) {
+  if (token.size() > kMaxTokenBytes ||
+      !absl::ConsumePrefix(&token, kTokenPrefix)) {
+    return std::nullopt;
+  }
+  const size_t sep = token.find('_');
+  if (sep != kIdBytes * 2) return std::nullopt;
+  const absl::string_view id = token.substr(0, sep);
+  if (!std::all_of(id.begin(), id.end(), [](char c) {
+        return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'f');
+      })) {
+    return std::nullopt;
+  }
+  if (token.size() == sep + 1) return std::nullopt;  // no secret
+  return std::string(id);
+}
+
+absl::Status ApiKeyStore::Migrate(PgPool& pool, absl::string_view schema) {
+  return ApplyMigrations(pool, schema, kComponent, kMigrations);
+}
+
+absl::StatusOr<std::unique_ptr<ApiKeyStore>> ApiKeyStore::Create(
+    PgPool* pool, std::string schema, ApiKeyStoreOptions options) {
+  RETURN_IF_ERROR(ValidateSchemaName(schema));
+  ASSIGN_OR_RETURN(int version, MigratedVersion(*pool, schema, kComponent));
+  if (version < kMigrations[std::size(kMigrations) - 1].version) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "schema '", schema, "' has no api_keys table: run migrate"));
+  }
+  return std::unique_ptr<ApiKeyStore>(
+      new ApiKeyStore(pool, std::move(schema), options));
+}
+
+ApiKeyStore::ApiKeyStore(PgPool* pool, std::string schema,
+                         ApiKeyStoreOptions options)
+    : pool_(pool), schema_(std::move(schema)), options_(options) {}
+
+absl::StatusOr<NewApiKey> ApiKeyStore::CreateKey(
+    std::string name, std::vector<std::string> scopes,
+    std::optional<absl::Duration> expires_in) {
+  if (name.empty() || name.size() > 200) {
+    return InvalidRequest("a key's name must be 1 to 200 bytes");
+  }
+  if (scopes.empty()) return InvalidRequest("a key needs at least one scope");
+  for (const std::string& s : scopes) {
+    if (!IsWord(s)) {
+      return InvalidRequest(absl::StrCat(
+          "scope '", s, "' is not a word of [a-z0-9_-] (at most 64)"));
+    }
+  }
+  if (expires_in.has_value() && *expires_in <= absl::ZeroDuration()) {
+    return InvalidRequest("a key must expire in the future");
+  }
+  ASSIGN_OR_RETURN(std::string id, RandomHex(kIdBytes));
+  ASSIGN_OR_RETURN(std::string secret, RandomToken(kSecretBytes));
+  NewApiKey out;
+  out.token = absl::StrCat(kTokenPrefix, id, "_", secret);
+  const std::string array = absl::StrCat("{", absl::StrJoin(scopes, ","), "}");
+  std::optional<int64_t> expires_us;
+  if (expires_in.has_value()) {
+    expires_us = absl::ToInt64Microseconds(*expires_in);
+  }
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+        pqxx::work tx(conn);
+        const pqxx::row r = tx.exec_params1(
+            absl::StrCat("INSERT INTO ", schema_,
+                         ".api_keys (id, name, scopes, secret_sha256, "
+                         "expires_at) VALUES ($1, $2, $3::text[], $4, now() + "
+                         "make_interval(secs => $5::bigint / 1000000.0)) "
+                         "RETURNING ",
+                         kColumns),
+            id, name, array, Sha256Hex(secret), expires_us);
+        out.key = KeyOf(r);
+        tx.commit();
+        return absl::OkStatus();
+      }));
+  return out;
+}
+
+absl::StatusOr<std::vector<ApiKey>> ApiKeyStore::List() {
+  std::vector<ApiKey> keys;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection,
+      [&](pqxx::connection& conn) -> absl::Status {
+        keys.clear();
+        pqxx::nontransaction tx(conn);
+        for (const pqxx::row& r :
+             tx.exec(absl::StrCat("SELECT ", kColumns, " FROM ", schema_,
+                                  ".api_keys ORDER BY created_at DESC, id"))) {
+          keys.push_back(KeyOf(r));
+        }
+        return absl::OkStatus();
+      }));
+  return keys;
+}
+
+absl::Status ApiKeyStore::Revoke(absl::string_view id) {
+  bool found = false;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection,
+      [&](pqxx::connection& conn) -> absl::Status {
+        pqxx::nontransaction tx(conn);
+        found = !tx.exec_params(absl::StrCat("UPDATE ", schema_,
+                                             ".api_keys SET revoked_at = "
+                                             "coalesce(revoked_at, now()) "
+                                             "WHERE id = $1 RETURNING id"),
+                                std::string(id))
+                     .empty();
+        return absl::OkStatus();
+      }));
+  if (!found) {
+    return WithErrorCode(absl::NotFoundError(absl::StrCat("no key '", id, "'")),
+                         "key_not_found");
+  }
+  absl::MutexLock lock(&mu_);
+  cache_.erase(std::string(id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ApiKeyStore::Cached> ApiKeyStore::Read(const std::string& id) {
+  Cached c;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection,
+      [&](pqxx::connection& conn) -> absl::Status {
+        pqxx::nontransaction tx(conn);
+        const pqxx::result rows =
+            tx.exec_params(absl::StrCat("SELECT ", kColumns, " FROM ", schema_,
+                                        ".api_keys WHERE id = $1"),
+                           id);
+        if (!rows.empty()) {
+          c.key = KeyOf(rows[0]);
+          c.secret_hash = rows[0][3].as<std::string>();
+        }
+        return absl::OkStatus();
+      }));
+  c.read_at = absl::Now();
+  return c;
+}
+
+absl::StatusOr<ApiKey> ApiKeyStore::Authenticate(absl::string_view token) {
+  const std::optional<std::string> id = KeyIdOf(token);
+  if (!id.has_value()) return Unauthenticated();
+  const absl::string_view secret =
+      token.substr(kTokenPrefix.size() + id->size() + 1);
+  const absl::Time now = absl::Now();
+  std::optional<Cached> cached;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = cache_.find(*id);
+    if (it != cache_.end() &&
+        now - it->second.read_at < options_.cache_lifetime) {
+      cached = it->second;
+    }
+  }
+  if (!cached.has_value()) {
+    ASSIGN_OR_RETURN(Cached fresh, Read(*id));
+    absl::MutexLock lock(&mu_);
+    cache_[*id] = fresh;
+    cached = std::move(fresh);
+  }
+  // The hash is compared even for an unknown key, so that the time taken
+  // does not tell a known id from an unknown one.
+  const std::string presented = Sha256Hex(secret);
+  const bool matches = ConstantTimeEquals(
+      presented,
+      cached->key.has_value() ? cached->secret_hash : std::string(64, '0'));
+  if (!matches || !cached->key.has_value() ||
+      cached->key->revoked_at.has_value() ||
+      (cached->key->expires_at.has_value() &&
+       *cached->key->expires_at <= now)) {
+    return Unauthenticated();
+  }
+  TouchLastUsed(*id, now);
+  return *cached->key;
+}
+
+void ApiKeyStore::TouchLastUsed(const std::string& id, absl::Time now) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = touched_.find(id);
+    if (it != touched_.end() &&
+        now - it->second < options_.last_used_resolution) {
+      return;
+    }
+    touched_[id] = now;
+  }
+  // Best effort: a failed write only leaves last_used_at older.
+  pool_
+      ->Run(PgPool::Retry::kNever,
+            [&](pqxx::connection& conn) -> absl::Status {
+              pqxx::nontransaction tx(conn);
+              tx.exec_params(absl::StrCat("UPDATE ", schema_,
+                                          ".api_keys SET last_used_at = now() "
+                                          "WHERE id = $1"),
+                             id);
+              return absl::OkStatus();
+            })
+      .IgnoreError();
+}
+
+}  // namespace cqrs::auth
