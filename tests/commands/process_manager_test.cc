@@ -17,6 +17,7 @@
 #include "eventstore/postgres_event_store.h"
 #include "projections/runner.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::commands {
 namespace {
@@ -30,14 +31,7 @@ NewEvent Event(const std::string& type) {
   return e;
 }
 
-bool WaitUntil(const std::function<bool()>& done) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 TEST_CASE("a process manager's late append keeps its stream in order",
           "[commands][pg]") {

@@ -24,6 +24,7 @@
 #include "framework/pg_pool.h"
 #include "framework/uuid.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::eventstore {
 namespace {
@@ -596,17 +597,7 @@ TEST_CASE("appends in a caller's transaction commit or roll back with it",
 namespace cqrs::eventstore {
 namespace {
 
-// Polls `condition` until it holds or `timeout` passes; returns whether it
-// held.
-template <typename Fn>
-bool WaitUntil(Fn&& condition, absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 NewEvent EventWithId(absl::string_view type, int n) {
   NewEvent e = MakeEvent(type, n);

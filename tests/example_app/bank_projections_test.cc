@@ -31,6 +31,7 @@
 #include "tests/framework/http/client.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -70,15 +71,7 @@ Balances ReadBalances(TestSchema& schema) {
   return out;
 }
 
-bool WaitFor(const std::function<bool()>& done,
-             absl::Duration timeout = absl::Seconds(60)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 std::unique_ptr<cqrs::eventstore::PostgresEventStore> Store(
     TestSchema& schema) {
@@ -97,7 +90,7 @@ void CheckOtherModelsNow(TestSchema& schema, const Balances& want);
 // once they have caught up: each projection follows the events on its own,
 // so they may still be behind account_balances.
 void CheckOtherModels(TestSchema& schema, const Balances& want) {
-  WaitFor([&] {
+  WaitUntil([&] {
     int64_t events = 0, total = 0;
     for (const auto& [id, row] : want) {
       events += row.version;
@@ -197,7 +190,7 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
   REQUIRE(runner.ok());
   (*runner)->Start();
   Balances want = expected();
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   CheckOtherModels(schema, want);
 
   // Rebuild everything while commands keep coming.
@@ -210,7 +203,7 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
   }
   more.join();
   want = expected();
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   CheckOtherModels(schema, want);
   CHECK(schema.QueryInt(absl::StrCat("SELECT min(generation) FROM ",
                                      schema.name(), ".projections")) == 2);
@@ -296,7 +289,7 @@ TEST_CASE("a projector killed with SIGKILL mid catch-up resumes exactly",
   const int64_t total = 200 * 150;
   {
     Projector first(schema);
-    REQUIRE(WaitFor(
+    REQUIRE(WaitUntil(
         [&] { return Checkpoint(schema, "account_transactions") >= 2000; }));
     first.Kill(SIGKILL);
   }
@@ -304,8 +297,8 @@ TEST_CASE("a projector killed with SIGKILL mid catch-up resumes exactly",
   INFO("account_transactions checkpoint at the kill: " << at_kill);
   CHECK(at_kill < total);  // the kill came in the middle of the catch-up
   Projector second(schema);
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
-  REQUIRE(WaitFor([&] {
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] {
     return Checkpoint(schema, "account_transactions") == total &&
            Checkpoint(schema, "bank_stats") == total;
   }));
@@ -319,17 +312,17 @@ TEST_CASE("a standby projector takes over from a killed owner",
   auto store = Store(schema);
   Balances want = Fill(*store, "s", 20, 9);
   Projector owner(schema);
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   Projector standby(schema);
   absl::SleepFor(absl::Milliseconds(500));  // let it find the locks taken
   owner.Kill(SIGKILL);
   const absl::Time killed = absl::Now();
   Balances more = Fill(*store, "t", 5, 9);
   want.insert(more.begin(), more.end());
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   // Takeover within 5 s of the kill (the standby retries every second).
   CHECK(absl::Now() - killed < absl::Seconds(5));
-  REQUIRE(WaitFor([&] {
+  REQUIRE(WaitUntil([&] {
     return Checkpoint(schema, "bank_stats") ==
            Checkpoint(schema, "account_balances");
   }));
@@ -348,12 +341,12 @@ TEST_CASE("a CLI rebuild stopped by Ctrl-C or kill -9 leaves the live model",
   auto store = Store(schema);
   Balances want = Fill(*store, "r", 400, 149);  // 60,000 events
   Projector projector(schema);
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   for (int signal : {SIGINT, SIGKILL}) {
     INFO("signal " << signal);
     Rebuilder rebuild(schema, "account_transactions");
     const int64_t before = RebuildCheckpoint(schema);
-    REQUIRE(WaitFor([&] { return RebuildCheckpoint(schema) > before; }));
+    REQUIRE(WaitUntil([&] { return RebuildCheckpoint(schema) > before; }));
     const int code = rebuild.Kill(signal);
     CHECK(code == (signal == SIGINT ? 1 : 128 + SIGKILL));
     // Interrupted mid-way: the live model is untouched.
@@ -387,7 +380,7 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
   Balances want = Fill(*store, "c", 10, 9);
   {
     Projector projector(schema);
-    REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+    REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
     Run status = BankCli(schema, "projections status --json");
     INFO(status.output);
     CHECK(status.exit_code == 0);
@@ -454,7 +447,7 @@ struct Server : BankProcess {
   Server(TestSchema& schema, int port)
       : BankProcess(schema,
                     {"serve", "--listen", absl::StrCat("127.0.0.1:", port)}) {
-    REQUIRE(WaitFor([&] {
+    REQUIRE(WaitUntil([&] {
       auto client =
           cqrs::http_test::TestClient::Connect(port, absl::Seconds(2));
       if (!client.ok()) return false;
@@ -479,7 +472,7 @@ TEST_CASE(
   Balances want = Fill(*store, "u", 2, 3);
   const int port = cqrs::testing::FreePort();
   Server server(schema, port);
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
 
   // A read model that refuses the row of one event, every time (as a bug in
   // its handler would): account_balances stops on it.
@@ -492,7 +485,7 @@ TEST_CASE(
   REQUIRE(store->Append("account-u0", ExpectedVersion::Exactly(4), {big}).ok());
   want["u0"].balance += 2000000;
   want["u0"].version += 1;
-  REQUIRE(WaitFor([&] { return Failed(schema, "account_balances"); }));
+  REQUIRE(WaitUntil([&] { return Failed(schema, "account_balances"); }));
   Run status = BankCli(schema, "projections status");
   INFO(status.output);
   CHECK(status.exit_code == 0);
@@ -515,7 +508,7 @@ TEST_CASE(
   INFO(resumed.output);
   CHECK(resumed.exit_code == 0);
   CHECK(!Failed(schema, "account_balances"));
-  REQUIRE(WaitFor([&] { return ReadBalances(schema) == want; }));
+  REQUIRE(WaitUntil([&] { return ReadBalances(schema) == want; }));
   CHECK(schema.QueryInt(
             absl::StrCat("SELECT generation FROM ", schema.name(),
                          ".projections WHERE name = 'account_balances'")) == 1);
@@ -534,7 +527,7 @@ TEST_CASE(
                        R"({"from":"u0","to":"u1","amount":5,)"
                        R"("transfer_id":"t-resume"})");
   REQUIRE(accepted.status == 202);
-  REQUIRE(WaitFor([&] { return Failed(schema, "transfer_process"); }));
+  REQUIRE(WaitUntil([&] { return Failed(schema, "transfer_process"); }));
   auto listed = Http(port, "GET", "/projections");
   CHECK(listed.status == 200);
   CHECK(absl::StrContains(listed.body, "refused by the test"));
@@ -558,14 +551,14 @@ TEST_CASE(
   CHECK(std::string(doc["name"].GetString()) == "transfer_process");
   CHECK(std::string(doc["state"].GetString()) != "failed");
   CHECK(!doc.HasMember("last_error"));
-  REQUIRE(WaitFor([&] {
+  REQUIRE(WaitUntil([&] {
     auto r = Http(port, "GET", "/transfers/t-resume");
     return r.status == 200 && absl::StrContains(r.body, "\"completed\"");
   }));
   // The money moved once.
   want["u0"].balance -= 5;
   want["u1"].balance += 5;
-  REQUIRE(WaitFor([&] {
+  REQUIRE(WaitUntil([&] {
     Balances got = ReadBalances(schema);
     return got["u0"].balance == want["u0"].balance &&
            got["u1"].balance == want["u1"].balance;

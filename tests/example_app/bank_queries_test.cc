@@ -28,6 +28,7 @@
 #include "tests/framework/http/client.h"
 #include "tests/support/prometheus_text.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -520,12 +521,12 @@ TEST_CASE("cqrs_events_appended_total counts the process manager's appends",
            "/transfers",
            R"({"from":"cnt-a","to":"cnt-b","amount":40,"transfer_id":"cnt-t"})")
           .status == 202);
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (f.Get("/transfers/cnt-t").body.find("completed") ==
-         std::string::npos) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  REQUIRE(cqrs::testing::WaitUntil(
+      [&] {
+        return f.Get("/transfers/cnt-t").body.find("completed") !=
+               std::string::npos;
+      },
+      absl::Seconds(30)));
   // Before: only the request (1 of the 6 events) was counted.
   CHECK(stored() - stored_before == 6);
   CHECK(Sample(Scrape(f), "cqrs_events_appended_total") - before ==

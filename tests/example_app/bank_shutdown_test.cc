@@ -21,6 +21,7 @@
 #include "tests/support/child_process.h"
 #include "tests/support/prometheus_text.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -34,15 +35,7 @@ const cqrs::http::HeaderList kParkForLong = {
     {"X-Min-Position", "99999999999.1"}, {"X-Max-Wait-Ms", "30000"}};
 constexpr absl::Duration kParkedWait = absl::Seconds(30);
 
-bool WaitFor(const std::function<bool()>& done,
-             absl::Duration timeout = absl::Seconds(60)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 std::string ErrorCode(const ClientResponse& response) {
   rapidjson::Document doc;
@@ -64,7 +57,7 @@ class Serve {
       : port_(port),
         process_(BANK_BINARY, Args(schema, port, std::move(extra)),
                  cqrs::testing::ChildProcess::Output::kStdoutOnly) {
-    REQUIRE(WaitFor([&] {
+    REQUIRE(WaitUntil([&] {
       if (monitor_ == nullptr) {
         auto client = TestClient::Connect(port_, absl::Seconds(10));
         if (!client.ok()) return false;
@@ -156,7 +149,7 @@ TEST_CASE(
   Serve server(schema, port);
   constexpr int kParked = 5;
   ParkedQueries parked(port, kParked);
-  REQUIRE(WaitFor([&] { return server.Waiting() == kParked; }));
+  REQUIRE(WaitUntil([&] { return server.Waiting() == kParked; }));
 
   const absl::Time terminated = absl::Now();
   const int exit_code = server.Terminate();
@@ -187,7 +180,7 @@ TEST_CASE(
                {"--max-connections", "8", "--max-queued-requests", "2"});
   constexpr int kParked = 7;
   ParkedQueries parked(port, kParked);
-  REQUIRE(WaitFor([&] { return server.Waiting() == kParked; }));
+  REQUIRE(WaitUntil([&] { return server.Waiting() == kParked; }));
 
   auto newcomer = TestClient::Connect(port);
   REQUIRE(newcomer.ok());

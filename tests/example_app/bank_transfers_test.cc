@@ -21,6 +21,7 @@
 #include "example_app/account.h"
 #include "rapidjson/document.h"
 #include "tests/example_app/service_fixture.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -44,16 +45,16 @@ std::string Transfer(ServiceFixture& f, const std::string& from,
 // Waits until the transfer is settled; returns its final JSON.
 rapidjson::Document Settled(ServiceFixture& f, const std::string& id,
                             const std::string& requested_at) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (true) {
-    auto r = f.Get(absl::StrCat("/transfers/", id), AtLeast(requested_at));
-    REQUIRE(r.status == 200);
-    rapidjson::Document doc = Parse(r.body);
-    const std::string status = doc["status"].GetString();
-    if (status != "pending") return doc;
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  rapidjson::Document doc;
+  REQUIRE(cqrs::testing::WaitUntil(
+      [&] {
+        auto r = f.Get(absl::StrCat("/transfers/", id), AtLeast(requested_at));
+        REQUIRE(r.status == 200);
+        doc = Parse(r.body);
+        return std::string(doc["status"].GetString()) != "pending";
+      },
+      absl::Seconds(30)));
+  return doc;
 }
 
 // The account as the read model shows it once it has caught up with
@@ -90,18 +91,18 @@ std::vector<std::pair<std::string, std::string>> Movements(
 // newest transfer event: it has handled (and committed) all of them.
 void WaitProcessCaughtUp(ServiceFixture& f) {
   const std::string schema = f.schema().name();
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (f.schema().QueryInt(absl::StrCat(
-             "SELECT count(*) FROM ", schema,
-             ".projections p WHERE name = "
-             "'transfer_process' AND (p.position_xid, p.position_gp) >= "
-             "(SELECT transaction_id, global_position FROM ",
-             schema,
-             ".events WHERE stream_id LIKE 'transfer-%' ORDER BY "
-             "transaction_id DESC, global_position DESC LIMIT 1)")) == 0) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  REQUIRE(cqrs::testing::WaitUntil(
+      [&] {
+        return f.schema().QueryInt(absl::StrCat(
+                   "SELECT count(*) FROM ", schema,
+                   ".projections p WHERE name = "
+                   "'transfer_process' AND (p.position_xid, p.position_gp) "
+                   ">= (SELECT transaction_id, global_position FROM ",
+                   schema,
+                   ".events WHERE stream_id LIKE 'transfer-%' ORDER BY "
+                   "transaction_id DESC, global_position DESC LIMIT 1)")) != 0;
+      },
+      absl::Seconds(30)));
 }
 
 // Moves the process manager's checkpoint back to the start, so that it
@@ -681,17 +682,15 @@ TEST_CASE("money is neither created nor lost under concurrent transfers",
   for (auto& t : clients) t.join();
   const std::string schema = f.schema().name();
   // Quiet: every transfer settles.
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (f.schema().QueryInt(
-             absl::StrCat("SELECT count(*) FROM ", schema,
-                          ".events WHERE event_type = 'TransferRequested'")) !=
-         f.schema().QueryInt(
-             absl::StrCat("SELECT count(*) FROM ", schema,
-                          ".events WHERE event_type IN ('TransferCompleted', "
-                          "'TransferFailed')"))) {
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  REQUIRE(cqrs::testing::WaitUntil([&] {
+    return f.schema().QueryInt(absl::StrCat(
+               "SELECT count(*) FROM ", schema,
+               ".events WHERE event_type = 'TransferRequested'")) ==
+           f.schema().QueryInt(
+               absl::StrCat("SELECT count(*) FROM ", schema,
+                            ".events WHERE event_type IN "
+                            "('TransferCompleted', 'TransferFailed')"));
+  }));
   auto stats = [&] {
     // Read with a position after everything.
     const std::string at = Open(f, "last-scratch");

@@ -17,6 +17,7 @@
 #include "tests/framework/http/client.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace {
 
@@ -44,16 +45,13 @@ class Server {
          std::vector<std::string> extra = {})
       : port_(cqrs::testing::FreePort()),
         process_(app, Args(schema, port_, std::move(extra))) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (absl::Now() < deadline) {
+    const bool up = cqrs::testing::WaitUntil([&] {
       auto client = TestClient::Connect(port_, absl::Seconds(2));
-      if (client.ok()) {
-        auto r = (*client)->Send("GET", "/healthz");
-        if (r.ok() && r->status == 200) return;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    FAIL("the app did not answer /healthz within 60 s");
+      if (!client.ok()) return false;
+      auto r = (*client)->Send("GET", "/healthz");
+      return r.ok() && r->status == 200;
+    });
+    if (!up) FAIL("the app did not answer /healthz within 60 s");
   }
   ~Server() {
     if (!stopped_) Stop();

@@ -13,6 +13,7 @@
 #include "framework/auth/crypto.h"
 #include "framework/error_code.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::auth {
 namespace {
@@ -101,13 +102,11 @@ TEST_CASE(
   REQUIRE(there->Authenticate(k->token).ok());  // cached there now
   REQUIRE(here->Revoke(k->key.id).ok());
   CHECK(absl::IsUnauthenticated(here->Authenticate(k->token).status()));
-  const absl::Time deadline = absl::Now() + absl::Seconds(5);
-  bool refused = false;
-  while (!refused && absl::Now() < deadline) {
-    refused = absl::IsUnauthenticated(there->Authenticate(k->token).status());
-    if (!refused) absl::SleepFor(absl::Milliseconds(50));
-  }
-  CHECK(refused);
+  CHECK(cqrs::testing::WaitUntil(
+      [&] {
+        return absl::IsUnauthenticated(there->Authenticate(k->token).status());
+      },
+      absl::Seconds(5)));
   CHECK(absl::IsNotFound(here->Revoke("0123456789ab")));
   CHECK(here->Revoke(k->key.id).ok());  // again: fine
 }
@@ -122,11 +121,11 @@ TEST_CASE("an expired key is refused; bad input creates nothing",
       keys->CreateKey("short", {"queries"}, absl::Milliseconds(300));
   REQUIRE(k.ok());
   REQUIRE(k->key.expires_at.has_value());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (keys->Authenticate(k->token).ok() && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  CHECK(absl::IsUnauthenticated(keys->Authenticate(k->token).status()));
+  CHECK(cqrs::testing::WaitUntil(
+      [&] {
+        return absl::IsUnauthenticated(keys->Authenticate(k->token).status());
+      },
+      absl::Seconds(10)));
 
   CHECK(absl::IsInvalidArgument(keys->CreateKey("", {"a"}, {}).status()));
   CHECK(absl::IsInvalidArgument(keys->CreateKey("n", {}, {}).status()));

@@ -319,6 +319,8 @@ TEST_CASE("absl::Time is RFC 3339 in UTC", "[framework]") {
         R"(" 2024-01-31T12:00:00Z")", R"("2024-01-31T12:00:00Z ")",
         R"("2024-13-01T12:00:00Z")", R"(1706702400)"}) {
     INFO(bad);
+    // Raw text on purpose: `bad` is a JSON fragment (a string literal or a
+    // number) that Decode must refuse; a writer could not produce it.
     CheckError(Decode<Stamp>(absl::StrCat(R"({"at":)", bad, "}")).status(),
                "invalid_request", "field \"at\" must be an RFC 3339");
   }

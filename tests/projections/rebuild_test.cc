@@ -34,6 +34,7 @@
 #include "framework/log.h"
 #include "projections/runner.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::projections {
 namespace {
@@ -46,16 +47,7 @@ using eventstore::Position;
 using eventstore::RecordedEvent;
 using testing::TestSchema;
 
-// Waits (bounded) until `done()`; returns its last value.
-template <typename Fn>
-bool WaitUntil(Fn done, absl::Duration timeout = absl::Seconds(30)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 std::string Array(const std::vector<std::string>& items) {
   return absl::StrCat("{", absl::StrJoin(items, ","), "}");

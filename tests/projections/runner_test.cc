@@ -28,6 +28,7 @@
 #include "projections/rebuild.h"
 #include "projections/status.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::projections {
 namespace {
@@ -147,16 +148,7 @@ ProjectionStatus StatusOf(const ProjectionRunner& runner) {
   return s[0];
 }
 
-// Waits (bounded) until `done()`; returns its last value.
-template <typename Fn>
-bool WaitUntil(Fn done, absl::Duration timeout = absl::Seconds(20)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 bool ReachedHead(const ProjectionRunner& runner,
                  eventstore::EventStore& store) {

@@ -181,6 +181,7 @@ TEST_CASE("timestamptz is written in UTC from any session time zone",
                c.zone);
     auto json = RowToJson(rows[0]);
     REQUIRE(json.ok());
+    // The exact bytes expected (c.want is a timestamp: nothing to escape).
     CHECK(*json == absl::StrCat(R"({"t":")", c.want, R"("})"));
   }
 }

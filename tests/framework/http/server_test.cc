@@ -24,6 +24,7 @@
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/framework/http/log_capture.h"
+#include "tests/support/wait.h"
 
 namespace cqrs {
 namespace http {
@@ -117,6 +118,8 @@ void AddRoutes(Router& router, Hooks& hooks) {
       [](const Request& request, Responder respond) {
         const std::string id = request.correlation_id();
         std::thread([respond, id] {
+          // Stands for slow work finishing later on another thread (the
+          // route's point); nothing waits on this sleep.
           absl::SleepFor(absl::Milliseconds(20));
           respond(TextResponse(200, absl::StrCat("async ", id)));
         }).detach();
@@ -632,16 +635,7 @@ TEST_CASE("shutdown gives up on a request after the drain timeout", "[http]") {
   server.hooks().parked.front()(JsonResponse(200, "{}"));
 }
 
-// Waits until `done` holds; false after `timeout`.
-bool WaitUntil(const std::function<bool()>& done,
-               absl::Duration timeout = kGenerous) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
+using ::cqrs::testing::WaitUntil;
 
 void CheckOverloaded(const ClientResponse& response) {
   CHECK(response.status == 503);
