@@ -107,6 +107,18 @@ absl::optional<absl::string_view> Request::Query(absl::string_view name) const {
   return absl::nullopt;
 }
 
+bool Principal::HasScope(absl::string_view scope) const {
+  for (const std::string& s : scopes) {
+    if (s == scope) return true;
+  }
+  return false;
+}
+
+absl::string_view Request::actor() const {
+  return principal_.has_value() ? absl::string_view(principal_->id)
+                                : kAnonymousActor;
+}
+
 absl::optional<absl::string_view> Request::Header(
     absl::string_view name) const {
   return FindHeader(headers_, name);

@@ -30,6 +30,16 @@ namespace http {
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
 using ParamList = std::vector<std::pair<std::string, std::string>>;
 
+// Who sent a request: the API key the server authenticated it with
+// (framework/http/auth.h). Logs and event metadata name the key by `id`,
+// never by its secret.
+struct Principal {
+  std::string id;
+  std::vector<std::string> scopes;
+
+  bool HasScope(absl::string_view scope) const;
+};
+
 class Request {
  public:
   Request() = default;
@@ -78,6 +88,15 @@ class Request {
   // routing.
   const std::string& route_pattern() const { return route_pattern_; }
 
+  // The authenticated caller, or nullptr when the route is open or the
+  // server runs without authentication.
+  const Principal* principal() const {
+    return principal_.has_value() ? &*principal_ : nullptr;
+  }
+  // What event metadata records as the actor: the principal's key id, or
+  // "anonymous" without one.
+  absl::string_view actor() const;
+
   // Set by the server and the router; also useful to build requests in
   // handler tests.
   void set_path_params(ParamList params) { path_params_ = std::move(params); }
@@ -85,6 +104,7 @@ class Request {
   void set_route_pattern(std::string pattern) {
     route_pattern_ = std::move(pattern);
   }
+  void set_principal(Principal principal) { principal_ = std::move(principal); }
 
  private:
   std::string method_;
@@ -97,7 +117,11 @@ class Request {
   ParamList path_params_;
   std::string correlation_id_;
   std::string route_pattern_;
+  absl::optional<Principal> principal_;
 };
+
+// The actor of requests without a principal.
+inline constexpr absl::string_view kAnonymousActor = "anonymous";
 
 struct Response {
   int status = 200;

@@ -79,6 +79,21 @@ enum class Execution {
   kNetworkThread,
 };
 
+// Who may call a route. A server with authentication (ServerOptions::auth)
+// refuses to start while any route leaves it undeclared.
+struct RouteAccess {
+  enum class Kind { kUndeclared, kOpen, kScope };
+  Kind kind = Kind::kUndeclared;
+  std::string scope;  // kScope: the scope the caller's key must have
+
+  // Anyone, with or without a token (health, readiness, API documents).
+  static RouteAccess Open() { return {Kind::kOpen, ""}; }
+  // An authenticated caller whose key has `scope` (framework/auth/scopes.h).
+  static RouteAccess Scope(std::string scope) {
+    return {Kind::kScope, std::move(scope)};
+  }
+};
+
 struct RouteOptions {
   Execution execution = Execution::kWorkerPool;
   // When true, a non-empty body whose Content-Type is not application/json
@@ -91,6 +106,9 @@ struct RouteOptions {
   // kWorkerPool handler on a lane of its own and serves it on connections
   // beyond max_connections (framework/http/server.h).
   bool operations = false;
+  // Checked before the handler runs: 401 without a valid token, 403
+  // without the scope (framework/http/server.h).
+  RouteAccess access;
 };
 
 struct Route {
