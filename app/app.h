@@ -583,7 +583,9 @@ class App {
   // A route outside the command and query machinery (a constant document,
   // a probe): `handler` runs as `options` say (framework/http/router.h),
   // without If-Match, Idempotency-Key or read-your-writes. It is not in
-  // the generated OpenAPI document.
+  // the generated OpenAPI document. Unless `options.access` says otherwise
+  // it needs the scope "queries" for GET and HEAD, "commands" for any
+  // other method.
   void AddRoute(std::string method, std::string pattern, http::Handler handler,
                 http::RouteOptions options = {});
 

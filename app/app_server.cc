@@ -15,6 +15,7 @@
 #include "commands/idempotency.h"
 #include "commands/process_manager.h"
 #include "framework/auth/api_keys.h"
+#include "framework/auth/scopes.h"
 #include "framework/http/request_metrics.h"
 #include "framework/http/server.h"
 #include "framework/http/status_mapping.h"
@@ -114,6 +115,8 @@ struct AppServer::Parts {
   std::unique_ptr<projections::ProjectionRunner> runner;
   std::unique_ptr<queries::QueryService> queries;
   std::unique_ptr<queries::Operations> operations;
+  std::unique_ptr<auth::ApiKeyStore> keys;
+  std::unique_ptr<auth::ApiKeyAuthenticator> authenticator;
   std::string openapi;
   AppRuntime runtime;
   http::Router router;
@@ -128,6 +131,19 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   if (!errors.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("definition errors: ", absl::StrJoin(errors, "; ")));
+  }
+  if (!options.authentication) {
+    ASSIGN_OR_RETURN(const bool loopback,
+                     http::IsLoopbackListenAddress(options.listen));
+    if (!loopback && !options.allow_unauthenticated_network) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "refusing to serve ", options.listen,
+          " without authentication: anyone who reaches it could call every "
+          "route. Leave authentication on, listen on 127.0.0.1, or say "
+          "--allow-unauthenticated-network"));
+    }
+    Log(LogLevel::kWarn, "authentication is off: every route is open",
+        {{"address", options.listen}});
   }
   auto p = std::make_unique<Parts>();
   p->app = &app;
@@ -208,6 +224,8 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   // Routes.
   http::RouteOptions command_route;
   command_route.require_json_body = true;
+  command_route.access =
+      http::RouteAccess::Scope(std::string(auth::kCommandsScope));
   for (const App::Parts::CommandRoute& c : app.parts().command_routes) {
     const std::string name = c.name ? c.name() : "command";
     const App::RawCommand* handler = &c.handler;
@@ -224,7 +242,13 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
         command_route);
   }
   for (const App::Parts::PlainRoute& r : app.parts().plain_routes) {
-    p->router.Add(r.method, r.pattern, r.handler, r.options);
+    http::RouteOptions route_options = r.options;
+    if (route_options.access.kind == http::RouteAccess::Kind::kUndeclared) {
+      route_options.access = http::RouteAccess::Scope(std::string(
+          r.method == "GET" || r.method == "HEAD" ? auth::kQueriesScope
+                                                  : auth::kCommandsScope));
+    }
+    p->router.Add(r.method, r.pattern, r.handler, route_options);
   }
   for (const queries::QueryRoute& q : app.parts().queries) {
     p->queries->Add(p->router, q);
@@ -233,6 +257,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;
+  health.access = http::RouteAccess::Open();
   p->router.Add(
       "GET", "/healthz",
       [](const http::Request&) {
@@ -241,6 +266,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
       health);
   http::RouteOptions readiness;
   readiness.operations = true;
+  readiness.access = http::RouteAccess::Open();
   p->router.Add(
       "GET", "/readyz",
       [pool, program = app.name(), schema](const http::Request&) {
@@ -251,6 +277,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
                                            : app.parts().openapi;
   http::RouteOptions inline_route;
   inline_route.execution = http::Execution::kNetworkThread;
+  inline_route.access = http::RouteAccess::Open();
   p->router.Add(
       "GET", "/openapi.json",
       [doc = &p->openapi](const http::Request&) {
@@ -264,6 +291,14 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   server_options.worker_threads = options.worker_threads;
   server_options.max_connections = options.max_connections;
   server_options.max_queued_requests = static_cast<size_t>(max_queued);
+  if (options.authentication) {
+    ASSIGN_OR_RETURN(p->keys, auth::ApiKeyStore::Create(pool, schema));
+    p->authenticator =
+        std::make_unique<auth::ApiKeyAuthenticator>(p->keys.get());
+    server_options.auth.authenticator = p->authenticator.get();
+    server_options.auth.max_failures = options.auth_max_failures;
+    server_options.auth.failure_window = options.auth_failure_window;
+  }
   server_options.on_request_done =
       [m = p->request_metrics.get()](const http::RequestInfo& info) {
         m->Record(info);

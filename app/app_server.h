@@ -55,6 +55,15 @@ struct ServeOptions {
   // Run the projections and process managers here (`serve` without
   // --no-projections); otherwise reads follow another process's.
   bool run_projections = true;
+  // Bearer tokens (APP keys create) and per-route scopes on every route but
+  // /healthz, /readyz and /openapi.json (framework/http/auth.h). Without
+  // authentication every route is open: Start() then refuses a listen
+  // address that is not loopback unless allow_unauthenticated_network.
+  bool authentication = true;
+  bool allow_unauthenticated_network = false;
+  // Failed attempts per client address and window before 429.
+  int auth_max_failures = 20;
+  absl::Duration auth_failure_window = absl::Minutes(1);
   // For tests: how often the runner polls without a notification and the
   // tracker re-reads the checkpoints.
   absl::Duration poll_interval = absl::Seconds(1);

@@ -163,6 +163,22 @@ int App::Main(int argc, char** argv) {
                  absl::StrCat("do not run the projections here (run `", name_,
                               " project` beside it)"))
       ->disable_flag_override();
+  serve
+      ->add_flag("--no-auth", serve_flags.no_auth,
+                 "serve every route without bearer tokens (loopback "
+                 "addresses only, unless --allow-unauthenticated-network)")
+      ->disable_flag_override();
+  serve
+      ->add_flag("--allow-unauthenticated-network",
+                 serve_flags.allow_unauthenticated_network,
+                 "with --no-auth: listen on a non-loopback address anyway")
+      ->disable_flag_override();
+  serve
+      ->add_option("--auth-max-failures", serve_flags.auth_max_failures,
+                   "failed authentication attempts per client address and "
+                   "minute before 429 too_many_requests")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
 
   CLI::App* project = cli.add_subcommand(
       "project",

@@ -152,13 +152,17 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   options.max_queued_requests = flags.max_queued_requests;
   options.idempotency_retention = absl::Hours(flags.idempotency_hours);
   options.run_projections = !flags.no_projections;
+  options.authentication = !flags.no_auth;
+  options.allow_unauthenticated_network = flags.allow_unauthenticated_network;
+  options.auth_max_failures = flags.auth_max_failures;
   auto server = AppServer::Start(app, database->pool.get(), options);
   if (!server.ok()) return Fail(app, server.status());
   Log(LogLevel::kInfo, "listening",
       {{"program", app.name()},
        {"address", flags.listen},
        {"port", (*server)->port()},
-       {"projections", flags.no_projections ? "elsewhere" : "here"}});
+       {"projections", flags.no_projections ? "elsewhere" : "here"},
+       {"authentication", flags.no_auth ? "off" : "on"}});
   absl::Status ran = (*server)->Run();
   // Stopped in order; the pool goes last, with `database`.
   server->reset();

@@ -1,5 +1,7 @@
 #include "queries/operations.h"
 
+#include "framework/auth/scopes.h"
+
 #include "absl/strings/str_cat.h"
 #include "eventstore/position.h"
 #include "framework/http/status_mapping.h"
@@ -89,20 +91,24 @@ Operations::~Operations() = default;
 void Operations::RegisterRoutes(http::Router& router) {
   // On the server's operations lane: they answer while the application's
   // routes are saturated.
-  http::RouteOptions operations;
-  operations.operations = true;
+  http::RouteOptions metrics;
+  metrics.operations = true;
+  metrics.access = http::RouteAccess::Scope(std::string(auth::kMetricsScope));
+  http::RouteOptions admin;
+  admin.operations = true;
+  admin.access = http::RouteAccess::Scope(std::string(auth::kAdminScope));
   router.Add(
       "GET", "/metrics", [this](const http::Request&) { return Metrics(); },
-      operations);
+      metrics);
   router.Add(
       "GET", "/projections",
-      [this](const http::Request&) { return Projections(); }, operations);
+      [this](const http::Request&) { return Projections(); }, admin);
   router.Add(
       "POST", "/projections/{name}/resume",
       [this](const http::Request& request) {
         return ResumeProjection(request.PathParam("name"));
       },
-      operations);
+      admin);
 }
 
 http::Response Operations::Metrics() const {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "framework/auth/scopes.h"
 #include "framework/http/status_mapping.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
@@ -169,6 +170,10 @@ void QueryService::Add(http::Router& router, QueryRoute route) {
   http::RouteOptions options;
   // Handle() only parses and queues; the reads run on the query threads.
   options.execution = http::Execution::kNetworkThread;
+  options.access =
+      r->route.access.kind == http::RouteAccess::Kind::kUndeclared
+          ? http::RouteAccess::Scope(std::string(auth::kQueriesScope))
+          : r->route.access;
   router.AddAsync(
       "GET", r->route.pattern,
       [this, r](const http::Request& request, http::Responder responder) {

@@ -167,6 +167,9 @@ struct QueryRoute {
   // The SQL's `{table}` placeholders are expanded by Add(). Names are global
   // to the service: give each statement its own.
   std::vector<std::pair<std::string, std::string>> prepared{};
+  // Who may call it (framework/http/auth.h); undeclared: the scope
+  // "queries".
+  http::RouteAccess access{};
 };
 
 struct QueryServiceOptions {

@@ -39,6 +39,9 @@ struct ServeFlags {
   int max_queued_requests = 0;  // 0: min(256, max_connections / 4)
   int idempotency_hours = 24;
   bool no_projections = false;
+  bool no_auth = false;
+  bool allow_unauthenticated_network = false;
+  int auth_max_failures = 20;
 };
 
 struct ProjectionsFlags {

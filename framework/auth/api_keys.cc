@@ -36,6 +36,8 @@ constexpr size_t kIdBytes = 6;       // 12 hex digits
 constexpr size_t kSecretBytes = 32;  // 256 bits
 constexpr size_t kMaxTokenBytes = 200;
 
+constexpr size_t kMaxCachedKeys = 10000;
+
 absl::Status Unauthenticated() {
   return WithErrorCode(
       absl::UnauthenticatedError("a valid bearer token is required"),
@@ -223,50 +225,88 @@ absl::StatusOr<ApiKeyStore::Cached> ApiKeyStore::Read(const std::string& id) {
 absl::StatusOr<ApiKey> ApiKeyStore::Authenticate(absl::string_view token) {
   const std::optional<std::string> id = KeyIdOf(token);
   if (!id.has_value()) return Unauthenticated();
-  const absl::string_view secret =
-      token.substr(kTokenPrefix.size() + id->size() + 1);
   const absl::Time now = absl::Now();
-  std::optional<Cached> cached;
-  {
+  std::shared_ptr<const Cached> cached = Lookup(*id, now);
+  if (cached == nullptr) {
+    ASSIGN_OR_RETURN(Cached fresh, Read(*id));
+    cached = std::make_shared<const Cached>(std::move(fresh));
     absl::MutexLock lock(&mu_);
-    auto it = cache_.find(*id);
-    if (it != cache_.end() &&
-        now - it->second.read_at < options_.cache_lifetime) {
-      cached = it->second;
+    // Unknown ids are cached too: bound what a stream of them can hold.
+    if (cache_.size() >= kMaxCachedKeys) {
+      absl::erase_if(cache_, [&](const auto& entry) {
+        return now - entry.second->read_at >= options_.cache_lifetime;
+      });
+      if (cache_.size() >= kMaxCachedKeys) cache_.clear();
+    }
+    cache_[*id] = cached;
+  }
+  absl::StatusOr<ApiKey> key = Verify(*cached, token, now);
+  if (key.ok() && TouchDue(*id, now)) TouchLastUsed(*id);
+  return key;
+}
+
+std::optional<absl::StatusOr<ApiKey>> ApiKeyStore::AuthenticateCached(
+    absl::string_view token) {
+  const std::optional<std::string> id = KeyIdOf(token);
+  if (!id.has_value()) return absl::StatusOr<ApiKey>(Unauthenticated());
+  const absl::Time now = absl::Now();
+  std::shared_ptr<const Cached> cached = Lookup(*id, now);
+  if (cached == nullptr) return std::nullopt;
+  absl::StatusOr<ApiKey> key = Verify(*cached, token, now);
+  if (key.ok()) {
+    absl::MutexLock lock(&mu_);
+    auto it = touched_.find(*id);
+    // last_used_at is written by Authenticate(), which may block.
+    if (it == touched_.end() ||
+        now - it->second >= options_.last_used_resolution) {
+      return std::nullopt;
     }
   }
-  if (!cached.has_value()) {
-    ASSIGN_OR_RETURN(Cached fresh, Read(*id));
-    absl::MutexLock lock(&mu_);
-    cache_[*id] = fresh;
-    cached = std::move(fresh);
+  return key;
+}
+
+std::shared_ptr<const ApiKeyStore::Cached> ApiKeyStore::Lookup(
+    const std::string& id, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  auto it = cache_.find(id);
+  if (it == cache_.end() ||
+      now - it->second->read_at >= options_.cache_lifetime) {
+    return nullptr;
   }
+  return it->second;
+}
+
+absl::StatusOr<ApiKey> ApiKeyStore::Verify(const Cached& cached,
+                                           absl::string_view token,
+                                           absl::Time now) const {
+  const absl::string_view secret =
+      token.substr(token.find('_', kTokenPrefix.size()) + 1);
   // The hash is compared even for an unknown key, so that the time taken
   // does not tell a known id from an unknown one.
   const std::string presented = Sha256Hex(secret);
   const bool matches = ConstantTimeEquals(
       presented,
-      cached->key.has_value() ? cached->secret_hash : std::string(64, '0'));
-  if (!matches || !cached->key.has_value() ||
-      cached->key->revoked_at.has_value() ||
-      (cached->key->expires_at.has_value() &&
-       *cached->key->expires_at <= now)) {
+      cached.key.has_value() ? cached.secret_hash : std::string(64, '0'));
+  if (!matches || !cached.key.has_value() ||
+      cached.key->revoked_at.has_value() ||
+      (cached.key->expires_at.has_value() && *cached.key->expires_at <= now)) {
     return Unauthenticated();
   }
-  TouchLastUsed(*id, now);
-  return *cached->key;
+  return *cached.key;
 }
 
-void ApiKeyStore::TouchLastUsed(const std::string& id, absl::Time now) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = touched_.find(id);
-    if (it != touched_.end() &&
-        now - it->second < options_.last_used_resolution) {
-      return;
-    }
-    touched_[id] = now;
+bool ApiKeyStore::TouchDue(const std::string& id, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  auto it = touched_.find(id);
+  if (it != touched_.end() &&
+      now - it->second < options_.last_used_resolution) {
+    return false;
   }
+  touched_[id] = now;
+  return true;
+}
+
+void ApiKeyStore::TouchLastUsed(const std::string& id) {
   // Best effort: a failed write only leaves last_used_at older.
   pool_
       ->Run(PgPool::Retry::kNever,
@@ -279,6 +319,24 @@ void ApiKeyStore::TouchLastUsed(const std::string& id, absl::Time now) {
               return absl::OkStatus();
             })
       .IgnoreError();
+}
+
+absl::optional<absl::StatusOr<http::Principal>>
+ApiKeyAuthenticator::AuthenticateCached(absl::string_view token) {
+  std::optional<absl::StatusOr<ApiKey>> key = keys_->AuthenticateCached(token);
+  if (!key.has_value()) return absl::nullopt;
+  return PrincipalOf(*std::move(key));
+}
+
+absl::StatusOr<http::Principal> ApiKeyAuthenticator::Authenticate(
+    absl::string_view token) {
+  return PrincipalOf(keys_->Authenticate(token));
+}
+
+absl::StatusOr<http::Principal> ApiKeyAuthenticator::PrincipalOf(
+    absl::StatusOr<ApiKey> key) {
+  if (!key.ok()) return key.status();
+  return http::Principal{std::move(key->id), std::move(key->scopes)};
 }
 
 }  // namespace cqrs::auth

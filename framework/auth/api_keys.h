@@ -33,6 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "framework/http/auth.h"
 #include "framework/pg_pool.h"
 
 namespace cqrs::auth {
@@ -93,7 +94,14 @@ class ApiKeyStore {
   // The key `token` belongs to. kUnauthenticated, with one message for
   // every reason (malformed, unknown, wrong secret, expired, revoked), so
   // that a caller cannot probe which; kUnavailable when the database is.
+  // May block: reads the key when the cache has none younger than
+  // cache_lifetime, and writes last_used_at when it is due.
   absl::StatusOr<ApiKey> Authenticate(absl::string_view token);
+
+  // As Authenticate() when that needs no database access; nullopt when it
+  // does (call Authenticate() where blocking is fine).
+  std::optional<absl::StatusOr<ApiKey>> AuthenticateCached(
+      absl::string_view token);
 
  private:
   struct Cached {
@@ -104,14 +112,41 @@ class ApiKeyStore {
 
   ApiKeyStore(PgPool* pool, std::string schema, ApiKeyStoreOptions options);
   absl::StatusOr<Cached> Read(const std::string& id);
-  void TouchLastUsed(const std::string& id, absl::Time now);
+  // The cache entry for `id` younger than cache_lifetime, or nullptr.
+  std::shared_ptr<const Cached> Lookup(const std::string& id, absl::Time now);
+  absl::StatusOr<ApiKey> Verify(const Cached& cached, absl::string_view token,
+                                absl::Time now) const;
+  // True (and noted) when last_used_at of `id` is due for a write.
+  bool TouchDue(const std::string& id, absl::Time now);
+  void TouchLastUsed(const std::string& id);
 
   PgPool* const pool_;
   const std::string schema_;
   const ApiKeyStoreOptions options_;
   absl::Mutex mu_;
-  absl::flat_hash_map<std::string, Cached> cache_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<const Cached>> cache_
+      ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, absl::Time> touched_ ABSL_GUARDED_BY(mu_);
+};
+
+// The store as the HTTP server's authenticator (ServerOptions::auth): a
+// request's principal is its key's id and scopes.
+//
+// Thread-safety: thread-safe. `keys` must outlive the authenticator.
+class ApiKeyAuthenticator final : public http::Authenticator {
+ public:
+  explicit ApiKeyAuthenticator(ApiKeyStore* keys) : keys_(keys) {}
+
+  absl::optional<absl::StatusOr<http::Principal>> AuthenticateCached(
+      absl::string_view token) override;
+  absl::StatusOr<http::Principal> Authenticate(
+      absl::string_view token) override;
+
+ private:
+  static absl::StatusOr<http::Principal> PrincipalOf(
+      absl::StatusOr<ApiKey> key);
+
+  ApiKeyStore* const keys_;
 };
 
 }  // namespace cqrs::auth

@@ -243,5 +243,12 @@ std::vector<std::pair<std::string, std::string>> Router::Routes() const {
   return routes;
 }
 
+std::vector<const Route*> Router::RouteList() const {
+  std::vector<const Route*> routes;
+  routes.reserve(routes_.size());
+  for (const auto& route : routes_) routes.push_back(route.get());
+  return routes;
+}
+
 }  // namespace http
 }  // namespace cqrs

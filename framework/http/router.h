@@ -164,6 +164,8 @@ class Router {
 
   // Every (method, pattern), in registration order.
   std::vector<std::pair<std::string, std::string>> Routes() const;
+  // Every route (owned by the router), in registration order.
+  std::vector<const Route*> RouteList() const;
 
  private:
   void AddRoute(Route route);

@@ -35,6 +35,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/optional.h"
+#include "framework/http/internal/failure_limiter.h"
+#include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/uuid.h"
 #include "framework/worker_pool.h"
@@ -113,6 +115,32 @@ Response Overloaded(absl::string_view message) {
   return response;
 }
 
+// 401 for every reason a token is not accepted (framework/http/auth.h).
+Response Unauthenticated() {
+  Response response =
+      ErrorResponse(401, "unauthenticated", "a valid bearer token is required");
+  response.SetHeader("WWW-Authenticate", "Bearer");
+  return response;
+}
+
+Response Forbidden(absl::string_view scope) {
+  return ErrorResponse(403, "forbidden",
+                       absl::StrCat("this route needs the scope '", scope,
+                                    "', which the API key does not have"));
+}
+
+Response TooManyFailures(absl::Duration wait) {
+  Response response = ErrorResponse(
+      429, "too_many_requests",
+      "too many failed authentication attempts from this address; retry "
+      "later");
+  response.SetHeader(
+      "Retry-After",
+      absl::StrCat(std::max<int64_t>(
+          1, absl::ToInt64Seconds(absl::Ceil(wait, absl::Seconds(1))))));
+  return response;
+}
+
 // Where a new connection goes: into the table, to be answered beyond it
 // (max_connections reached, overflow_connections not), or nowhere.
 enum class Admission { kRegular, kOverflow, kRefused };
@@ -150,6 +178,7 @@ struct Core {
         router(server_router),
         pool(options.worker_threads, options.max_queued_requests),
         operations_pool(options.operations_threads, kOperationsQueue),
+        limiter(options.auth.max_failures, options.auth.failure_window),
         high_water(static_cast<size_t>(options.max_connections -
                                        options.max_connections / 4)),
         low_water(static_cast<size_t>(options.max_connections / 2)),
@@ -160,6 +189,7 @@ struct Core {
   const Router* const router;
   WorkerPool pool;
   WorkerPool operations_pool;
+  http_internal::FailureLimiter limiter;
   // Pressure begins at high_water regular connections and ends at
   // low_water (see server.h).
   const size_t high_water;
@@ -246,7 +276,11 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket&& socket, Core* core)
       : stream_(std::move(socket)),
         queue_timer_(stream_.get_executor()),
-        core_(core) {}
+        core_(core) {
+    beast::error_code ec;
+    const tcp::endpoint peer = stream_.socket().remote_endpoint(ec);
+    if (!ec) client_address_ = peer.address().to_string();
+  }
 
   // Starts serving; `admission` is kRegular or kOverflow.
   void Run(Admission admission) {
@@ -302,6 +336,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string path = "-";
     std::string route;
     std::string correlation_id;
+    // The authenticated key's id; empty without one.
+    std::string actor;
     SteadyClock::time_point start;
     bool head = false;
   };
@@ -511,22 +547,91 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     const Route& route = *match.route;
     request_.route = route.pattern;
-    const bool operations = route.options.operations;
-    if (overflow_ && !operations) {
+    if (overflow_ && !route.options.operations) {
       Response response = Overloaded("too many open connections; retry later");
       response.log_detail = "connection beyond max_connections";
       return WriteResponse(std::move(response));
     }
     request.set_route_pattern(route.pattern);
     request.set_path_params(std::move(match.params));
+    if (core_->options.auth.authenticator != nullptr &&
+        route.options.access.kind == RouteAccess::Kind::kScope) {
+      return Authenticate(route, std::move(request));
+    }
+    Accept(route, std::move(request));
+  }
 
+  // The caller of a route with a scope (framework/http/auth.h): from the
+  // authenticator's cache at once, or else on a worker thread and back on
+  // this strand.
+  void Authenticate(const Route& route, Request request) {
+    const absl::Time now = absl::Now();
+    const absl::Duration wait = core_->limiter.Blocked(client_address_, now);
+    if (wait > absl::ZeroDuration()) {
+      return WriteResponse(TooManyFailures(wait));
+    }
+    const absl::optional<absl::string_view> token = BearerToken(request);
+    if (!token.has_value()) return WriteResponse(Unauthenticated());
+    if (token->empty()) {
+      core_->limiter.RecordFailure(client_address_, now);
+      return WriteResponse(Unauthenticated());
+    }
+    Authenticator* authenticator = core_->options.auth.authenticator;
+    absl::optional<absl::StatusOr<Principal>> known =
+        authenticator->AuthenticateCached(*token);
+    if (known.has_value()) {
+      return Authorize(route, std::move(request), *std::move(known));
+    }
+    auto job = [self = shared_from_this(), seq = request_seq_, route = &route,
+                token = std::string(*token), authenticator,
+                request = std::make_shared<Request>(std::move(request)),
+                gate = core_->gate]() mutable {
+      absl::StatusOr<Principal> who = authenticator->Authenticate(token);
+      gate->IfOpen([&] {
+        net::post(self->stream_.get_executor(), [self, seq, route,
+                                                 request = std::move(request),
+                                                 who =
+                                                     std::move(who)]() mutable {
+          if (self->phase_ != Phase::kHandling || seq != self->request_seq_) {
+            return;
+          }
+          self->Authorize(*route, std::move(*request), std::move(who));
+        });
+      });
+    };
+    WorkerPool& pool =
+        route.options.operations ? core_->operations_pool : core_->pool;
+    if (!pool.TrySubmit(std::move(job))) {
+      WriteResponse(Overloaded("too many requests are waiting; retry later"));
+    }
+  }
+
+  void Authorize(const Route& route, Request request,
+                 absl::StatusOr<Principal> who) {
+    if (!who.ok()) {
+      if (who.status().code() != absl::StatusCode::kUnauthenticated) {
+        return WriteResponse(ResponseFromStatus(who.status()));
+      }
+      core_->limiter.RecordFailure(client_address_, absl::Now());
+      return WriteResponse(Unauthenticated());
+    }
+    request_.actor = who->id;
+    if (!who->HasScope(route.options.access.scope)) {
+      return WriteResponse(Forbidden(route.options.access.scope));
+    }
+    request.set_principal(*std::move(who));
+    Accept(route, std::move(request));
+  }
+
+  // The checks that need no handler, then the handler.
+  void Accept(const Route& route, Request request) {
     if (route.options.require_json_body && !request.body().empty() &&
         !IsJsonContentType(request.Header("Content-Type").value_or(""))) {
       return WriteResponse(ErrorResponse(
           415, "unsupported_media_type",
           "request body must have Content-Type application/json"));
     }
-    Dispatch(route, std::move(request), operations);
+    Dispatch(route, std::move(request), route.options.operations);
   }
 
   // Builds the Responder through which the handler answers: it posts the
@@ -702,6 +807,8 @@ class Session : public std::enable_shared_from_this<Session> {
         absl::StrAppend(&detail, detail.empty() ? "" : "; ",
                         "write failed: ", write_error);
       }
+      const absl::string_view actor =
+          request_.actor.empty() ? "-" : absl::string_view(request_.actor);
       if (detail.empty()) {
         Log(level, "http request",
             {{"method", request_.method},
@@ -709,7 +816,8 @@ class Session : public std::enable_shared_from_this<Session> {
              {"status", status_},
              {"duration_ms", duration_ms},
              {"correlation_id", request_.correlation_id},
-             {"route", route}});
+             {"route", route},
+             {"actor", actor}});
       } else {
         Log(level, "http request",
             {{"method", request_.method},
@@ -718,6 +826,7 @@ class Session : public std::enable_shared_from_this<Session> {
              {"duration_ms", duration_ms},
              {"correlation_id", request_.correlation_id},
              {"route", route},
+             {"actor", actor},
              {"error", detail}});
       }
     }
@@ -783,6 +892,8 @@ class Session : public std::enable_shared_from_this<Session> {
   net::steady_timer queue_timer_;
   // Owned by the server, which outlives every session it runs.
   Core* const core_;
+  // The peer's IP address, for the failed-authentication limit.
+  std::string client_address_;
   // Beyond max_connections: answered once (operations routes served,
   // others 503), always under pressure. Set before the first handler runs.
   bool overflow_ = false;
@@ -914,6 +1025,16 @@ absl::StatusOr<tcp::endpoint> ParseListenAddress(absl::string_view address) {
   return tcp::endpoint(ip, static_cast<unsigned short>(port));
 }
 
+}  // namespace
+
+absl::StatusOr<bool> IsLoopbackListenAddress(absl::string_view address) {
+  absl::StatusOr<tcp::endpoint> endpoint = ParseListenAddress(address);
+  if (!endpoint.ok()) return endpoint.status();
+  return endpoint->address().is_loopback();
+}
+
+namespace {
+
 absl::Status ValidateOptions(const ServerOptions& options) {
   if (options.network_threads < 1 || options.worker_threads < 1) {
     return absl::InvalidArgumentError(
@@ -936,6 +1057,12 @@ absl::Status ValidateOptions(const ServerOptions& options) {
         ") must be less than max_connections (", options.max_connections,
         "): a connection has at most one request in flight, so a longer "
         "queue would never fill"));
+  }
+  if (options.auth.authenticator != nullptr &&
+      (options.auth.max_failures < 1 ||
+       options.auth.failure_window <= absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(
+        "auth.max_failures and auth.failure_window must be positive");
   }
   if (options.header_limit > UINT32_MAX) {
     return absl::InvalidArgumentError("header_limit must fit in 32 bits");
@@ -1119,6 +1246,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
   }
   absl::Status valid = ValidateOptions(options);
   if (!valid.ok()) return valid;
+  if (options.auth.authenticator != nullptr) {
+    for (const Route* route : router->RouteList()) {
+      if (route->options.access.kind == RouteAccess::Kind::kUndeclared) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "route ", route->method, " ", route->pattern,
+            " declares no access (RouteOptions::access: RouteAccess::Open() "
+            "or RouteAccess::Scope(...)); with authentication on, every "
+            "route must"));
+      }
+    }
+  }
   auto impl = std::make_unique<Impl>(std::move(options), router);
   absl::StatusOr<int> port = impl->Bind();
   if (!port.ok()) return port.status();

@@ -40,9 +40,11 @@
 // also when Content-Length announces more), answers malformed HTTP with 400
 // and closes, takes X-Correlation-Id (1..200 printable ASCII; otherwise a new
 // UUID) and echoes it, routes (404 / 405 with Allow), applies the route's
-// options (415), runs the handler (an exception escaping it becomes 500), and
+// access (framework/http/auth.h: 429, 401, 403), its options (415), runs
+// the handler (an exception escaping it becomes 500), and
 // writes exactly one access-log line (framework/log.h) once the response is
-// written: method, path, status, duration_ms, correlation_id, route.
+// written: method, path, status, duration_ms, correlation_id, route, actor
+// (the key id of an authenticated request, "-" otherwise).
 //
 // Shutdown, on Shutdown() or a signal during Run(): stop accepting; close
 // idle keep-alive connections; call `on_shutdown`, where the application
@@ -71,6 +73,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "framework/http/auth.h"
 #include "framework/http/router.h"
 
 namespace cqrs {
@@ -121,6 +124,10 @@ struct ServerOptions {
   absl::Duration pressure_timeout = absl::Seconds(2);
   // Threads of the operations lane (routes with RouteOptions::operations).
   int operations_threads = 2;
+  // Authentication and per-route scopes (framework/http/auth.h); off
+  // unless auth.authenticator is set. With it, Create() refuses a router
+  // with a route whose RouteOptions::access is undeclared.
+  AuthOptions auth;
   // Called once when shutdown begins, on the thread that shuts down, after
   // the server stopped accepting and before it waits for requests in
   // flight: answer parked requests here (their Responders still deliver).
@@ -130,6 +137,10 @@ struct ServerOptions {
   // be), on a network thread: keep it cheap and thread-safe. For metrics.
   std::function<void(const RequestInfo&)> on_request_done;
 };
+
+// Whether "host:port" (ServerOptions::listen_address) names a loopback
+// address only (127.0.0.0/8, ::1). kInvalidArgument when it does not parse.
+absl::StatusOr<bool> IsLoopbackListenAddress(absl::string_view address);
 
 class Server {
  public:

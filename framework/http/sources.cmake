@@ -1,6 +1,8 @@
 # Sources of the HTTP runtime, relative to framework/ (included by
 # framework/CMakeLists.txt).
 set(CQRS_FRAMEWORK_HTTP_SOURCES
+  http/auth.cc
+  http/internal/failure_limiter.cc
   http/internal/utf8.cc
   http/json_body.cc
   http/message.cc

@@ -874,8 +874,8 @@ TEST_CASE("one access-log line per request", "[http]") {
       *line,
       " INFO http request method=GET path=/accounts/a1 status=200 "
       "duration_ms="));
-  CHECK(
-      absl::StrContains(*line, " correlation_id=log-1 route=/accounts/{id}\n"));
+  CHECK(absl::StrContains(
+      *line, " correlation_id=log-1 route=/accounts/{id} actor=-\n"));
   CHECK_FALSE(absl::StrContains(*line, "s3cr3t"));
 
   MustSend(*client, "GET", "/nope", "", {{"X-Correlation-Id", "log-2"}});
