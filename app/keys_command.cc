@@ -1,6 +1,7 @@
 // `APP keys create | list | revoke`: the app's API keys
 // (framework/auth/api_keys.h).
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,7 +13,9 @@
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "app/internal/commands.h"
+#include "app/internal/parts.h"
 #include "framework/auth/api_keys.h"
+#include "framework/auth/scopes.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 
@@ -38,6 +41,20 @@ void WriteTime(rapidjson::Writer<rapidjson::StringBuffer>& w,
   }
 }
 
+// The scopes the framework's routes use and any the app's own routes
+// declare, sorted.
+std::set<std::string> KnownScopes(const App& app) {
+  std::set<std::string> known(auth::kAllScopes.begin(), auth::kAllScopes.end());
+  const auto add = [&](const http::RouteAccess& access) {
+    if (access.kind == http::RouteAccess::Kind::kScope) {
+      known.insert(access.scope);
+    }
+  };
+  for (const auto& route : app.parts().plain_routes) add(route.options.access);
+  for (const auto& query : app.parts().queries) add(query.access);
+  return known;
+}
+
 }  // namespace
 
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text) {
@@ -55,6 +72,20 @@ absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text) {
 }
 
 int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags) {
+  const std::vector<std::string> scopes =
+      absl::StrSplit(flags.scopes, ',', absl::SkipEmpty());
+  if (flags.command == "create") {
+    const std::set<std::string> known = KnownScopes(app);
+    for (const std::string& scope : scopes) {
+      if (known.count(scope) == 0) {
+        std::cerr << app.name() << ": unknown scope '" << scope
+                  << "'; this app's scopes are " << absl::StrJoin(known, ", ")
+                  << " (see `" << app.name() << " keys create --help`)"
+                  << std::endl;
+        return kUsage;
+      }
+    }
+  }
   auto database = OpenDatabase(app.name(), db, 2);
   if (!database.ok()) return Fail(app, database.status());
   if (absl::Status s = MigrateAll(*database->pool, db.schema); !s.ok()) {
@@ -73,8 +104,6 @@ int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags) {
       }
       expires = *d;
     }
-    std::vector<std::string> scopes =
-        absl::StrSplit(flags.scopes, ',', absl::SkipEmpty());
     auto k = (*keys)->CreateKey(flags.name, scopes, expires);
     if (!k.ok()) {
       if (absl::IsInvalidArgument(k.status())) {

@@ -1,14 +1,17 @@
 // The OpenAPI document an app serves at /openapi.json unless it sets its
 // own: every command route with the JSON Schema of its body, every query
 // route, and the operations endpoints.
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "app/internal/commands.h"
 #include "app/internal/parts.h"
+#include "framework/auth/scopes.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 
@@ -62,6 +65,36 @@ void Parameters(Writer& w, absl::string_view pattern, bool read_your_writes) {
   w.EndArray();
 }
 
+// Who may call the operation: the bearer scheme with the scope as its role
+// (OpenAPI 3.1 allows role names for non-OAuth schemes), repeated as
+// x-required-scopes; an empty scope is an open operation.
+void Security(Writer& w, absl::string_view scope) {
+  w.Key("security");
+  w.StartArray();
+  if (!scope.empty()) {
+    w.StartObject();
+    w.Key("bearerAuth");
+    w.StartArray();
+    String(w, scope);
+    w.EndArray();
+    w.EndObject();
+  }
+  w.EndArray();
+  if (!scope.empty()) {
+    w.Key("x-required-scopes");
+    w.StartArray();
+    String(w, scope);
+    w.EndArray();
+  }
+}
+
+// The codes every operation with a scope may answer.
+std::vector<int> WithAuth(std::vector<int> codes) {
+  codes.insert(codes.end(), {401, 403, 429});
+  std::sort(codes.begin(), codes.end());
+  return codes;
+}
+
 void Responses(Writer& w, const std::vector<int>& codes) {
   w.Key("responses");
   w.StartObject();
@@ -104,7 +137,8 @@ std::string GeneratedOpenApi(const App& app) {
         w.EndObject();
         w.EndObject();
       }
-      Responses(w, {200, 400, 404, 409, 422, 503});
+      Security(w, auth::kCommandsScope);
+      Responses(w, WithAuth({200, 400, 404, 409, 422, 503}));
       w.EndObject();
     };
   }
@@ -112,18 +146,35 @@ std::string GeneratedOpenApi(const App& app) {
     paths[q.pattern]["get"] = [&q](Writer& w) {
       w.StartObject();
       Parameters(w, q.pattern, true);
-      Responses(w, {200, 400, 404, 503});
+      Security(w, q.access.kind == http::RouteAccess::Kind::kScope
+                      ? absl::string_view(q.access.scope)
+                      : auth::kQueriesScope);
+      Responses(w, WithAuth({200, 400, 404, 503}));
       w.EndObject();
     };
   }
-  for (const char* pattern :
-       {"/healthz", "/readyz", "/metrics", "/projections", "/openapi.json"}) {
-    paths[pattern]["get"] = [](Writer& w) {
+  const std::pair<const char*, absl::string_view> operations[] = {
+      {"/healthz", ""},
+      {"/readyz", ""},
+      {"/openapi.json", ""},
+      {"/metrics", auth::kMetricsScope},
+      {"/projections", auth::kAdminScope}};
+  for (const auto& [pattern, scope] : operations) {
+    paths[pattern]["get"] = [scope = scope](Writer& w) {
       w.StartObject();
-      Responses(w, {200, 503});
+      Security(w, scope);
+      Responses(
+          w, scope.empty() ? std::vector<int>{200, 503} : WithAuth({200, 503}));
       w.EndObject();
     };
   }
+  paths["/projections/{name}/resume"]["post"] = [](Writer& w) {
+    w.StartObject();
+    Parameters(w, "/projections/{name}/resume", false);
+    Security(w, auth::kAdminScope);
+    Responses(w, WithAuth({200, 404, 409}));
+    w.EndObject();
+  };
   rapidjson::StringBuffer buffer;
   Writer w(buffer);
   w.StartObject();
@@ -135,6 +186,25 @@ std::string GeneratedOpenApi(const App& app) {
   String(w, app.name());
   w.Key("version");
   w.String("1");
+  w.EndObject();
+  w.Key("components");
+  w.StartObject();
+  w.Key("securitySchemes");
+  w.StartObject();
+  w.Key("bearerAuth");
+  w.StartObject();
+  w.Key("type");
+  w.String("http");
+  w.Key("scheme");
+  w.String("bearer");
+  w.Key("bearerFormat");
+  w.String("cqrs_<key id>_<secret>");
+  w.Key("description");
+  String(w, absl::StrCat("An API key made with `", app.name(),
+                         " keys create`; x-required-scopes names the scope "
+                         "each operation needs."));
+  w.EndObject();
+  w.EndObject();
   w.EndObject();
   w.Key("paths");
   w.StartObject();

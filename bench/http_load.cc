@@ -98,6 +98,7 @@ flags (open, load):
   --client-threads N   threads driving the connections (default 1)
   --server-pid PID     the server's pid, for its CPU time (load, read)
   --get TARGET         read: the request target, e.g. /accounts/{id}
+  --token T            send Authorization: Bearer T (open, load, read)
 flags (load, baseline):
   --seconds S          measured duration (default 20)
   --warmup S           unmeasured warm-up before it (default 3)
@@ -120,6 +121,7 @@ struct Flags {
   std::string database_url;
   int writers = 16;
   std::string get;  // read: the target template
+  std::string token;  // sent as Authorization: Bearer <token> when set
 };
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
@@ -184,6 +186,8 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
       flags.database_url = value;
     } else if (name == "writers") {
       if (!positive(&flags.writers)) return bad;
+    } else if (name == "token") {
+      flags.token = value;
     } else if (name == "get") {
       if (value.empty() || value[0] != '/') return bad;
       flags.get = value;
@@ -639,13 +643,14 @@ struct ConnectionStats {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(net::io_context& ioc, tcp::endpoint endpoint, std::string host,
-             Workload* workload, Clock::time_point window_start,
+             std::string authorization, Workload* workload, Clock::time_point window_start,
              Clock::time_point window_end, uint64_t seed,
              ConnectionStats* stats)
       : stream_(net::make_strand(ioc)),
         timer_(stream_.get_executor()),
         endpoint_(std::move(endpoint)),
         host_(std::move(host)),
+        authorization_(std::move(authorization)),
         workload_(workload),
         window_start_(window_start),
         window_end_(window_end),
@@ -676,6 +681,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     request_.target(target);
     request_.version(11);
     request_.set(bhttp::field::host, host_);
+    if (!authorization_.empty()) {
+      request_.set(bhttp::field::authorization, authorization_);
+    }
     if (!workload_->get()) {
       request_.set(bhttp::field::content_type, "application/json");
     }
@@ -750,6 +758,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   net::steady_timer timer_;
   const tcp::endpoint endpoint_;
   const std::string host_;
+  const std::string authorization_;
   Workload* const workload_;
   const Clock::time_point window_start_;
   const Clock::time_point window_end_;
@@ -790,7 +799,9 @@ absl::StatusOr<ClientResult> RunClient(const Flags& flags, Workload* workload,
   std::random_device seed;
   for (int c = 0; c < flags.connections; ++c) {
     std::make_shared<Connection>(
-        ioc, endpoint, host, workload, window_start, window_end,
+        ioc, endpoint, host,
+        flags.token.empty() ? "" : absl::StrCat("Bearer ", flags.token),
+        workload, window_start, window_end,
         (static_cast<uint64_t>(seed()) << 32) | c, &stats[c])
         ->Start();
   }

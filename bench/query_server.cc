@@ -22,6 +22,8 @@
 #include "absl/synchronization/mutex.h"
 #include "app/app.h"
 #include "app/app_server.h"
+#include "app/internal/parts.h"
+#include "framework/auth/api_keys.h"
 #include "commands/command_metadata.h"
 #include "example_app/account.h"
 #include "example_app/bank_app.h"
@@ -42,6 +44,8 @@ struct Flags {
   int threads = 2;
   int query_threads = 8;
   int batch_concurrency = 2;
+  // Where the token of a key with the scope "queries" is written.
+  std::string token_file;
 };
 
 bool ParseFlags(int argc, char** argv, Flags& f) {
@@ -52,6 +56,8 @@ bool ParseFlags(int argc, char** argv, Flags& f) {
       f.database_url = value;
     } else if (name == "--listen") {
       f.listen = value;
+    } else if (name == "--token-file") {
+      f.token_file = value;
     } else if (name == "--schema") {
       f.schema = value;
     } else if (name == "--accounts") {
@@ -134,7 +140,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: query_server --database-url URL [--listen H:P] "
                  "[--accounts N] [--threads N] [--query-threads N] "
-                 "[--schema S]\n");
+                 "[--schema S] [--token-file PATH]\n");
     return 2;
   }
   cqrs::SetMinLogLevel(cqrs::LogLevel::kWarn);
@@ -153,6 +159,18 @@ int Main(int argc, char** argv) {
   } constant;
   http::RouteOptions inline_route;
   inline_route.execution = http::Execution::kNetworkThread;
+  inline_route.access = http::RouteAccess::Open();
+  // GET /bench/open/accounts/{id}: the bank's account query as an open
+  // route, so that one run compares it with and without a bearer token.
+  for (const cqrs::queries::QueryRoute& q : app.parts().queries) {
+    if (q.pattern != "/accounts/{id}") continue;
+    cqrs::queries::QueryRoute open = q;
+    open.pattern = "/bench/open/accounts/{id}";
+    open.access = http::RouteAccess::Open();
+    open.prepared.clear();  // the original route prepares them already
+    app.AddQuery(std::move(open));
+    break;
+  }
   app.AddRoute(
       "GET", "/bench/constant",
       [&constant](const http::Request&) {
@@ -185,6 +203,23 @@ int Main(int argc, char** argv) {
   {
     absl::MutexLock lock(&constant.mu);
     constant.body = reference.body;
+  }
+  auto keys = cqrs::auth::ApiKeyStore::Create(pool->get(), f.schema);
+  if (!keys.ok()) return Fail(keys.status());
+  auto key = (*keys)->CreateKey("bench", {"queries"}, absl::Hours(1));
+  if (!key.ok()) return Fail(key.status());
+  if (!f.token_file.empty()) {
+    // Renamed into place: a script waiting for the file never reads half.
+    const std::string partial = f.token_file + ".partial";
+    std::FILE* out = std::fopen(partial.c_str(), "w");
+    if (out == nullptr) {
+      return Fail(absl::UnavailableError("cannot write --token-file"));
+    }
+    std::fprintf(out, "%s\n", key->token.c_str());
+    std::fclose(out);
+    if (std::rename(partial.c_str(), f.token_file.c_str()) != 0) {
+      return Fail(absl::UnavailableError("cannot write --token-file"));
+    }
   }
   std::printf(
       "query_server: %d accounts ready; %s is %zu bytes; listening "

@@ -17,6 +17,7 @@
 #include "framework/error_code.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/test_database.h"
 
 namespace {
@@ -108,6 +109,7 @@ class Served {
     INFO(server.status().ToString());
     REQUIRE(server.ok());
     server_ = *std::move(server);
+    token_ = cqrs::testing::CreateToken(schema_.pool(), schema_.name());
   }
 
   cqrs::http_test::ClientResponse Send(const std::string& method,
@@ -115,6 +117,7 @@ class Served {
                                        const std::string& body) {
     auto client = cqrs::http_test::TestClient::Connect(server_->port());
     REQUIRE(client.ok());
+    (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(token_));
     auto r = (*client)->Send(method, target, body,
                              {{"Content-Type", "application/json"}});
     REQUIRE(r.ok());
@@ -125,6 +128,7 @@ class Served {
   cqrs::testing::TestSchema schema_{8};
   cqrs::App app_{"tally"};
   std::unique_ptr<cqrs::AppServer> server_;
+  std::string token_;
 };
 
 std::string Code(const cqrs::http_test::ClientResponse& r) {

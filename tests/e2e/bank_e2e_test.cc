@@ -29,11 +29,15 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
 
@@ -64,6 +68,33 @@ class Bank : public cqrs::testing::ChildProcess {
     return args;
   }
 };
+
+// The bearer token every request sends: created once per test by `bank keys
+// create` with every scope.
+std::string& Token() {
+  static std::string token;
+  return token;
+}
+
+void CreateKey(cqrs::testing::TestSchema& schema) {
+  const cqrs::testing::ShellResult created = cqrs::testing::RunShell(
+      absl::StrCat(BANK_BINARY,
+                   " keys create --name e2e --scopes "
+                   "commands,queries,events,admin,metrics --database-url '",
+                   schema.url(), "' --schema ", schema.name()));
+  REQUIRE(created.exit_code == 0);
+  const std::vector<absl::string_view> lines =
+      absl::StrSplit(absl::StripTrailingAsciiWhitespace(created.output), '\n');
+  Token() = std::string(lines.back());
+  REQUIRE(absl::StartsWith(Token(), "cqrs_"));
+}
+
+std::unique_ptr<TestClient> Connect(int port, absl::Duration timeout) {
+  auto client = TestClient::Connect(port, timeout);
+  if (!client.ok()) return nullptr;
+  (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(Token()));
+  return *std::move(client);
+}
 
 std::unique_ptr<Bank> Serve(cqrs::testing::TestSchema& schema, int port) {
   auto bank = std::make_unique<Bank>(
@@ -122,10 +153,7 @@ class Client {
                                       {"Idempotency-Key", key}};
     const absl::Time deadline = absl::Now() + absl::Seconds(90);
     while (true) {
-      if (client_ == nullptr) {
-        auto c = TestClient::Connect(*port_, absl::Seconds(10));
-        if (c.ok()) client_ = *std::move(c);
-      }
+      if (client_ == nullptr) client_ = Connect(*port_, absl::Seconds(10));
       if (client_ != nullptr) {
         auto r = client_->Send("POST", target, body, headers);
         // 503: the restarted server is not serving yet.
@@ -224,9 +252,9 @@ ClientResponse Get(int port, const std::string& target,
                    const http::HeaderList& headers = {}) {
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (true) {
-    auto client = TestClient::Connect(port, absl::Seconds(10));
-    if (client.ok()) {
-      auto r = (*client)->Send("GET", target, "", headers);
+    auto client = Connect(port, absl::Seconds(10));
+    if (client != nullptr) {
+      auto r = client->Send("GET", target, "", headers);
       if (r.ok() && r->status != 503) return *std::move(r);
     }
     REQUIRE(absl::Now() < deadline);
@@ -357,12 +385,13 @@ TEST_CASE(
     "[e2e][pg]") {
   cqrs::testing::TestSchema schema(4);
   int port = cqrs::testing::FreePort();
+  CreateKey(schema);
   std::unique_ptr<Bank> server = Serve(schema, port);
   {
-    auto client = TestClient::Connect(port);
-    REQUIRE(client.ok());
+    auto client = Connect(port, absl::Seconds(10));
+    REQUIRE(client != nullptr);
     for (int i = 0; i < kAccounts; ++i) {
-      auto r = (*client)->Send(
+      auto r = client->Send(
           "POST", "/accounts",
           absl::StrCat(R"({"owner":"e2e","currency":")", Currency(i),
                        R"(","account_id":")", Account(i), R"("})"),

@@ -20,6 +20,7 @@
 #include "rapidjson/document.h"
 #include "tests/example_app/service_fixture.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/test_database.h"
 
 namespace bank {
@@ -51,12 +52,14 @@ class BankFixture {
     INFO(server.status().ToString());
     REQUIRE(server.ok());
     server_ = *std::move(server);
+    token_ = cqrs::testing::CreateToken(schema_.pool(), schema_.name());
   }
   ~BankFixture() { server_->Stop(); }
 
   std::unique_ptr<TestClient> Client() {
     auto client = TestClient::Connect(server_->port());
     REQUIRE(client.ok());
+    (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(token_));
     return *std::move(client);
   }
 
@@ -81,6 +84,7 @@ class BankFixture {
   cqrs::testing::TestSchema schema_{40};
   cqrs::App app_{"bank"};
   std::unique_ptr<cqrs::AppServer> server_;
+  std::string token_;
 };
 
 void Open(BankFixture& f, const std::string& id,

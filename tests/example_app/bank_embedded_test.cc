@@ -11,10 +11,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "framework/uuid.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/child_process.h"
 
 extern char** environ;
 
@@ -88,14 +91,29 @@ class BankProcess {
   pid_t pid_ = -1;
 };
 
-int PostOpen(int port, const std::string& id) {
+// `bank keys create` beside the running server (on its cluster); the
+// token it prints on its last line.
+std::string CreateKey(const std::string& data_dir) {
+  const cqrs::testing::ShellResult created = cqrs::testing::RunShell(
+      absl::StrCat("env -u DATABASE_URL ", BANK_BINARY,
+                   " keys create --name embedded --scopes commands "
+                   "--data-dir '",
+                   data_dir, "'"));
+  REQUIRE(created.exit_code == 0);
+  const std::vector<absl::string_view> lines =
+      absl::StrSplit(absl::StripTrailingAsciiWhitespace(created.output), '\n');
+  return std::string(lines.back());
+}
+
+int PostOpen(int port, const std::string& id, const std::string& token) {
   auto client = TestClient::Connect(port);
   REQUIRE(client.ok());
   auto r = (*client)->Send(
       "POST", "/accounts",
       absl::StrCat(R"({"owner":"Ann","currency":"EUR","account_id":")", id,
                    R"("})"),
-      {{"Content-Type", "application/json"}});
+      {{"Content-Type", "application/json"},
+       {"Authorization", absl::StrCat("Bearer ", token)}});
   REQUIRE(r.ok());
   return r->status;
 }
@@ -105,18 +123,21 @@ TEST_CASE("bank serve keeps its data across restarts on the embedded default",
   const std::string data_dir =
       absl::StrCat("/tmp/bank-embedded-test-", cqrs::NewUuid().substr(24));
   const int port = TestPort();
+  std::string token;
   {
     BankProcess bank(data_dir, port);
     REQUIRE(bank.WaitReady(port, absl::Seconds(120)));
-    CHECK(PostOpen(port, "persist-1") == 201);
+    token = CreateKey(data_dir);
+    CHECK(PostOpen(port, "persist-1", "cqrs_000000000000_nope") == 401);
+    CHECK(PostOpen(port, "persist-1", token) == 201);
     CHECK(bank.Stop() == 0);
   }
   {
     BankProcess bank(data_dir, port);
     REQUIRE(bank.WaitReady(port, absl::Seconds(120)));
-    // The account from before the restart is still there.
-    CHECK(PostOpen(port, "persist-1") == 409);
-    CHECK(PostOpen(port, "persist-2") == 201);
+    // The account and the key from before the restart are still there.
+    CHECK(PostOpen(port, "persist-1", token) == 409);
+    CHECK(PostOpen(port, "persist-2", token) == 201);
     CHECK(bank.Stop() == 0);
   }
   std::string rm = absl::StrCat("rm -rf '", data_dir, "'");

@@ -29,6 +29,7 @@
 #include "projections/runner.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -428,12 +429,13 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
 }
 
 // One request on a fresh connection to the server on `port`.
-cqrs::http_test::ClientResponse Http(int port, const std::string& method,
+cqrs::http_test::ClientResponse Http(int port, const std::string& token,
+                                     const std::string& method,
                                      const std::string& target,
                                      const std::string& body = "") {
   auto client = cqrs::http_test::TestClient::Connect(port);
   REQUIRE(client.ok());
-  cqrs::http::HeaderList headers;
+  cqrs::http::HeaderList headers = cqrs::testing::BearerHeader(token);
   if (!body.empty()) headers.push_back({"Content-Type", "application/json"});
   auto r = (*client)->Send(method, target, body, headers);
   INFO(r.status().ToString());
@@ -442,11 +444,12 @@ cqrs::http_test::ClientResponse Http(int port, const std::string& method,
 }
 
 // `bank serve` (with the projections and the transfer process) on `port`,
-// once it answers /readyz.
+// once it answers /readyz, and a key with every scope for it.
 struct Server : BankProcess {
   Server(TestSchema& schema, int port)
       : BankProcess(schema,
-                    {"serve", "--listen", absl::StrCat("127.0.0.1:", port)}) {
+                    {"serve", "--listen", absl::StrCat("127.0.0.1:", port)}),
+        token(cqrs::testing::CreateToken(schema.pool(), schema.name())) {
     REQUIRE(WaitUntil([&] {
       auto client =
           cqrs::http_test::TestClient::Connect(port, absl::Seconds(2));
@@ -455,6 +458,8 @@ struct Server : BankProcess {
       return r.ok() && r->status == 200;
     }));
   }
+
+  const std::string token;
 };
 
 bool Failed(TestSchema& schema, const std::string& projection) {
@@ -523,26 +528,28 @@ TEST_CASE(
       "BEFORE INSERT ON ",
       schema.name(), ".process_commands FOR EACH ROW EXECUTE FUNCTION ",
       schema.name(), ".test_refuse()"));
-  auto accepted = Http(port, "POST", "/transfers",
+  auto accepted = Http(port, server.token, "POST", "/transfers",
                        R"({"from":"u0","to":"u1","amount":5,)"
                        R"("transfer_id":"t-resume"})");
   REQUIRE(accepted.status == 202);
   REQUIRE(WaitUntil([&] { return Failed(schema, "transfer_process"); }));
-  auto listed = Http(port, "GET", "/projections");
+  auto listed = Http(port, server.token, "GET", "/projections");
   CHECK(listed.status == 200);
   CHECK(absl::StrContains(listed.body, "refused by the test"));
 
-  auto conflict = Http(port, "POST", "/projections/account_balances/resume");
+  auto conflict =
+      Http(port, server.token, "POST", "/projections/account_balances/resume");
   CHECK(conflict.status == 409);
   CHECK(absl::StrContains(conflict.body, "projection_not_failed"));
-  auto missing = Http(port, "POST", "/projections/nope/resume");
+  auto missing = Http(port, server.token, "POST", "/projections/nope/resume");
   CHECK(missing.status == 404);
   CHECK(absl::StrContains(missing.body, "projection_not_found"));
   CHECK(Failed(schema, "transfer_process"));
 
   schema.Exec(absl::StrCat("DROP TRIGGER test_refuse ON ", schema.name(),
                            ".process_commands"));
-  auto resume = Http(port, "POST", "/projections/transfer_process/resume");
+  auto resume =
+      Http(port, server.token, "POST", "/projections/transfer_process/resume");
   INFO(resume.body);
   REQUIRE(resume.status == 200);
   rapidjson::Document doc;
@@ -552,7 +559,7 @@ TEST_CASE(
   CHECK(std::string(doc["state"].GetString()) != "failed");
   CHECK(!doc.HasMember("last_error"));
   REQUIRE(WaitUntil([&] {
-    auto r = Http(port, "GET", "/transfers/t-resume");
+    auto r = Http(port, server.token, "GET", "/transfers/t-resume");
     return r.status == 200 && absl::StrContains(r.body, "\"completed\"");
   }));
   // The money moved once.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "example_app/bank_app.h"
+#include "tests/support/api_key.h"
 
 namespace bank {
 
@@ -16,7 +17,8 @@ using cqrs::http_test::TestClient;
 const http::HeaderList kJson = {{"Content-Type", "application/json"}};
 
 ServiceFixture::ServiceFixture(Projections projections,
-                               BeforeCommit before_commit) {
+                               BeforeCommit before_commit,
+                               Configure configure) {
   DeclareBank(app_);
   REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
   cqrs::ServeOptions options;
@@ -25,10 +27,12 @@ ServiceFixture::ServiceFixture(Projections projections,
   options.run_projections = projections == Projections::kHere;
   options.poll_interval = absl::Milliseconds(200);
   options.before_commit_for_testing = std::move(before_commit);
+  if (configure) configure(options);
   auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
   INFO(server.status().ToString());
   REQUIRE(server.ok());
   server_ = *std::move(server);
+  token_ = cqrs::testing::CreateToken(schema_.pool(), schema_.name());
 }
 
 ServiceFixture::~ServiceFixture() { server_->Stop(); }
@@ -36,6 +40,7 @@ ServiceFixture::~ServiceFixture() { server_->Stop(); }
 std::unique_ptr<TestClient> ServiceFixture::Client() {
   auto client = TestClient::Connect(server_->port());
   REQUIRE(client.ok());
+  (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(token_));
   return *std::move(client);
 }
 

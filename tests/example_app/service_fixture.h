@@ -7,6 +7,10 @@
 //   std::string at = Open(f, "acc-1");
 //   auto r = f.Get("/accounts/acc-1", AtLeast(at));
 //
+// The server authenticates (ServeOptions defaults): every client the fixture
+// gives sends a key with every scope unless a request names its own
+// Authorization header.
+//
 // Thread-safety: Get/Post/Send use one connection: one thread at a time;
 // Client() gives each thread its own.
 #ifndef TESTS_EXAMPLE_APP_SERVICE_FIXTURE_H_
@@ -36,8 +40,12 @@ class ServiceFixture {
   using BeforeCommit = std::function<absl::Status(
       absl::string_view projection, cqrs::eventstore::Position last)>;
 
+  // Changes the server's options before it starts.
+  using Configure = std::function<void(cqrs::ServeOptions&)>;
+
   explicit ServiceFixture(Projections projections = Projections::kHere,
-                          BeforeCommit before_commit = nullptr);
+                          BeforeCommit before_commit = nullptr,
+                          Configure configure = nullptr);
   ~ServiceFixture();
 
   std::unique_ptr<cqrs::http_test::TestClient> Client();
@@ -52,12 +60,15 @@ class ServiceFixture {
   cqrs::testing::TestSchema& schema() { return schema_; }
   cqrs::AppServer& server() { return *server_; }
   const cqrs::http::Router& router() const { return server_->router(); }
+  // A key with every scope; Client() and Send() send it.
+  const std::string& token() const { return token_; }
 
  private:
   cqrs::testing::TestSchema schema_{40};
   cqrs::App app_{"bank"};
   std::unique_ptr<cqrs::AppServer> server_;
   std::unique_ptr<cqrs::http_test::TestClient> client_;
+  std::string token_;
 };
 
 rapidjson::Document Parse(const std::string& body);

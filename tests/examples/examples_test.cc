@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -37,13 +38,26 @@ ShellResult Cli(const std::string& app, TestSchema& schema,
                                " 2>&1"));
 }
 
+// A key with every scope, made by `app keys create`: its token.
+std::string CreateKey(const std::string& app, TestSchema& schema) {
+  ShellResult created = Cli(app, schema,
+                            "keys create --name tests --scopes "
+                            "commands,queries,events,admin,metrics");
+  INFO(created.output);
+  REQUIRE(created.exit_code == 0);
+  std::string out = created.output;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out.substr(out.rfind('\n') + 1);
+}
+
 // `app serve` on a free port until destroyed (SIGTERM, then the exit code
-// is checked).
+// is checked); requests send a key with every scope.
 class Server {
  public:
   Server(const std::string& app, TestSchema& schema,
          std::vector<std::string> extra = {})
-      : port_(cqrs::testing::FreePort()),
+      : token_(CreateKey(app, schema)),
+        port_(cqrs::testing::FreePort()),
         process_(app, Args(schema, port_, std::move(extra))) {
     const bool up = cqrs::testing::WaitUntil([&] {
       auto client = TestClient::Connect(port_, absl::Seconds(2));
@@ -66,6 +80,7 @@ class Server {
                       const cqrs::http::HeaderList& headers = {}) {
     auto client = TestClient::Connect(port_);
     REQUIRE(client.ok());
+    (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(token_));
     cqrs::http::HeaderList all = headers;
     if (method == "POST") all.push_back({"Content-Type", "application/json"});
     auto r = (*client)->Send(method, target, body, all);
@@ -85,6 +100,7 @@ class Server {
     return args;
   }
 
+  std::string token_;
   int port_;
   ChildProcess process_;
   bool stopped_ = false;

@@ -54,6 +54,7 @@
 #include "eventstore/postgres_event_store.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
 
@@ -103,6 +104,13 @@ std::unique_ptr<cqrs::testing::ChildProcess> RunBank(
           : cqrs::testing::ChildProcess::Output::kDiscard);
 }
 
+// The bearer token every request sends: a key with every scope in the
+// schema under test, set once before the banks start.
+std::string& Token() {
+  static std::string token;
+  return token;
+}
+
 // One request on a fresh connection; nullopt when it got no answer.
 std::optional<ClientResponse> Request(int port, const std::string& method,
                                       const std::string& target,
@@ -110,6 +118,7 @@ std::optional<ClientResponse> Request(int port, const std::string& method,
                                       const http::HeaderList& headers = {}) {
   auto client = TestClient::Connect(port, absl::Seconds(10));
   if (!client.ok()) return std::nullopt;
+  (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(Token()));
   auto r = (*client)->Send(method, target, body, headers);
   if (!r.ok()) return std::nullopt;
   return *std::move(r);
@@ -391,6 +400,7 @@ TEST_CASE("the command path under faults keeps every guarantee",
               absl::StrCat(BANK_BINARY, " migrate --database-url '", icu.url(),
                            "' --schema ", s, " >/dev/null 2>&1"))
               .exit_code == 0);
+  Token() = cqrs::testing::CreateToken(schema.pool(), s);
   // Statements that wait too long (behind a held lock, on a busy machine)
   // fail for real, in every session the banks open from here on.
   schema.Exec(absl::StrCat("ALTER DATABASE ", icu.name(),

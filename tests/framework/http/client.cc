@@ -69,9 +69,14 @@ struct TestClient::Impl {
   const std::chrono::nanoseconds timeout;
   // The response to a HEAD request has no body, whatever it announces.
   bool expect_head_response = false;
+  http::HeaderList default_headers;
 };
 
 TestClient::TestClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+void TestClient::SetDefaultHeaders(http::HeaderList headers) {
+  impl_->default_headers = std::move(headers);
+}
 
 TestClient::~TestClient() {
   beast::error_code ec;
@@ -105,6 +110,11 @@ absl::StatusOr<ClientResponse> TestClient::Send(
   request.set(bhttp::field::host, "127.0.0.1");
   for (const auto& header : headers)
     request.insert(header.first, header.second);
+  for (const auto& header : impl_->default_headers) {
+    if (request.find(header.first) == request.end()) {
+      request.insert(header.first, header.second);
+    }
+  }
   request.body() = std::string(body);
   if (!body.empty() || method == "POST" || method == "PUT") {
     request.content_length(body.size());

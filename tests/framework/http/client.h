@@ -54,6 +54,10 @@ class TestClient {
                                       absl::string_view body = "",
                                       const http::HeaderList& headers = {});
 
+  // Sent with every later request that has no header of the same name
+  // (an Authorization header, say).
+  void SetDefaultHeaders(http::HeaderList headers);
+
   // Writes `bytes` as they are.
   absl::Status WriteRaw(absl::string_view bytes);
 
