@@ -69,7 +69,7 @@ struct Matrix {
         }) {
     Open(f, "m-1");
     Open(f, "m-2");
-    Deposit(f, "m-1", 100);
+    written = Deposit(f, "m-1", 100).position;
   }
 
   // Events appended for requests whose X-Correlation-Id starts with
@@ -98,6 +98,7 @@ struct Matrix {
   }
 
   ServiceFixture f;
+  std::string written;  // the position of the setup's last command
   int requests = 0;
 };
 
@@ -120,8 +121,9 @@ TEST_CASE("every bank route refuses callers without the right key",
   const std::string revoked =
       cqrs::testing::CreateToken(schema.pool(), schema.name(), {}, "revoked");
   {
-    ClientResponse before = m.Send({"GET", "/accounts/m-1", ""},
-                                   cqrs::testing::BearerHeader(revoked));
+    http::HeaderList headers = cqrs::testing::BearerHeader(revoked);
+    headers.push_back({"X-Min-Position", m.written});
+    ClientResponse before = m.Send({"GET", "/accounts/m-1", ""}, headers);
     REQUIRE(before.status == 200);  // cached as valid in the server
     const cqrs::testing::ShellResult revoke = cqrs::testing::RunShell(
         absl::StrCat(BANK_BINARY, " keys revoke ", revoked.substr(5, 12),
@@ -279,6 +281,90 @@ TEST_CASE("the OpenAPI document declares each route's scope",
           route->options.access.scope);
     CHECK(op["responses"].HasMember("401"));
     CHECK(op["responses"].HasMember("403"));
+  }
+}
+
+}  // namespace
+}  // namespace bank
+
+namespace bank {
+namespace {
+
+// Who did it (issue 14 item 4), end to end through the server's
+// authentication: commands record the caller's key id as actor, the
+// transfer process acts on its behalf, and admin callers see both in the
+// account's transactions.
+TEST_CASE("events name the key that caused them; admins see it",
+          "[bank][auth][pg]") {
+  ServiceFixture f;
+  cqrs::testing::TestSchema& schema = f.schema();
+  const std::string writer = cqrs::testing::CreateToken(
+      schema.pool(), schema.name(), {"commands"}, "writer");
+  const std::string reader = cqrs::testing::CreateToken(
+      schema.pool(), schema.name(), {"queries"}, "reader");
+  const std::string admin = cqrs::testing::CreateToken(
+      schema.pool(), schema.name(), {"queries", "admin"}, "admin");
+  const std::string writer_id = writer.substr(5, 12);
+  const auto as = [](const std::string& token) {
+    http::HeaderList headers = cqrs::testing::BearerHeader(token);
+    headers.push_back({"Content-Type", "application/json"});
+    return headers;
+  };
+
+  for (const char* id : {"who-1", "who-2"}) {
+    CHECK(f.Send("POST", "/accounts",
+                 absl::StrCat(R"({"owner":"Ann","currency":"EUR",)",
+                              R"("account_id":")", id, R"("})"),
+                 as(writer))
+              .status == 201);
+  }
+  CHECK(
+      f.Send("POST", "/accounts/who-1/deposit", R"({"amount":50})", as(writer))
+          .status == 200);
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
+                                     ".events WHERE metadata->>'actor' = '",
+                                     writer_id, "'")) == 3);
+  CHECK(
+      f.Send(
+           "POST", "/transfers",
+           R"({"from":"who-1","to":"who-2","amount":20,"transfer_id":"who-t"})",
+           as(writer))
+          .status == 202);
+  REQUIRE(WaitUntil([&] {
+    ClientResponse r = f.Get("/transfers/who-t");
+    return r.status == 200 && absl::StrContains(r.body, "\"completed\"");
+  }));
+  ClientResponse settled = f.Get("/stats");  // a position past the transfer
+  REQUIRE(settled.status == 200);
+  const http::HeaderList after = {
+      {"X-Min-Position", settled.Header("X-Projection-Position").value_or("")}};
+
+  http::HeaderList reader_headers = cqrs::testing::BearerHeader(reader);
+  reader_headers.insert(reader_headers.end(), after.begin(), after.end());
+  ClientResponse plain = f.Get("/accounts/who-1/transactions", reader_headers);
+  REQUIRE(plain.status == 200);
+  CHECK_FALSE(absl::StrContains(plain.body, "\"actor\""));
+  CHECK_FALSE(absl::StrContains(plain.body, "on_behalf_of"));
+
+  http::HeaderList admin_headers = cqrs::testing::BearerHeader(admin);
+  admin_headers.insert(admin_headers.end(), after.begin(), after.end());
+  ClientResponse audited = f.Get("/accounts/who-1/transactions", admin_headers);
+  REQUIRE(audited.status == 200);
+  INFO(audited.body);
+  rapidjson::Document doc = Parse(audited.body);
+  const auto& items = doc["items"];
+  REQUIRE(items.Size() == 3);  // opened, deposit, transfer_out
+  for (const auto& item : items.GetArray()) {
+    const std::string type = item["type"].GetString();
+    INFO(type);
+    if (type == "transfer_out") {
+      CHECK(std::string(item["actor"].GetString()) ==
+            "process:transfer_process");
+      CHECK(std::string(item["on_behalf_of"].GetString()) == writer_id);
+    } else {
+      CHECK(std::string(item["actor"].GetString()) == writer_id);
+      CHECK_FALSE(item.HasMember("on_behalf_of"));
+    }
   }
 }
 
