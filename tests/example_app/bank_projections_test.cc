@@ -24,6 +24,7 @@
 #include "app/app_server.h"
 #include "example_app/account.h"
 #include "example_app/bank_app.h"
+#include "framework/http/message.h"
 #include "framework/uuid.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
@@ -152,8 +153,9 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
     ids.push_back(absl::StrCat(prefix, "-", i));
     REQUIRE(AccountAggregate()
                 .Execute(*store, ids.back(),
-                         cqrs::commands::CommandMetadata::ForCommand(""), {},
-                         DecideOpen(absl::StrCat("owner", i % 3), "EUR"))
+                         cqrs::commands::CommandMetadata::ForCommand(
+                             "", cqrs::http::kAnonymousActor),
+                         {}, DecideOpen(absl::StrCat("owner", i % 3), "EUR"))
                 .ok());
   }
   auto random_commands = [&](int n) {
@@ -166,8 +168,10 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
                                : DecideClose();
       // Business-rule refusals are part of the game.
       (void)AccountAggregate().Execute(
-          *store, id, cqrs::commands::CommandMetadata::ForCommand(""), {},
-          decide);
+          *store, id,
+          cqrs::commands::CommandMetadata::ForCommand(
+              "", cqrs::http::kAnonymousActor),
+          {}, decide);
     }
   };
   random_commands(400);
