@@ -95,7 +95,8 @@ absl::StatusOr<cqrs::eventstore::Position> OpenAccounts(
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&] {
-      const auto meta = cqrs::commands::CommandMetadata::ForCommand("seed");
+      const auto meta =
+          cqrs::commands::CommandMetadata::ForCommand("seed", "bench");
       for (int i = next++; i < f.accounts && !failed; i = next++) {
         auto out = bank::AccountAggregate().Execute(
             store, absl::StrCat(f.prefix, i), meta, {},

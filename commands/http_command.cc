@@ -60,7 +60,8 @@ http::Response HttpCommandRunner::Execute(const http::Request& request,
     return *std::move(result);
   };
   CommandContext context;
-  context.metadata = CommandMetadata::ForCommand(request.correlation_id());
+  context.metadata =
+      CommandMetadata::ForCommand(request.correlation_id(), request.actor());
   absl::StatusOr<std::optional<int64_t>> if_match = ParseIfMatch(request);
   if (!if_match.ok()) return finish(if_match.status());
   context.execute.required_version = *if_match;

@@ -1,6 +1,7 @@
-// Runs a command for an HTTP request: command metadata from the request,
-// If-Match, and Idempotency-Key handling, so that route handlers only parse
-// their input and decide.
+// Runs a command for an HTTP request: command metadata from the request
+// (its correlation id, and its actor: the authenticated key's id, or
+// "anonymous"), If-Match, and Idempotency-Key handling, so that route
+// handlers only parse their input and decide.
 //
 //   http::Response Deposit(const http::Request& request) {
 //     return runner.Run(request, [&](eventstore::EventStore& store,
@@ -19,7 +20,9 @@
 // percent-decoded path, its If-Match version and its body: commands take no
 // query parameters, so a query string is ignored. Responses with status >=
 // 500 are not stored, nor are transient errors (IsTransientError: a version
-// conflict, a timeout), whose retry may succeed.
+// conflict, a timeout), whose retry may succeed. A replay appends nothing,
+// so the stored events keep the actor and correlation id of the execution
+// that appended them, whoever sends the retry.
 //
 // Thread-safety: thread-safe; the stores must outlive the runner.
 #ifndef COMMANDS_HTTP_COMMAND_H_

@@ -26,14 +26,31 @@ CREATE TABLE {s}.process_commands (
 )sql"},
 };
 
-// The correlation id in an event's metadata, or empty.
-std::string CorrelationOf(const eventstore::RecordedEvent& e) {
+// What a process manager's commands inherit from their trigger's metadata.
+// Each is empty when the metadata lacks it (events appended outside any
+// command, or stored before actors were recorded) or is not a JSON object.
+struct Trigger {
+  std::string correlation_id;
+  // The trigger's on_behalf_of, else its actor: the outside caller a chain
+  // of process managers acts for.
+  std::string original_actor;
+};
+
+std::string StringMember(const rapidjson::Value& object, const char* name) {
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+Trigger TriggerOf(const eventstore::RecordedEvent& e) {
   rapidjson::Document doc;
   doc.Parse(e.metadata.data(), e.metadata.size());
-  if (doc.HasParseError() || !doc.IsObject()) return "";
-  auto it = doc.FindMember("correlation_id");
-  if (it == doc.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
+  if (doc.HasParseError() || !doc.IsObject()) return {};
+  Trigger t;
+  t.correlation_id = StringMember(doc, "correlation_id");
+  t.original_actor = StringMember(doc, "on_behalf_of");
+  if (t.original_actor.empty()) t.original_actor = StringMember(doc, "actor");
+  return t;
 }
 
 class Context : public ProcessContext {
@@ -44,12 +61,13 @@ class Context : public ProcessContext {
       : tx_(tx),
         store_(store),
         process_(process),
+        actor_(ProcessActor(process)),
         select_record_(select_record),
         insert_record_(insert_record) {}
 
   void set_event(const eventstore::RecordedEvent* event) {
     event_ = event;
-    correlation_ = CorrelationOf(*event);
+    trigger_ = TriggerOf(*event);
   }
 
   eventstore::EventStore& store() override { return store_; }
@@ -59,8 +77,12 @@ class Context : public ProcessContext {
     CommandMetadata m;
     m.command_id = absl::StrCat(process_, ":", event_->event_id, ":", step);
     // An event without one (appended outside any command) starts a chain.
-    m.correlation_id = correlation_.empty() ? event_->event_id : correlation_;
+    m.correlation_id = trigger_.correlation_id.empty()
+                           ? event_->event_id
+                           : trigger_.correlation_id;
     m.causation_id = event_->event_id;
+    m.actor = actor_;
+    m.on_behalf_of = trigger_.original_actor;
     return m;
   }
 
@@ -91,13 +113,18 @@ class Context : public ProcessContext {
   pqxx::transaction_base& tx_;
   eventstore::EventStore& store_;
   const std::string& process_;
+  const std::string actor_;
   const std::string& select_record_;
   const std::string& insert_record_;
   const eventstore::RecordedEvent* event_ = nullptr;
-  std::string correlation_;
+  Trigger trigger_;
 };
 
 }  // namespace
+
+std::string ProcessActor(absl::string_view process_name) {
+  return absl::StrCat(kProcessActorPrefix, process_name);
+}
 
 absl::Status MigrateProcessManagers(PgPool& pool, absl::string_view schema) {
   return ApplyMigrations(pool, schema, kComponent, kMigrations);

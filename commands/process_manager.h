@@ -26,7 +26,13 @@
 // moved back by hand) finds the record and the step is skipped.
 //
 // The commands' events carry that command id, the triggering event's
-// correlation id, and the triggering event's id as causation id. Once the
+// correlation id, the triggering event's id as causation id, the process
+// as actor ("process:<name>", ProcessActor()) and, as on_behalf_of, the
+// actor the chain started from: the triggering event's on_behalf_of when it
+// has one (it was itself appended by a process manager), else its actor
+// (an API key's id, or "anonymous"); nothing when the trigger names no
+// actor (stored by an older build, or appended outside any command). See
+// commands/command_metadata.h. Once the
 // batch commits they are announced through the store's NotifyCommitted()
 // (its events_appended counter, and its notifications unless they are sent
 // in the transaction).
@@ -95,6 +101,12 @@ struct ProcessManager {
   // it appends to until it commits.
   int batch_size = 20;
 };
+
+// The actor in the metadata of the commands of process manager `name`:
+// "process:<name>". The colon keeps it apart from API key ids (12 hex
+// digits) and from "anonymous".
+inline constexpr absl::string_view kProcessActorPrefix = "process:";
+std::string ProcessActor(absl::string_view process_name);
 
 // Creates or upgrades `<schema>.process_commands` (idempotent).
 absl::Status MigrateProcessManagers(PgPool& pool, absl::string_view schema);

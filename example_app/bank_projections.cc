@@ -17,6 +17,7 @@
 #include "example_app/account.h"
 #include "example_app/transfer.h"
 #include "projections/sql_array.h"
+#include "rapidjson/document.h"
 
 namespace bank {
 namespace {
@@ -123,6 +124,37 @@ absl::Status ApplyBalances(ProjectionContext& ctx, EventBatch events) {
 
 // --- account_transactions --------------------------------------------------
 
+// Who appended an event (commands/command_metadata.h): its metadata's
+// actor and on_behalf_of, each empty when absent (events stored before
+// actors were recorded, or appended outside any command).
+struct Who {
+  std::string actor;
+  std::string on_behalf_of;
+};
+
+Who WhoOf(const RecordedEvent& e) {
+  rapidjson::Document doc;
+  doc.Parse(e.metadata.data(), e.metadata.size());
+  Who who;
+  if (doc.HasParseError() || !doc.IsObject()) return who;
+  auto text = [&doc](const char* name) {
+    auto it = doc.FindMember(name);
+    if (it == doc.MemberEnd() || !it->value.IsString()) return std::string();
+    return std::string(it->value.GetString(), it->value.GetStringLength());
+  };
+  who.actor = text("actor");
+  who.on_behalf_of = text("on_behalf_of");
+  return who;
+}
+
+void AddOrNull(SqlArray& array, const std::string& text) {
+  if (text.empty()) {
+    array.AddNull();
+  } else {
+    array.Add(text);
+  }
+}
+
 absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
   const std::string& table = ctx.Table("account_transactions");
   // The running balance of each account, kept beside the rows so that the
@@ -158,6 +190,7 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
     int64_t after;
     int64_t at_us;
     const std::string* transfer_id;  // into the decoded event; or null
+    Who who;
   };
   std::vector<AccountEvent> decoded;
   decoded.reserve(events.size());
@@ -187,9 +220,11 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
       transfer = &t->transfer_id;
     }
     rows[id].push_back(Row{e.stream_version, type, delta < 0 ? -delta : delta,
-                           b, absl::ToUnixMicros(e.recorded_at), transfer});
+                           b, absl::ToUnixMicros(e.recorded_at), transfer,
+                           WhoOf(e)});
   }
-  SqlArray ids, versions, types, amounts, after, at, transfers;
+  SqlArray ids, versions, types, amounts, after, at, transfers, actors,
+      on_behalf_of;
   for (const auto& [id, list] : rows) {
     for (const Row& r : list) {
       ids.Add(id);
@@ -203,19 +238,24 @@ absl::Status ApplyTransactions(ProjectionContext& ctx, EventBatch events) {
       } else {
         transfers.AddNull();
       }
+      AddOrNull(actors, r.who.actor);
+      AddOrNull(on_behalf_of, r.who.on_behalf_of);
     }
   }
   ctx.tx().exec_params(
       absl::StrCat(
           "INSERT INTO ", table,
           " (account_id, version, type, amount, balance_after, at, "
-          "transfer_id) SELECT d.id, d.v, d.type, d.amount, d.after, "
-          "to_timestamp(d.us::float8 / 1000000), d.transfer FROM "
+          "transfer_id, actor, on_behalf_of) SELECT d.id, d.v, d.type, "
+          "d.amount, d.after, to_timestamp(d.us::float8 / 1000000), "
+          "d.transfer, d.actor, d.on_behalf_of FROM "
           "unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
-          "$5::bigint[], $6::bigint[], $7::text[]) AS d(id, v, type, amount, "
-          "after, us, transfer)"),
+          "$5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[]) "
+          "AS d(id, v, type, amount, after, us, transfer, actor, "
+          "on_behalf_of)"),
       ids.literal(), versions.literal(), types.literal(), amounts.literal(),
-      after.literal(), at.literal(), transfers.literal());
+      after.literal(), at.literal(), transfers.literal(), actors.literal(),
+      on_behalf_of.literal());
   SqlArray balance_ids, balance_values;
   for (const auto& [id, b] : balance) {
     balance_ids.Add(id);
@@ -336,7 +376,8 @@ Projection AccountBalancesProjection() {
 Projection AccountTransactionsProjection() {
   Projection p;
   p.name = "account_transactions";
-  p.version = 1;
+  // 2: each row records who appended its event (actor, on_behalf_of).
+  p.version = 2;
   p.event_types = AccountEventTypes();
   ProjectionTable rows;
   rows.name = "account_transactions";
@@ -348,7 +389,9 @@ Projection AccountTransactionsProjection() {
       "  amount        bigint NOT NULL,"
       "  balance_after bigint NOT NULL,"
       "  transfer_id   text,"
-      "  at            timestamptz NOT NULL)";
+      "  at            timestamptz NOT NULL,"
+      "  actor         text,"
+      "  on_behalf_of  text)";
   rows.deferred_indexes = {
       "ALTER TABLE {table} ADD PRIMARY KEY (account_id, version)"};
   ProjectionTable balances;

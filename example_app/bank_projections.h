@@ -5,7 +5,10 @@
 //   account_transactions  one row per movement and lifecycle event of an
 //                         account, keyed (account_id, version) for cursor
 //                         pagination: type, amount, balance_after,
-//                         transfer_id, at
+//                         transfer_id, at, and who appended the event:
+//                         actor and on_behalf_of from its metadata
+//                         (commands/command_metadata.h), NULL when absent
+//                         (version 2; version 1 had neither)
 //   bank_stats            counters by key: "accounts", "open_accounts",
 //                         "balance:<currency>", "transfers:<state>"
 //   transfers             one row per transfer: from, to, amount, currency,

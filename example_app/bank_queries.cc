@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "example_app/account.h"
 #include "example_app/transfer.h"
+#include "framework/auth/scopes.h"
 #include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
 #include "framework/status_macros.h"
@@ -100,15 +101,31 @@ queries::QueryRoute GetAccount() {
   return route;
 }
 
+// Admin callers also see who appended each transaction's event: the
+// actor (a key id, "anonymous", or "process:transfer_process") and, for a
+// process's commands, the key it acted for. Others get the contract's
+// items. Rows of events stored before actors were recorded have neither.
+bool SeesActors(const QueryContext& q) {
+  const http::Principal* caller = q.principal();
+  return caller != nullptr && caller->HasScope(cqrs::auth::kAdminScope);
+}
+
 queries::QueryRoute ListTransactions() {
   queries::QueryRoute route;
   route.pattern = "/accounts/{id}/transactions";
   route.projections = {"account_transactions"};
+  constexpr char kPage[] =
+      "FROM {account_transactions} WHERE account_id = $1 AND version > $2 "
+      "ORDER BY version LIMIT $3";
   route.prepared = {
       {"bank_list_transactions",
-       "SELECT type, amount, balance_after, transfer_id, version, at "
-       "FROM {account_transactions} WHERE account_id = $1 AND version > $2 "
-       "ORDER BY version LIMIT $3"}};
+       absl::StrCat("SELECT type, amount, balance_after, transfer_id, "
+                    "version, at ",
+                    kPage)},
+      {"bank_list_transactions_with_actors",
+       absl::StrCat("SELECT type, amount, balance_after, transfer_id, "
+                    "version, at, actor, on_behalf_of ",
+                    kPage)}};
   route.handler = [](QueryContext& q) -> absl::StatusOr<http::Response> {
     const absl::string_view id = q.Param("id");
     RETURN_IF_ERROR(ValidateAccountId(id));
@@ -118,9 +135,12 @@ queries::QueryRoute ListTransactions() {
         (!absl::SimpleAtoi(page.after[0], &after) || after < 0)) {
       return cqrs::InvalidRequest("after is not a cursor of this list");
     }
-    ASSIGN_OR_RETURN(pqxx::result rows,
-                     q.Exec(Statement::Prepared("bank_list_transactions"),
-                            {id, after, page.limit + 1}));
+    ASSIGN_OR_RETURN(
+        pqxx::result rows,
+        q.Exec(Statement::Prepared(SeesActors(q)
+                                       ? "bank_list_transactions_with_actors"
+                                       : "bank_list_transactions"),
+               {id, after, page.limit + 1}));
     // Every account has its "opened" row, so an empty first page means
     // there is no such account (in this read model, at this position).
     if (rows.empty() && page.after.empty()) return AccountNotFound(id);

@@ -2,7 +2,9 @@
 // answered from the bank's projections (example_app/bank_projections.h).
 //
 //   GET /accounts/{id}                account_balances
-//   GET /accounts/{id}/transactions   account_transactions (cursor pages)
+//   GET /accounts/{id}/transactions   account_transactions (cursor pages;
+//                                     with actor and on_behalf_of for
+//                                     callers with the admin scope)
 //   GET /accounts?owner=              account_balances (cursor pages)
 //   GET /stats                        bank_stats
 //

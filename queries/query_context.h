@@ -142,6 +142,11 @@ class QueryContext {
   absl::optional<absl::string_view> Query(absl::string_view name) const {
     return request_.Query(name);
   }
+  // The authenticated caller (its key id and scopes), or nullptr when the
+  // route is open or the server runs without authentication. For answers
+  // that show more to some callers: check a scope with HasScope(); a caller
+  // without a principal holds none.
+  const http::Principal* principal() const { return request_.principal(); }
   // The read session's transaction (read-only; autocommit with
   // Snapshot::kPerStatement). Do not commit or abort it.
   pqxx::transaction_base& tx() { return tx_; }

@@ -1,7 +1,8 @@
 // An app served in-process (cqrs::AppServer) over real HTTP against the
 // test PostgreSQL: the command options an app uses beyond the defaults
 // (CheckId, RequireBody, a command on an aggregate type built outside the
-// app) and plain routes (App::AddRoute). The bank (tests/example_app) runs
+// app), plain routes (App::AddRoute), and the actor the command runner
+// stamps into a declared command's events. The bank (tests/example_app) runs
 // on the same machinery with every route of its contract.
 #include "app/app_server.h"
 
@@ -13,8 +14,11 @@
 #include <catch2/catch.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/optional.h"
 #include "app/app.h"
 #include "framework/error_code.h"
+#include "framework/http/message.h"
+#include "framework/http/router.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
@@ -124,6 +128,41 @@ class Served {
     return *std::move(r);
   }
 
+  // Runs the route `method` `target` is routed to, in this thread, on
+  // `request` as given: a principal set on it reaches the handler as the
+  // server's authentication would set it.
+  http::Response Dispatch(const std::string& method, const std::string& target,
+                          const std::string& body,
+                          absl::optional<http::Principal> principal) {
+    auto request = http::Request::Create(
+        method, target, {{"Content-Type", "application/json"}}, body);
+    REQUIRE(request.ok());
+    http::RouteMatch match =
+        server_->router().Match(method, request->raw_path());
+    REQUIRE(match.result == http::RouteMatch::Result::kFound);
+    REQUIRE(match.route->handler);
+    request->set_path_params(match.params);
+    request->set_route_pattern(match.route->pattern);
+    if (principal.has_value()) request->set_principal(*std::move(principal));
+    return match.route->handler(*request);
+  }
+
+  // The "actor" of each event of `stream`'s metadata, oldest first.
+  std::vector<std::string> Actors(const std::string& stream) {
+    auto events = server_->store().ReadStream(
+        stream, cqrs::eventstore::Direction::kForward, 1, 100);
+    REQUIRE(events.ok());
+    std::vector<std::string> out;
+    for (const auto& e : *events) {
+      rapidjson::Document doc;
+      doc.Parse(e.metadata.c_str());
+      REQUIRE(doc.IsObject());
+      REQUIRE(doc.HasMember("actor"));
+      out.push_back(doc["actor"].GetString());
+    }
+    return out;
+  }
+
  private:
   cqrs::testing::TestSchema schema_{8};
   cqrs::App app_{"tally"};
@@ -165,6 +204,20 @@ TEST_CASE("commands on an aggregate type of the app's own", "[app][pg]") {
   doc.Parse(touched.body.c_str());
   REQUIRE(doc.IsObject());
   CHECK(doc["version"].GetInt64() == 3);
+}
+
+TEST_CASE("a declared command's events name who sent it", "[app][pg]") {
+  Served s;
+  // Over HTTP, without authentication: anonymous.
+  REQUIRE(s.Send("POST", "/tallies/9/add", R"({"n":5})").status == 200);
+  http::Principal key;
+  key.id = "0123456789ab";
+  key.scopes = {"commands"};
+  REQUIRE(s.Dispatch("POST", "/tallies/9/add", R"({"n":2})", key).status ==
+          200);
+  REQUIRE(s.Dispatch("POST", "/tallies/9/touch", "", key).status == 200);
+  CHECK(s.Actors("tally-9") ==
+        std::vector<std::string>{"anonymous", "0123456789ab", "0123456789ab"});
 }
 
 TEST_CASE("plain routes are served as declared", "[app][pg]") {

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "eventstore/in_memory_event_store.h"
+#include "framework/http/message.h"
 #include "framework/http/status_mapping.h"
 #include "tests/support/test_database.h"
 
@@ -138,7 +139,8 @@ TEST_CASE("a command loads, decides, appends and stamps metadata",
           "[commands]") {
   eventstore::InMemoryEventStore store;
   AggregateType<Counter, CounterEvent> counters(CounterOptions());
-  const CommandMetadata meta = CommandMetadata::ForCommand("corr-1");
+  const CommandMetadata meta =
+      CommandMetadata::ForCommand("corr-1", "0123456789ab");
   auto first = counters.Execute(store, "a", meta, {}, Add(40));
   REQUIRE(first.ok());
   CHECK(first->version == 1);
@@ -154,13 +156,12 @@ TEST_CASE("a command loads, decides, appends and stamps metadata",
       store.ReadStream("counter-a", eventstore::Direction::kForward, 1, 10);
   REQUIRE(events.ok());
   REQUIRE(events->size() == 2);
-  CHECK(absl::StrContains((*events)[0].metadata,
-                          "\"correlation_id\":\"corr-1\""));
-  CHECK(absl::StrContains((*events)[0].metadata,
-                          absl::StrCat("\"command_id\":\"", meta.command_id)));
-  CHECK(
-      absl::StrContains((*events)[0].metadata,
-                        absl::StrCat("\"causation_id\":\"", meta.command_id)));
+  // Exact bytes: the members and their order are the documented format.
+  CHECK((*events)[0].metadata ==
+        absl::StrCat("{\"command_id\":\"", meta.command_id,
+                     "\",\"correlation_id\":\"corr-1\",\"causation_id\":\"",
+                     meta.command_id, "\",\"actor\":\"0123456789ab\"}"));
+  CHECK((*events)[1].metadata == (*events)[0].metadata);
 
   // A business-rule failure appends nothing and keeps its code.
   auto over = counters.Execute(store, "a", meta, {}, Add(20));
@@ -173,7 +174,8 @@ TEST_CASE("required versions and stale caches", "[commands]") {
   eventstore::InMemoryEventStore store;
   AggregateType<Counter, CounterEvent> counters(CounterOptions());
   AggregateType<Counter, CounterEvent> other_process(CounterOptions());
-  const CommandMetadata meta = CommandMetadata::ForCommand("");
+  const CommandMetadata meta =
+      CommandMetadata::ForCommand("", http::kAnonymousActor);
   REQUIRE(counters.Execute(store, "b", meta, {}, Add(10)).ok());
 
   ExecuteOptions at_one;
@@ -235,8 +237,10 @@ TEST_CASE("concurrent commands on one aggregate all land exactly once",
     threads.emplace_back([&] {
       for (int i = 0; i < 10; ++i) {
         if (!counters
-                 .Execute(store, "c", CommandMetadata::ForCommand(""), {},
-                          counted)
+                 .Execute(
+                     store, "c",
+                     CommandMetadata::ForCommand("", http::kAnonymousActor), {},
+                     counted)
                  .ok()) {
           ++failures;
         }
@@ -259,10 +263,11 @@ TEST_CASE("snapshots are written every N events and used by loads",
   eventstore::InMemoryEventStore store;
   AggregateType<Counter, CounterEvent> counters(CounterOptions(3));
   for (int i = 0; i < 7; ++i) {
-    REQUIRE(
-        counters
-            .Execute(store, "d", CommandMetadata::ForCommand(""), {}, Add(1))
-            .ok());
+    REQUIRE(counters
+                .Execute(store, "d",
+                         CommandMetadata::ForCommand("", http::kAnonymousActor),
+                         {}, Add(1))
+                .ok());
   }
   auto snap = store.LoadSnapshot("counter-d");
   REQUIRE(snap.ok());
@@ -300,8 +305,10 @@ TEST_CASE("commands on PostgreSQL: 16 threads on one aggregate",
     threads.emplace_back([&] {
       for (int i = 0; i < 5; ++i) {
         if (!counters
-                 .Execute(*store, "p", CommandMetadata::ForCommand(""), {},
-                          Add(1))
+                 .Execute(
+                     *store, "p",
+                     CommandMetadata::ForCommand("", http::kAnonymousActor), {},
+                     Add(1))
                  .ok()) {
           ++failures;
         }
@@ -328,10 +335,11 @@ namespace {
 void DeletedAggregateStaysDeleted(eventstore::EventStore& store) {
   AggregateType<Counter, CounterEvent> counters(CounterOptions(2));
   for (int i = 0; i < 3; ++i) {
-    REQUIRE(
-        counters
-            .Execute(store, "gone", CommandMetadata::ForCommand(""), {}, Add(1))
-            .ok());
+    REQUIRE(counters
+                .Execute(store, "gone",
+                         CommandMetadata::ForCommand("", http::kAnonymousActor),
+                         {}, Add(1))
+                .ok());
   }
   REQUIRE(store.LoadSnapshot("counter-gone").ok());
   REQUIRE(
@@ -344,8 +352,9 @@ void DeletedAggregateStaysDeleted(eventstore::EventStore& store) {
   auto loaded = counters.Load(store, "gone");
   CHECK(loaded.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(absl::StrContains(loaded.status().message(), "deleted"));
-  auto command = counters.Execute(store, "gone",
-                                  CommandMetadata::ForCommand(""), {}, Add(1));
+  auto command = counters.Execute(
+      store, "gone", CommandMetadata::ForCommand("", http::kAnonymousActor), {},
+      Add(1));
   CHECK(command.status().code() == absl::StatusCode::kFailedPrecondition);
   // A stream that never existed still loads as new.
   auto fresh = counters.Load(store, "never");

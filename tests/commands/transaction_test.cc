@@ -21,6 +21,7 @@
 #include "commands/aggregate.h"
 #include "commands/idempotency.h"
 #include "eventstore/postgres_event_store.h"
+#include "framework/http/message.h"
 #include "framework/http/status_mapping.h"
 #include "tests/support/test_database.h"
 
@@ -120,7 +121,8 @@ GaugeType::Decide Zero() {
   };
 }
 
-const CommandMetadata kMeta = CommandMetadata::ForCommand("");
+const CommandMetadata kMeta =
+    CommandMetadata::ForCommand("", http::kAnonymousActor);
 
 // The store and idempotency records on a pool whose sessions give up on a
 // lock after 300 ms, so that a lock held by another session is a fault the

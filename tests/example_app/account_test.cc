@@ -11,6 +11,7 @@
 
 #include "eventstore/in_memory_event_store.h"
 #include "example_app/transfer.h"
+#include "framework/http/message.h"
 #include "framework/http/status_mapping.h"
 
 namespace bank {
@@ -52,7 +53,8 @@ TEST_CASE("account events round-trip through the registry and snapshots",
           "[bank]") {
   cqrs::eventstore::InMemoryEventStore store;
   AccountType& accounts = AccountAggregate();
-  auto meta = cqrs::commands::CommandMetadata::ForCommand("");
+  auto meta = cqrs::commands::CommandMetadata::ForCommand(
+      "", cqrs::http::kAnonymousActor);
   REQUIRE(
       accounts.Execute(store, "rt", meta, {}, DecideOpen("Zoë \"Z\"", "CHF"))
           .ok());

@@ -24,6 +24,7 @@
 #include "app/app_server.h"
 #include "example_app/account.h"
 #include "example_app/bank_app.h"
+#include "framework/http/message.h"
 #include "framework/uuid.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
@@ -140,6 +141,15 @@ void CheckOtherModelsNow(TestSchema& schema, const Balances& want) {
   CHECK(stat("accounts") == static_cast<int64_t>(want.size()));
   CHECK(stat("open_accounts") == open);
   CHECK(stat("balance:EUR") == total);
+  // Each row names who appended its event, as the event's metadata does
+  // (NULL where it names no one).
+  CHECK(schema.QueryInt(absl::StrCat(
+            "SELECT count(*) FROM ", schema.name(),
+            ".account_transactions t JOIN ", schema.name(),
+            ".events e ON e.stream_id = 'account-' || t.account_id AND "
+            "e.stream_version = t.version WHERE t.actor IS DISTINCT FROM "
+            "e.metadata->>'actor' OR t.on_behalf_of IS DISTINCT FROM "
+            "e.metadata->>'on_behalf_of'")) == 0);
 }
 
 TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
@@ -153,8 +163,9 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
     ids.push_back(absl::StrCat(prefix, "-", i));
     REQUIRE(AccountAggregate()
                 .Execute(*store, ids.back(),
-                         cqrs::commands::CommandMetadata::ForCommand(""), {},
-                         DecideOpen(absl::StrCat("owner", i % 3), "EUR"))
+                         cqrs::commands::CommandMetadata::ForCommand(
+                             "", cqrs::http::kAnonymousActor),
+                         {}, DecideOpen(absl::StrCat("owner", i % 3), "EUR"))
                 .ok());
   }
   auto random_commands = [&](int n) {
@@ -165,10 +176,16 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
       auto decide = what < 6   ? DecideDeposit(amount)
                     : what < 9 ? DecideWithdraw(amount)
                                : DecideClose();
+      // Sent by one of two keys, anonymously, or by a process for a key.
+      const int who = absl::Uniform(gen, 0, 4);
+      auto meta = cqrs::commands::CommandMetadata::ForCommand(
+          "", who == 0   ? "0123456789ab"
+              : who == 1 ? "ba9876543210"
+              : who == 2 ? cqrs::http::kAnonymousActor
+                         : "process:transfer_process");
+      if (who == 3) meta.on_behalf_of = "0123456789ab";
       // Business-rule refusals are part of the game.
-      (void)AccountAggregate().Execute(
-          *store, id, cqrs::commands::CommandMetadata::ForCommand(""), {},
-          decide);
+      (void)AccountAggregate().Execute(*store, id, meta, {}, decide);
     }
   };
   random_commands(400);
@@ -208,6 +225,14 @@ TEST_CASE("bank read models equal a fold of the events, also after a rebuild",
   CheckOtherModels(schema, want);
   CHECK(schema.QueryInt(absl::StrCat("SELECT min(generation) FROM ",
                                      schema.name(), ".projections")) == 2);
+  // Every actor the commands had (CheckOtherModels compared each row).
+  CHECK(schema.QueryInt(absl::StrCat("SELECT count(DISTINCT actor) FROM ",
+                                     schema.name(), ".account_transactions")) ==
+        4);
+  CHECK(schema.QueryInt(absl::StrCat(
+            "SELECT count(*) FROM ", schema.name(),
+            ".account_transactions WHERE on_behalf_of = '0123456789ab' AND "
+            "actor = 'process:transfer_process'")) > 0);
 }
 
 // A `bank <args> --database-url <test db> --schema <test schema>` child

@@ -20,6 +20,7 @@
 #include "eventstore/position.h"
 #include "example_app/bank_app.h"
 #include "example_app/bank_projections.h"
+#include "framework/http/message.h"
 #include "framework/http/server.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
@@ -213,6 +214,117 @@ TEST_CASE("GET /accounts/{id}/transactions pages oldest first",
   }
   CHECK(f.Get("/accounts/t-1/transactions?limit=500").status == 200);
   CHECK(f.Get("/accounts/t-1/transactions?limit=1").status == 200);
+}
+
+http::Principal Key(std::string id, std::vector<std::string> scopes) {
+  http::Principal key;
+  key.id = std::move(id);
+  key.scopes = std::move(scopes);
+  return key;
+}
+
+// The member names of a JSON object, in order.
+std::vector<std::string> Members(const rapidjson::Value& object) {
+  std::vector<std::string> names;
+  for (const auto& m : object.GetObject()) names.push_back(m.name.GetString());
+  return names;
+}
+
+// A string member, or "<none>".
+std::string Text(const rapidjson::Value& object, const char* name) {
+  auto it = object.FindMember(name);
+  if (it == object.MemberEnd() || !it->value.IsString()) return "<none>";
+  return it->value.GetString();
+}
+
+// Who appended each transaction's event, for admin callers only. The
+// requests carry the principal the server's authentication would set
+// (ServiceFixture::SendAs), so commands record it as their actor.
+TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
+          "[bank][queries][pg]") {
+  ServiceFixture f;
+  const http::Principal teller = Key("0123456789ab", {"commands"});
+  const http::Principal clerk = Key("ba9876543210", {"commands"});
+  const http::Principal reader = Key("aaaaaaaaaaaa", {"queries"});
+  const http::Principal admin = Key("bbbbbbbbbbbb", {"queries", "admin"});
+
+  Open(f, "who-a");  // over HTTP, without authentication: anonymous
+  REQUIRE(
+      f.SendAs(teller, "POST", "/accounts/who-a/deposit", R"({"amount":1000})")
+          .status == 200);
+  REQUIRE(f.SendAs(teller, "POST", "/accounts",
+                   R"({"owner":"Bo","currency":"EUR","account_id":"who-b"})")
+              .status == 201);
+  http::Response requested =
+      f.SendAs(clerk, "POST", "/transfers",
+               R"({"from":"who-a","to":"who-b","amount":300,)"
+               R"("transfer_id":"t-who"})");
+  REQUIRE(requested.status == 202);
+  const std::string at = Parse(requested.body)["position"].GetString();
+  // The transfer's movements commit with its completion; the transfers
+  // read model's position then covers them.
+  std::string settled;
+  REQUIRE(cqrs::testing::WaitUntil([&] {
+    auto r = f.Get("/transfers/t-who", AtLeast(at));
+    if (r.status != 200 || Text(Parse(r.body), "status") != "completed") {
+      return false;
+    }
+    settled = std::string(*r.Header("X-Projection-Position"));
+    return true;
+  }));
+
+  // Without the admin scope, and without any principal: the contract's
+  // items, byte for byte the same.
+  const auto plain = f.Get("/accounts/who-a/transactions", AtLeast(settled));
+  REQUIRE(plain.status == 200);
+  const http::Response as_reader = f.SendAs(
+      reader, "GET", "/accounts/who-a/transactions", "", AtLeast(settled));
+  REQUIRE(as_reader.status == 200);
+  CHECK(as_reader.body == plain.body);
+  rapidjson::Document hidden = Parse(as_reader.body);
+  REQUIRE(hidden["items"].Size() == 3);
+  CHECK(Members(hidden["items"][1]) ==
+        std::vector<std::string>{"type", "amount", "balance_after", "version",
+                                 "at"});
+  CHECK(Members(hidden["items"][2]) ==
+        std::vector<std::string>{"type", "amount", "balance_after",
+                                 "transfer_id", "version", "at"});
+
+  // With it: actor, and on_behalf_of for the transfer process's movements.
+  const http::Response as_admin = f.SendAs(
+      admin, "GET", "/accounts/who-a/transactions", "", AtLeast(settled));
+  REQUIRE(as_admin.status == 200);
+  rapidjson::Document a = Parse(as_admin.body);
+  REQUIRE(a["items"].Size() == 3);
+  CHECK(Text(a["items"][0], "type") == "opened");
+  CHECK(Text(a["items"][0], "actor") == "anonymous");
+  CHECK(Text(a["items"][1], "type") == "deposit");
+  CHECK(Text(a["items"][1], "actor") == "0123456789ab");
+  CHECK(Members(a["items"][1]) ==
+        std::vector<std::string>{"type", "amount", "balance_after", "version",
+                                 "at", "actor"});
+  CHECK(Text(a["items"][2], "type") == "transfer_out");
+  CHECK(Text(a["items"][2], "actor") == "process:transfer_process");
+  CHECK(Text(a["items"][2], "on_behalf_of") == "ba9876543210");
+  CHECK(Members(a["items"][2]) ==
+        std::vector<std::string>{"type", "amount", "balance_after",
+                                 "transfer_id", "version", "at", "actor",
+                                 "on_behalf_of"});
+
+  const http::Response b = f.SendAs(
+      admin, "GET", "/accounts/who-b/transactions", "", AtLeast(settled));
+  REQUIRE(b.status == 200);
+  rapidjson::Document bd = Parse(b.body);
+  REQUIRE(bd["items"].Size() == 2);
+  CHECK(Text(bd["items"][0], "actor") == "0123456789ab");
+  CHECK(Text(bd["items"][0], "on_behalf_of") == "<none>");
+  CHECK(Text(bd["items"][1], "type") == "transfer_in");
+  CHECK(Text(bd["items"][1], "actor") == "process:transfer_process");
+  CHECK(Text(bd["items"][1], "on_behalf_of") == "ba9876543210");
+  const http::Response b_hidden = f.SendAs(
+      reader, "GET", "/accounts/who-b/transactions", "", AtLeast(settled));
+  CHECK(!absl::StrContains(b_hidden.body, "actor"));
+  CHECK(!absl::StrContains(b_hidden.body, "on_behalf_of"));
 }
 
 TEST_CASE(
@@ -545,8 +657,10 @@ TEST_CASE("GET /projections reports every projection", "[bank][queries][pg]") {
   for (const auto& p : doc.GetArray()) {
     names.insert(p["name"].GetString());
     // This build's version, and the stored one is the same.
-    CHECK(p["version"].GetInt() ==
-          (std::string(p["name"].GetString()) == "bank_stats" ? 2 : 1));
+    const std::map<std::string, int> versions = {{"bank_stats", 2},
+                                                 {"account_transactions", 2}};
+    auto v = versions.find(p["name"].GetString());
+    CHECK(p["version"].GetInt() == (v == versions.end() ? 1 : v->second));
     CHECK(p["code_version"].GetInt() == p["version"].GetInt());
     const std::string state = p["state"].GetString();
     CHECK((state == "running" || state == "catching_up"));

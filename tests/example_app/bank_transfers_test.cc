@@ -359,7 +359,9 @@ TEST_CASE("a transfer moves money from one account to another",
   CHECK(s["total_balance"]["EUR"].GetInt64() == 1000);
 
   // The commands the process manager ran carry the request's correlation
-  // id, the triggering event as causation and a command id derived from it.
+  // id, the triggering event as causation, a command id derived from it,
+  // and the process as actor on behalf of the request's (anonymous: this
+  // server does not authenticate).
   const std::string schema = f.schema().name();
   CHECK(f.schema().QueryInt(absl::StrCat(
             "SELECT count(*) FROM ", schema, ".events d JOIN ", schema,
@@ -369,7 +371,10 @@ TEST_CASE("a transfer moves money from one account to another",
             "d.metadata->>'causation_id' = r.event_id::text AND "
             "d.metadata->>'correlation_id' = r.metadata->>'correlation_id' "
             "AND d.metadata->>'command_id' = 'transfer_process:' || "
-            "r.event_id::text || ':debit'")) == 1);
+            "r.event_id::text || ':debit' AND "
+            "r.metadata->>'actor' = 'anonymous' AND "
+            "d.metadata->>'actor' = 'process:transfer_process' AND "
+            "d.metadata->>'on_behalf_of' = 'anonymous'")) == 1);
 }
 
 TEST_CASE("a transfer the source cannot pay fails and moves nothing",

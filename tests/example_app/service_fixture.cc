@@ -1,11 +1,16 @@
 #include "tests/example_app/service_fixture.h"
 
+#include <chrono>
+#include <future>
+#include <memory>
 #include <utility>
 
 #include <catch2/catch.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "example_app/bank_app.h"
+#include "framework/http/message.h"
+#include "framework/http/router.h"
 #include "tests/support/api_key.h"
 
 namespace bank {
@@ -66,6 +71,35 @@ ClientResponse ServiceFixture::Get(const std::string& target,
 ClientResponse ServiceFixture::Post(const std::string& target,
                                     const std::string& body) {
   return Send("POST", target, body, kJson);
+}
+
+http::Response ServiceFixture::SendAs(const http::Principal& principal,
+                                      const std::string& method,
+                                      const std::string& target,
+                                      const std::string& body,
+                                      const http::HeaderList& headers) {
+  http::HeaderList all = headers;
+  if (method == "POST") all.insert(all.end(), kJson.begin(), kJson.end());
+  auto request = http::Request::Create(method, target, std::move(all), body);
+  REQUIRE(request.ok());
+  http::RouteMatch match = router().Match(method, request->raw_path());
+  REQUIRE(match.result == http::RouteMatch::Result::kFound);
+  request->set_path_params(match.params);
+  request->set_route_pattern(match.route->pattern);
+  request->set_principal(principal);
+  if (match.route->handler) return match.route->handler(*request);
+  REQUIRE(match.route->async_handler);
+  // Shared with the responder, which may outlive a failed wait here.
+  auto answered = std::make_shared<std::promise<http::Response>>();
+  std::future<http::Response> answer = answered->get_future();
+  match.route->async_handler(
+      *request, http::Responder([answered](http::Response response) {
+        answered->set_value(std::move(response));
+      }));
+  // The query service answers within its longest read-your-writes wait.
+  REQUIRE(answer.wait_for(std::chrono::seconds(60)) ==
+          std::future_status::ready);
+  return answer.get();
 }
 
 rapidjson::Document Parse(const std::string& body) {
