@@ -116,6 +116,9 @@ class Served {
     token_ = cqrs::testing::CreateToken(schema_.pool(), schema_.name());
   }
 
+  // The id of the key Send() authenticates with.
+  std::string KeyId() const { return token_.substr(5, 12); }
+
   cqrs::http_test::ClientResponse Send(const std::string& method,
                                        const std::string& target,
                                        const std::string& body) {
@@ -208,7 +211,7 @@ TEST_CASE("commands on an aggregate type of the app's own", "[app][pg]") {
 
 TEST_CASE("a declared command's events name who sent it", "[app][pg]") {
   Served s;
-  // Over HTTP, without authentication: anonymous.
+  // Over HTTP with the test's key.
   REQUIRE(s.Send("POST", "/tallies/9/add", R"({"n":5})").status == 200);
   http::Principal key;
   key.id = "0123456789ab";
@@ -217,7 +220,7 @@ TEST_CASE("a declared command's events name who sent it", "[app][pg]") {
           200);
   REQUIRE(s.Dispatch("POST", "/tallies/9/touch", "", key).status == 200);
   CHECK(s.Actors("tally-9") ==
-        std::vector<std::string>{"anonymous", "0123456789ab", "0123456789ab"});
+        std::vector<std::string>{s.KeyId(), "0123456789ab", "0123456789ab"});
 }
 
 TEST_CASE("plain routes are served as declared", "[app][pg]") {

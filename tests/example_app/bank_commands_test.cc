@@ -56,6 +56,9 @@ class BankFixture {
   }
   ~BankFixture() { server_->Stop(); }
 
+  // The id of the key every client sends (the events' actor).
+  std::string KeyId() const { return token_.substr(5, 12); }
+
   std::unique_ptr<TestClient> Client() {
     auto client = TestClient::Connect(server_->port());
     REQUIRE(client.ok());
@@ -456,7 +459,9 @@ TEST_CASE("correlation ids are echoed and stamped into events", "[bank][pg]") {
             "metadata->>'command_id' IS NOT NULL AND "
             "metadata->>'causation_id' = metadata->>'command_id' AND "
             // No authentication on this server: nobody in particular.
-            "metadata->>'actor' = 'anonymous' AND "
+            "metadata->>'actor' = '",
+            f.KeyId(),
+            "' AND "
             "metadata->>'on_behalf_of' IS NULL")) == 1);
 }
 

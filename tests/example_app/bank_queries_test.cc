@@ -27,6 +27,7 @@
 #include "rapidjson/document.h"
 #include "tests/example_app/service_fixture.h"
 #include "tests/framework/http/client.h"
+#include "tests/support/api_key.h"
 #include "tests/support/prometheus_text.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -248,7 +249,7 @@ TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
   const http::Principal reader = Key("aaaaaaaaaaaa", {"queries"});
   const http::Principal admin = Key("bbbbbbbbbbbb", {"queries", "admin"});
 
-  Open(f, "who-a");  // over HTTP, without authentication: anonymous
+  Open(f, "who-a");  // over HTTP, with the fixture's key
   REQUIRE(
       f.SendAs(teller, "POST", "/accounts/who-a/deposit", R"({"amount":1000})")
           .status == 200);
@@ -273,9 +274,13 @@ TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
     return true;
   }));
 
-  // Without the admin scope, and without any principal: the contract's
-  // items, byte for byte the same.
-  const auto plain = f.Get("/accounts/who-a/transactions", AtLeast(settled));
+  // Without the admin scope, over HTTP and through the handler: the
+  // contract's items, byte for byte the same.
+  http::HeaderList queries_only = cqrs::testing::BearerHeader(
+      cqrs::testing::CreateToken(f.schema().pool(), f.schema().name(),
+                                 {"queries"}, "reader"));
+  queries_only.push_back({"X-Min-Position", settled});
+  const auto plain = f.Get("/accounts/who-a/transactions", queries_only);
   REQUIRE(plain.status == 200);
   const http::Response as_reader = f.SendAs(
       reader, "GET", "/accounts/who-a/transactions", "", AtLeast(settled));
@@ -297,7 +302,8 @@ TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
   rapidjson::Document a = Parse(as_admin.body);
   REQUIRE(a["items"].Size() == 3);
   CHECK(Text(a["items"][0], "type") == "opened");
-  CHECK(Text(a["items"][0], "actor") == "anonymous");
+  // Opened over HTTP with the fixture's key.
+  CHECK(Text(a["items"][0], "actor") == f.token().substr(5, 12));
   CHECK(Text(a["items"][1], "type") == "deposit");
   CHECK(Text(a["items"][1], "actor") == "0123456789ab");
   CHECK(Members(a["items"][1]) ==

@@ -360,8 +360,8 @@ TEST_CASE("a transfer moves money from one account to another",
 
   // The commands the process manager ran carry the request's correlation
   // id, the triggering event as causation, a command id derived from it,
-  // and the process as actor on behalf of the request's (anonymous: this
-  // server does not authenticate).
+  // and the process as actor on behalf of the request's (the fixture's
+  // key).
   const std::string schema = f.schema().name();
   CHECK(f.schema().QueryInt(absl::StrCat(
             "SELECT count(*) FROM ", schema, ".events d JOIN ", schema,
@@ -372,9 +372,12 @@ TEST_CASE("a transfer moves money from one account to another",
             "d.metadata->>'correlation_id' = r.metadata->>'correlation_id' "
             "AND d.metadata->>'command_id' = 'transfer_process:' || "
             "r.event_id::text || ':debit' AND "
-            "r.metadata->>'actor' = 'anonymous' AND "
+            "r.metadata->>'actor' = '",
+            f.token().substr(5, 12),
+            "' AND "
             "d.metadata->>'actor' = 'process:transfer_process' AND "
-            "d.metadata->>'on_behalf_of' = 'anonymous'")) == 1);
+            "d.metadata->>'on_behalf_of' = '",
+            f.token().substr(5, 12), "'")) == 1);
 }
 
 TEST_CASE("a transfer the source cannot pay fails and moves nothing",
