@@ -254,6 +254,8 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
     p->queries->Add(p->router, q);
   }
   p->operations->RegisterRoutes(p->router);
+  ASSIGN_OR_RETURN(p->keys, auth::ApiKeyStore::Create(pool, schema));
+  app_internal::AddKeyRoutes(app, p->keys.get(), p->router);
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;
@@ -292,7 +294,6 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   server_options.max_connections = options.max_connections;
   server_options.max_queued_requests = static_cast<size_t>(max_queued);
   if (options.authentication) {
-    ASSIGN_OR_RETURN(p->keys, auth::ApiKeyStore::Create(pool, schema));
     p->authenticator =
         std::make_unique<auth::ApiKeyAuthenticator>(p->keys.get());
     server_options.auth.authenticator = p->authenticator.get();

@@ -16,8 +16,6 @@
 #include "app/internal/parts.h"
 #include "framework/auth/api_keys.h"
 #include "framework/auth/scopes.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 
 namespace cqrs::app_internal {
 namespace {
@@ -25,34 +23,6 @@ namespace {
 std::string Iso(const std::optional<absl::Time>& t) {
   if (!t.has_value()) return "";
   return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *t, absl::UTCTimeZone());
-}
-
-void WriteString(rapidjson::Writer<rapidjson::StringBuffer>& w,
-                 absl::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-
-void WriteTime(rapidjson::Writer<rapidjson::StringBuffer>& w,
-               const std::optional<absl::Time>& t) {
-  if (t.has_value()) {
-    WriteString(w, Iso(t));
-  } else {
-    w.Null();
-  }
-}
-
-// The scopes the framework's routes use and any the app's own routes
-// declare, sorted.
-std::set<std::string> KnownScopes(const App& app) {
-  std::set<std::string> known(auth::kAllScopes.begin(), auth::kAllScopes.end());
-  const auto add = [&](const http::RouteAccess& access) {
-    if (access.kind == http::RouteAccess::Kind::kScope) {
-      known.insert(access.scope);
-    }
-  };
-  for (const auto& route : app.parts().plain_routes) add(route.options.access);
-  for (const auto& query : app.parts().queries) add(query.access);
-  return known;
 }
 
 }  // namespace
@@ -126,31 +96,7 @@ int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags) {
     auto all = (*keys)->List();
     if (!all.ok()) return Fail(app, all.status());
     if (flags.json) {
-      rapidjson::StringBuffer buffer;
-      rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-      w.StartArray();
-      for (const auth::ApiKey& k : *all) {
-        w.StartObject();
-        w.Key("id");
-        WriteString(w, k.id);
-        w.Key("name");
-        WriteString(w, k.name);
-        w.Key("scopes");
-        w.StartArray();
-        for (const std::string& s : k.scopes) WriteString(w, s);
-        w.EndArray();
-        w.Key("created_at");
-        WriteTime(w, k.created_at);
-        w.Key("last_used_at");
-        WriteTime(w, k.last_used_at);
-        w.Key("expires_at");
-        WriteTime(w, k.expires_at);
-        w.Key("revoked_at");
-        WriteTime(w, k.revoked_at);
-        w.EndObject();
-      }
-      w.EndArray();
-      std::cout << buffer.GetString() << std::endl;
+      std::cout << auth::ApiKeyListJson(*all) << std::endl;
       return kOk;
     }
     std::cout << absl::StrFormat("%-12s %-20s %-24s %-20s %-20s %s\n", "ID",

@@ -168,6 +168,31 @@ std::string GeneratedOpenApi(const App& app) {
       w.EndObject();
     };
   }
+  paths["/keys"]["get"] = [](Writer& w) {
+    w.StartObject();
+    w.Key("operationId");
+    w.String("listKeys");
+    Security(w, auth::kAdminScope);
+    Responses(w, WithAuth({200}));
+    w.EndObject();
+  };
+  paths["/keys"]["post"] = [](Writer& w) {
+    w.StartObject();
+    w.Key("operationId");
+    w.String("createKey");
+    Security(w, auth::kAdminScope);
+    Responses(w, WithAuth({201, 400}));
+    w.EndObject();
+  };
+  paths["/keys/{id}/revoke"]["post"] = [](Writer& w) {
+    w.StartObject();
+    w.Key("operationId");
+    w.String("revokeKey");
+    Parameters(w, "/keys/{id}/revoke", false);
+    Security(w, auth::kAdminScope);
+    Responses(w, WithAuth({200, 404}));
+    w.EndObject();
+  };
   paths["/projections/{name}/resume"]["post"] = [](Writer& w) {
     w.StartObject();
     Parameters(w, "/projections/{name}/resume", false);

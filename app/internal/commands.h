@@ -4,6 +4,7 @@
 #define APP_INTERNAL_COMMANDS_H_
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,7 +13,9 @@
 #include "absl/time/time.h"
 #include "app/app.h"
 #include "eventstore/postgres_event_store.h"
+#include "framework/auth/api_keys.h"
 #include "framework/embedded_postgres.h"
+#include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
 
@@ -93,6 +96,15 @@ int Migrate(App& app, const DatabaseFlags& db);
 int Projections(App& app, const DatabaseFlags& db,
                 const ProjectionsFlags& flags);
 int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags);
+
+// The scopes the framework's routes use and any the app's own routes
+// declare: what `keys create` and POST /keys accept.
+std::set<std::string> KnownScopes(const App& app);
+
+// GET /keys, POST /keys, POST /keys/{id}/revoke (scope admin) on `router`.
+// `keys` must outlive the router's server.
+void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
+                  http::Router& router);
 
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);

@@ -10,10 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "framework/auth/crypto.h"
 #include "framework/error_code.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 
 namespace cqrs::auth {
 namespace {
@@ -319,6 +322,78 @@ void ApiKeyStore::TouchLastUsed(const std::string& id) {
               return absl::OkStatus();
             })
       .IgnoreError();
+}
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void WriteString(JsonWriter& w, absl::string_view s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+
+void WriteTime(JsonWriter& w, const std::optional<absl::Time>& t) {
+  if (!t.has_value()) {
+    w.Null();
+    return;
+  }
+  WriteString(w,
+              absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *t, absl::UTCTimeZone()));
+}
+
+void WriteKey(JsonWriter& w, const ApiKey& key, absl::string_view token) {
+  w.StartObject();
+  w.Key("id");
+  WriteString(w, key.id);
+  w.Key("name");
+  WriteString(w, key.name);
+  w.Key("scopes");
+  w.StartArray();
+  for (const std::string& s : key.scopes) WriteString(w, s);
+  w.EndArray();
+  w.Key("created_at");
+  WriteTime(w, key.created_at);
+  w.Key("last_used_at");
+  WriteTime(w, key.last_used_at);
+  w.Key("expires_at");
+  WriteTime(w, key.expires_at);
+  w.Key("revoked_at");
+  WriteTime(w, key.revoked_at);
+  if (!token.empty()) {
+    w.Key("token");
+    WriteString(w, token);
+  }
+  w.EndObject();
+}
+
+}  // namespace
+
+std::string ApiKeyJson(const ApiKey& key, absl::string_view token) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  WriteKey(w, key, token);
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::string ApiKeyListJson(const std::vector<ApiKey>& keys) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartArray();
+  for (const ApiKey& key : keys) WriteKey(w, key, "");
+  w.EndArray();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+std::string ApiKeyPageJson(const std::vector<ApiKey>& keys) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  w.StartObject();
+  w.Key("items");
+  w.StartArray();
+  for (const ApiKey& key : keys) WriteKey(w, key, "");
+  w.EndArray();
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 absl::optional<absl::StatusOr<http::Principal>>

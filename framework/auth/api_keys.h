@@ -64,6 +64,15 @@ struct ApiKeyStoreOptions {
   absl::Duration last_used_resolution = absl::Minutes(1);
 };
 
+// `key` as a JSON object: id, name, scopes, created_at, last_used_at,
+// expires_at, revoked_at (RFC 3339 UTC, null when unset), and "token" last
+// when `token` is not empty (only when the key was just created).
+std::string ApiKeyJson(const ApiKey& key, absl::string_view token = "");
+// `keys` as a JSON array of ApiKeyJson() objects.
+std::string ApiKeyListJson(const std::vector<ApiKey>& keys);
+// {"items": ApiKeyListJson(keys)}.
+std::string ApiKeyPageJson(const std::vector<ApiKey>& keys);
+
 // The key id in `token` (its public part), or nullopt when the token does
 // not have the `cqrs_<id>_<secret>` form.
 std::optional<std::string> KeyIdOf(absl::string_view token);

@@ -49,6 +49,7 @@ Call CallFor(const http::Route& route) {
       {"/accounts/{id}/close", "{}"},
       {"/transfers",
        R"({"transfer_id":"t-m","from":"m-1","to":"m-2","amount":1})"},
+      {"/keys", R"({"name":"made-by-matrix","scopes":["queries"]})"},
   };
   Call call;
   call.method = route.method;
@@ -229,6 +230,48 @@ TEST_CASE("every bank route refuses callers without the right key",
   const std::string wrong_id = secrets[secrets.size() - 2].substr(5, 12);
   CHECK(capture.WaitForLine({"status=403", absl::StrCat("actor=", wrong_id)})
             .has_value());
+}
+
+TEST_CASE("keys are managed over HTTP with the admin scope",
+          "[bank][auth][pg]") {
+  ServiceFixture f(Projections::kNowhere);
+  ClientResponse created =
+      f.Post("/keys",
+             R"({"name":"dashboard","scopes":["queries"],"expires_in":"30d"})");
+  REQUIRE(created.status == 201);
+  rapidjson::Document key = Parse(created.body);
+  const std::string token = key["token"].GetString();
+  const std::string id = key["id"].GetString();
+  CHECK(token.substr(5, 12) == id);
+  CHECK(key["expires_at"].IsString());
+  CHECK(key["revoked_at"].IsNull());
+
+  const http::HeaderList as_dashboard = cqrs::testing::BearerHeader(token);
+  CHECK(f.Get("/stats", as_dashboard).status == 200);
+  CHECK(f.Get("/keys", as_dashboard).status == 403);  // not admin
+
+  ClientResponse listed = f.Get("/keys");
+  REQUIRE(listed.status == 200);
+  CHECK(absl::StrContains(listed.body, absl::StrCat("\"id\":\"", id, "\"")));
+  CHECK_FALSE(absl::StrContains(listed.body, token.substr(18)));
+
+  for (const char* bad :
+       {R"({"name":"x","scopes":["root"]})",
+        R"({"name":"","scopes":["queries"]})", R"({"name":"x","scopes":[]})",
+        R"({"name":"x","scopes":["queries"],"expires_in":"soon"})",
+        R"({"name":"x","scopes":["queries"],"extra":1})", "{"}) {
+    INFO(bad);
+    ClientResponse refused = f.Post("/keys", bad);
+    CHECK(refused.status == 400);
+  }
+
+  ClientResponse revoked = f.Post(absl::StrCat("/keys/", id, "/revoke"), "");
+  REQUIRE(revoked.status == 200);
+  CHECK(Parse(revoked.body)["revoked_at"].IsString());
+  CHECK(f.Get("/stats", as_dashboard).status == 401);
+  ClientResponse missing = f.Post("/keys/000000000000/revoke", "");
+  CHECK(missing.status == 404);
+  CHECK(ErrorCode(missing) == "key_not_found");
 }
 
 TEST_CASE("repeated failures from one address get 429 and append nothing",
