@@ -5,12 +5,15 @@
 
 #include <pqxx/pqxx>
 
+#include <openssl/crypto.h>
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+
+#include "absl/strings/escaping.h"
 #include "framework/auth/crypto.h"
 #include "framework/error_code.h"
 #include "framework/migrations.h"
@@ -217,22 +220,48 @@ absl::StatusOr<ApiKeyStore::Cached> ApiKeyStore::Read(const std::string& id) {
                            id);
         if (!rows.empty()) {
           c.key = KeyOf(rows[0]);
-          c.secret_hash = rows[0][3].as<std::string>();
+          const std::string hash =
+              absl::HexStringToBytes(rows[0][3].as<std::string>());
+          if (hash.size() == c.secret_hash.size()) {
+            std::copy(hash.begin(), hash.end(), c.secret_hash.begin());
+          } else {
+            c.key.reset();  // a damaged row matches nothing
+          }
         }
         return absl::OkStatus();
       }));
+  if (c.key.has_value()) {
+    c.principal = std::make_shared<const http::Principal>(
+        http::Principal{c.key->id, c.key->scopes});
+  }
   c.read_at = absl::Now();
   return c;
 }
 
-absl::StatusOr<ApiKey> ApiKeyStore::Authenticate(absl::string_view token) {
+std::optional<absl::StatusOr<std::shared_ptr<const ApiKeyStore::Cached>>>
+ApiKeyStore::Check(absl::string_view token, Blocking blocking) {
+  using Result = absl::StatusOr<std::shared_ptr<const Cached>>;
   const std::optional<std::string> id = KeyIdOf(token);
-  if (!id.has_value()) return Unauthenticated();
+  if (!id.has_value()) return Result(Unauthenticated());
   const absl::Time now = absl::Now();
-  std::shared_ptr<const Cached> cached = Lookup(*id, now);
+  std::shared_ptr<const Cached> cached;
+  bool touch_due = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = cache_.find(*id);
+    if (it != cache_.end() &&
+        now - it->second->read_at < options_.cache_lifetime) {
+      cached = it->second;
+    }
+    auto touched = touched_.find(*id);
+    touch_due = touched == touched_.end() ||
+                now - touched->second >= options_.last_used_resolution;
+  }
   if (cached == nullptr) {
-    ASSIGN_OR_RETURN(Cached fresh, Read(*id));
-    cached = std::make_shared<const Cached>(std::move(fresh));
+    if (blocking == Blocking::kNever) return std::nullopt;
+    absl::StatusOr<Cached> fresh = Read(*id);
+    if (!fresh.ok()) return Result(fresh.status());
+    cached = std::make_shared<const Cached>(*std::move(fresh));
     absl::MutexLock lock(&mu_);
     // Unknown ids are cached too: bound what a stream of them can hold.
     if (cache_.size() >= kMaxCachedKeys) {
@@ -243,70 +272,52 @@ absl::StatusOr<ApiKey> ApiKeyStore::Authenticate(absl::string_view token) {
     }
     cache_[*id] = cached;
   }
-  absl::StatusOr<ApiKey> key = Verify(*cached, token, now);
-  if (key.ok() && TouchDue(*id, now)) TouchLastUsed(*id);
-  return key;
+  // The hash is compared even for an unknown key, so that the time taken
+  // does not tell a known id from an unknown one.
+  const absl::string_view secret =
+      token.substr(kTokenPrefix.size() + id->size() + 1);
+  const Sha256Digest presented = Sha256(secret);
+  const bool matches =
+      CRYPTO_memcmp(presented.data(), cached->secret_hash.data(),
+                    presented.size()) == 0;
+  if (!matches || !cached->key.has_value() ||
+      cached->key->revoked_at.has_value() ||
+      (cached->key->expires_at.has_value() &&
+       *cached->key->expires_at <= now)) {
+    return Result(Unauthenticated());
+  }
+  if (touch_due) {
+    // last_used_at is written here, where blocking is allowed.
+    if (blocking == Blocking::kNever) return std::nullopt;
+    bool write = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto touched = touched_.find(*id);
+      if (touched == touched_.end() ||
+          now - touched->second >= options_.last_used_resolution) {
+        touched_[*id] = now;
+        write = true;
+      }
+    }
+    if (write) TouchLastUsed(*id);
+  }
+  return Result(std::move(cached));
+}
+
+absl::StatusOr<ApiKey> ApiKeyStore::Authenticate(absl::string_view token) {
+  absl::StatusOr<std::shared_ptr<const Cached>> cached =
+      *Check(token, Blocking::kAllowed);
+  if (!cached.ok()) return cached.status();
+  return *(*cached)->key;
 }
 
 std::optional<absl::StatusOr<ApiKey>> ApiKeyStore::AuthenticateCached(
     absl::string_view token) {
-  const std::optional<std::string> id = KeyIdOf(token);
-  if (!id.has_value()) return absl::StatusOr<ApiKey>(Unauthenticated());
-  const absl::Time now = absl::Now();
-  std::shared_ptr<const Cached> cached = Lookup(*id, now);
-  if (cached == nullptr) return std::nullopt;
-  absl::StatusOr<ApiKey> key = Verify(*cached, token, now);
-  if (key.ok()) {
-    absl::MutexLock lock(&mu_);
-    auto it = touched_.find(*id);
-    // last_used_at is written by Authenticate(), which may block.
-    if (it == touched_.end() ||
-        now - it->second >= options_.last_used_resolution) {
-      return std::nullopt;
-    }
-  }
-  return key;
-}
-
-std::shared_ptr<const ApiKeyStore::Cached> ApiKeyStore::Lookup(
-    const std::string& id, absl::Time now) {
-  absl::MutexLock lock(&mu_);
-  auto it = cache_.find(id);
-  if (it == cache_.end() ||
-      now - it->second->read_at >= options_.cache_lifetime) {
-    return nullptr;
-  }
-  return it->second;
-}
-
-absl::StatusOr<ApiKey> ApiKeyStore::Verify(const Cached& cached,
-                                           absl::string_view token,
-                                           absl::Time now) const {
-  const absl::string_view secret =
-      token.substr(token.find('_', kTokenPrefix.size()) + 1);
-  // The hash is compared even for an unknown key, so that the time taken
-  // does not tell a known id from an unknown one.
-  const std::string presented = Sha256Hex(secret);
-  const bool matches = ConstantTimeEquals(
-      presented,
-      cached.key.has_value() ? cached.secret_hash : std::string(64, '0'));
-  if (!matches || !cached.key.has_value() ||
-      cached.key->revoked_at.has_value() ||
-      (cached.key->expires_at.has_value() && *cached.key->expires_at <= now)) {
-    return Unauthenticated();
-  }
-  return *cached.key;
-}
-
-bool ApiKeyStore::TouchDue(const std::string& id, absl::Time now) {
-  absl::MutexLock lock(&mu_);
-  auto it = touched_.find(id);
-  if (it != touched_.end() &&
-      now - it->second < options_.last_used_resolution) {
-    return false;
-  }
-  touched_[id] = now;
-  return true;
+  std::optional<absl::StatusOr<std::shared_ptr<const Cached>>> cached =
+      Check(token, Blocking::kNever);
+  if (!cached.has_value()) return std::nullopt;
+  if (!cached->ok()) return absl::StatusOr<ApiKey>(cached->status());
+  return absl::StatusOr<ApiKey>(*(**cached)->key);
 }
 
 void ApiKeyStore::TouchLastUsed(const std::string& id) {
@@ -396,22 +407,22 @@ std::string ApiKeyPageJson(const std::vector<ApiKey>& keys) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
-absl::optional<absl::StatusOr<http::Principal>>
+absl::optional<absl::StatusOr<http::PrincipalPtr>>
 ApiKeyAuthenticator::AuthenticateCached(absl::string_view token) {
-  std::optional<absl::StatusOr<ApiKey>> key = keys_->AuthenticateCached(token);
-  if (!key.has_value()) return absl::nullopt;
-  return PrincipalOf(*std::move(key));
+  auto cached = keys_->Check(token, ApiKeyStore::Blocking::kNever);
+  if (!cached.has_value()) return absl::nullopt;
+  return PrincipalOf(*std::move(cached));
 }
 
-absl::StatusOr<http::Principal> ApiKeyAuthenticator::Authenticate(
+absl::StatusOr<http::PrincipalPtr> ApiKeyAuthenticator::Authenticate(
     absl::string_view token) {
-  return PrincipalOf(keys_->Authenticate(token));
+  return PrincipalOf(*keys_->Check(token, ApiKeyStore::Blocking::kAllowed));
 }
 
-absl::StatusOr<http::Principal> ApiKeyAuthenticator::PrincipalOf(
-    absl::StatusOr<ApiKey> key) {
-  if (!key.ok()) return key.status();
-  return http::Principal{std::move(key->id), std::move(key->scopes)};
+absl::StatusOr<http::PrincipalPtr> ApiKeyAuthenticator::PrincipalOf(
+    absl::StatusOr<std::shared_ptr<const ApiKeyStore::Cached>> cached) {
+  if (!cached.ok()) return cached.status();
+  return (*cached)->principal;
 }
 
 }  // namespace cqrs::auth

@@ -33,6 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "framework/auth/crypto.h"
 #include "framework/http/auth.h"
 #include "framework/pg_pool.h"
 
@@ -113,20 +114,25 @@ class ApiKeyStore {
       absl::string_view token);
 
  private:
+  friend class ApiKeyAuthenticator;
+
   struct Cached {
-    std::optional<ApiKey> key;  // nullopt: no such key
-    std::string secret_hash;
+    std::optional<ApiKey> key;   // nullopt: no such key
+    Sha256Digest secret_hash{};  // all zero for no key
+    // The key as the HTTP server's principal; null for no key.
+    std::shared_ptr<const http::Principal> principal;
     absl::Time read_at;
   };
+  enum class Blocking { kAllowed, kNever };
 
   ApiKeyStore(PgPool* pool, std::string schema, ApiKeyStoreOptions options);
   absl::StatusOr<Cached> Read(const std::string& id);
-  // The cache entry for `id` younger than cache_lifetime, or nullptr.
-  std::shared_ptr<const Cached> Lookup(const std::string& id, absl::Time now);
-  absl::StatusOr<ApiKey> Verify(const Cached& cached, absl::string_view token,
-                                absl::Time now) const;
-  // True (and noted) when last_used_at of `id` is due for a write.
-  bool TouchDue(const std::string& id, absl::Time now);
+  // The cache entry of the key `token` belongs to, when the token is valid
+  // now (kUnauthenticated otherwise). Reads the key when the cache has none
+  // younger than cache_lifetime and writes last_used_at when it is due;
+  // with Blocking::kNever, returns nullopt instead of doing either.
+  std::optional<absl::StatusOr<std::shared_ptr<const Cached>>> Check(
+      absl::string_view token, Blocking blocking);
   void TouchLastUsed(const std::string& id);
 
   PgPool* const pool_;
@@ -146,14 +152,14 @@ class ApiKeyAuthenticator final : public http::Authenticator {
  public:
   explicit ApiKeyAuthenticator(ApiKeyStore* keys) : keys_(keys) {}
 
-  absl::optional<absl::StatusOr<http::Principal>> AuthenticateCached(
+  absl::optional<absl::StatusOr<http::PrincipalPtr>> AuthenticateCached(
       absl::string_view token) override;
-  absl::StatusOr<http::Principal> Authenticate(
+  absl::StatusOr<http::PrincipalPtr> Authenticate(
       absl::string_view token) override;
 
  private:
-  static absl::StatusOr<http::Principal> PrincipalOf(
-      absl::StatusOr<ApiKey> key);
+  static absl::StatusOr<http::PrincipalPtr> PrincipalOf(
+      absl::StatusOr<std::shared_ptr<const ApiKeyStore::Cached>> cached);
 
   ApiKeyStore* const keys_;
 };

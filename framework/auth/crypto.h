@@ -10,6 +10,7 @@
 #ifndef FRAMEWORK_AUTH_CRYPTO_H_
 #define FRAMEWORK_AUTH_CRYPTO_H_
 
+#include <array>
 #include <cstddef>
 #include <string>
 
@@ -25,6 +26,13 @@ absl::StatusOr<std::string> RandomToken(size_t bytes);
 
 // `bytes` random bytes as lower-case hex; kInternal as RandomToken().
 absl::StatusOr<std::string> RandomHex(size_t bytes);
+
+using Sha256Digest = std::array<unsigned char, 32>;
+
+// SHA-256 of `data`. About 150 ns for a short input: the digest is fetched
+// from OpenSSL's provider once and each thread reuses its context (OpenSSL
+// 3's one-shot SHA256() fetches it on every call, several times slower).
+Sha256Digest Sha256(absl::string_view data);
 
 // SHA-256 of `data`, as 64 lower-case hex digits.
 std::string Sha256Hex(absl::string_view data);

@@ -25,6 +25,8 @@
 #ifndef FRAMEWORK_HTTP_AUTH_H_
 #define FRAMEWORK_HTTP_AUTH_H_
 
+#include <memory>
+
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -34,6 +36,9 @@
 namespace cqrs {
 namespace http {
 
+// Never null in an OK StatusOr.
+using PrincipalPtr = std::shared_ptr<const Principal>;
+
 class Authenticator {
  public:
   virtual ~Authenticator() = default;
@@ -41,13 +46,14 @@ class Authenticator {
   // The answer for `token` when it is known without blocking (a cache):
   // as Authenticate() would return it. nullopt when only Authenticate()
   // can tell; the server then calls it on a worker thread.
-  virtual absl::optional<absl::StatusOr<Principal>> AuthenticateCached(
+  virtual absl::optional<absl::StatusOr<PrincipalPtr>> AuthenticateCached(
       absl::string_view token) = 0;
 
   // The principal `token` belongs to; may block (a database read).
   // kUnauthenticated when the token is not accepted (any reason: the server
   // answers them all alike); kUnavailable when it cannot tell now (503).
-  virtual absl::StatusOr<Principal> Authenticate(absl::string_view token) = 0;
+  virtual absl::StatusOr<PrincipalPtr> Authenticate(
+      absl::string_view token) = 0;
 };
 
 struct AuthOptions {

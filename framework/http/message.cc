@@ -115,8 +115,8 @@ bool Principal::HasScope(absl::string_view scope) const {
 }
 
 absl::string_view Request::actor() const {
-  return principal_.has_value() ? absl::string_view(principal_->id)
-                                : kAnonymousActor;
+  return principal_ != nullptr ? absl::string_view(principal_->id)
+                               : kAnonymousActor;
 }
 
 absl::optional<absl::string_view> Request::Header(

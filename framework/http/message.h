@@ -15,6 +15,7 @@
 #ifndef FRAMEWORK_HTTP_MESSAGE_H_
 #define FRAMEWORK_HTTP_MESSAGE_H_
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,9 +91,7 @@ class Request {
 
   // The authenticated caller, or nullptr when the route is open or the
   // server runs without authentication.
-  const Principal* principal() const {
-    return principal_.has_value() ? &*principal_ : nullptr;
-  }
+  const Principal* principal() const { return principal_.get(); }
   // What event metadata records as the actor: the principal's key id, or
   // "anonymous" without one.
   absl::string_view actor() const;
@@ -104,7 +103,12 @@ class Request {
   void set_route_pattern(std::string pattern) {
     route_pattern_ = std::move(pattern);
   }
-  void set_principal(Principal principal) { principal_ = std::move(principal); }
+  void set_principal(std::shared_ptr<const Principal> principal) {
+    principal_ = std::move(principal);
+  }
+  void set_principal(Principal principal) {
+    principal_ = std::make_shared<const Principal>(std::move(principal));
+  }
 
  private:
   std::string method_;
@@ -117,7 +121,8 @@ class Request {
   ParamList path_params_;
   std::string correlation_id_;
   std::string route_pattern_;
-  absl::optional<Principal> principal_;
+  // Shared: an authenticator hands out one per key, not one per request.
+  std::shared_ptr<const Principal> principal_;
 };
 
 // The actor of requests without a principal.

@@ -577,7 +577,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return WriteResponse(Unauthenticated());
     }
     Authenticator* authenticator = core_->options.auth.authenticator;
-    absl::optional<absl::StatusOr<Principal>> known =
+    absl::optional<absl::StatusOr<PrincipalPtr>> known =
         authenticator->AuthenticateCached(*token);
     if (known.has_value()) {
       return Authorize(route, std::move(request), *std::move(known));
@@ -586,7 +586,7 @@ class Session : public std::enable_shared_from_this<Session> {
                 token = std::string(*token), authenticator,
                 request = std::make_shared<Request>(std::move(request)),
                 gate = core_->gate]() mutable {
-      absl::StatusOr<Principal> who = authenticator->Authenticate(token);
+      absl::StatusOr<PrincipalPtr> who = authenticator->Authenticate(token);
       gate->IfOpen([&] {
         net::post(self->stream_.get_executor(), [self, seq, route,
                                                  request = std::move(request),
@@ -607,7 +607,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void Authorize(const Route& route, Request request,
-                 absl::StatusOr<Principal> who) {
+                 absl::StatusOr<PrincipalPtr> who) {
     if (!who.ok()) {
       if (who.status().code() != absl::StatusCode::kUnauthenticated) {
         return WriteResponse(ResponseFromStatus(who.status()));
@@ -615,8 +615,8 @@ class Session : public std::enable_shared_from_this<Session> {
       core_->limiter.RecordFailure(client_address_, absl::Now());
       return WriteResponse(Unauthenticated());
     }
-    request_.actor = who->id;
-    if (!who->HasScope(route.options.access.scope)) {
+    request_.actor = (*who)->id;
+    if (!(*who)->HasScope(route.options.access.scope)) {
       return WriteResponse(Forbidden(route.options.access.scope));
     }
     request.set_principal(*std::move(who));

@@ -39,13 +39,13 @@ class FixedAuthenticator : public Authenticator {
     principals_[absl::StrCat("tok-", id)] = Principal{id, std::move(scopes)};
   }
 
-  absl::optional<absl::StatusOr<Principal>> AuthenticateCached(
+  absl::optional<absl::StatusOr<PrincipalPtr>> AuthenticateCached(
       absl::string_view token) override {
     if (answer_ != Answer::kCached) return absl::nullopt;
     return Lookup(token);
   }
 
-  absl::StatusOr<Principal> Authenticate(absl::string_view token) override {
+  absl::StatusOr<PrincipalPtr> Authenticate(absl::string_view token) override {
     ++blocking_calls;
     if (answer_ == Answer::kDatabaseDown) {
       return absl::UnavailableError("the database is not reachable");
@@ -56,10 +56,10 @@ class FixedAuthenticator : public Authenticator {
   std::atomic<int> blocking_calls{0};
 
  private:
-  absl::StatusOr<Principal> Lookup(absl::string_view token) const {
+  absl::StatusOr<PrincipalPtr> Lookup(absl::string_view token) const {
     auto it = principals_.find(std::string(token));
     if (it == principals_.end()) return absl::UnauthenticatedError("no");
-    return it->second;
+    return std::make_shared<const Principal>(it->second);
   }
 
   const Answer answer_;
