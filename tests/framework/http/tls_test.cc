@@ -119,8 +119,8 @@ class Pki {
 };
 
 const Pki& TestPki() {
-  static const Pki* const pki = new Pki();
-  return *pki;
+  static const Pki pki;  // Removed at exit.
+  return pki;
 }
 
 // The live certificate and key files of one server, in a directory of its
