@@ -59,9 +59,9 @@
 // connection that closes after a response first sends close_notify (without
 // waiting for the client's).
 // Certificate rotation: ReloadTls(), or SIGHUP during Run(), reads both
-// files again into a new context. Connections accepted from then on use
-// it; connections already open keep the one they started with, so nothing
-// is dropped. When the files are bad, the certificate in use stays and a
+// files again into a new context. Connections whose handshake begins from
+// then on use it; those already past it keep theirs, so nothing is
+// dropped. When the files are bad, the certificate in use stays and a
 // warning is logged. Write the new files before signalling (the key and
 // certificate are read one after the other, so rename new files into place
 // rather than editing them where they are).
