@@ -300,6 +300,8 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
     server_options.auth.max_failures = options.auth_max_failures;
     server_options.auth.failure_window = options.auth_failure_window;
   }
+  server_options.tls_cert_file = options.tls_cert_file;
+  server_options.tls_key_file = options.tls_key_file;
   server_options.on_request_done =
       [m = p->request_metrics.get()](const http::RequestInfo& info) {
         m->Record(info);

@@ -51,6 +51,10 @@ struct ServeOptions {
   // Requests waiting for a worker (and queries for a query thread) beyond
   // this get 503 overloaded; 0: min(256, max_connections / 4).
   int max_queued_requests = 0;
+  // HTTPS: PEM certificate (chain) and key files, both or neither
+  // (http::ServerOptions::tls_cert_file); empty: plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
   absl::Duration idempotency_retention = absl::Hours(24);
   // Run the projections and process managers here (`serve` without
   // --no-projections); otherwise reads follow another process's.
@@ -80,7 +84,8 @@ class AppServer {
  public:
   // Errors: kFailedPrecondition for definition errors of `app` (all of
   // them in the message) or an unmigrated schema; kInvalidArgument for bad
-  // options; kUnavailable when the address cannot be bound.
+  // options (TLS files that cannot be loaded included); kUnavailable when
+  // the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<AppServer>> Start(App& app,
                                                           PgPool* pool,
                                                           ServeOptions options);
@@ -89,7 +94,8 @@ class AppServer {
   // The bound port.
   int port() const;
   // Blocks until SIGINT or SIGTERM (or Stop() from another thread), then
-  // stops as Stop() does.
+  // stops as Stop() does. With TLS, SIGHUP meanwhile reloads the
+  // certificate and key (http::Server::ReloadTls()).
   absl::Status Run();
   // Graceful, ordered shutdown (see above); idempotent.
   void Stop();

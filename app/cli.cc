@@ -179,6 +179,14 @@ int App::Main(int argc, char** argv) {
                    "minute before 429 too_many_requests")
       ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
+  // Both or neither: CLI11 reports one alone as a usage error.
+  CLI::Option* tls_cert = serve->add_option(
+      "--tls-cert", serve_flags.tls_cert,
+      "serve HTTPS with this PEM certificate (chain); SIGHUP reloads it");
+  CLI::Option* tls_key = serve->add_option("--tls-key", serve_flags.tls_key,
+                                           "the PEM private key of --tls-cert");
+  tls_cert->needs(tls_key);
+  tls_key->needs(tls_cert);
 
   CLI::App* project = cli.add_subcommand(
       "project",

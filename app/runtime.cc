@@ -155,6 +155,8 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   options.authentication = !flags.no_auth;
   options.allow_unauthenticated_network = flags.allow_unauthenticated_network;
   options.auth_max_failures = flags.auth_max_failures;
+  options.tls_cert_file = flags.tls_cert;
+  options.tls_key_file = flags.tls_key;
   auto server = AppServer::Start(app, database->pool.get(), options);
   if (!server.ok()) return Fail(app, server.status());
   Log(LogLevel::kInfo, "listening",

@@ -45,6 +45,8 @@ struct ServeFlags {
   bool no_auth = false;
   bool allow_unauthenticated_network = false;
   int auth_max_failures = 20;
+  std::string tls_cert;  // --tls-cert; with --tls-key or neither
+  std::string tls_key;
 };
 
 struct ProjectionsFlags {

@@ -5,6 +5,7 @@
 // handler is a plain function of the request that never touches a socket.
 #include "framework/http/server.h"
 
+#include <openssl/ssl.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -36,6 +38,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/optional.h"
 #include "framework/http/internal/failure_limiter.h"
+#include "framework/http/internal/tls_context.h"
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/uuid.h"
@@ -60,6 +63,12 @@ constexpr size_t kMaxCorrelationIdLength = 200;
 constexpr auto kLingerTime = std::chrono::seconds(5);
 // Requests waiting for the operations lane's threads.
 constexpr size_t kOperationsQueue = 64;
+// How long a TLS connection closing after a response may take to write its
+// close_notify.
+constexpr auto kTlsCloseTime = std::chrono::seconds(1);
+// The first byte of every TLS connection (a handshake record); no HTTP
+// request starts with it.
+constexpr unsigned char kTlsHandshakeRecord = 0x16;
 
 absl::string_view ToAbsl(beast::string_view text) {
   return absl::string_view(text.data(), text.size());
@@ -173,20 +182,25 @@ class DeliveryGate {
 
 // State shared by the listener and all sessions of one server.
 struct Core {
-  Core(ServerOptions server_options, const Router* server_router)
+  Core(ServerOptions server_options, const Router* server_router,
+       std::shared_ptr<net::ssl::context> initial_tls_context)
       : options(std::move(server_options)),
         router(server_router),
+        tls(initial_tls_context != nullptr),
         pool(options.worker_threads, options.max_queued_requests),
         operations_pool(options.operations_threads, kOperationsQueue),
         limiter(options.auth.max_failures, options.auth.failure_window),
         high_water(static_cast<size_t>(options.max_connections -
                                        options.max_connections / 4)),
         low_water(static_cast<size_t>(options.max_connections / 2)),
-        gate(std::make_shared<DeliveryGate>()) {}
+        gate(std::make_shared<DeliveryGate>()),
+        tls_context(std::move(initial_tls_context)) {}
 
   // Constant after construction.
   const ServerOptions options;
   const Router* const router;
+  // The server speaks TLS (ServerOptions::tls_cert_file).
+  const bool tls;
   WorkerPool pool;
   WorkerPool operations_pool;
   http_internal::FailureLimiter limiter;
@@ -260,6 +274,19 @@ struct Core {
     }
   }
 
+  // The context new TLS connections use; ReloadTls() replaces it, while
+  // each connection holds on to the one it started with.
+  std::shared_ptr<net::ssl::context> TlsContext() {
+    absl::MutexLock lock(&tls_mu);
+    return tls_context;
+  }
+  void SetTlsContext(std::shared_ptr<net::ssl::context> context) {
+    absl::MutexLock lock(&tls_mu);
+    tls_context = std::move(context);
+  }
+  absl::Mutex tls_mu;
+  std::shared_ptr<net::ssl::context> tls_context ABSL_GUARDED_BY(tls_mu);
+
   std::vector<std::shared_ptr<Session>> Snapshot() {
     absl::MutexLock lock(&mu);
     std::vector<std::shared_ptr<Session>> all;
@@ -322,6 +349,7 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Phase {
     kWaiting,
+    kHandshaking,
     kReading,
     kHandling,
     kWriting,
@@ -367,9 +395,11 @@ class Session : public std::enable_shared_from_this<Session> {
     const SteadyClock::time_point deadline = wait_started_ + ToChrono(allowed);
     if (deadline <= SteadyClock::now()) return CloseNow();
     stream_.expires_at(deadline);
-    stream_.async_read_some(
-        buffer_.prepare(4096),
-        beast::bind_front_handler(&Session::OnFirstBytes, shared_from_this()));
+    WithStream([this](auto& stream) {
+      stream.async_read_some(buffer_.prepare(4096),
+                             beast::bind_front_handler(&Session::OnFirstBytes,
+                                                       shared_from_this()));
+    });
   }
 
   void OnFirstBytes(beast::error_code ec, std::size_t bytes) {
@@ -381,7 +411,67 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (ec) return CloseNow();  // Idle timeout, EOF, or cancelled by Drain().
     buffer_.commit(bytes);
+    if (core_->tls && !tls_) return DoHandshake();
     DoReadHeader();
+  }
+
+  // ---- TLS --------------------------------------------------------------
+
+  // The first bytes of a connection to a TLS server are in buffer_: a TLS
+  // handshake goes on within the deadline DoWait() set; anything else is
+  // answered 400.
+  void DoHandshake() {
+    if (static_cast<const unsigned char*>(buffer_.data().data())[0] !=
+        kTlsHandshakeRecord) {
+      return RefusePlainHttp();
+    }
+    phase_ = Phase::kHandshaking;
+    tls_context_ = core_->TlsContext();
+    tls_.emplace(stream_, *tls_context_);
+    tls_->async_handshake(
+        net::ssl::stream_base::server, buffer_.data(),
+        beast::bind_front_handler(&Session::OnHandshake, shared_from_this()));
+  }
+
+  void OnHandshake(beast::error_code ec, std::size_t used) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) {
+      // Scanners, clients that distrust the certificate, timeouts: common
+      // and harmless.
+      Log(LogLevel::kDebug, "http TLS handshake failed",
+          {{"error", ec.message()}});
+      return CloseNow();
+    }
+    buffer_.consume(used);
+    // Bytes the handshake did not take would be encrypted data read as
+    // plain text.
+    if (buffer_.size() > 0) return CloseNow();
+    if (core_->draining.load()) return CloseNow();
+    phase_ = Phase::kWaiting;
+    DoWait();  // The first request's deadline still counts from accept.
+  }
+
+  void RefusePlainHttp() {
+    request_ = InFlight();
+    request_.active = true;
+    request_.start = SteadyClock::now();
+    ++request_seq_;
+    Response response = ErrorResponse(400, "invalid_request",
+                                      "this port serves HTTPS: use https://");
+    response.log_detail = "plain HTTP on the TLS port";
+    RespondToBrokenRequest(std::move(response));
+  }
+
+  // Calls `f` with the stream the connection speaks: TLS once the handshake
+  // began, else the TCP stream. Timeouts are always set on stream_, under
+  // both.
+  template <typename F>
+  void WithStream(F&& f) {
+    if (tls_) {
+      f(*tls_);
+    } else {
+      f(stream_);
+    }
   }
 
   bool UnderPressure() const {
@@ -403,9 +493,11 @@ class Session : public std::enable_shared_from_this<Session> {
       allowed = std::min(allowed, core_->options.pressure_timeout);
     }
     stream_.expires_after(ToChrono(allowed));
-    bhttp::async_read_header(
-        stream_, buffer_, *parser_,
-        beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
+    WithStream([this](auto& stream) {
+      bhttp::async_read_header(stream, buffer_, *parser_,
+                               beast::bind_front_handler(&Session::OnReadHeader,
+                                                         shared_from_this()));
+    });
   }
 
   void OnReadHeader(beast::error_code ec, std::size_t) {
@@ -418,9 +510,11 @@ class Session : public std::enable_shared_from_this<Session> {
     if (header.version() >= 11 && !parser_->is_done() &&
         beast::iequals(header[bhttp::field::expect], "100-continue")) {
       continue_.emplace(bhttp::status::continue_, header.version());
-      bhttp::async_write(stream_, *continue_,
-                         beast::bind_front_handler(&Session::OnWriteContinue,
-                                                   shared_from_this()));
+      WithStream([this](auto& stream) {
+        bhttp::async_write(stream, *continue_,
+                           beast::bind_front_handler(&Session::OnWriteContinue,
+                                                     shared_from_this()));
+      });
       return;
     }
     DoReadBody();
@@ -436,9 +530,11 @@ class Session : public std::enable_shared_from_this<Session> {
     // The body gets what is left of read_timeout, even when pressure cut
     // the header's time.
     stream_.expires_at(request_.start + ToChrono(core_->options.read_timeout));
-    bhttp::async_read(
-        stream_, buffer_, *parser_,
-        beast::bind_front_handler(&Session::OnRead, shared_from_this()));
+    WithStream([this](auto& stream) {
+      bhttp::async_read(
+          stream, buffer_, *parser_,
+          beast::bind_front_handler(&Session::OnRead, shared_from_this()));
+    });
   }
 
   void OnRead(beast::error_code ec, std::size_t) {
@@ -773,9 +869,11 @@ class Session : public std::enable_shared_from_this<Session> {
     response_ = std::move(message);
 
     stream_.expires_after(ToChrono(core_->options.write_timeout));
-    bhttp::async_write(
-        stream_, *response_,
-        beast::bind_front_handler(&Session::OnWrite, shared_from_this()));
+    WithStream([this](auto& stream) {
+      bhttp::async_write(
+          stream, *response_,
+          beast::bind_front_handler(&Session::OnWrite, shared_from_this()));
+    });
   }
 
   void OnWrite(beast::error_code ec, std::size_t) {
@@ -843,6 +941,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // ---- Closing --------------------------------------------------------
 
   void DoGracefulClose() {
+    if (tls_ && !tls_closed_) return DoTlsClose();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     if (!linger_ || ec) return CloseNow();
@@ -862,6 +961,25 @@ class Session : public std::enable_shared_from_this<Session> {
     if (phase_ == Phase::kClosed) return;
     if (ec) return CloseNow();
     DoLinger();
+  }
+
+  // Writes close_notify, then closes as a plain connection does. Like
+  // nginx, it does not wait for the client's close_notify (RFC 8446 6.1
+  // allows that): marking it received makes the shutdown complete once ours
+  // is written.
+  void DoTlsClose() {
+    phase_ = Phase::kLingering;
+    tls_closed_ = true;
+    SSL_set_shutdown(tls_->native_handle(), SSL_RECEIVED_SHUTDOWN);
+    stream_.expires_after(kTlsCloseTime);
+    tls_->async_shutdown(
+        beast::bind_front_handler(&Session::OnTlsClose, shared_from_this()));
+  }
+
+  void OnTlsClose(beast::error_code ec) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) return CloseNow();
+    DoGracefulClose();
   }
 
   void CloseNow() {
@@ -888,6 +1006,12 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
+  // With TLS, from the handshake on: the context the connection started
+  // with (ReloadTls() does not change it) and the TLS layer over stream_.
+  std::shared_ptr<net::ssl::context> tls_context_;
+  absl::optional<beast::ssl_stream<beast::tcp_stream&>> tls_;
+  // close_notify was written: what follows is plain TCP.
+  bool tls_closed_ = false;
   // Bounds the wait of a queued request for a worker.
   net::steady_timer queue_timer_;
   // Owned by the server, which outlives every session it runs.
@@ -1064,6 +1188,11 @@ absl::Status ValidateOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         "auth.max_failures and auth.failure_window must be positive");
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_cert_file and tls_key_file must be given together (or neither, "
+        "for plain HTTP)");
+  }
   if (options.header_limit > UINT32_MAX) {
     return absl::InvalidArgumentError("header_limit must fit in 32 bits");
   }
@@ -1082,8 +1211,9 @@ absl::Status ValidateOptions(const ServerOptions& options) {
 
 class Server::Impl {
  public:
-  Impl(ServerOptions options, const Router* router)
-      : core_(std::move(options), router),
+  Impl(ServerOptions options, const Router* router,
+       std::shared_ptr<net::ssl::context> tls_context)
+      : core_(std::move(options), router, std::move(tls_context)),
         ioc_(core_.options.network_threads),
         work_guard_(net::make_work_guard(ioc_)) {}
 
@@ -1129,10 +1259,12 @@ class Server::Impl {
          {"worker_threads", core_.options.worker_threads},
          {"max_connections", core_.options.max_connections},
          {"max_queued_requests",
-          static_cast<int64_t>(core_.options.max_queued_requests)}});
+          static_cast<int64_t>(core_.options.max_queued_requests)},
+         {"tls", core_.tls}});
   }
 
-  // Makes the next SIGINT or SIGTERM call RequestStop().
+  // Makes the next SIGINT or SIGTERM call RequestStop(), and with TLS each
+  // SIGHUP call ReloadTls().
   void InstallSignalHandler() {
     signals_ = std::make_unique<net::signal_set>(ioc_, SIGINT, SIGTERM);
     signals_->async_wait([this](beast::error_code ec, int signal_number) {
@@ -1141,6 +1273,30 @@ class Server::Impl {
           {{"signal", signal_number}});
       RequestStop();
     });
+    if (core_.tls) {
+      reload_signal_ = std::make_unique<net::signal_set>(ioc_, SIGHUP);
+      WaitForReloadSignal();
+    }
+  }
+
+  absl::Status ReloadTls() {
+    if (!core_.tls) {
+      return absl::FailedPreconditionError(
+          "the server has no TLS: tls_cert_file and tls_key_file are empty");
+    }
+    absl::StatusOr<std::shared_ptr<net::ssl::context>> context =
+        http_internal::LoadServerTlsContext(core_.options.tls_cert_file,
+                                            core_.options.tls_key_file);
+    if (!context.ok()) {
+      Log(LogLevel::kWarn,
+          "http TLS reload failed: the current certificate stays in use",
+          {{"error", context.status().message()}});
+      return context.status();
+    }
+    core_.SetTlsContext(*std::move(context));
+    Log(LogLevel::kInfo, "http TLS certificate reloaded",
+        {{"cert_file", core_.options.tls_cert_file}});
+    return absl::OkStatus();
   }
 
   void RequestStop() {
@@ -1183,6 +1339,7 @@ class Server::Impl {
     for (std::thread& thread : threads_) thread.join();
     threads_.clear();
     signals_.reset();
+    reload_signal_.reset();
     // Waits for handlers still running; queued ones are dropped.
     core_.pool.Stop();
     core_.operations_pool.Stop();
@@ -1214,6 +1371,17 @@ class Server::Impl {
     }
   }
 
+  void WaitForReloadSignal() {
+    reload_signal_->async_wait([this](beast::error_code ec, int) {
+      if (ec) return;  // Stop() removed the handler.
+      Log(LogLevel::kInfo, "http server reloading TLS files on SIGHUP");
+      // Reading two small files on a network thread, once per signal, is
+      // cheap. The outcome is logged by ReloadTls().
+      ReloadTls().IgnoreError();
+      WaitForReloadSignal();
+    });
+  }
+
   bool WaitForNoSessions(absl::Duration timeout) {
     absl::MutexLock lock(&core_.mu);
     const auto empty = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(core_.mu) {
@@ -1229,6 +1397,8 @@ class Server::Impl {
   net::executor_work_guard<net::io_context::executor_type> work_guard_;
   std::shared_ptr<Listener> listener_;
   std::unique_ptr<net::signal_set> signals_;
+  // SIGHUP during Run(), with TLS.
+  std::unique_ptr<net::signal_set> reload_signal_;
   std::vector<std::thread> threads_;
 
   absl::Mutex stop_mu_;
@@ -1257,7 +1427,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
       }
     }
   }
-  auto impl = std::make_unique<Impl>(std::move(options), router);
+  std::shared_ptr<net::ssl::context> tls_context;
+  if (!options.tls_cert_file.empty()) {
+    absl::StatusOr<std::shared_ptr<net::ssl::context>> loaded =
+        http_internal::LoadServerTlsContext(options.tls_cert_file,
+                                            options.tls_key_file);
+    if (!loaded.ok()) return loaded.status();
+    tls_context = *std::move(loaded);
+  }
+  auto impl = std::make_unique<Impl>(std::move(options), router,
+                                     std::move(tls_context));
   absl::StatusOr<int> port = impl->Bind();
   if (!port.ok()) return port.status();
   return std::unique_ptr<Server>(new Server(std::move(impl), *port));
@@ -1294,6 +1473,8 @@ absl::Status Server::Run() {
   Shutdown();
   return absl::OkStatus();
 }
+
+absl::Status Server::ReloadTls() { return impl_->ReloadTls(); }
 
 void Server::Shutdown() {
   bool started = false;

@@ -46,6 +46,26 @@
 // written: method, path, status, duration_ms, correlation_id, route, actor
 // (the key id of an authenticated request, "-" otherwise).
 //
+// HTTPS, when tls_cert_file and tls_key_file are set (PEM): TLS 1.2 and 1.3
+// only, for TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 in the server's
+// order, no compression, no renegotiation. A new connection's first byte
+// decides: a TLS handshake must complete within the first request's
+// deadline (read_timeout from accept, pressure_timeout when it began under
+// pressure; a handshake under way is not cut when pressure begins), and a
+// failed one closes the connection (logged at debug level only); anything
+// else gets one plain-text 400 invalid_request "this port serves HTTPS" with
+// Connection: close, and the connection closes as after a malformed
+// request. Everything above then holds over TLS as it does in plain HTTP; a
+// connection that closes after a response first sends close_notify (without
+// waiting for the client's).
+// Certificate rotation: ReloadTls(), or SIGHUP during Run(), reads both
+// files again into a new context. Connections whose handshake begins from
+// then on use it; those already past it keep theirs, so nothing is
+// dropped. When the files are bad, the certificate in use stays and a
+// warning is logged. Write the new files before signalling (the key and
+// certificate are read one after the other, so rename new files into place
+// rather than editing them where they are).
+//
 // Shutdown, on Shutdown() or a signal during Run(): stop accepting; close
 // idle keep-alive connections; call `on_shutdown`, where the application
 // answers the requests it parks (read-your-writes waits) at once; let
@@ -56,7 +76,8 @@
 // the owner may then close what handlers use (the database pool). A
 // Responder called after that is ignored.
 //
-// Thread-safety: Start(), Run(), Shutdown() and port() are thread-safe.
+// Thread-safety: Start(), Run(), Shutdown(), ReloadTls() and port() are
+// thread-safe.
 // Shutdown() blocks and must not be called from a handler.
 #ifndef FRAMEWORK_HTTP_SERVER_H_
 #define FRAMEWORK_HTTP_SERVER_H_
@@ -128,6 +149,10 @@ struct ServerOptions {
   // unless auth.authenticator is set. With it, Create() refuses a router
   // with a route whose RouteOptions::access is undeclared.
   AuthOptions auth;
+  // HTTPS (see above): the PEM certificate, its chain after it, and its
+  // unencrypted PEM private key. Both or neither; empty: plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Called once when shutdown begins, on the thread that shuts down, after
   // the server stopped accepting and before it waits for requests in
   // flight: answer parked requests here (their Responders still deliver).
@@ -144,10 +169,13 @@ absl::StatusOr<bool> IsLoopbackListenAddress(absl::string_view address);
 
 class Server {
  public:
-  // Validates `options`, resolves and binds the listen address. Returns
-  // kInvalidArgument for bad options (max_queued_requests not below
-  // max_connections included) or a router whose status() is not OK,
-  // and kUnavailable when the address cannot be bound (e.g. in use).
+  // Validates `options`, loads the TLS files, resolves and binds the listen
+  // address. Returns kInvalidArgument for bad options (max_queued_requests
+  // not below max_connections included, only one of the TLS files given),
+  // a TLS file that cannot be read, is not PEM or whose key does not match
+  // the certificate (the message names the file), or a router whose
+  // status() is not OK; and kUnavailable when the address cannot be bound
+  // (e.g. in use).
   // `router` must outlive the server.
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
                                                         const Router* router);
@@ -162,9 +190,18 @@ class Server {
   absl::Status Start();
 
   // Starts if not started, then blocks until SIGINT or SIGTERM arrives or
-  // Shutdown() is called, and shuts down gracefully. Returns
-  // kFailedPrecondition when the server was already shut down.
+  // Shutdown() is called, and shuts down gracefully. With TLS, SIGHUP
+  // meanwhile calls ReloadTls() (a failure is logged; serving goes on).
+  // Returns kFailedPrecondition when the server was already shut down.
   absl::Status Run();
+
+  // Reads tls_cert_file and tls_key_file again (see above). On success, new
+  // connections get the new certificate and open ones keep theirs. Returns
+  // kFailedPrecondition when the server has no TLS, and kInvalidArgument as
+  // Create() does when the files are bad: the certificate in use stays (a
+  // warning is logged); fix the files and call again. Blocks while it reads
+  // the two files.
+  absl::Status ReloadTls();
 
   // Graceful shutdown as described above; blocks until it completes.
   // Idempotent: later and concurrent calls wait for the same shutdown.

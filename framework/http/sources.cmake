@@ -3,6 +3,7 @@
 set(CQRS_FRAMEWORK_HTTP_SOURCES
   http/auth.cc
   http/internal/failure_limiter.cc
+  http/internal/tls_context.cc
   http/internal/utf8.cc
   http/json_body.cc
   http/message.cc
