@@ -208,8 +208,10 @@ absl::Status ApiKeyStore::Revoke(absl::string_view id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ApiKeyStore::Cached> ApiKeyStore::Read(const std::string& id) {
-  Cached c;
+absl::StatusOr<std::shared_ptr<const ApiKeyStore::Cached>> ApiKeyStore::Read(
+    const std::string& id) {
+  auto entry = std::make_shared<Cached>();
+  Cached& c = *entry;
   RETURN_IF_ERROR(pool_->Run(
       PgPool::Retry::kOnBrokenConnection,
       [&](pqxx::connection& conn) -> absl::Status {
@@ -235,7 +237,7 @@ absl::StatusOr<ApiKeyStore::Cached> ApiKeyStore::Read(const std::string& id) {
         http::Principal{c.key->id, c.key->scopes});
   }
   c.read_at = absl::Now();
-  return c;
+  return std::shared_ptr<const Cached>(std::move(entry));
 }
 
 std::optional<absl::StatusOr<std::shared_ptr<const ApiKeyStore::Cached>>>
@@ -257,11 +259,27 @@ ApiKeyStore::Check(absl::string_view token, Blocking blocking) {
     touch_due = touched == touched_.end() ||
                 now - touched->second >= options_.last_used_resolution;
   }
-  if (cached == nullptr) {
+  // From half its lifetime on, an entry is read again ahead of time: the
+  // first request that notices (and only it) goes the blocking way, the
+  // others keep using the entry, so that a busy key never has every request
+  // in flight miss the cache at once.
+  const bool refresh_due =
+      cached != nullptr && now - cached->read_at >= options_.cache_lifetime / 2;
+  if (refresh_due && blocking == Blocking::kNever &&
+      !cached->refreshing.exchange(true)) {
+    return std::nullopt;
+  }
+  if (cached == nullptr || (refresh_due && blocking == Blocking::kAllowed)) {
     if (blocking == Blocking::kNever) return std::nullopt;
-    absl::StatusOr<Cached> fresh = Read(*id);
-    if (!fresh.ok()) return Result(fresh.status());
-    cached = std::make_shared<const Cached>(*std::move(fresh));
+    absl::StatusOr<std::shared_ptr<const Cached>> fresh = Read(*id);
+    if (!fresh.ok()) {
+      if (cached == nullptr) return Result(fresh.status());
+      // The entry is still within its lifetime: keep it; the next request
+      // past half its lifetime tries again.
+      cached->refreshing.store(false);
+      fresh = cached;
+    }
+    cached = *std::move(fresh);
     absl::MutexLock lock(&mu_);
     // Unknown ids are cached too: bound what a stream of them can hold.
     if (cache_.size() >= kMaxCachedKeys) {

@@ -22,6 +22,7 @@
 #ifndef FRAMEWORK_AUTH_API_KEYS_H_
 #define FRAMEWORK_AUTH_API_KEYS_H_
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -122,11 +123,13 @@ class ApiKeyStore {
     // The key as the HTTP server's principal; null for no key.
     std::shared_ptr<const http::Principal> principal;
     absl::Time read_at;
+    // Set by the one request that reads the key again (see Check()).
+    mutable std::atomic<bool> refreshing{false};
   };
   enum class Blocking { kAllowed, kNever };
 
   ApiKeyStore(PgPool* pool, std::string schema, ApiKeyStoreOptions options);
-  absl::StatusOr<Cached> Read(const std::string& id);
+  absl::StatusOr<std::shared_ptr<const Cached>> Read(const std::string& id);
   // The cache entry of the key `token` belongs to, when the token is valid
   // now (kUnauthenticated otherwise). Reads the key when the cache has none
   // younger than cache_lifetime and writes last_used_at when it is due;

@@ -138,5 +138,52 @@ TEST_CASE("an expired key is refused; bad input creates nothing",
   CHECK(all->size() == 1);
 }
 
+TEST_CASE(
+    "the non-blocking path answers from the cache and sends one request to "
+    "read a key again from half its lifetime on",
+    "[framework][auth][pg]") {
+  TestSchema schema;
+  ApiKeyStoreOptions options;
+  options.cache_lifetime = absl::Seconds(2);
+  auto keys = Store(schema, options);
+  absl::StatusOr<NewApiKey> k = keys->CreateKey("busy", {"queries"}, {});
+  REQUIRE(k.ok());
+  // Nothing cached yet: only the blocking path can tell.
+  CHECK_FALSE(keys->AuthenticateCached(k->token).has_value());
+  REQUIRE(keys->Authenticate(k->token).ok());  // reads; writes last_used_at
+  auto cached = keys->AuthenticateCached(k->token);
+  REQUIRE(cached.has_value());
+  REQUIRE(cached->ok());
+  CHECK((*cached)->id == k->key.id);
+  // A wrong secret or a malformed token is refused without blocking.
+  auto wrong =
+      keys->AuthenticateCached(k->token.substr(0, 18) + std::string(43, 'A'));
+  REQUIRE(wrong.has_value());
+  CHECK(absl::IsUnauthenticated(wrong->status()));
+  auto malformed = keys->AuthenticateCached("nope");
+  REQUIRE(malformed.has_value());
+  CHECK(absl::IsUnauthenticated(malformed->status()));
+
+  // Past half the lifetime: exactly one caller is sent the blocking way...
+  const absl::Time read = absl::Now();
+  REQUIRE(cqrs::testing::WaitUntil(
+      [&] { return absl::Now() - read > absl::Milliseconds(1100); }));
+  int deferred = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto r = keys->AuthenticateCached(k->token);
+    if (!r.has_value()) {
+      ++deferred;
+    } else {
+      CHECK(r->ok());
+    }
+  }
+  CHECK(deferred == 1);
+  // ...and its read renews the entry for everyone.
+  REQUIRE(keys->Authenticate(k->token).ok());
+  auto renewed = keys->AuthenticateCached(k->token);
+  REQUIRE(renewed.has_value());
+  CHECK(renewed->ok());
+}
+
 }  // namespace
 }  // namespace cqrs::auth
