@@ -29,10 +29,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
@@ -83,9 +81,7 @@ void CreateKey(cqrs::testing::TestSchema& schema) {
                    "commands,queries,events,admin,metrics --database-url '",
                    schema.url(), "' --schema ", schema.name()));
   REQUIRE(created.exit_code == 0);
-  const std::vector<absl::string_view> lines =
-      absl::StrSplit(absl::StripTrailingAsciiWhitespace(created.output), '\n');
-  Token() = std::string(lines.back());
+  Token() = created.LastLine();
   REQUIRE(absl::StartsWith(Token(), "cqrs_"));
 }
 

@@ -11,9 +11,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "framework/uuid.h"
 #include "tests/framework/http/client.h"
@@ -100,9 +98,7 @@ std::string CreateKey(const std::string& data_dir) {
                    "--data-dir '",
                    data_dir, "'"));
   REQUIRE(created.exit_code == 0);
-  const std::vector<absl::string_view> lines =
-      absl::StrSplit(absl::StripTrailingAsciiWhitespace(created.output), '\n');
-  return std::string(lines.back());
+  return created.LastLine();
 }
 
 int PostOpen(int port, const std::string& id, const std::string& token) {

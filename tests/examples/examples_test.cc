@@ -45,9 +45,7 @@ std::string CreateKey(const std::string& app, TestSchema& schema) {
                             "commands,queries,events,admin,metrics");
   INFO(created.output);
   REQUIRE(created.exit_code == 0);
-  std::string out = created.output;
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out.substr(out.rfind('\n') + 1);
+  return created.LastLine();
 }
 
 // `app serve` on a free port until destroyed (SIGTERM, then the exit code
@@ -246,9 +244,7 @@ TEST_CASE("counter_app: API keys from the CLI", "[examples][pg]") {
   INFO(created.output);
   REQUIRE(created.exit_code == 0);
   // The token alone on the last line, for scripts.
-  std::string out = created.output;
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  const std::string token = out.substr(out.rfind('\n') + 1);
+  const std::string token = created.LastLine();
   CHECK(absl::StartsWith(token, "cqrs_"));
   CHECK(token.size() == 5 + 12 + 1 + 43);
   const std::string id = token.substr(5, 12);

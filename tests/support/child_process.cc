@@ -65,6 +65,14 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+std::string ShellResult::LastLine() const {
+  size_t end = output.find_last_not_of("\r\n");
+  if (end == std::string::npos) return "";
+  const size_t begin = output.rfind('\n', end);
+  return output.substr(begin == std::string::npos ? 0 : begin + 1,
+                       end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+}
+
 ShellResult RunShell(const std::string& command) {
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe != nullptr);

@@ -52,6 +52,10 @@ int FreePort();
 struct ShellResult {
   int exit_code;       // -1 when it did not exit normally
   std::string output;  // what it wrote to stdout (redirect 2>&1 for both)
+
+  // The last non-empty line of `output`, without its newline: what
+  // `APP keys create` prints its token on.
+  std::string LastLine() const;
 };
 
 // Runs `command` with /bin/sh and waits for it; fails the test when it
