@@ -24,7 +24,8 @@ set(CQRS_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/cqrs)
 # In dependency order. Private headers (`<module>/internal/`) stay behind:
 # no public header includes one (tests/packaging/find_package_test.sh
 # checks that every include of an installed header resolves).
-set(CQRS_INSTALLED_MODULES framework eventstore projections commands queries app)
+set(CQRS_INSTALLED_MODULES framework eventstore projections commands integration queries
+  app)
 
 set(cqrs_installed_targets)
 foreach(module IN LISTS CQRS_INSTALLED_MODULES)

@@ -1,0 +1,261 @@
+// Published events (integration/cloud_events.h) and the feed over them
+// (integration/feed.h), on the in-memory store and on PostgreSQL (a
+// transaction that commits late is not skipped).
+#include "integration/feed.h"
+
+#include <pqxx/pqxx>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "eventstore/in_memory_event_store.h"
+#include "integration/cloud_events.h"
+#include "rapidjson/document.h"
+#include "tests/support/test_database.h"
+
+namespace cqrs::integration {
+namespace {
+
+using eventstore::ExpectedVersion;
+using eventstore::NewEvent;
+using eventstore::Position;
+
+NewEvent Event(const std::string& type, const std::string& data = "{}",
+               const std::string& metadata = "{}") {
+  NewEvent e;
+  e.event_type = type;
+  e.data = data;
+  e.metadata = metadata;
+  return e;
+}
+
+Publication Bank() {
+  Publication p("https://bank.example/");
+  REQUIRE(p.Add({"AccountOpened", "bank.account.opened", 1, nullptr, ""}).ok());
+  PublishedType deposited;
+  deposited.stored_type = "MoneyDeposited";
+  deposited.public_type = "bank.account.deposited";
+  deposited.version = 2;
+  deposited.to_public =
+      [](const eventstore::RecordedEvent& e) -> absl::StatusOr<std::string> {
+    rapidjson::Document d;
+    d.Parse(e.data.c_str());
+    return absl::StrCat(R"({"cents":)", d["amount"].GetInt64(), "}");
+  };
+  REQUIRE(p.Add(deposited).ok());
+  return p;
+}
+
+rapidjson::Document Json(const std::string& text) {
+  rapidjson::Document d;
+  d.Parse(text.c_str());
+  REQUIRE(!d.HasParseError());
+  return d;
+}
+
+std::string Text(const rapidjson::Value& v, const char* name) {
+  REQUIRE(v.HasMember(name));
+  return v[name].GetString();
+}
+
+TEST_CASE("a published event is a CloudEvent; others are not published",
+          "[integration]") {
+  eventstore::InMemoryEventStore store;
+  const Publication bank = Bank();
+  auto appended = store.Append(
+      "account-42", ExpectedVersion::NoStream(),
+      {Event("AccountOpened", R"({"owner":"Ann"})",
+             R"({"correlation_id":"c-1","causation_id":"k-1","actor":"x"})"),
+       Event("MoneyDeposited", R"({"amount":5})"),
+       Event("InternalAudit", R"({"secret":1})")});
+  REQUIRE(appended.ok());
+  auto all = store.ReadAll(Position::Start(), 10);
+  REQUIRE(all.ok());
+  REQUIRE(all->events.size() == 3);
+
+  auto opened = bank.Encode(all->events[0]);
+  REQUIRE(opened.ok());
+  REQUIRE(opened->has_value());
+  rapidjson::Document ce = Json(**opened);
+  CHECK(Text(ce, "specversion") == "1.0");
+  CHECK(Text(ce, "id") == all->events[0].event_id);
+  CHECK(Text(ce, "source") == "https://bank.example/");
+  CHECK(Text(ce, "type") == "bank.account.opened.v1");
+  CHECK(Text(ce, "subject") == "42");
+  CHECK(Text(ce, "datacontenttype") == "application/json");
+  CHECK(Text(ce, "position") == all->events[0].position.ToToken());
+  CHECK(ce["streamversion"].GetInt64() == 1);
+  CHECK(Text(ce, "category") == "account");
+  CHECK(Text(ce, "correlationid") == "c-1");
+  CHECK(Text(ce, "causationid") == "k-1");
+  CHECK_FALSE(ce.HasMember("actor"));
+  CHECK(Text(ce["data"], "owner") == "Ann");
+  const std::string time = Text(ce, "time");
+  CHECK(time.size() >= 20);
+  CHECK(time.back() == 'Z');
+
+  auto deposited = bank.Encode(all->events[1]);
+  REQUIRE(deposited.ok());
+  rapidjson::Document d = Json(**deposited);
+  CHECK(Text(d, "type") == "bank.account.deposited.v2");
+  CHECK(d["data"]["cents"].GetInt64() == 5);
+  CHECK_FALSE(d.HasMember("correlationid"));
+
+  auto internal = bank.Encode(all->events[2]);
+  REQUIRE(internal.ok());
+  CHECK_FALSE(internal->has_value());
+}
+
+TEST_CASE("published types are checked when added", "[integration]") {
+  Publication p("/bank");
+  CHECK(absl::IsInvalidArgument(p.Add({"", "a.b", 1, nullptr, ""})));
+  CHECK(absl::IsInvalidArgument(p.Add({"A", "Bank.Opened", 1, nullptr, ""})));
+  CHECK(absl::IsInvalidArgument(p.Add({"A", "bank..opened", 1, nullptr, ""})));
+  CHECK(absl::IsInvalidArgument(p.Add({"A", "bank.opened", 0, nullptr, ""})));
+  CHECK(p.Add({"A", "bank.opened", 1, nullptr, ""}).ok());
+  CHECK(absl::IsAlreadyExists(p.Add({"A", "bank.other", 1, nullptr, ""})));
+  CHECK(absl::IsAlreadyExists(p.Add({"B", "bank.opened", 1, nullptr, ""})));
+  CHECK(p.Add({"B", "bank.opened", 2, nullptr, ""}).ok());
+  Publication spaced("has space");
+  CHECK(absl::IsInvalidArgument(spaced.Add({"A", "a", 1, nullptr, ""})));
+}
+
+TEST_CASE("feed pages filter, and advance past what they filter out",
+          "[integration]") {
+  eventstore::InMemoryEventStore store;
+  const Publication bank = Bank();
+  for (int i = 0; i < 30; ++i) {
+    const std::string stream =
+        absl::StrCat(i % 3 == 0 ? "account-" : "ledger-", i % 2);
+    REQUIRE(store
+                .Append(stream, ExpectedVersion::Any(),
+                        {Event(i % 5 == 0 ? "MoneyDeposited" : "InternalAudit",
+                               R"({"amount":1})")})
+                .ok());
+  }
+  auto head = store.HeadPosition();
+  REQUIRE(head.ok());
+
+  FeedQuery all;
+  all.limit = 100;
+  auto page = ReadFeed(store, bank, all);
+  REQUIRE(page.ok());
+  CHECK(page->items.size() == 6);  // i = 0, 5, 10, 15, 20, 25
+  CHECK(page->next == *head);      // past the unpublished ones at the end
+  CHECK(page->at_head);
+
+  // Page by page with limit 4: the same events, none twice.
+  FeedQuery paged;
+  paged.limit = 4;
+  std::vector<std::string> ids;
+  for (int guard = 0; guard < 10; ++guard) {
+    auto p = ReadFeed(store, bank, paged);
+    REQUIRE(p.ok());
+    for (const std::string& item : p->items) {
+      ids.push_back(Text(Json(item), "id"));
+    }
+    paged.after = p->next;
+    if (p->items.empty()) break;
+  }
+  CHECK(ids.size() == 6);
+  CHECK(std::set<std::string>(ids.begin(), ids.end()).size() == 6);
+
+  // A subject and a category.
+  FeedQuery by_subject;
+  by_subject.subject = "0";
+  auto s = ReadFeed(store, bank, by_subject);
+  REQUIRE(s.ok());
+  for (const std::string& item : s->items) {
+    CHECK(Text(Json(item), "subject") == "0");
+  }
+  CHECK(s->items.size() == 3);  // i = 0, 10, 20
+  FeedQuery by_category;
+  by_category.category = "account";
+  auto c = ReadFeed(store, bank, by_category);
+  REQUIRE(c.ok());
+  CHECK(c->items.size() == 2);  // i = 0, 15
+  FeedQuery by_type;
+  by_type.types = {"bank.account.opened.v1"};
+  auto t = ReadFeed(store, bank, by_type);
+  REQUIRE(t.ok());
+  CHECK(t->items.empty());
+  CHECK(t->next == *head);  // no rescan, no false lag
+
+  // A small scan budget returns an empty page that still advances.
+  FeedQuery budget;
+  budget.types = {"bank.account.deposited.v2"};
+  budget.limit = 1;
+  budget.scan_budget = 1;
+  budget.after = page->next;  // nothing after the head
+  auto none = ReadFeed(store, bank, budget);
+  REQUIRE(none.ok());
+  CHECK(none->items.empty());
+  budget.after = Position::Start();
+  auto first = ReadFeed(store, bank, budget);
+  REQUIRE(first.ok());
+  CHECK(first->items.size() == 1);
+  auto second =
+      ReadFeed(store, bank, FeedQuery{first->next, 1, budget.types, "", "", 1});
+  REQUIRE(second.ok());
+  CHECK(second->items.empty());       // the next event is not a deposit...
+  CHECK(first->next < second->next);  // ...and the cursor moved past it
+
+  // Bad queries.
+  for (int limit : {0, -1, kMaxFeedLimit + 1}) {
+    FeedQuery bad;
+    bad.limit = limit;
+    CHECK(absl::IsInvalidArgument(ReadFeed(store, bank, bad).status()));
+  }
+  FeedQuery unknown;
+  unknown.types = {"bank.nope.v1"};
+  CHECK(absl::IsInvalidArgument(ReadFeed(store, bank, unknown).status()));
+}
+
+TEST_CASE("the feed does not skip a transaction that commits late",
+          "[integration][pg]") {
+  testing::TestSchema schema;
+  auto store = schema.NewEventStore();
+  const Publication bank = Bank();
+  REQUIRE(store
+              ->Append("account-1", ExpectedVersion::NoStream(),
+                       {Event("AccountOpened")})
+              .ok());
+  FeedQuery q;
+  auto first = ReadFeed(*store, bank, q);
+  REQUIRE(first.ok());
+  REQUIRE(first->items.size() == 1);
+  q.after = first->next;
+
+  // A writer takes its transaction id first and stays open while two
+  // others commit.
+  pqxx::connection held(schema.url());
+  pqxx::work held_tx(held);
+  auto in_tx = store->InTransaction(held_tx);
+  auto late = in_tx->Append("account-late", ExpectedVersion::NoStream(),
+                            {Event("AccountOpened")});
+  REQUIRE(late.ok());
+  for (const char* stream : {"account-2", "account-3"}) {
+    REQUIRE(store
+                ->Append(stream, ExpectedVersion::NoStream(),
+                         {Event("AccountOpened")})
+                .ok());
+  }
+  auto while_open = ReadFeed(*store, bank, q);
+  REQUIRE(while_open.ok());
+  CHECK(while_open->items.empty());
+  CHECK(while_open->next == q.after);  // the cursor waits for the late one
+
+  held_tx.commit();
+  auto after = ReadFeed(*store, bank, q);
+  REQUIRE(after.ok());
+  REQUIRE(after->items.size() == 3);
+  CHECK(Text(Json(after->items[0]), "subject") == "late");
+  CHECK(Text(Json(after->items[1]), "subject") == "2");
+  CHECK(Text(Json(after->items[2]), "subject") == "3");
+}
+
+}  // namespace
+}  // namespace cqrs::integration
