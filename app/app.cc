@@ -207,6 +207,21 @@ App::App(std::string name, AppOptions options)
   if (options_.data_dir.empty()) {
     options_.data_dir = absl::StrCat("./", name_, "-data");
   }
+  if (options_.event_source.empty()) {
+    options_.event_source = absl::StrCat("/", name_);
+  }
+  parts_->publication =
+      std::make_unique<integration::Publication>(options_.event_source);
+}
+
+void App::AddPublished(const std::type_info& type, std::string public_type,
+                       int version, std::string data_schema) {
+  parts_->published.push_back(
+      {&type, std::move(public_type), version, std::move(data_schema)});
+}
+
+const integration::Publication& App::publication() const {
+  return *parts_->publication;
 }
 
 App::~App() = default;
@@ -289,6 +304,26 @@ std::vector<std::string> App::Finalize() {
             [](const std::string& a, const std::string& b) {
               return a.size() > b.size();
             });
+  for (Parts::Published& p : parts_->published) {
+    const app_internal::EventDeclaration* d =
+        declarations_.Find(std::type_index(*p.type));
+    if (d == nullptr) {
+      declarations_.Error(
+          absl::StrCat("published event type ", app_internal::TypeName(*p.type),
+                       " was never declared (app.Event<T>(\"Name\"))"));
+      continue;
+    }
+    integration::PublishedType published;
+    published.stored_type = d->name;
+    published.public_type = std::move(p.public_type);
+    published.version = p.version;
+    published.data_schema = std::move(p.data_schema);
+    if (absl::Status s = parts_->publication->Add(std::move(published));
+        !s.ok()) {
+      declarations_.Error(std::string(s.message()));
+    }
+  }
+  parts_->published.clear();
   auto id_of = [this](absl::string_view stream) { return IdOf(stream); };
   for (const auto& b : parts_->builders) {
     parts_->projections.push_back(b->Build(declarations_, id_of));

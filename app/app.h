@@ -71,6 +71,7 @@
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "framework/status_macros.h"
+#include "integration/cloud_events.h"
 #include "projections/projection.h"
 #include "queries/query_context.h"
 #include "queries/query_service.h"
@@ -458,6 +459,9 @@ struct AppOptions {
   std::string listen = "127.0.0.1:8080";
   // One line for --help.
   std::string description;
+  // The CloudEvents `source` of the published events (a URI reference);
+  // default "/<name>".
+  std::string event_source;
 };
 
 class App {
@@ -487,6 +491,18 @@ class App {
     }
     declarations_.events[type] = {std::move(name), options.schema_version,
                                   std::move(options.upcasters)};
+    return *this;
+  }
+
+  // Publishes event type E (declared with Event<E>) to other systems: GET
+  // /events (scope events) serves its events as CloudEvents of type
+  // "<public_type>.v<version>" with E's stored JSON as data
+  // (integration/cloud_events.h). Events of types not published never leave
+  // the process. A bad or repeated public type is a definition error.
+  template <typename E>
+  App& Publish(std::string public_type, int version = 1) {
+    AddPublished(typeid(E), std::move(public_type), version,
+                 json::SchemaOf<E>());
     return *this;
   }
 
@@ -607,9 +623,13 @@ class App {
   struct Parts;
   // Resolves every declaration; the definition errors, if any.
   std::vector<std::string> Finalize();
+  // What Publish() declared (complete after Finalize()).
+  const integration::Publication& publication() const;
   const Parts& parts() const { return *parts_; }
 
  private:
+  void AddPublished(const std::type_info& type, std::string public_type,
+                    int version, std::string data_schema);
   // Command() on the aggregate type `type()` returns (valid once the app
   // runs).
   template <typename Body, typename State, typename Ev, typename Decide>

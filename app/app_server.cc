@@ -256,6 +256,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   p->operations->RegisterRoutes(p->router);
   ASSIGN_OR_RETURN(p->keys, auth::ApiKeyStore::Create(pool, schema));
   app_internal::AddKeyRoutes(app, p->keys.get(), p->router);
+  app_internal::AddEventsRoute(app, p->store.get(), p->router);
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;

@@ -108,6 +108,11 @@ std::set<std::string> KnownScopes(const App& app);
 void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
                   http::Router& router);
 
+// GET /events (scope events) when the app publishes events (App::Publish):
+// pages of integration/feed.h. `store` must outlive the router's server.
+void AddEventsRoute(const App& app, eventstore::EventStore* store,
+                    http::Router& router);
+
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);
 

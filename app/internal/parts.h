@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "app/app.h"
@@ -34,6 +35,14 @@ struct App::Parts {
   std::vector<commands::ProcessManager> process_managers;
   std::vector<queries::QueryRoute> queries;
   std::string openapi;  // empty: generated
+  struct Published {
+    const std::type_info* type;
+    std::string public_type;
+    int version;
+    std::string data_schema;
+  };
+  std::vector<Published> published;
+  std::unique_ptr<integration::Publication> publication;
 
   // Filled by Finalize():
   // Every read model, typed and raw, in declaration order.

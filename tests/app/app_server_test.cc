@@ -84,7 +84,7 @@ struct Total {
 class Served {
  public:
   Served() {
-    app_.Event<Added>(Added::kName);
+    app_.Event<Added>(Added::kName).Publish<Added>("tally.added");
     app_.Command<Added>("POST", "/tallies/{id}/add", HandMadeTallies(),
                         [](const Tally&, const Added& a) {
                           return std::vector<TallyEvent>{a};
@@ -221,6 +221,46 @@ TEST_CASE("a declared command's events name who sent it", "[app][pg]") {
   REQUIRE(s.Dispatch("POST", "/tallies/9/touch", "", key).status == 200);
   CHECK(s.Actors("tally-9") ==
         std::vector<std::string>{s.KeyId(), "0123456789ab", "0123456789ab"});
+}
+
+TEST_CASE("published events are served as CloudEvents at GET /events",
+          "[app][pg]") {
+  Served s;
+  REQUIRE(s.Send("POST", "/tallies/9/add", R"({"n":5})").status == 200);
+  REQUIRE(s.Send("POST", "/tallies/10/add", R"({"n":2})").status == 200);
+  auto page = s.Send("GET", "/events?limit=1", "");
+  REQUIRE(page.status == 200);
+  rapidjson::Document doc;
+  doc.Parse(page.body.c_str());
+  REQUIRE(doc.IsObject());
+  REQUIRE(doc["items"].Size() == 1);
+  const auto& ce = doc["items"][0];
+  CHECK(std::string(ce["specversion"].GetString()) == "1.0");
+  CHECK(std::string(ce["type"].GetString()) == "tally.added.v1");
+  CHECK(std::string(ce["source"].GetString()) == "/tally");
+  CHECK(std::string(ce["subject"].GetString()) == "9");
+  CHECK(ce["data"]["n"].GetInt64() == 5);
+  const std::string next = doc["next"].GetString();
+  CHECK(next == ce["position"].GetString());
+
+  auto rest = s.Send("GET", absl::StrCat("/events?after=", next), "");
+  REQUIRE(rest.status == 200);
+  doc.Parse(rest.body.c_str());
+  REQUIRE(doc["items"].Size() == 1);
+  CHECK(std::string(doc["items"][0]["subject"].GetString()) == "10");
+  auto filtered = s.Send("GET", "/events?subject=10&type=tally.added.v1", "");
+  doc.Parse(filtered.body.c_str());
+  REQUIRE(doc["items"].Size() == 1);
+  CHECK(std::string(doc["items"][0]["subject"].GetString()) == "10");
+
+  for (const char* bad :
+       {"/events?after=nope", "/events?limit=0", "/events?limit=1001",
+        "/events?limit=x", "/events?type=tally.other.v1"}) {
+    INFO(bad);
+    auto refused = s.Send("GET", bad, "");
+    CHECK(refused.status == 400);
+    CHECK(Code(refused) == "invalid_request");
+  }
 }
 
 TEST_CASE("plain routes are served as declared", "[app][pg]") {

@@ -142,3 +142,28 @@ TEST_CASE("decisions refuse with the contract's codes", "[app]") {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_CASE("published event types are checked at definition", "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added")
+      .Publish<Added>("tally.added")
+      .Publish<Removed>("tally.removed")     // never declared
+      .Publish<Added>("tally.added.again");  // Added twice
+  const std::string errors = Errors(app);
+  CHECK(absl::StrContains(errors, "published event type"));
+  CHECK(absl::StrContains(errors, "Removed"));
+  CHECK(absl::StrContains(errors, "published twice"));
+  REQUIRE(app.publication().types().size() == 1);
+  CHECK(app.publication().types()[0].CloudEventType() == "tally.added.v1");
+  CHECK(app.publication().source() == "/tally");
+  // The payload's JSON Schema comes from the event's shape.
+  CHECK(absl::StrContains(app.publication().types()[0].data_schema, "\"n\""));
+
+  cqrs::App bad("tally");
+  bad.Event<Added>("Added").Publish<Added>("Tally Added");
+  CHECK(absl::StrContains(Errors(bad), "lower-case words"));
+}
+
+}  // namespace
