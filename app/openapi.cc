@@ -168,6 +168,41 @@ std::string GeneratedOpenApi(const App& app) {
       w.EndObject();
     };
   }
+  if (!app.publication().types().empty()) {
+    paths["/events"]["get"] = [](Writer& w) {
+      w.StartObject();
+      w.Key("operationId");
+      w.String("readEvents");
+      w.Key("description");
+      w.String(
+          "The next page of published events (CloudEvents 1.0, structured "
+          "JSON) in the global commit order: {items, next}. Resume with "
+          "after=next; a filtered page still advances next past what it "
+          "filtered out.");
+      w.Key("parameters");
+      w.StartArray();
+      for (const char* name :
+           {"after", "limit", "type", "subject", "category"}) {
+        w.StartObject();
+        w.Key("name");
+        w.String(name);
+        w.Key("in");
+        w.String("query");
+        w.Key("schema");
+        constexpr absl::string_view kLimit =
+            R"({"type":"integer","minimum":1,"maximum":1000,"default":100})";
+        constexpr absl::string_view kString = R"({"type":"string"})";
+        const absl::string_view schema =
+            absl::string_view(name) == "limit" ? kLimit : kString;
+        w.RawValue(schema.data(), schema.size(), rapidjson::kObjectType);
+        w.EndObject();
+      }
+      w.EndArray();
+      Security(w, auth::kEventsScope);
+      Responses(w, WithAuth({200, 400}));
+      w.EndObject();
+    };
+  }
   paths["/keys"]["get"] = [](Writer& w) {
     w.StartObject();
     w.Key("operationId");

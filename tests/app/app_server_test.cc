@@ -253,6 +253,14 @@ TEST_CASE("published events are served as CloudEvents at GET /events",
   REQUIRE(doc["items"].Size() == 1);
   CHECK(std::string(doc["items"][0]["subject"].GetString()) == "10");
 
+  // The generated OpenAPI document has the route, with its scope.
+  auto openapi = s.Send("GET", "/openapi.json", "");
+  rapidjson::Document api;
+  api.Parse(openapi.body.c_str());
+  REQUIRE(api.IsObject());
+  CHECK(std::string(api["paths"]["/events"]["get"]["x-required-scopes"][0]
+                        .GetString()) == "events");
+
   for (const char* bad :
        {"/events?after=nope", "/events?limit=0", "/events?limit=1001",
         "/events?limit=x", "/events?type=tally.other.v1"}) {
