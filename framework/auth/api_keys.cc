@@ -404,12 +404,20 @@ std::string ApiKeyJson(const ApiKey& key, absl::string_view token) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
-std::string ApiKeyListJson(const std::vector<ApiKey>& keys) {
-  rapidjson::StringBuffer buffer;
-  JsonWriter w(buffer);
+namespace {
+
+void WriteKeys(JsonWriter& w, const std::vector<ApiKey>& keys) {
   w.StartArray();
   for (const ApiKey& key : keys) WriteKey(w, key, "");
   w.EndArray();
+}
+
+}  // namespace
+
+std::string ApiKeyListJson(const std::vector<ApiKey>& keys) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  WriteKeys(w, keys);
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
@@ -418,9 +426,7 @@ std::string ApiKeyPageJson(const std::vector<ApiKey>& keys) {
   JsonWriter w(buffer);
   w.StartObject();
   w.Key("items");
-  w.StartArray();
-  for (const ApiKey& key : keys) WriteKey(w, key, "");
-  w.EndArray();
+  WriteKeys(w, keys);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }
