@@ -120,7 +120,7 @@ struct Flags {
   double warmup = 3;
   std::string database_url;
   int writers = 16;
-  std::string get;  // read: the target template
+  std::string get;    // read: the target template
   std::string token;  // sent as Authorization: Bearer <token> when set
 };
 
@@ -643,9 +643,9 @@ struct ConnectionStats {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(net::io_context& ioc, tcp::endpoint endpoint, std::string host,
-             std::string authorization, Workload* workload, Clock::time_point window_start,
-             Clock::time_point window_end, uint64_t seed,
-             ConnectionStats* stats)
+             std::string authorization, Workload* workload,
+             Clock::time_point window_start, Clock::time_point window_end,
+             uint64_t seed, ConnectionStats* stats)
       : stream_(net::make_strand(ioc)),
         timer_(stream_.get_executor()),
         endpoint_(std::move(endpoint)),

@@ -354,12 +354,10 @@ TEST_CASE("events name the key that caused them; admins see it",
     return headers;
   };
 
-  for (const char* id : {"who-1", "who-2"}) {
-    CHECK(f.Send("POST", "/accounts",
-                 absl::StrCat(R"({"owner":"Ann","currency":"EUR",)",
-                              R"("account_id":")", id, R"("})"),
-                 as(writer))
-              .status == 201);
+  for (const char* body :
+       {R"({"owner":"Ann","currency":"EUR","account_id":"who-1"})",
+        R"({"owner":"Ann","currency":"EUR","account_id":"who-2"})"}) {
+    CHECK(f.Send("POST", "/accounts", body, as(writer)).status == 201);
   }
   CHECK(
       f.Send("POST", "/accounts/who-1/deposit", R"({"amount":50})", as(writer))

@@ -276,9 +276,9 @@ TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
 
   // Without the admin scope, over HTTP and through the handler: the
   // contract's items, byte for byte the same.
-  http::HeaderList queries_only = cqrs::testing::BearerHeader(
-      cqrs::testing::CreateToken(f.schema().pool(), f.schema().name(),
-                                 {"queries"}, "reader"));
+  http::HeaderList queries_only =
+      cqrs::testing::BearerHeader(cqrs::testing::CreateToken(
+          f.schema().pool(), f.schema().name(), {"queries"}, "reader"));
   queries_only.push_back({"X-Min-Position", settled});
   const auto plain = f.Get("/accounts/who-a/transactions", queries_only);
   REQUIRE(plain.status == 200);

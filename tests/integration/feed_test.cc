@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "eventstore/in_memory_event_store.h"
+#include "framework/json_shape.h"
 #include "integration/cloud_events.h"
 #include "rapidjson/document.h"
 #include "tests/support/test_database.h"
@@ -32,6 +33,14 @@ NewEvent Event(const std::string& type, const std::string& data = "{}",
   return e;
 }
 
+// The public payload of a deposit: its amount under another name.
+struct Cents {
+  int64_t cents = 0;
+  static auto Json() {
+    return json::Shape<Cents>().Field("cents", &Cents::cents);
+  }
+};
+
 Publication Bank() {
   Publication p("https://bank.example/");
   REQUIRE(p.Add({"AccountOpened", "bank.account.opened", 1, nullptr, ""}).ok());
@@ -43,7 +52,7 @@ Publication Bank() {
       [](const eventstore::RecordedEvent& e) -> absl::StatusOr<std::string> {
     rapidjson::Document d;
     d.Parse(e.data.c_str());
-    return absl::StrCat(R"({"cents":)", d["amount"].GetInt64(), "}");
+    return json::Encode(Cents{d["amount"].GetInt64()});
   };
   REQUIRE(p.Add(deposited).ok());
   return p;

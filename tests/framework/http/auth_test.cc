@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "framework/http/internal/failure_limiter.h"
 #include "framework/http/server.h"
+#include "framework/json_shape.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/framework/http/log_capture.h"
@@ -66,6 +67,12 @@ class FixedAuthenticator : public Authenticator {
   std::map<std::string, Principal> principals_;
 };
 
+// What the test routes answer: who called.
+struct Who {
+  std::string actor;
+  static auto Json() { return json::Shape<Who>().Field("actor", &Who::actor); }
+};
+
 RouteOptions Needs(const std::string& scope,
                    Execution execution = Execution::kWorkerPool) {
   RouteOptions options;
@@ -89,8 +96,7 @@ struct AuthServer {
     authenticator.Add("k2", {"metrics"});
     const auto who = [this](const Request& request) {
       ++handler_calls;
-      return JsonResponse(
-          200, absl::StrCat(R"({"actor":")", request.actor(), R"("})"));
+      return JsonResponse(200, json::Encode(Who{std::string(request.actor())}));
     };
     router.Add("POST", "/things", who, Needs("commands"));
     router.Add("GET", "/things", who, Needs("queries"));
