@@ -15,6 +15,8 @@
 #ifndef FRAMEWORK_HTTP_MESSAGE_H_
 #define FRAMEWORK_HTTP_MESSAGE_H_
 
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -128,6 +130,50 @@ class Request {
 // The actor of requests without a principal.
 inline constexpr absl::string_view kAnonymousActor = "anonymous";
 
+// The writing end of a streamed response body (Response::stream): Server-
+// Sent Events and other long-lived responses. The server implements it.
+//
+//   response.stream = [&hub](std::shared_ptr<http::StreamWriter> writer) {
+//     writer->Write("retry: 2000\n\n");
+//     hub.Add(std::move(writer));   // Writes later, from any thread.
+//   };
+//
+// Thread-safety: every method may be called from any thread; none blocks.
+class StreamWriter {
+ public:
+  virtual ~StreamWriter() = default;
+
+  // Queues `data` to be sent after what is queued. Returns false, and
+  // queues nothing, once the stream has ended (Close(), the client went
+  // away or stopped reading for write_timeout, the server shuts down): the
+  // producer should stop writing and forget the writer.
+  virtual bool Write(std::string data) = 0;
+
+  // Bytes queued and not yet written to the client's socket. A producer
+  // bounds this (a client that reads too slowly must not grow it forever).
+  virtual size_t buffered() const = 0;
+
+  // Ends the response once what is queued is written; the connection
+  // closes then. Later Write() calls return false.
+  virtual void Close() = 0;
+
+  // Whether the stream has ended (Write() would return false).
+  virtual bool closed() const = 0;
+
+  // Calls `f` once when the stream ends, for whatever reason (at once, on
+  // this thread, when it has already ended); otherwise on a network thread.
+  // `f` must not block. One callback; a later call replaces an earlier one
+  // that has not run.
+  virtual void OnClose(std::function<void()> f) = 0;
+
+  // Calls `f` once when buffered() drops to `threshold` bytes or below, or
+  // when the stream ends (at once, on this thread, when either is already
+  // true); otherwise on a network thread. `f` must not block. For
+  // producers that pace themselves to the client (a catch-up read). One
+  // callback; a later call replaces an earlier one that has not run.
+  virtual void OnWritable(size_t threshold, std::function<void()> f) = 0;
+};
+
 struct Response {
   int status = 200;
   // Sent as the Content-Type header unless empty or `headers` names its own.
@@ -139,6 +185,14 @@ struct Response {
   // Never sent. The server appends it to the request's access-log line;
   // ResponseFromStatus() puts the real message of a hidden 5xx error here.
   std::string log_detail;
+  // A streamed body (status 200 only). When set, `body` is ignored: the
+  // server writes the status line and headers (chunked with HTTP/1.1, the
+  // body ending at the connection's close with HTTP/1.0), then calls
+  // `stream` once on a network thread with the writer; it must not block.
+  // The connection closes when the stream ends and serves no further
+  // request. A HEAD request gets the headers only and `stream` is not
+  // called.
+  std::function<void(std::shared_ptr<StreamWriter>)> stream;
 
   // The first value of header `name` (case-insensitive), or nullopt.
   absl::optional<absl::string_view> Header(absl::string_view name) const;

@@ -180,6 +180,123 @@ class DeliveryGate {
   bool open_ ABSL_GUARDED_BY(mu_) = true;
 };
 
+// The StreamWriter of one streamed response. Producers call it from any
+// thread; the session takes what is queued on its strand and writes it.
+class StreamState : public StreamWriter {
+ public:
+  // `wake` asks the session to take what is queued; called without mu_.
+  explicit StreamState(std::function<void()> wake) : wake_(std::move(wake)) {}
+
+  bool Write(std::string data) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_ || closing_) return false;
+      if (data.empty()) return true;
+      buffered_ += data.size();
+      pending_.append(data);
+      if (std::exchange(wake_scheduled_, true)) return true;
+    }
+    wake_();
+    return true;
+  }
+
+  size_t buffered() const override {
+    absl::MutexLock lock(&mu_);
+    return buffered_;
+  }
+
+  void Close() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_ || std::exchange(closing_, true)) return;
+      if (std::exchange(wake_scheduled_, true)) return;
+    }
+    wake_();
+  }
+
+  bool closed() const override {
+    absl::MutexLock lock(&mu_);
+    return ended_ || closing_;
+  }
+
+  void OnClose(std::function<void()> f) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ended_) {
+        on_close_ = std::move(f);
+        return;
+      }
+    }
+    f();
+  }
+
+  void OnWritable(size_t threshold, std::function<void()> f) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ended_ && buffered_ > threshold) {
+        writable_threshold_ = threshold;
+        on_writable_ = std::move(f);
+        return;
+      }
+    }
+    f();
+  }
+
+  // The session's side, on its strand.
+
+  // Takes what is queued; `*closing` tells whether Close() was called.
+  std::string Take(bool* closing) {
+    absl::MutexLock lock(&mu_);
+    wake_scheduled_ = false;
+    *closing = closing_;
+    return std::exchange(pending_, std::string());
+  }
+
+  // `bytes` taken earlier reached the socket.
+  void Written(size_t bytes) {
+    std::function<void()> writable;
+    {
+      absl::MutexLock lock(&mu_);
+      buffered_ -= std::min(bytes, buffered_);
+      if (on_writable_ && buffered_ <= writable_threshold_) {
+        writable = std::exchange(on_writable_, nullptr);
+      }
+    }
+    if (writable) writable();
+  }
+
+  // The stream is over: callbacks run, writes are refused from now on.
+  void End() {
+    std::function<void()> on_close;
+    std::function<void()> writable;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return;
+      ended_ = true;
+      pending_.clear();
+      buffered_ = 0;
+      on_close = std::exchange(on_close_, nullptr);
+      writable = std::exchange(on_writable_, nullptr);
+    }
+    if (writable) writable();
+    if (on_close) on_close();
+  }
+
+ private:
+  const std::function<void()> wake_;
+
+  mutable absl::Mutex mu_;
+  std::string pending_ ABSL_GUARDED_BY(mu_);
+  // pending_ plus what the session is writing.
+  size_t buffered_ ABSL_GUARDED_BY(mu_) = 0;
+  bool wake_scheduled_ ABSL_GUARDED_BY(mu_) = false;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> on_close_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> on_writable_ ABSL_GUARDED_BY(mu_);
+  size_t writable_threshold_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // State shared by the listener and all sessions of one server.
 struct Core {
   Core(ServerOptions server_options, const Router* server_router,
@@ -303,10 +420,16 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket&& socket, Core* core)
       : stream_(std::move(socket)),
         queue_timer_(stream_.get_executor()),
+        stream_timer_(stream_.get_executor()),
         core_(core) {
     beast::error_code ec;
     const tcp::endpoint peer = stream_.socket().remote_endpoint(ec);
     if (!ec) client_address_ = peer.address().to_string();
+  }
+
+  // A stream's producers learn that it ended, however the session went.
+  ~Session() {
+    if (stream_state_ != nullptr) stream_state_->End();
   }
 
   // Starts serving; `admission` is kRegular or kOverflow.
@@ -323,6 +446,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // close it after the current response.
   void Drain() {
     net::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->phase_ == Phase::kStreaming) {
+        // Ends after what is queued, like a response in flight.
+        return self->stream_state_->Close();
+      }
       if (self->phase_ != Phase::kWaiting) return;
       beast::error_code ec;
       self->stream_.socket().cancel(ec);
@@ -353,6 +480,7 @@ class Session : public std::enable_shared_from_this<Session> {
     kReading,
     kHandling,
     kWriting,
+    kStreaming,
     kLingering,
     kClosed
   };
@@ -835,27 +963,12 @@ class Session : public std::enable_shared_from_this<Session> {
     status_ = response.status;
     log_detail_ = std::move(response.log_detail);
 
+    if (response.stream && response.status == 200 && !request_.head) {
+      return StartStream(std::move(response));
+    }
     auto message = std::make_unique<bhttp::response<bhttp::string_body>>();
-    message->version(version_);
-    message->result(static_cast<unsigned>(response.status));
     const bool no_body = response.status == 204 || response.status == 304;
-    if (!response.content_type.empty() && !no_body) {
-      message->set(bhttp::field::content_type, response.content_type);
-    }
-    for (const auto& header : response.headers) {
-      if (IsManagedHeader(header.first)) continue;
-      if (!IsSafeHeader(header.first, header.second)) {
-        absl::StrAppend(&log_detail_, log_detail_.empty() ? "" : "; ",
-                        "dropped unsafe response header ", header.first);
-        continue;
-      }
-      if (absl::EqualsIgnoreCase(header.first, "Content-Type")) {
-        message->set(bhttp::field::content_type, header.second);
-      } else {
-        message->insert(header.first, header.second);
-      }
-    }
-    message->set(kCorrelationIdHeader, request_.correlation_id);
+    SetHead(response, no_body, *message);
     const bool keep_alive =
         keep_alive_ && !close_after_response_ && !core_->draining.load();
     close_after_response_ = !keep_alive;
@@ -873,6 +986,174 @@ class Session : public std::enable_shared_from_this<Session> {
       bhttp::async_write(
           stream, *response_,
           beast::bind_front_handler(&Session::OnWrite, shared_from_this()));
+    });
+  }
+
+  // Status line and headers of `response` into `message`.
+  template <typename Message>
+  void SetHead(const Response& response, bool no_body, Message& message) {
+    message.version(version_);
+    message.result(static_cast<unsigned>(response.status));
+    if (!response.content_type.empty() && !no_body) {
+      message.set(bhttp::field::content_type, response.content_type);
+    }
+    for (const auto& header : response.headers) {
+      if (IsManagedHeader(header.first)) continue;
+      if (!IsSafeHeader(header.first, header.second)) {
+        absl::StrAppend(&log_detail_, log_detail_.empty() ? "" : "; ",
+                        "dropped unsafe response header ", header.first);
+        continue;
+      }
+      if (absl::EqualsIgnoreCase(header.first, "Content-Type")) {
+        message.set(bhttp::field::content_type, header.second);
+      } else {
+        message.insert(header.first, header.second);
+      }
+    }
+    message.set(kCorrelationIdHeader, request_.correlation_id);
+  }
+
+  // ---- Streaming ------------------------------------------------------
+  //
+  // A streamed response (Response::stream): the head, then whatever the
+  // producer queues, as HTTP/1.1 chunks (raw bytes for HTTP/1.0, ended by
+  // the close), until the producer closes, the client goes away or stops
+  // reading for write_timeout, or shutdown drains the connection. The
+  // connection then closes. While streaming, the socket is watched for
+  // readability: a client of a stream sends nothing more, so anything (its
+  // FIN above all) ends the stream.
+
+  void StartStream(Response response) {
+    close_after_response_ = true;
+    chunked_ = version_ >= 11;
+    stream_start_ = std::move(response.stream);
+    stream_head_ = std::make_unique<bhttp::response<bhttp::empty_body>>();
+    SetHead(response, /*no_body=*/false, *stream_head_);
+    stream_head_->keep_alive(false);
+    if (chunked_) stream_head_->chunked(true);
+    stream_serializer_.emplace(*stream_head_);
+    ArmStreamTimer();
+    WithStream([this](auto& stream) {
+      bhttp::async_write_header(
+          stream, *stream_serializer_,
+          beast::bind_front_handler(&Session::OnStreamHead,
+                                    shared_from_this()));
+    });
+  }
+
+  // Closes the connection when one write of the stream takes longer than
+  // write_timeout (a client that stopped reading).
+  void ArmStreamTimer() {
+    stream_timer_.expires_after(ToChrono(core_->options.write_timeout));
+    stream_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->phase_ == Phase::kClosed) return;
+      self->log_detail_ = "the client stopped reading the stream";
+      self->FinishRequest("timed out");
+      self->CloseNow();
+    });
+  }
+
+  void OnStreamHead(beast::error_code ec, std::size_t) {
+    if (phase_ == Phase::kClosed) return;
+    stream_timer_.cancel();
+    stream_serializer_.reset();
+    stream_head_.reset();
+    if (ec) {
+      FinishRequest(ec.message());
+      return CloseNow();
+    }
+    phase_ = Phase::kStreaming;
+    std::weak_ptr<Session> weak = shared_from_this();
+    stream_state_ = std::make_shared<StreamState>([weak = std::move(weak),
+                                                   gate = core_->gate] {
+      gate->IfOpen([&] {
+        std::shared_ptr<Session> self = weak.lock();
+        if (self == nullptr) return;
+        net::post(self->stream_.get_executor(), [self] { self->PumpStream(); });
+      });
+    });
+    stream_.socket().async_wait(
+        tcp::socket::wait_read,
+        beast::bind_front_handler(&Session::OnStreamReadable,
+                                  shared_from_this()));
+    auto start = std::exchange(stream_start_, nullptr);
+    try {
+      start(stream_state_);
+    } catch (const std::exception& e) {
+      log_detail_ = absl::StrCat("stream producer threw: ", e.what());
+      stream_state_->Close();
+    }
+    if (core_->draining.load()) stream_state_->Close();
+  }
+
+  void OnStreamReadable(beast::error_code ec) {
+    if (phase_ != Phase::kStreaming || ec == net::error::operation_aborted) {
+      return;
+    }
+    // The client closed (or sent what a stream's client never sends).
+    FinishRequest("");
+    CloseNow();
+  }
+
+  // Writes what the producer queued; ends the stream once it closed and
+  // everything queued is written.
+  void PumpStream() {
+    if (phase_ != Phase::kStreaming || stream_writing_) return;
+    bool closing = false;
+    stream_out_ = stream_state_->Take(&closing);
+    if (stream_out_.empty()) {
+      if (closing) EndStream();
+      return;
+    }
+    stream_writing_ = true;
+    ArmStreamTimer();
+    auto on_write =
+        beast::bind_front_handler(&Session::OnStreamWrite, shared_from_this());
+    WithStream([&](auto& stream) {
+      if (chunked_) {
+        net::async_write(stream, bhttp::make_chunk(net::buffer(stream_out_)),
+                         std::move(on_write));
+      } else {
+        net::async_write(stream, net::buffer(stream_out_), std::move(on_write));
+      }
+    });
+  }
+
+  void OnStreamWrite(beast::error_code ec, std::size_t) {
+    stream_writing_ = false;
+    if (phase_ == Phase::kClosed) return;
+    stream_timer_.cancel();
+    if (ec) {
+      FinishRequest(ec.message());
+      return CloseNow();
+    }
+    const size_t written = stream_out_.size();
+    stream_out_.clear();
+    stream_state_->Written(written);
+    PumpStream();
+  }
+
+  // The producer closed: the last chunk, then close.
+  void EndStream() {
+    phase_ = Phase::kWriting;
+    stream_state_->End();
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);  // The readability watch.
+    if (!chunked_) {
+      FinishRequest("");
+      return DoGracefulClose();
+    }
+    ArmStreamTimer();
+    WithStream([this](auto& stream) {
+      net::async_write(
+          stream, bhttp::make_chunk_last(),
+          [self = shared_from_this()](beast::error_code ec, std::size_t) {
+            if (self->phase_ == Phase::kClosed) return;
+            self->stream_timer_.cancel();
+            self->FinishRequest(ec ? ec.message() : "");
+            if (ec) return self->CloseNow();
+            self->DoGracefulClose();
+          });
     });
   }
 
@@ -999,6 +1280,8 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     phase_ = Phase::kClosed;
     queue_timer_.cancel();
+    stream_timer_.cancel();
+    if (stream_state_ != nullptr) stream_state_->End();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
@@ -1014,6 +1297,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool tls_closed_ = false;
   // Bounds the wait of a queued request for a worker.
   net::steady_timer queue_timer_;
+  // Bounds each write of a streamed response.
+  net::steady_timer stream_timer_;
   // Owned by the server, which outlives every session it runs.
   Core* const core_;
   // The peer's IP address, for the failed-authentication limit.
@@ -1026,6 +1311,16 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   absl::optional<bhttp::response<bhttp::empty_body>> continue_;
   std::unique_ptr<bhttp::response<bhttp::string_body>> response_;
+  // A streamed response: its head while that is written, the producer's
+  // start until then, its writer, and the bytes being written.
+  std::unique_ptr<bhttp::response<bhttp::empty_body>> stream_head_;
+  absl::optional<bhttp::response_serializer<bhttp::empty_body>>
+      stream_serializer_;
+  std::function<void(std::shared_ptr<StreamWriter>)> stream_start_;
+  std::shared_ptr<StreamState> stream_state_;
+  std::string stream_out_;
+  bool stream_writing_ = false;
+  bool chunked_ = false;
   char linger_buffer_[4096];
 
   Phase phase_ = Phase::kWaiting;

@@ -70,6 +70,8 @@ struct TestClient::Impl {
   // The response to a HEAD request has no body, whatever it announces.
   bool expect_head_response = false;
   http::HeaderList default_headers;
+  // The response OpenStream() is reading.
+  absl::optional<bhttp::response_parser<bhttp::string_body>> stream_parser;
 };
 
 TestClient::TestClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -128,6 +130,72 @@ absl::StatusOr<ClientResponse> TestClient::Send(
   absl::StatusOr<ClientResponse> response = ReadResponse();
   raw->expect_head_response = false;
   return response;
+}
+
+absl::StatusOr<ClientResponse> TestClient::OpenStream(
+    absl::string_view target, const http::HeaderList& headers) {
+  bhttp::request<bhttp::empty_body> request;
+  request.method(bhttp::verb::get);
+  request.target(beast::string_view(target.data(), target.size()));
+  request.version(11);
+  request.set(bhttp::field::host, "127.0.0.1");
+  for (const auto& header : headers) {
+    request.insert(header.first, header.second);
+  }
+  for (const auto& header : impl_->default_headers) {
+    if (request.find(header.first) == request.end()) {
+      request.insert(header.first, header.second);
+    }
+  }
+  Impl* raw = impl_.get();
+  beast::error_code ec = raw->Run([raw, &request](auto handler) {
+    bhttp::async_write(raw->stream, request, handler);
+  });
+  if (ec) return StatusFromError(ec, "write");
+  raw->stream_parser.emplace();
+  raw->stream_parser->body_limit(boost::none);
+  ec = raw->Run([raw](auto handler) {
+    bhttp::async_read_header(raw->stream, raw->buffer, *raw->stream_parser,
+                             handler);
+  });
+  if (ec) return StatusFromError(ec, "read");
+  const auto& message = raw->stream_parser->get();
+  ClientResponse response;
+  response.status = static_cast<int>(message.result_int());
+  for (const auto& field : message) {
+    response.headers.emplace_back(ToString(field.name_string()),
+                                  ToString(field.value()));
+  }
+  response.keep_alive = message.keep_alive();
+  return response;
+}
+
+absl::StatusOr<std::string> TestClient::ReadStream(absl::Duration timeout) {
+  Impl* raw = impl_.get();
+  if (!raw->stream_parser.has_value()) {
+    return absl::FailedPreconditionError("no stream is open");
+  }
+  auto& parser = *raw->stream_parser;
+  const auto deadline =
+      std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+  while (parser.get().body().empty()) {
+    if (parser.is_done()) return absl::OutOfRangeError("the stream ended");
+    beast::error_code result;
+    raw->stream.expires_at(deadline);
+    bhttp::async_read_some(
+        raw->stream, raw->buffer, parser,
+        [&](beast::error_code ec, std::size_t) { result = ec; });
+    raw->ioc.restart();
+    raw->ioc.run();
+    if (result == bhttp::error::end_of_stream && parser.is_done()) {
+      break;
+    }
+    if (result) return StatusFromError(result, "read stream");
+  }
+  if (parser.get().body().empty()) {
+    return absl::OutOfRangeError("the stream ended");
+  }
+  return std::exchange(parser.get().body(), std::string());
 }
 
 absl::Status TestClient::WriteRaw(absl::string_view bytes) {

@@ -64,6 +64,19 @@ class TestClient {
   // Reads one response.
   absl::StatusOr<ClientResponse> ReadResponse();
 
+  // Sends a GET for a streamed response (Response::stream) and reads its
+  // status line and headers; the body follows through ReadStream(). Errors
+  // as Send().
+  absl::StatusOr<ClientResponse> OpenStream(
+      absl::string_view target, const http::HeaderList& headers = {});
+
+  // The next part of the body of the stream OpenStream() opened: the bytes
+  // that arrived (at least one). kOutOfRange when the body ended properly
+  // (the last chunk), kDeadlineExceeded when nothing came within
+  // `timeout`, kUnavailable when the connection closed mid-body.
+  absl::StatusOr<std::string> ReadStream(
+      absl::Duration timeout = absl::Seconds(10));
+
   // Waits until the server closes the connection: OK on end of stream or
   // reset, kDeadlineExceeded when it stays open for `timeout`,
   // kFailedPrecondition when data arrives instead.

@@ -8,5 +8,6 @@ set(CQRS_HTTP_TEST_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/router_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/server_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/status_mapping_test.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/stream_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/tls_test.cc
 )
