@@ -64,8 +64,9 @@ absl::StatusOr<http::Response> Events(eventstore::EventStore& store,
   w.StartObject();
   w.Key("items");
   w.StartArray();
-  for (const std::string& item : page->items) {
-    w.RawValue(item.data(), item.size(), rapidjson::kObjectType);
+  for (const integration::FeedItem& item : page->items) {
+    w.RawValue(item.cloud_event.data(), item.cloud_event.size(),
+               rapidjson::kObjectType);
   }
   w.EndArray();
   w.Key("next");

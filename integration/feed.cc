@@ -6,6 +6,17 @@
 
 namespace cqrs::integration {
 
+bool FeedMatches(const FeedQuery& query, const eventstore::RecordedEvent& event,
+                 const PublishedType& type) {
+  return (query.types.empty() ||
+          std::find(query.types.begin(), query.types.end(),
+                    type.CloudEventType()) != query.types.end()) &&
+         (query.subject.empty() ||
+          SubjectOf(event.stream_id) == query.subject) &&
+         (query.category.empty() ||
+          eventstore::CategoryOf(event.stream_id) == query.category);
+}
+
 absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
                                   const Publication& publication,
                                   const FeedQuery& query) {
@@ -38,20 +49,12 @@ absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
       ++scanned;
       page.next = event.position;
       const PublishedType* type = publication.Find(event.event_type);
-      const bool matches =
-          type != nullptr &&
-          (query.types.empty() ||
-           std::find(query.types.begin(), query.types.end(),
-                     type->CloudEventType()) != query.types.end()) &&
-          (query.subject.empty() ||
-           SubjectOf(event.stream_id) == query.subject) &&
-          (query.category.empty() ||
-           eventstore::CategoryOf(event.stream_id) == query.category);
-      if (matches) {
+      if (type != nullptr && FeedMatches(query, event, *type)) {
         absl::StatusOr<std::optional<std::string>> encoded =
             publication.Encode(event);
         if (!encoded.ok()) return encoded.status();
-        page.items.push_back(**std::move(encoded));
+        page.items.push_back(
+            FeedItem{event.position, type, **std::move(encoded)});
         if (static_cast<int>(page.items.size()) == query.limit) break;
       }
     }

@@ -46,12 +46,23 @@ struct FeedQuery {
   int scan_budget = 10000;
 };
 
+struct FeedItem {
+  eventstore::Position position;
+  const PublishedType* type = nullptr;  // owned by the Publication
+  std::string cloud_event;              // its JSON
+};
+
 struct FeedPage {
-  std::vector<std::string> items;  // CloudEvent JSON, in commit order
-  eventstore::Position next;       // resume from here
+  std::vector<FeedItem> items;  // in commit order
+  eventstore::Position next;    // resume from here
   // The last event read from the store was the newest there was.
   bool at_head = false;
 };
+
+// Whether a stored `event` of published `type` passes the filters of
+// `query` (its types, subject and category; not its position).
+bool FeedMatches(const FeedQuery& query, const eventstore::RecordedEvent& event,
+                 const PublishedType& type);
 
 // The next page after `query.after`. kInvalidArgument for a limit outside
 // 1..kMaxFeedLimit, a scan budget below the limit, or a type filter naming

@@ -164,8 +164,8 @@ TEST_CASE("feed pages filter, and advance past what they filter out",
   for (int guard = 0; guard < 10; ++guard) {
     auto p = ReadFeed(store, bank, paged);
     REQUIRE(p.ok());
-    for (const std::string& item : p->items) {
-      ids.push_back(Text(Json(item), "id"));
+    for (const FeedItem& item : p->items) {
+      ids.push_back(Text(Json(item.cloud_event), "id"));
     }
     paged.after = p->next;
     if (p->items.empty()) break;
@@ -178,8 +178,8 @@ TEST_CASE("feed pages filter, and advance past what they filter out",
   by_subject.subject = "0";
   auto s = ReadFeed(store, bank, by_subject);
   REQUIRE(s.ok());
-  for (const std::string& item : s->items) {
-    CHECK(Text(Json(item), "subject") == "0");
+  for (const FeedItem& item : s->items) {
+    CHECK(Text(Json(item.cloud_event), "subject") == "0");
   }
   CHECK(s->items.size() == 3);  // i = 0, 10, 20
   FeedQuery by_category;
@@ -242,7 +242,9 @@ TEST_CASE("the feed does not skip a transaction that commits late",
     return testing::WaitUntil([&] {
       auto page = ReadFeed(*store, bank, q);
       REQUIRE(page.ok());
-      items.insert(items.end(), page->items.begin(), page->items.end());
+      for (const FeedItem& item : page->items) {
+        items.push_back(item.cloud_event);
+      }
       q.after = page->next;
       return items.size() >= n;
     });
