@@ -109,6 +109,8 @@ struct AppServer::Parts {
   MetricsRegistry metrics;
   std::unique_ptr<http::RequestMetrics> request_metrics;
   std::unique_ptr<eventstore::PostgresEventStore> store;
+  // GET /events?wait= and /events/stream; null when nothing is published.
+  std::unique_ptr<integration::FeedHub> feed_hub;
   std::unique_ptr<commands::PostgresIdempotencyStore> idempotency;
   std::unique_ptr<commands::HttpCommandRunner> commands;
   std::unique_ptr<queries::ProgressTracker> tracker;
@@ -256,7 +258,15 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   p->operations->RegisterRoutes(p->router);
   ASSIGN_OR_RETURN(p->keys, auth::ApiKeyStore::Create(pool, schema));
   app_internal::AddKeyRoutes(app, p->keys.get(), p->router);
-  app_internal::AddEventsRoute(app, p->store.get(), p->router);
+  if (!app.publication().types().empty()) {
+    integration::FeedHubOptions hub_options = options.event_stream;
+    hub_options.poll_interval = options.poll_interval;
+    p->feed_hub = std::make_unique<integration::FeedHub>(
+        p->store.get(), &app.publication(), hub_options,
+        app_internal::ChangeWaitOn(pool->conninfo(), schema));
+  }
+  app_internal::AddEventsRoute(app, p->store.get(), p->feed_hub.get(),
+                               p->router);
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;
@@ -308,13 +318,18 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
         m->Record(info);
       };
   // Shutdown answers parked read-your-writes queries (503 with
-  // Retry-After) at once, before the server waits for requests in flight.
-  server_options.on_shutdown = [t = p->tracker.get()] { t->StopWaiting(); };
+  // Retry-After) and long-polls (their page so far) at once, and ends event
+  // streams, before the server waits for requests in flight.
+  server_options.on_shutdown = [t = p->tracker.get(), h = p->feed_hub.get()] {
+    t->StopWaiting();
+    if (h != nullptr) h->Stop();
+  };
   ASSIGN_OR_RETURN(p->server, http::Server::Create(server_options, &p->router));
 
   p->maintenance = std::make_unique<Maintenance>(p->idempotency.get());
   p->tracker->Start();
   if (p->run_projections) p->runner->Start();
+  if (p->feed_hub != nullptr) p->feed_hub->Start();
   std::unique_ptr<AppServer> server(new AppServer(std::move(p)));
   RETURN_IF_ERROR(server->parts_->server->Start());
   return server;
@@ -336,6 +351,7 @@ void AppServer::Stop() {
   if (parts_->stopped) return;
   parts_->stopped = true;
   parts_->server->Shutdown();  // answers parked queries, drains
+  if (parts_->feed_hub != nullptr) parts_->feed_hub->Stop();
   if (parts_->run_projections) parts_->runner->Stop();
   parts_->tracker->Stop();
   parts_->maintenance.reset();

@@ -32,6 +32,7 @@
 #include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
+#include "integration/feed_hub.h"
 #include "projections/runner.h"
 #include "queries/progress_tracker.h"
 
@@ -68,8 +69,13 @@ struct ServeOptions {
   // Failed attempts per client address and window before 429.
   int auth_max_failures = 20;
   absl::Duration auth_failure_window = absl::Minutes(1);
-  // For tests: how often the runner polls without a notification and the
-  // tracker re-reads the checkpoints.
+  // GET /events/stream and long-polls (integration/feed_hub.h): buffer
+  // bound per client, heartbeat, retry hint, catch-up pool. Its
+  // poll_interval is the one below.
+  integration::FeedHubOptions event_stream;
+  // For tests: how often the runner polls without a notification, the
+  // tracker re-reads the checkpoints and the event stream reads the store
+  // without a notification.
   absl::Duration poll_interval = absl::Seconds(1);
   // For tests: ProjectionRunnerOptions::before_commit_for_testing.
   std::function<absl::Status(absl::string_view projection,

@@ -2,6 +2,7 @@
 // own: every command route with the JSON Schema of its body, every query
 // route, and the operations endpoints.
 #include <algorithm>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <vector>
@@ -109,6 +110,30 @@ void Responses(Writer& w, const std::vector<int>& codes) {
   w.EndObject();
 }
 
+// The query parameters of the event feed named in `names` (without the
+// array around them).
+void FeedParameters(Writer& w, std::initializer_list<absl::string_view> names) {
+  for (absl::string_view name : names) {
+    w.StartObject();
+    w.Key("name");
+    w.String(name.data(), static_cast<rapidjson::SizeType>(name.size()));
+    w.Key("in");
+    w.String("query");
+    w.Key("schema");
+    constexpr absl::string_view kLimit =
+        R"({"type":"integer","minimum":1,"maximum":1000,"default":100})";
+    constexpr absl::string_view kWait =
+        R"({"type":"integer","minimum":0,"maximum":30000,"default":0,)"
+        R"("description":"ms an empty page waits for new events"})";
+    constexpr absl::string_view kString = R"({"type":"string"})";
+    const absl::string_view schema = name == "limit"  ? kLimit
+                                     : name == "wait" ? kWait
+                                                      : kString;
+    w.RawValue(schema.data(), schema.size(), rapidjson::kObjectType);
+    w.EndObject();
+  }
+}
+
 }  // namespace
 
 std::string GeneratedOpenApi(const App& app) {
@@ -181,22 +206,38 @@ std::string GeneratedOpenApi(const App& app) {
           "filtered out.");
       w.Key("parameters");
       w.StartArray();
-      for (const char* name :
-           {"after", "limit", "type", "subject", "category"}) {
-        w.StartObject();
-        w.Key("name");
-        w.String(name);
-        w.Key("in");
-        w.String("query");
-        w.Key("schema");
-        constexpr absl::string_view kLimit =
-            R"({"type":"integer","minimum":1,"maximum":1000,"default":100})";
-        constexpr absl::string_view kString = R"({"type":"string"})";
-        const absl::string_view schema =
-            absl::string_view(name) == "limit" ? kLimit : kString;
-        w.RawValue(schema.data(), schema.size(), rapidjson::kObjectType);
-        w.EndObject();
-      }
+      FeedParameters(w,
+                     {"after", "limit", "wait", "type", "subject", "category"});
+      w.EndArray();
+      Security(w, auth::kEventsScope);
+      Responses(w, WithAuth({200, 400}));
+      w.EndObject();
+    };
+    paths["/events/stream"]["get"] = [](Writer& w) {
+      w.StartObject();
+      w.Key("operationId");
+      w.String("streamEvents");
+      w.Key("description");
+      w.String(
+          "Server-Sent Events (text/event-stream): id is the position token, "
+          "event the CloudEvents type, data the CloudEvent. Resumes after "
+          "Last-Event-ID, else after the query's after; heartbeat comments "
+          "every 15 s; a client too far behind is closed with a comment and "
+          "resumes with Last-Event-ID.");
+      w.Key("parameters");
+      w.StartArray();
+      FeedParameters(w, {"after", "type", "subject", "category"});
+      w.StartObject();
+      w.Key("name");
+      w.String("Last-Event-ID");
+      w.Key("in");
+      w.String("header");
+      w.Key("schema");
+      w.StartObject();
+      w.Key("type");
+      w.String("string");
+      w.EndObject();
+      w.EndObject();
       w.EndArray();
       Security(w, auth::kEventsScope);
       Responses(w, WithAuth({200, 400}));

@@ -18,6 +18,7 @@
 #include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
+#include "integration/feed_hub.h"
 
 namespace cqrs::app_internal {
 
@@ -108,10 +109,16 @@ std::set<std::string> KnownScopes(const App& app);
 void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
                   http::Router& router);
 
-// GET /events (scope events) when the app publishes events (App::Publish):
-// pages of integration/feed.h. `store` must outlive the router's server.
+// GET /events and GET /events/stream (scope events) when the app publishes
+// events (App::Publish): pages of integration/feed.h, their long-poll
+// (wait=) and Server-Sent Events through `hub`. `store` and `hub` must
+// outlive the router's server.
 void AddEventsRoute(const App& app, eventstore::EventStore* store,
-                    http::Router& router);
+                    integration::FeedHub* hub, http::Router& router);
+
+// What a FeedHub waits on: the store's change notifications in `schema`
+// (a connection of its own, reopened after a loss).
+integration::ChangeWait ChangeWaitOn(std::string conninfo, std::string schema);
 
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);

@@ -8,12 +8,15 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <variant>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/types/optional.h"
 #include "app/app.h"
 #include "framework/error_code.h"
@@ -115,6 +118,16 @@ class Served {
     server_ = *std::move(server);
     token_ = cqrs::testing::CreateToken(schema_.pool(), schema_.name());
   }
+
+  // A connection that authenticates with the test's key.
+  std::unique_ptr<cqrs::http_test::TestClient> Connect() {
+    auto client = cqrs::http_test::TestClient::Connect(server_->port());
+    REQUIRE(client.ok());
+    (*client)->SetDefaultHeaders(cqrs::testing::BearerHeader(token_));
+    return *std::move(client);
+  }
+
+  cqrs::AppServer& server() { return *server_; }
 
   // The id of the key Send() authenticates with.
   std::string KeyId() const { return token_.substr(5, 12); }
@@ -228,7 +241,9 @@ TEST_CASE("published events are served as CloudEvents at GET /events",
   Served s;
   REQUIRE(s.Send("POST", "/tallies/9/add", R"({"n":5})").status == 200);
   REQUIRE(s.Send("POST", "/tallies/10/add", R"({"n":2})").status == 200);
-  auto page = s.Send("GET", "/events?limit=1", "");
+  // wait: the commits are readable once no older transaction of the
+  // database (other tests run beside this one) is open.
+  auto page = s.Send("GET", "/events?limit=1&wait=10000", "");
   REQUIRE(page.status == 200);
   rapidjson::Document doc;
   doc.Parse(page.body.c_str());
@@ -243,7 +258,8 @@ TEST_CASE("published events are served as CloudEvents at GET /events",
   const std::string next = doc["next"].GetString();
   CHECK(next == ce["position"].GetString());
 
-  auto rest = s.Send("GET", absl::StrCat("/events?after=", next), "");
+  auto rest =
+      s.Send("GET", absl::StrCat("/events?wait=10000&after=", next), "");
   REQUIRE(rest.status == 200);
   doc.Parse(rest.body.c_str());
   REQUIRE(doc["items"].Size() == 1);
@@ -263,12 +279,177 @@ TEST_CASE("published events are served as CloudEvents at GET /events",
 
   for (const char* bad :
        {"/events?after=nope", "/events?limit=0", "/events?limit=1001",
-        "/events?limit=x", "/events?type=tally.other.v1"}) {
+        "/events?limit=x", "/events?type=tally.other.v1", "/events?wait=-1",
+        "/events?wait=30001", "/events?wait=soon", "/events/stream?after=nope",
+        "/events/stream?type=tally.other.v1"}) {
     INFO(bad);
     auto refused = s.Send("GET", bad, "");
     CHECK(refused.status == 400);
     CHECK(Code(refused) == "invalid_request");
   }
+}
+
+// The items of a GET /events answer.
+std::vector<std::string> Subjects(const cqrs::http_test::ClientResponse& r) {
+  rapidjson::Document doc;
+  doc.Parse(r.body.c_str());
+  REQUIRE(doc.IsObject());
+  std::vector<std::string> out;
+  for (const auto& item : doc["items"].GetArray()) {
+    out.push_back(item["subject"].GetString());
+  }
+  return out;
+}
+
+std::string Next(const cqrs::http_test::ClientResponse& r) {
+  rapidjson::Document doc;
+  doc.Parse(r.body.c_str());
+  REQUIRE(doc.IsObject());
+  return doc["next"].GetString();
+}
+
+TEST_CASE(
+    "a long-poll on GET /events answers when an event commits, or "
+    "empty at its deadline",
+    "[app][pg]") {
+  Served s;
+  REQUIRE(s.Send("POST", "/tallies/1/add", R"({"n":1})").status == 200);
+  auto first = s.Send("GET", "/events?wait=10000", "");
+  REQUIRE(Subjects(first) == std::vector<std::string>{"1"});
+  const std::string head = Next(first);
+
+  // Nothing new: an empty page at its deadline, the cursor where it was.
+  auto empty = s.Send("GET", absl::StrCat("/events?wait=50&after=", head), "");
+  REQUIRE(empty.status == 200);
+  CHECK(Subjects(empty).empty());
+  CHECK(Next(empty) == head);
+
+  // A long-poll in flight gets the event committed while it waits. (The
+  // poller thread makes no Catch2 assertion: they are not thread-safe.)
+  auto poll_client = s.Connect();
+  absl::StatusOr<cqrs::http_test::ClientResponse> polled;
+  std::thread poller([&] {
+    polled = poll_client->Send("GET",
+                               absl::StrCat("/events?wait=20000&after=", head));
+  });
+  REQUIRE(s.Send("POST", "/tallies/2/add", R"({"n":2})").status == 200);
+  poller.join();
+  REQUIRE(polled.ok());
+  REQUIRE(polled->status == 200);
+  CHECK(Subjects(*polled) == std::vector<std::string>{"2"});
+
+  // Filtered: a long-poll for subject 4 passes over subject 3's event.
+  const std::string after_two = Next(*polled);
+  std::thread filtered_poller([&] {
+    polled = poll_client->Send(
+        "GET", absl::StrCat("/events?wait=20000&subject=4&after=", after_two));
+  });
+  REQUIRE(s.Send("POST", "/tallies/3/add", R"({"n":3})").status == 200);
+  REQUIRE(s.Send("POST", "/tallies/4/add", R"({"n":4})").status == 200);
+  filtered_poller.join();
+  REQUIRE(polled.ok());
+  CHECK(Subjects(*polled) == std::vector<std::string>{"4"});
+}
+
+// The frames of a Server-Sent Events body: (id, event, data) each.
+struct SseEvent {
+  std::string id;
+  std::string type;
+  std::string data;
+};
+
+std::vector<SseEvent> ParseSse(absl::string_view text) {
+  std::vector<SseEvent> events;
+  // Complete blocks only: the last one may still be arriving.
+  const size_t end = text.rfind("\n\n");
+  text = end == absl::string_view::npos ? "" : text.substr(0, end);
+  for (absl::string_view block : absl::StrSplit(text, "\n\n")) {
+    SseEvent e;
+    for (absl::string_view line : absl::StrSplit(block, '\n')) {
+      if (absl::ConsumePrefix(&line, "id: ")) e.id = std::string(line);
+      if (absl::ConsumePrefix(&line, "event: ")) e.type = std::string(line);
+      if (absl::ConsumePrefix(&line, "data: ")) e.data = std::string(line);
+    }
+    if (!e.data.empty()) events.push_back(std::move(e));
+  }
+  return events;
+}
+
+// Reads `client`'s stream until it holds `n` events (the text so far in
+// `*text`).
+std::vector<SseEvent> ReadEvents(cqrs::http_test::TestClient& client, size_t n,
+                                 std::string* text) {
+  while (ParseSse(*text).size() < n) {
+    auto part = client.ReadStream(absl::Seconds(20));
+    REQUIRE(part.ok());
+    *text += *part;
+  }
+  return ParseSse(*text);
+}
+
+TEST_CASE(
+    "GET /events/stream sends each published event as a Server-Sent "
+    "Event and resumes after Last-Event-ID",
+    "[app][pg]") {
+  Served s;
+  for (int i = 1; i <= 3; ++i) {
+    REQUIRE(s.Send("POST", absl::StrCat("/tallies/", i, "/add"),
+                   absl::StrCat(R"({"n":)", i, "}"))
+                .status == 200);
+  }
+  auto client = s.Connect();
+  auto head = client->OpenStream("/events/stream");
+  REQUIRE(head.ok());
+  REQUIRE(head->status == 200);
+  CHECK(head->Header("Content-Type") == "text/event-stream");
+  std::string text;
+  std::vector<SseEvent> events = ReadEvents(*client, 3, &text);
+  CHECK(absl::StartsWith(text, "retry: 2000\n\n"));
+  for (size_t i = 0; i < 3; ++i) {
+    rapidjson::Document ce;
+    ce.Parse(events[i].data.c_str());
+    REQUIRE(ce.IsObject());
+    CHECK(events[i].type == "tally.added.v1");
+    CHECK(std::string(ce["type"].GetString()) == "tally.added.v1");
+    CHECK(events[i].id == ce["position"].GetString());
+    CHECK(std::string(ce["subject"].GetString()) == std::to_string(i + 1));
+  }
+  // Live.
+  REQUIRE(s.Send("POST", "/tallies/4/add", R"({"n":4})").status == 200);
+  events = ReadEvents(*client, 4, &text);
+  CHECK(absl::StrContains(events[3].data, R"("subject":"4")"));
+  client.reset();  // The client goes away...
+  REQUIRE(s.Send("POST", "/tallies/5/add", R"({"n":5})").status == 200);
+  REQUIRE(s.Send("POST", "/tallies/6/add", R"({"n":6})").status == 200);
+
+  // ... and comes back with the id of the last event it had.
+  auto again = s.Connect();
+  REQUIRE(again
+              ->OpenStream("/events/stream?after=0.0",
+                           {{"Last-Event-ID", events[3].id}})
+              .ok());
+  std::string more;
+  std::vector<SseEvent> resumed = ReadEvents(*again, 2, &more);
+  CHECK(absl::StrContains(resumed[0].data, R"("subject":"5")"));
+  CHECK(absl::StrContains(resumed[1].data, R"("subject":"6")"));
+
+  // Filters apply; a bad Last-Event-ID is refused.
+  auto filtered = s.Connect();
+  REQUIRE(filtered->OpenStream("/events/stream?subject=2").ok());
+  std::string only;
+  std::vector<SseEvent> two = ReadEvents(*filtered, 1, &only);
+  CHECK(absl::StrContains(two[0].data, R"("subject":"2")"));
+  auto bad = s.Connect();
+  auto refused = bad->Send("GET", "/events/stream", "",
+                           {{"Last-Event-ID", "not-a-position"}});
+  REQUIRE(refused.ok());
+  CHECK(refused->status == 400);
+  CHECK(Code(*refused) == "invalid_request");
+  auto anonymous = cqrs::http_test::TestClient::Connect(s.server().port());
+  REQUIRE(anonymous.ok());
+  auto unauthenticated = (*anonymous)->Send("GET", "/events/stream");
+  REQUIRE(unauthenticated.ok());
+  CHECK(unauthenticated->status == 401);
 }
 
 TEST_CASE("plain routes are served as declared", "[app][pg]") {
