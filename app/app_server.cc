@@ -360,6 +360,7 @@ void AppServer::Stop() {
 }
 
 eventstore::PostgresEventStore& AppServer::store() { return *parts_->store; }
+integration::FeedHub* AppServer::event_hub() { return parts_->feed_hub.get(); }
 MetricsRegistry& AppServer::metrics() { return parts_->metrics; }
 queries::ProgressTracker& AppServer::tracker() { return *parts_->tracker; }
 projections::ProjectionRunner* AppServer::projector() {

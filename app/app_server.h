@@ -107,6 +107,8 @@ class AppServer {
   void Stop();
 
   eventstore::PostgresEventStore& store();
+  // The event stream's tail reader; nullptr when the app publishes nothing.
+  integration::FeedHub* event_hub();
   MetricsRegistry& metrics();
   queries::ProgressTracker& tracker();
   // Null unless the projections run here.

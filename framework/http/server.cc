@@ -1063,6 +1063,12 @@ class Session : public std::enable_shared_from_this<Session> {
       return CloseNow();
     }
     phase_ = Phase::kStreaming;
+    if (core_->options.stream_send_buffer > 0) {
+      beast::error_code ignored;
+      stream_.socket().set_option(
+          net::socket_base::send_buffer_size(core_->options.stream_send_buffer),
+          ignored);
+    }
     std::weak_ptr<Session> weak = shared_from_this();
     stream_state_ = std::make_shared<StreamState>([weak = std::move(weak),
                                                    gate = core_->gate] {

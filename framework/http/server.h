@@ -143,6 +143,11 @@ struct ServerOptions {
   // Under pressure, the most a connection may wait for a request or for a
   // request's header.
   absl::Duration pressure_timeout = absl::Seconds(2);
+  // SO_SNDBUF of a connection once it streams a response (the kernel
+  // doubles it; 0: the kernel's autotuned default, up to megabytes). Keeps
+  // what waits for a client that stops reading in StreamWriter::buffered(),
+  // where the producer bounds it, rather than in kernel memory.
+  int stream_send_buffer = 128 << 10;
   // Threads of the operations lane (routes with RouteOptions::operations).
   int operations_threads = 2;
   // Authentication and per-route scopes (framework/http/auth.h); off

@@ -198,6 +198,12 @@ absl::StatusOr<std::string> TestClient::ReadStream(absl::Duration timeout) {
   return std::exchange(parser.get().body(), std::string());
 }
 
+void TestClient::ShrinkReceiveBuffer() {
+  beast::error_code ignored;
+  impl_->stream.socket().set_option(net::socket_base::receive_buffer_size(1),
+                                    ignored);
+}
+
 absl::Status TestClient::WriteRaw(absl::string_view bytes) {
   Impl* raw = impl_.get();
   beast::error_code ec = raw->Run([raw, bytes](auto handler) {

@@ -58,6 +58,10 @@ class TestClient {
   // (an Authorization header, say).
   void SetDefaultHeaders(http::HeaderList headers);
 
+  // Shrinks the socket's receive buffer to the kernel's minimum, so that a
+  // client that stops reading backs the server up quickly.
+  void ShrinkReceiveBuffer();
+
   // Writes `bytes` as they are.
   absl::Status WriteRaw(absl::string_view bytes);
 
