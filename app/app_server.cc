@@ -263,7 +263,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
     hub_options.poll_interval = options.poll_interval;
     p->feed_hub = std::make_unique<integration::FeedHub>(
         p->store.get(), &app.publication(), hub_options,
-        app_internal::ChangeWaitOn(pool->conninfo(), schema));
+        integration::ChangeWaitOn(pool->conninfo(), schema));
   }
   app_internal::AddEventsRoute(app, p->store.get(), p->feed_hub.get(),
                                p->router);

@@ -11,11 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "app/internal/commands.h"
-#include "eventstore/postgres_event_store.h"
 #include "framework/auth/scopes.h"
 #include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
-#include "framework/log.h"
 #include "integration/feed.h"
 #include "integration/feed_hub.h"
 #include "rapidjson/stringbuffer.h"
@@ -202,37 +200,6 @@ absl::StatusOr<http::Response> Stream(const integration::Publication& pub,
 }
 
 }  // namespace
-
-integration::ChangeWait ChangeWaitOn(std::string conninfo, std::string schema) {
-  struct Listening {
-    std::unique_ptr<eventstore::ChangeListener> listener;
-    absl::Time retry_at = absl::InfinitePast();
-  };
-  auto state = std::make_shared<Listening>();
-  return [state, conninfo = std::move(conninfo),
-          schema = std::move(schema)](absl::Duration timeout) {
-    if (state->listener == nullptr) {
-      if (absl::Now() >= state->retry_at) {
-        absl::StatusOr<std::unique_ptr<eventstore::ChangeListener>> created =
-            eventstore::ChangeListener::Create(conninfo, schema);
-        if (created.ok()) {
-          state->listener = *std::move(created);
-          return;  // Anything committed meanwhile was not announced: read.
-        }
-        state->retry_at = absl::Now() + absl::Seconds(1);
-      }
-      absl::SleepFor(timeout);
-      return;
-    }
-    absl::StatusOr<std::optional<eventstore::Position>> notified =
-        state->listener->Wait(timeout);
-    if (!notified.ok()) {
-      Log(LogLevel::kWarn, "event stream listener lost its connection",
-          {{"error", notified.status().ToString()}});
-      state->listener.reset();
-    }
-  };
-}
 
 void AddEventsRoute(const App& app, eventstore::EventStore* store,
                     integration::FeedHub* hub, http::Router& router) {

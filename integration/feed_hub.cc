@@ -9,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "eventstore/postgres_event_store.h"
 #include "framework/log.h"
 #include "framework/worker_pool.h"
 
@@ -41,6 +42,37 @@ std::string SseFrame(const FeedItem& item) {
   return absl::StrCat("id: ", item.position.ToToken(),
                       "\nevent: ", item.type->CloudEventType(),
                       "\ndata: ", item.cloud_event, "\n\n");
+}
+
+ChangeWait ChangeWaitOn(std::string conninfo, std::string schema) {
+  struct Listening {
+    std::unique_ptr<eventstore::ChangeListener> listener;
+    absl::Time retry_at = absl::InfinitePast();
+  };
+  auto state = std::make_shared<Listening>();
+  return [state, conninfo = std::move(conninfo),
+          schema = std::move(schema)](absl::Duration timeout) {
+    if (state->listener == nullptr) {
+      if (absl::Now() >= state->retry_at) {
+        absl::StatusOr<std::unique_ptr<eventstore::ChangeListener>> created =
+            eventstore::ChangeListener::Create(conninfo, schema);
+        if (created.ok()) {
+          state->listener = *std::move(created);
+          return;  // Anything committed meanwhile was not announced: read.
+        }
+        state->retry_at = absl::Now() + absl::Seconds(1);
+      }
+      absl::SleepFor(timeout);
+      return;
+    }
+    absl::StatusOr<std::optional<eventstore::Position>> notified =
+        state->listener->Wait(timeout);
+    if (!notified.ok()) {
+      Log(LogLevel::kWarn, "event stream listener lost its connection",
+          {{"error", notified.status().ToString()}});
+      state->listener.reset();
+    }
+  };
 }
 
 class FeedHub::State : public std::enable_shared_from_this<State> {

@@ -71,6 +71,13 @@ struct FeedHubOptions {
 // `timeout` passed. The hub calls it from its tail thread only.
 using ChangeWait = std::function<void(absl::Duration timeout)>;
 
+// A ChangeWait on the change notifications of the PostgreSQL event store
+// in `schema` (eventstore::ChangeListener): a connection of its own, opened
+// on first use and reopened after a loss (at most once a second; the waits
+// meanwhile sleep, and the first wait after a reconnection returns at once,
+// since what committed in between was not announced).
+ChangeWait ChangeWaitOn(std::string conninfo, std::string schema);
+
 // The SSE frame of one feed item (see above).
 std::string SseFrame(const FeedItem& item);
 

@@ -116,10 +116,6 @@ void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
 void AddEventsRoute(const App& app, eventstore::EventStore* store,
                     integration::FeedHub* hub, http::Router& router);
 
-// What a FeedHub waits on: the store's change notifications in `schema`
-// (a connection of its own, reopened after a loss).
-integration::ChangeWait ChangeWaitOn(std::string conninfo, std::string schema);
-
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);
 

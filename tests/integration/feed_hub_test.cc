@@ -5,6 +5,8 @@
 // feed_stream_test.cc.
 #include "integration/feed_hub.h"
 
+#include <pqxx/pqxx>
+
 #include <atomic>
 #include <memory>
 #include <string>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "eventstore/in_memory_event_store.h"
+#include "tests/support/test_database.h"
 #include "tests/support/wait.h"
 
 namespace cqrs::integration {
@@ -333,6 +336,75 @@ TEST_CASE("subscribers get a heartbeat comment", "[integration]") {
   hub.Subscribe(FeedQuery(), writer);
   CHECK(testing::WaitUntil(
       [&] { return absl::StrContains(writer->text(), "\n\n:\n\n"); }));
+}
+
+TEST_CASE(
+    "on PostgreSQL, a live subscriber does not skip a transaction "
+    "that commits late, and gets none twice",
+    "[integration][pg]") {
+  testing::TestSchema schema;
+  auto store = schema.NewEventStore();
+  const Publication pub = Bank();
+  FeedHubOptions options;
+  options.poll_interval = absl::Seconds(30);  // notifications only
+  FeedHub hub(store.get(), &pub, options,
+              ChangeWaitOn(schema.url(), schema.name()));
+  hub.Start();
+  auto writer = std::make_shared<RecordingWriter>();
+  hub.Subscribe(FeedQuery(), writer);
+  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 1; }));
+
+  // A writer takes its transaction id first and stays open while others
+  // commit: their events wait behind it.
+  pqxx::connection held(schema.url());
+  pqxx::work held_tx(held);
+  auto in_tx = store->InTransaction(held_tx);
+  REQUIRE(in_tx
+              ->Append("account-late", ExpectedVersion::NoStream(),
+                       {Event("Opened")})
+              .ok());
+  for (int i = 0; i < 3; ++i) Append(*store, i, 1);
+  held_tx.commit();
+  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() >= 7; }));
+  const std::vector<std::string> all = AllIds(*store, pub);
+  REQUIRE(all.size() == 7);
+  CHECK(writer->Ids() == all);
+  CHECK(absl::StrContains(writer->text(), R"("subject":"late")"));
+}
+
+TEST_CASE(
+    "on PostgreSQL, the tail survives the loss of its notification "
+    "connection",
+    "[integration][pg]") {
+  testing::TestSchema schema;
+  auto store = schema.NewEventStore();
+  const Publication pub = Bank();
+  FeedHubOptions options;
+  options.poll_interval = absl::Seconds(30);  // notifications only
+  FeedHub hub(store.get(), &pub, options,
+              ChangeWaitOn(schema.url(), schema.name()));
+  hub.Start();
+  auto writer = std::make_shared<RecordingWriter>();
+  hub.Subscribe(FeedQuery(), writer);
+  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 1; }));
+  Append(*store, 0, 1);
+  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() == 2; }));
+
+  const std::string listener =
+      absl::StrCat("application_name = 'cqrs listener ", schema.name(), "'");
+  REQUIRE(schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
+                          listener) == 1);
+  schema.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " +
+              listener);
+  // Reconnected (the kill is noticed at the next wait, within 200 ms)...
+  REQUIRE(testing::WaitUntil([&] {
+    return schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
+                           listener) == 1;
+  }));
+  // ... and what commits from now on arrives long before the 30 s poll.
+  Append(*store, 1, 2);
+  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() == 6; }));
+  CHECK(writer->Ids() == AllIds(*store, pub));
 }
 
 }  // namespace
