@@ -3,7 +3,8 @@
 // (connection pool or embedded PostgreSQL, migrations, one event store, the
 // idempotency store, the projection runner with read-your-writes, the query
 // service, the router and server, /healthz, /readyz, /metrics,
-// /projections, /openapi.json, logging, signals, ordered shutdown) and gives
+// /projections, /openapi.json, /events and /asyncapi.json for published
+// events, logging, signals, ordered shutdown) and gives
 // the app its command line (app/cli.h: serve, project, migrate,
 // projections).
 //
@@ -497,8 +498,10 @@ class App {
   // Publishes event type E (declared with Event<E>) to other systems: GET
   // /events (scope events) serves its events as CloudEvents of type
   // "<public_type>.v<version>" with E's stored JSON as data
-  // (integration/cloud_events.h). Events of types not published never leave
-  // the process. A bad or repeated public type is a definition error.
+  // (integration/cloud_events.h), and GET /asyncapi.json (open) describes
+  // them, `data` with the JSON Schema of E's shape. Events of types not
+  // published never leave the process. A bad or repeated public type is a
+  // definition error.
   template <typename E>
   App& Publish(std::string public_type, int version = 1) {
     AddPublished(typeid(E), std::move(public_type), version,

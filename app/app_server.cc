@@ -120,6 +120,7 @@ struct AppServer::Parts {
   std::unique_ptr<auth::ApiKeyStore> keys;
   std::unique_ptr<auth::ApiKeyAuthenticator> authenticator;
   std::string openapi;
+  std::string asyncapi;  // empty: the app publishes nothing
   AppRuntime runtime;
   http::Router router;
   std::unique_ptr<Maintenance> maintenance;
@@ -297,6 +298,15 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
         return http::JsonResponse(200, *doc);
       },
       inline_route);
+  if (!app.publication().types().empty()) {
+    p->asyncapi = app_internal::GeneratedAsyncApi(app);
+    p->router.Add(
+        "GET", "/asyncapi.json",
+        [doc = &p->asyncapi](const http::Request&) {
+          return http::JsonResponse(200, *doc);
+        },
+        inline_route);
+  }
 
   http::ServerOptions server_options;
   server_options.listen_address = options.listen;

@@ -8,7 +8,8 @@
 // Start() builds the parts (one event store, the idempotency store and its
 // hourly purge, the projection runner feeding the progress tracker, the
 // query service, the operations endpoints, the router with every declared
-// route, /healthz, /readyz, /openapi.json) and starts them and the HTTP
+// route, /healthz, /readyz, /openapi.json, and /events and /asyncapi.json
+// when the app publishes events) and starts them and the HTTP
 // server. Stop() shuts down in order: parked read-your-writes queries are
 // answered 503 at once, requests in flight drain, then the projections,
 // the tracker and the query threads stop.
@@ -61,7 +62,8 @@ struct ServeOptions {
   // --no-projections); otherwise reads follow another process's.
   bool run_projections = true;
   // Bearer tokens (APP keys create) and per-route scopes on every route but
-  // /healthz, /readyz and /openapi.json (framework/http/auth.h). Without
+  // /healthz, /readyz, /openapi.json and /asyncapi.json
+  // (framework/http/auth.h). Without
   // authentication every route is open: Start() then refuses a listen
   // address that is not loopback unless allow_unauthenticated_network.
   bool authentication = true;

@@ -1,6 +1,7 @@
 // The OpenAPI document an app serves at /openapi.json unless it sets its
 // own: every command route with the JSON Schema of its body, every query
-// route, and the operations endpoints.
+// route, the operations endpoints, and /events and /asyncapi.json when the
+// app publishes events.
 #include <algorithm>
 #include <initializer_list>
 #include <map>
@@ -241,6 +242,19 @@ std::string GeneratedOpenApi(const App& app) {
       w.EndArray();
       Security(w, auth::kEventsScope);
       Responses(w, WithAuth({200, 400}));
+      w.EndObject();
+    };
+    paths["/asyncapi.json"]["get"] = [](Writer& w) {
+      w.StartObject();
+      w.Key("operationId");
+      w.String("asyncApi");
+      w.Key("description");
+      w.String(
+          "The AsyncAPI 3.0.0 document of the published events: their "
+          "CloudEvents and payload schemas, the channels /events and "
+          "/events/stream.");
+      Security(w, "");
+      Responses(w, {200});
       w.EndObject();
     };
   }

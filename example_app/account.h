@@ -28,31 +28,37 @@ namespace bank {
 inline constexpr int64_t kMaxAmount = 1000000000000000;  // 10^15
 
 // Each event: its stored name and its JSON (example_app/bank_events.h).
+// The bounds are the commands' (so every stored event meets them) and reach
+// the published schema (GET /asyncapi.json). Ids and currencies are
+// described rather than matched with a Pattern: a std::regex per field
+// would slow every aggregate load, and the commands check them already.
 struct AccountOpened {
   static constexpr char kName[] = "AccountOpened";
   std::string owner;
   std::string currency;
   static auto Json() {
     return cqrs::json::Shape<AccountOpened>()
-        .Field("owner", &AccountOpened::owner)
-        .Field("currency", &AccountOpened::currency);
+        .Field("owner", &AccountOpened::owner, cqrs::json::Length(1, 200))
+        .Field("currency", &AccountOpened::currency, cqrs::json::Length(3, 3),
+               cqrs::json::Description("three upper-case letters, e.g. EUR"));
   }
 };
+// An amount in minor units (cents), 1..kMaxAmount.
+template <typename T>
+cqrs::json::Shape<T> AmountShape() {
+  return cqrs::json::Shape<T>().Field(
+      "amount", &T::amount, cqrs::json::Range(1, kMaxAmount),
+      cqrs::json::Description("minor units (cents)"));
+}
 struct MoneyDeposited {
   static constexpr char kName[] = "MoneyDeposited";
   int64_t amount = 0;
-  static auto Json() {
-    return cqrs::json::Shape<MoneyDeposited>().Field("amount",
-                                                     &MoneyDeposited::amount);
-  }
+  static auto Json() { return AmountShape<MoneyDeposited>(); }
 };
 struct MoneyWithdrawn {
   static constexpr char kName[] = "MoneyWithdrawn";
   int64_t amount = 0;
-  static auto Json() {
-    return cqrs::json::Shape<MoneyWithdrawn>().Field("amount",
-                                                     &MoneyWithdrawn::amount);
-  }
+  static auto Json() { return AmountShape<MoneyWithdrawn>(); }
 };
 struct AccountClosed {
   static constexpr char kName[] = "AccountClosed";
@@ -64,8 +70,10 @@ struct AccountClosed {
 template <typename T>
 cqrs::json::Shape<T> TransferMoveShape() {
   return cqrs::json::Shape<T>()
-      .Field("transfer_id", &T::transfer_id)
-      .Field("amount", &T::amount);
+      .Field("transfer_id", &T::transfer_id, cqrs::json::Length(1, 64),
+             cqrs::json::Description("the transfer (GET /transfers/{id})"))
+      .Field("amount", &T::amount, cqrs::json::Range(1, kMaxAmount),
+             cqrs::json::Description("minor units (cents)"));
 }
 struct TransferDebit {
   static constexpr char kName[] = "AccountDebitedForTransfer";

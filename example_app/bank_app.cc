@@ -163,11 +163,39 @@ void DeclareCommands(cqrs::App& app) {
                       [] { return std::string("transfer"); });
 }
 
+// What other systems may follow (GET /events, /asyncapi.json): every
+// change of an account's balance or status, and each transfer's request and
+// outcome. The transfer's own steps (TransferDebited, TransferCredited,
+// TransferRefunded) stay inside: the account events of the same commit carry
+// the money, with the transfer's id.
+void DeclarePublishedEvents(cqrs::App& app) {
+  app.Publish<AccountOpened>("bank.account.opened")
+      .Publish<MoneyDeposited>("bank.account.deposited")
+      .Publish<MoneyWithdrawn>("bank.account.withdrawn")
+      .Publish<AccountClosed>("bank.account.closed")
+      .Publish<TransferDebit>("bank.account.transfer_debited")
+      .Publish<TransferCredit>("bank.account.transfer_credited")
+      .Publish<TransferRefund>("bank.account.transfer_refunded")
+      .Publish<TransferRequested>("bank.transfer.requested")
+      .Publish<TransferCompleted>("bank.transfer.completed")
+      .Publish<TransferFailed>("bank.transfer.failed");
+}
+
 }  // namespace
+
+cqrs::AppOptions BankOptions() {
+  cqrs::AppOptions options;
+  options.description =
+      "bank: the example bank's HTTP API (accounts, transfers, read models, "
+      "published events) and its operations";
+  options.event_source = kEventSource;
+  return options;
+}
 
 void DeclareBank(cqrs::App& app) {
   DeclareEvents<AccountEvent>(app);
   DeclareEvents<TransferEvent>(app);
+  DeclarePublishedEvents(app);
   DeclareCommands(app);
   for (cqrs::projections::Projection& p : BankProjections()) {
     app.AddProjection(std::move(p));

@@ -1,9 +1,11 @@
 // The example bank (../shared/specs/bank-api.md) as one cqrs::App: its
-// events, the account and transfer commands, the read models, the transfer
-// process manager, the query routes and its OpenAPI document. The app
-// object does the wiring (app/app.h) and gives `bank` its command line.
+// events and those it publishes to other systems (version 1 of
+// bank.account.* and bank.transfer.*, docs/integration.md), the account and
+// transfer commands, the read models, the transfer process manager, the
+// query routes and its OpenAPI document. The app object does the wiring
+// (app/app.h) and gives `bank` its command line.
 //
-//   cqrs::App app("bank");
+//   cqrs::App app("bank", bank::BankOptions());
 //   bank::DeclareBank(app);
 //   return app.Main(argc, argv);       // or cqrs::AppServer::Start(app, ...)
 //
@@ -16,6 +18,14 @@
 #include "app/app.h"
 
 namespace bank {
+
+// The CloudEvents source of the bank's published events. A relative
+// reference: it names the bank wherever it runs, and consumers
+// de-duplicate on source + id, so it must not change with the host.
+inline constexpr char kEventSource[] = "/bank";
+
+// The app's options: schema "bank", data dir ./bank-data, kEventSource.
+cqrs::AppOptions BankOptions();
 
 // Declares the whole bank on `app`.
 void DeclareBank(cqrs::App& app);

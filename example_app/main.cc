@@ -5,11 +5,7 @@
 #include "example_app/bank_app.h"
 
 int main(int argc, char** argv) {
-  cqrs::AppOptions options;  // schema "bank", data dir ./bank-data
-  options.description =
-      "bank: the example bank's HTTP API (accounts, transfers, read models) "
-      "and its operations";
-  cqrs::App app("bank", options);
+  cqrs::App app("bank", bank::BankOptions());
   bank::DeclareBank(app);
   return app.Main(argc, argv);
 }

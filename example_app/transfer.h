@@ -30,12 +30,14 @@
 #include <vector>
 
 #include "commands/aggregate.h"
+#include "example_app/account.h"
 #include "framework/event_registry.h"
 #include "framework/json_shape.h"
 
 namespace bank {
 
-// Each event: its stored name and its JSON (example_app/bank_events.h).
+// Each event: its stored name and its JSON (example_app/bank_events.h),
+// bounded as the commands are (example_app/account.h).
 struct TransferRequested {
   static constexpr char kName[] = "TransferRequested";
   std::string from;
@@ -44,10 +46,16 @@ struct TransferRequested {
   std::string currency;  // the source account's
   static auto Json() {
     return cqrs::json::Shape<TransferRequested>()
-        .Field("from", &TransferRequested::from)
-        .Field("to", &TransferRequested::to)
-        .Field("amount", &TransferRequested::amount)
-        .Field("currency", &TransferRequested::currency);
+        .Field("from", &TransferRequested::from, cqrs::json::Length(1, 64),
+               cqrs::json::Description("the source account"))
+        .Field("to", &TransferRequested::to, cqrs::json::Length(1, 64),
+               cqrs::json::Description("the target account"))
+        .Field("amount", &TransferRequested::amount,
+               cqrs::json::Range(1, kMaxAmount),
+               cqrs::json::Description("minor units (cents)"))
+        .Field("currency", &TransferRequested::currency,
+               cqrs::json::Length(3, 3),
+               cqrs::json::Description("the source account's currency"));
   }
 };
 struct TransferDebited {
@@ -70,8 +78,11 @@ struct TransferFailed {
   static constexpr char kName[] = "TransferFailed";
   std::string reason;  // an error code: insufficient_funds, account_closed...
   static auto Json() {
-    return cqrs::json::Shape<TransferFailed>().Field("reason",
-                                                     &TransferFailed::reason);
+    return cqrs::json::Shape<TransferFailed>().Field(
+        "reason", &TransferFailed::reason,
+        cqrs::json::Description(
+            "an error code: account_not_found, account_closed, "
+            "insufficient_funds, currency_mismatch, balance_limit_exceeded"));
   }
 };
 

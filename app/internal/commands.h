@@ -122,6 +122,13 @@ absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);
 // The OpenAPI document generated from the app's routes.
 std::string GeneratedOpenApi(const App& app);
 
+// The AsyncAPI 3.0.0 document of the app's published events (App::Publish):
+// a message per published type (its CloudEvent, `data` with the JSON Schema
+// of the event's shape), the channels /events and /events/stream, a
+// receive operation on each, the bearer scheme and its scope `events`.
+// Served at GET /asyncapi.json when the app publishes any type.
+std::string GeneratedAsyncApi(const App& app);
+
 }  // namespace cqrs::app_internal
 
 #endif  // APP_INTERNAL_COMMANDS_H_

@@ -1,12 +1,14 @@
 // An app served in-process (cqrs::AppServer) over real HTTP against the
 // test PostgreSQL: the command options an app uses beyond the defaults
 // (CheckId, RequireBody, a command on an aggregate type built outside the
-// app), plain routes (App::AddRoute), and the actor the command runner
-// stamps into a declared command's events. The bank (tests/example_app) runs
-// on the same machinery with every route of its contract.
+// app), plain routes (App::AddRoute), the actor the command runner stamps
+// into a declared command's events, and published events (GET /events, GET
+// /asyncapi.json). The bank (tests/example_app) runs on the same machinery
+// with every route of its contract.
 #include "app/app_server.h"
 
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <variant>
@@ -128,6 +130,8 @@ class Served {
   }
 
   cqrs::AppServer& server() { return *server_; }
+
+  int port() const { return server_->port(); }
 
   // The id of the key Send() authenticates with.
   std::string KeyId() const { return token_.substr(5, 12); }
@@ -450,6 +454,77 @@ TEST_CASE(
   auto unauthenticated = (*anonymous)->Send("GET", "/events/stream");
   REQUIRE(unauthenticated.ok());
   CHECK(unauthenticated->status == 401);
+}
+
+TEST_CASE("GET /asyncapi.json describes the published events, unauthenticated",
+          "[app][pg]") {
+  Served s;
+  auto client = cqrs::http_test::TestClient::Connect(s.port());
+  REQUIRE(client.ok());
+  auto r = (*client)->Send("GET", "/asyncapi.json");  // no token
+  REQUIRE(r.ok());
+  REQUIRE(r->status == 200);
+  rapidjson::Document doc;
+  doc.Parse(r->body.c_str());
+  REQUIRE(doc.IsObject());
+  CHECK(std::string(doc["asyncapi"].GetString()) == "3.0.0");
+  CHECK(std::string(doc["info"]["title"].GetString()) == "tally");
+
+  // One message, the CloudEvent of tally.added.v1, whose data is the JSON
+  // Schema of Added's shape (bounds included) without "$schema".
+  const auto& messages = doc["components"]["messages"];
+  REQUIRE(messages.MemberCount() == 1);
+  REQUIRE(messages.HasMember("tally.added.v1"));
+  const auto& payload = messages["tally.added.v1"]["payload"];
+  const auto& properties = payload["properties"];
+  CHECK(std::string(properties["type"]["const"].GetString()) ==
+        "tally.added.v1");
+  CHECK(std::string(properties["source"]["const"].GetString()) == "/tally");
+  rapidjson::Document data;
+  data.Parse(json::SchemaOf<Added>().c_str());
+  data.RemoveMember("$schema");
+  CHECK(properties["data"] == data);
+  CHECK(properties["data"]["properties"]["n"]["maximum"].GetInt() == 100);
+  std::set<std::string> required;
+  for (const auto& name : payload["required"].GetArray()) {
+    required.insert(name.GetString());
+  }
+  CHECK(required == std::set<std::string>{"specversion", "id", "source", "type",
+                                          "subject", "time", "datacontenttype",
+                                          "position", "streamversion",
+                                          "category", "data"});
+  for (const char* extension : {"position", "streamversion", "category",
+                                "correlationid", "causationid"}) {
+    INFO(extension);
+    CHECK(properties.HasMember(extension));
+  }
+  CHECK(std::string(messages["tally.added.v1"]["correlationId"]["location"]
+                        .GetString()) == "$message.payload#/correlationid");
+
+  // Both channels carry it, and each has a receive operation with the scope.
+  CHECK(std::string(doc["channels"]["events"]["address"].GetString()) ==
+        "/events");
+  CHECK(std::string(doc["channels"]["eventStream"]["address"].GetString()) ==
+        "/events/stream");
+  for (const char* op : {"readEvents", "streamEvents"}) {
+    INFO(op);
+    const auto& operation = doc["operations"][op];
+    CHECK(std::string(operation["action"].GetString()) == "receive");
+    CHECK(std::string(operation["x-required-scopes"][0].GetString()) ==
+          "events");
+    CHECK(operation["messages"].Size() == 1);
+  }
+  const auto& scheme = doc["components"]["securitySchemes"]["bearerAuth"];
+  CHECK(std::string(scheme["type"].GetString()) == "http");
+  CHECK(std::string(scheme["scheme"].GetString()) == "bearer");
+
+  // The generated OpenAPI document lists it as open.
+  auto openapi = s.Send("GET", "/openapi.json", "");
+  rapidjson::Document api;
+  api.Parse(openapi.body.c_str());
+  REQUIRE(api.IsObject());
+  REQUIRE(api["paths"].HasMember("/asyncapi.json"));
+  CHECK(api["paths"]["/asyncapi.json"]["get"]["security"].Empty());
 }
 
 TEST_CASE("plain routes are served as declared", "[app][pg]") {

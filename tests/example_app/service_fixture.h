@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "app/app.h"
 #include "app/app_server.h"
+#include "example_app/bank_app.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/test_database.h"
@@ -77,7 +78,7 @@ class ServiceFixture {
 
  private:
   cqrs::testing::TestSchema schema_{40};
-  cqrs::App app_{"bank"};
+  cqrs::App app_{"bank", BankOptions()};
   std::unique_ptr<cqrs::AppServer> server_;
   std::unique_ptr<cqrs::http_test::TestClient> client_;
   std::string token_;
