@@ -10,6 +10,7 @@
 #include "framework/auth/scopes.h"
 #include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
+#include "framework/json_writer.h"
 #include "integration/feed.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
@@ -59,8 +60,8 @@ absl::StatusOr<http::Response> Events(eventstore::EventStore& store,
     return InvalidRequest(page.status().message());
   }
   if (!page.ok()) return page.status();
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  JsonBuffer buffer;  // copies each item at once
+  JsonWriter w(buffer);
   w.StartObject();
   w.Key("items");
   w.StartArray();

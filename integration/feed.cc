@@ -16,11 +16,15 @@ absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
   if (query.scan_budget < query.limit) {
     return absl::InvalidArgumentError("the scan budget must be >= the limit");
   }
+  // The filter's types, compared by address below.
+  std::vector<const PublishedType*> types;
   for (const std::string& type : query.types) {
-    if (publication.FindCloudEventType(type) == nullptr) {
+    const PublishedType* published = publication.FindCloudEventType(type);
+    if (published == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("type '", type, "' is not a published event type"));
     }
+    types.push_back(published);
   }
   FeedPage page;
   page.next = query.after;
@@ -40,9 +44,8 @@ absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
       const PublishedType* type = publication.Find(event.event_type);
       const bool matches =
           type != nullptr &&
-          (query.types.empty() ||
-           std::find(query.types.begin(), query.types.end(),
-                     type->CloudEventType()) != query.types.end()) &&
+          (types.empty() ||
+           std::find(types.begin(), types.end(), type) != types.end()) &&
           (query.subject.empty() ||
            SubjectOf(event.stream_id) == query.subject) &&
           (query.category.empty() ||
