@@ -14,6 +14,7 @@
 #include "framework/auth/scopes.h"
 #include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
+#include "framework/json_writer.h"
 #include "integration/feed.h"
 #include "integration/feed_hub.h"
 #include "rapidjson/stringbuffer.h"
@@ -80,8 +81,8 @@ absl::Status CheckTypes(const integration::Publication& pub,
 
 http::Response PageResponse(const std::vector<integration::FeedItem>& items,
                             eventstore::Position next) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  JsonBuffer buffer;  // copies each item at once
+  JsonWriter w(buffer);
   w.StartObject();
   w.Key("items");
   w.StartArray();

@@ -1,19 +1,21 @@
 #include "integration/cloud_events.h"
 
+#include <charconv>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "framework/json_writer.h"
 #include "rapidjson/document.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
+#include "rapidjson/reader.h"
 
 namespace cqrs::integration {
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Writer = JsonWriter;
 
 void String(Writer& w, absl::string_view s) {
   w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
@@ -42,13 +44,156 @@ bool IsSource(absl::string_view source) {
   return true;
 }
 
-// A string member of the metadata object, or empty.
-absl::string_view Member(const rapidjson::Document& doc, const char* name) {
-  if (!doc.IsObject()) return {};
-  auto it = doc.FindMember(name);
-  if (it == doc.MemberEnd() || !it->value.IsString()) return {};
-  return absl::string_view(it->value.GetString(), it->value.GetStringLength());
+// (metadata member, extension attribute)
+constexpr std::pair<const char*, const char*> kTrace[] = {
+    {"correlation_id", "correlationid"}, {"causation_id", "causationid"}};
+constexpr int kTraceCount = 2;
+
+// Reads the kTrace members of a metadata object as a DOM lookup
+// (FindMember: the first member of that name, used when it is a string)
+// would, without building the DOM: the SAX events of the top-level
+// object's members.
+class TraceReader
+    : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, TraceReader> {
+ public:
+  // Parses `metadata`; false when it is not JSON (then nothing was found,
+  // as a DOM that failed to parse is null).
+  bool Read(absl::string_view metadata) {
+    for (int i = 0; i < kTraceCount; ++i) {
+      seen_[i] = false;
+      values_[i].clear();
+    }
+    depth_ = 0;
+    pending_ = -1;
+    // Parsed in place (no copy of each string) in a copy of its own. Like
+    // the length-bounded parse, this ends the text at a NUL byte.
+    text_.assign(metadata.data(), metadata.size());
+    rapidjson::InsituStringStream is(&text_[0]);
+    if (reader_.Parse<rapidjson::kParseInsituFlag>(is, *this).IsError()) {
+      for (std::string& v : values_) v.clear();
+      return false;
+    }
+    return true;
+  }
+  // The string value of kTrace[i]'s member, or empty.
+  absl::string_view value(int i) const { return values_[i]; }
+
+  // The handler.
+  bool Default() {
+    pending_ = -1;
+    return true;
+  }
+  bool String(const char* s, rapidjson::SizeType length, bool) {
+    if (pending_ >= 0) values_[pending_].assign(s, length);
+    pending_ = -1;
+    return true;
+  }
+  bool Key(const char* s, rapidjson::SizeType length, bool) {
+    pending_ = -1;
+    if (depth_ != 1) return true;
+    const absl::string_view key(s, length);
+    for (int i = 0; i < kTraceCount; ++i) {
+      if (!seen_[i] && key == kTrace[i].first) {
+        seen_[i] = true;
+        pending_ = i;
+      }
+    }
+    return true;
+  }
+  bool StartObject() {
+    pending_ = -1;
+    ++depth_;
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth_;
+    return true;
+  }
+  bool StartArray() { return StartObject(); }
+  bool EndArray(rapidjson::SizeType n) { return EndObject(n); }
+
+ private:
+  // Reused: the copy and the reader's stack keep their capacity.
+  std::string text_;
+  rapidjson::Reader reader_;
+  int depth_ = 0;
+  int pending_ = -1;  // the kTrace member whose value comes next
+  bool seen_[kTraceCount] = {};
+  std::string values_[kTraceCount];
+};
+
+// "<transaction id>.<global position>", as Position::ToToken() writes it.
+void WritePosition(Writer& w, const eventstore::Position& p) {
+  char text[48];
+  char* end = std::to_chars(text, text + 20, p.transaction_id).ptr;
+  *end++ = '.';
+  end = std::to_chars(end, text + sizeof(text), p.global_position).ptr;
+  w.String(text, static_cast<rapidjson::SizeType>(end - text));
 }
+
+// Scratch output buffers up to this size stay allocated for the next event.
+constexpr size_t kKeptScratchBytes = 64 * 1024;
+
+constexpr char kTimeFormat[] = "%Y-%m-%d%ET%H:%M:%E*SZ";
+
+// RFC 3339 in UTC exactly as absl::FormatTime(kTimeFormat) writes it (the
+// fraction without trailing zeros, none for whole seconds), written by hand
+// for years 1000..9999 and whole nanoseconds (the store records
+// microseconds); FormatTime for anything else. FormatTime cost more than
+// the rest of the event's encoding.
+void WriteTime(Writer& w, absl::Time t) {
+  const absl::TimeZone::CivilInfo at = absl::UTCTimeZone().At(t);
+  const absl::CivilSecond& cs = at.cs;
+  const int64_t nanos = absl::ToInt64Nanoseconds(at.subsecond);
+  if (cs.year() < 1000 || cs.year() > 9999 ||
+      absl::Nanoseconds(nanos) != at.subsecond) {
+    String(w, absl::FormatTime(kTimeFormat, t, absl::UTCTimeZone()));
+    return;
+  }
+  char text[32];
+  char* p = text;
+  const auto two = [&p](int v) {
+    *p++ = static_cast<char>('0' + v / 10);
+    *p++ = static_cast<char>('0' + v % 10);
+  };
+  const int year = static_cast<int>(cs.year());
+  two(year / 100);
+  two(year % 100);
+  *p++ = '-';
+  two(cs.month());
+  *p++ = '-';
+  two(cs.day());
+  *p++ = 'T';
+  two(cs.hour());
+  *p++ = ':';
+  two(cs.minute());
+  *p++ = ':';
+  two(cs.second());
+  if (nanos != 0) {
+    char digits[9];
+    int64_t rest = nanos;
+    for (int i = 8; i >= 0; --i) {
+      digits[i] = static_cast<char>('0' + rest % 10);
+      rest /= 10;
+    }
+    int n = 9;
+    while (digits[n - 1] == '0') --n;
+    *p++ = '.';
+    std::memcpy(p, digits, static_cast<size_t>(n));
+    p += n;
+  }
+  *p++ = 'Z';
+  w.String(text, static_cast<rapidjson::SizeType>(p - text));
+}
+
+// What Encode() reuses on each thread, so that an event costs no allocation
+// but its result: the output buffer and the writer's stack keep their
+// capacity, and so does the metadata reader's.
+struct Scratch {
+  JsonBuffer buffer;
+  Writer writer{buffer};
+  TraceReader trace;
+};
 
 }  // namespace
 
@@ -96,6 +241,7 @@ absl::Status Publication::Add(PublishedType type) {
   by_stored_type_[type.stored_type] = types_.size();
   by_cloud_event_type_[cloud_event_type] = types_.size();
   types_.push_back(std::move(type));
+  cloud_event_types_.push_back(cloud_event_type);
   return absl::OkStatus();
 }
 
@@ -133,11 +279,13 @@ absl::StatusOr<std::optional<std::string>> Publication::Encode(
     mapped = *std::move(out);
     data = mapped;
   }
-  rapidjson::Document metadata;
-  metadata.Parse(event.metadata.data(), event.metadata.size());
-
-  rapidjson::StringBuffer buffer;
-  Writer w(buffer);
+  thread_local Scratch scratch;
+  TraceReader& trace = scratch.trace;
+  trace.Read(event.metadata);
+  JsonBuffer& buffer = scratch.buffer;
+  buffer.Clear();
+  Writer& w = scratch.writer;
+  w.Reset(buffer);
   w.StartObject();
   w.Key("specversion");
   w.String("1.0");
@@ -146,34 +294,36 @@ absl::StatusOr<std::optional<std::string>> Publication::Encode(
   w.Key("source");
   String(w, source_);
   w.Key("type");
-  String(w, type->CloudEventType());
+  String(w, cloud_event_types_[static_cast<size_t>(type - types_.data())]);
   w.Key("subject");
   String(w, SubjectOf(event.stream_id));
   w.Key("time");
-  String(w, absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", event.recorded_at,
-                             absl::UTCTimeZone()));
+  WriteTime(w, event.recorded_at);
   w.Key("datacontenttype");
   w.String("application/json");
   w.Key("position");
-  String(w, event.position.ToToken());
+  WritePosition(w, event.position);
   w.Key("streamversion");
   w.Int64(event.stream_version);
   w.Key("category");
   String(w, eventstore::CategoryOf(event.stream_id));
-  // (metadata member, extension attribute)
-  constexpr std::pair<const char*, const char*> kTrace[] = {
-      {"correlation_id", "correlationid"}, {"causation_id", "causationid"}};
-  for (const auto& [member, attribute] : kTrace) {
-    const absl::string_view value = Member(metadata, member);
+  for (int i = 0; i < kTraceCount; ++i) {
+    const absl::string_view value = trace.value(i);
     if (value.empty()) continue;
-    w.Key(attribute);
+    w.Key(kTrace[i].second);
     String(w, value);
   }
   w.Key("data");
   w.RawValue(data.data(), data.size(), rapidjson::kObjectType);
   w.EndObject();
-  return std::optional<std::string>(
+  std::optional<std::string> out(
       std::string(buffer.GetString(), buffer.GetSize()));
+  // A rare large event's buffer is not kept for the thread's lifetime.
+  if (buffer.GetSize() > kKeptScratchBytes) {
+    buffer.Clear();
+    buffer.ShrinkToFit();
+  }
+  return out;
 }
 
 }  // namespace cqrs::integration

@@ -89,6 +89,7 @@ class Publication {
  private:
   std::string source_;
   std::vector<PublishedType> types_;
+  std::vector<std::string> cloud_event_types_;  // of types_[i]
   absl::flat_hash_map<std::string, size_t> by_stored_type_;
   absl::flat_hash_map<std::string, size_t> by_cloud_event_type_;
 };

@@ -27,11 +27,15 @@ absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
   if (query.scan_budget < query.limit) {
     return absl::InvalidArgumentError("the scan budget must be >= the limit");
   }
+  // The filter's types, compared by address below.
+  std::vector<const PublishedType*> types;
   for (const std::string& type : query.types) {
-    if (publication.FindCloudEventType(type) == nullptr) {
+    const PublishedType* published = publication.FindCloudEventType(type);
+    if (published == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("type '", type, "' is not a published event type"));
     }
+    types.push_back(published);
   }
   FeedPage page;
   page.next = query.after;
@@ -49,7 +53,15 @@ absl::StatusOr<FeedPage> ReadFeed(eventstore::EventStore& store,
       ++scanned;
       page.next = event.position;
       const PublishedType* type = publication.Find(event.event_type);
-      if (type != nullptr && FeedMatches(query, event, *type)) {
+      const bool matches =
+          type != nullptr &&
+          (types.empty() ||
+           std::find(types.begin(), types.end(), type) != types.end()) &&
+          (query.subject.empty() ||
+           SubjectOf(event.stream_id) == query.subject) &&
+          (query.category.empty() ||
+           eventstore::CategoryOf(event.stream_id) == query.category);
+      if (matches) {
         absl::StatusOr<std::optional<std::string>> encoded =
             publication.Encode(event);
         if (!encoded.ok()) return encoded.status();

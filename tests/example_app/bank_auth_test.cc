@@ -93,7 +93,11 @@ struct Matrix {
     // A fresh connection without the fixture's default token.
     auto client = cqrs::http_test::TestClient::Connect(f.server().port());
     REQUIRE(client.ok());
-    auto r = (*client)->Send(call.method, call.target, call.body, headers);
+    // A stream's response does not end: its head is the answer.
+    auto r =
+        call.target == "/events/stream" && call.method == "GET"
+            ? (*client)->OpenStream(call.target, headers)
+            : (*client)->Send(call.method, call.target, call.body, headers);
     REQUIRE(r.ok());
     return *std::move(r);
   }

@@ -119,6 +119,112 @@ TEST_CASE("a published event is a CloudEvent; others are not published",
   CHECK_FALSE(internal->has_value());
 }
 
+// What Encode() writes for `time` and the trace attributes, as first
+// written: absl::FormatTime, and a DOM lookup of the metadata.
+std::string ReferenceTime(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%d%ET%H:%M:%E*SZ", t, absl::UTCTimeZone());
+}
+std::string ReferenceMember(const std::string& metadata, const char* name) {
+  rapidjson::Document doc;
+  doc.Parse(metadata.data(), metadata.size());
+  if (!doc.IsObject()) return "";
+  auto it = doc.FindMember(name);
+  if (it == doc.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+TEST_CASE("a CloudEvent's time, position and trace attributes",
+          "[integration]") {
+  const Publication bank = Bank();
+  eventstore::RecordedEvent e;
+  e.event_id = "0192f3c4-0000-7000-8000-000000000001";
+  e.stream_id = "account-42";
+  e.stream_version = 3;
+  e.event_type = "AccountOpened";
+  e.data = R"({"owner":"Ann"})";
+
+  const absl::Time base = absl::FromCivil(
+      absl::CivilSecond(2026, 12, 6, 9, 5, 7), absl::UTCTimeZone());
+  std::vector<absl::Time> times = {
+      base,
+      base + absl::Microseconds(1),
+      base + absl::Microseconds(10),
+      base + absl::Microseconds(120000),
+      base + absl::Microseconds(999999),
+      base + absl::Milliseconds(500),
+      base + absl::Nanoseconds(1),
+      base + absl::Nanoseconds(1) / 4,  // finer than the store records
+      absl::UnixEpoch(),
+      absl::UnixEpoch() - absl::Microseconds(1),
+      absl::FromCivil(absl::CivilSecond(999, 12, 31, 23, 59, 59),
+                      absl::UTCTimeZone()),
+      absl::FromCivil(absl::CivilSecond(1000, 1, 1, 0, 0, 0),
+                      absl::UTCTimeZone()),
+      absl::FromCivil(absl::CivilSecond(9999, 12, 31, 23, 59, 59),
+                      absl::UTCTimeZone()) +
+          absl::Microseconds(5),
+      absl::FromCivil(absl::CivilSecond(10000, 1, 1, 0, 0, 0),
+                      absl::UTCTimeZone()),
+  };
+  for (int i = 0; i < 1000; ++i) {
+    times.push_back(base + absl::Microseconds(int64_t{7919} * 7919 * i));
+  }
+  for (absl::Time t : times) {
+    e.recorded_at = t;
+    auto encoded = bank.Encode(e);
+    REQUIRE(encoded.ok());
+    rapidjson::Document ce = Json(**encoded);
+    INFO(ReferenceTime(t));
+    CHECK(Text(ce, "time") == ReferenceTime(t));
+  }
+
+  for (const Position& p :
+       {Position{0, 0}, Position{1, 1}, Position{812, 40771},
+        Position{UINT64_MAX, INT64_MAX}, Position{7, -1}}) {
+    e.position = p;
+    auto encoded = bank.Encode(e);
+    REQUIRE(encoded.ok());
+    CHECK(Text(Json(**encoded), "position") == p.ToToken());
+  }
+
+  const std::vector<std::string> metadata = {
+      "{}",
+      R"({"correlation_id":"c","causation_id":"k"})",
+      R"({"causation_id":"k","actor":"x","correlation_id":"c"})",
+      R"({"correlation_id":5,"causation_id":null})",
+      R"({"correlation_id":"first","correlation_id":"second"})",
+      R"({"correlation_id":1,"correlation_id":"second"})",
+      R"({"nested":{"correlation_id":"inner"},"causation_id":"outer"})",
+      R"({"list":[{"correlation_id":"inner"}],"x":{"y":[1,{"z":2}]}})",
+      R"({"correlation_id":{"causation_id":"no"},"causation_id":"yes"})",
+      R"({"correlation_id":["a"],"causation_id":"yes"})",
+      R"({"correlation_id":"esc"aped\u00e9","causation_id":""})",
+      R"(["correlation_id","c"])",
+      R"({"correlation_id":"c",)",
+      R"({"correlation_id":"c"} trailing)",
+      "",
+      "not json",
+  };
+  for (const std::string& m : metadata) {
+    INFO(m);
+    e.metadata = m;
+    auto encoded = bank.Encode(e);
+    REQUIRE(encoded.ok());
+    rapidjson::Document ce = Json(**encoded);
+    for (const auto& [member, attribute] :
+         {std::pair<const char*, const char*>{"correlation_id",
+                                              "correlationid"},
+          {"causation_id", "causationid"}}) {
+      const std::string want = ReferenceMember(m, member);
+      if (want.empty()) {
+        CHECK_FALSE(ce.HasMember(attribute));
+      } else {
+        CHECK(Text(ce, attribute) == want);
+      }
+    }
+  }
+}
+
 TEST_CASE("published types are checked when added", "[integration]") {
   Publication p("/bank");
   CHECK(absl::IsInvalidArgument(p.Add({"", "a.b", 1, nullptr, ""})));
