@@ -111,6 +111,7 @@ struct AppServer::Parts {
   std::unique_ptr<eventstore::PostgresEventStore> store;
   // GET /events?wait= and /events/stream; null when nothing is published.
   std::unique_ptr<integration::FeedHub> feed_hub;
+  std::unique_ptr<integration::FeedReadAhead> feed_read_ahead;
   std::unique_ptr<commands::PostgresIdempotencyStore> idempotency;
   std::unique_ptr<commands::HttpCommandRunner> commands;
   std::unique_ptr<queries::ProgressTracker> tracker;
@@ -266,7 +267,11 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
         p->store.get(), &app.publication(), hub_options,
         integration::ChangeWaitOn(pool->conninfo(), schema));
   }
-  app_internal::AddEventsRoute(app, p->store.get(), p->feed_hub.get(),
+  if (!app.publication().types().empty()) {
+    p->feed_read_ahead = std::make_unique<integration::FeedReadAhead>(
+        p->store.get(), &app.publication());
+  }
+  app_internal::AddEventsRoute(app, p->feed_read_ahead.get(), p->feed_hub.get(),
                                p->router);
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;

@@ -17,6 +17,7 @@
 #include "framework/json_writer.h"
 #include "integration/feed.h"
 #include "integration/feed_hub.h"
+#include "integration/feed_read_ahead.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 
@@ -104,12 +105,10 @@ http::Response PageResponse(const std::vector<integration::FeedItem>& items,
 // database connection (and no thread) while it waits.
 class FeedRequest : public std::enable_shared_from_this<FeedRequest> {
  public:
-  FeedRequest(eventstore::EventStore* store,
-              const integration::Publication* pub, integration::FeedHub* hub,
+  FeedRequest(integration::FeedReadAhead* feed, integration::FeedHub* hub,
               integration::FeedQuery query, absl::Time deadline,
               http::Responder responder)
-      : store_(store),
-        pub_(pub),
+      : feed_(feed),
         hub_(hub),
         query_(std::move(query)),
         deadline_(deadline),
@@ -118,8 +117,7 @@ class FeedRequest : public std::enable_shared_from_this<FeedRequest> {
   // Reads; answers, or waits for the tail to pass the cursor.
   void Step() {
     while (true) {
-      absl::StatusOr<integration::FeedPage> page =
-          integration::ReadFeed(*store_, *pub_, query_);
+      absl::StatusOr<integration::FeedPage> page = feed_->Read(query_);
       if (!page.ok())
         return responder_(http::ResponseFromStatus(page.status()));
       query_.after = page->next;
@@ -145,17 +143,16 @@ class FeedRequest : public std::enable_shared_from_this<FeedRequest> {
   // The empty page at the cursor reached.
   void Answer() { responder_(PageResponse({}, query_.after)); }
 
-  eventstore::EventStore* const store_;
-  const integration::Publication* const pub_;
+  integration::FeedReadAhead* const feed_;
   integration::FeedHub* const hub_;
   integration::FeedQuery query_;
   const absl::Time deadline_;
   const http::Responder responder_;
 };
 
-void Events(eventstore::EventStore* store, const integration::Publication* pub,
-            integration::FeedHub* hub, const http::Request& request,
-            http::Responder responder) {
+void Events(integration::FeedReadAhead* feed,
+            const integration::Publication* pub, integration::FeedHub* hub,
+            const http::Request& request, http::Responder responder) {
   int wait_ms = 0;
   absl::StatusOr<integration::FeedQuery> query = QueryOf(request, &wait_ms);
   if (query.ok()) {
@@ -165,7 +162,7 @@ void Events(eventstore::EventStore* store, const integration::Publication* pub,
   }
   if (!query.ok()) return responder(http::ResponseFromStatus(query.status()));
   std::make_shared<FeedRequest>(
-      store, pub, wait_ms > 0 ? hub : nullptr, *std::move(query),
+      feed, wait_ms > 0 ? hub : nullptr, *std::move(query),
       absl::Now() + absl::Milliseconds(wait_ms), std::move(responder))
       ->Step();
 }
@@ -202,7 +199,7 @@ absl::StatusOr<http::Response> Stream(const integration::Publication& pub,
 
 }  // namespace
 
-void AddEventsRoute(const App& app, eventstore::EventStore* store,
+void AddEventsRoute(const App& app, integration::FeedReadAhead* feed,
                     integration::FeedHub* hub, http::Router& router) {
   if (app.publication().types().empty()) return;
   const integration::Publication* pub = &app.publication();
@@ -210,9 +207,9 @@ void AddEventsRoute(const App& app, eventstore::EventStore* store,
   options.access = http::RouteAccess::Scope(std::string(auth::kEventsScope));
   router.AddAsync(
       "GET", "/events",
-      [store, pub, hub](const http::Request& request,
-                        http::Responder responder) {
-        Events(store, pub, hub, request, std::move(responder));
+      [feed, pub, hub](const http::Request& request,
+                       http::Responder responder) {
+        Events(feed, pub, hub, request, std::move(responder));
       },
       options);
   http::RouteOptions stream_options = options;

@@ -19,6 +19,7 @@
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "integration/feed_hub.h"
+#include "integration/feed_read_ahead.h"
 
 namespace cqrs::app_internal {
 
@@ -110,10 +111,10 @@ void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
                   http::Router& router);
 
 // GET /events and GET /events/stream (scope events) when the app publishes
-// events (App::Publish): pages of integration/feed.h, their long-poll
-// (wait=) and Server-Sent Events through `hub`. `store` and `hub` must
-// outlive the router's server.
-void AddEventsRoute(const App& app, eventstore::EventStore* store,
+// events (App::Publish): pages of integration/feed.h read through `feed`,
+// their long-poll (wait=) and Server-Sent Events through `hub`. `feed` and
+// `hub` must outlive the router's server.
+void AddEventsRoute(const App& app, integration::FeedReadAhead* feed,
                     integration::FeedHub* hub, http::Router& router);
 
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.

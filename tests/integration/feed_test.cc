@@ -2,6 +2,7 @@
 // (integration/feed.h), on the in-memory store and on PostgreSQL (a
 // transaction that commits late is not skipped).
 #include "integration/feed.h"
+#include "integration/feed_read_ahead.h"
 
 #include <pqxx/pqxx>
 #include <set>
@@ -384,6 +385,64 @@ TEST_CASE("the feed does not skip a transaction that commits late",
   CHECK(Text(Json(items[0]), "subject") == "late");
   CHECK(Text(Json(items[1]), "subject") == "2");
   CHECK(Text(Json(items[2]), "subject") == "3");
+}
+
+}  // namespace
+}  // namespace cqrs::integration
+
+namespace cqrs::integration {
+namespace {
+
+TEST_CASE("pages read ahead are the pages ReadFeed returns", "[integration]") {
+  eventstore::InMemoryEventStore store;
+  const Publication bank = Bank();
+  for (int i = 0; i < 50; ++i) {
+    REQUIRE(store
+                .Append(absl::StrCat("account-", i),
+                        ExpectedVersion::NoStream(),
+                        {Event("AccountOpened"), Event("Audited"),
+                         Event("MoneyDeposited", R"({"amount":7})")})
+                .ok());
+  }
+  FeedReadAhead feed(&store, &bank);
+  for (const std::string subject : {"", "7"}) {
+    FeedQuery q;
+    q.limit = 9;
+    q.subject = subject;
+    std::vector<std::string> ahead;
+    std::vector<std::string> direct;
+    for (int guard = 0; guard < 100; ++guard) {
+      auto page = feed.Read(q);
+      auto expected = ReadFeed(store, bank, q);
+      REQUIRE(page.ok());
+      REQUIRE(expected.ok());
+      CHECK(page->next == expected->next);
+      CHECK(page->at_head == expected->at_head);
+      REQUIRE(page->items.size() == expected->items.size());
+      for (size_t i = 0; i < page->items.size(); ++i) {
+        CHECK(page->items[i].cloud_event == expected->items[i].cloud_event);
+        ahead.push_back(page->items[i].cloud_event);
+      }
+      q.after = page->next;
+      if (page->at_head) break;
+    }
+    CHECK(ahead.size() == (subject.empty() ? 100u : 2u));
+  }
+  // Events appended after a page was read ahead are in the pages after it.
+  FeedQuery q;
+  q.limit = 100;
+  auto first = feed.Read(q);
+  REQUIRE(first.ok());
+  REQUIRE(first->items.size() == 100);
+  REQUIRE(store
+              .Append("account-new", ExpectedVersion::NoStream(),
+                      {Event("AccountOpened")})
+              .ok());
+  q.after = first->next;
+  auto second = feed.Read(q);
+  REQUIRE(second.ok());
+  REQUIRE(second->items.size() == 1);
+  CHECK(Text(Json(second->items[0].cloud_event), "subject") == "new");
 }
 
 }  // namespace
