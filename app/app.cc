@@ -214,10 +214,12 @@ App::App(std::string name, AppOptions options)
       std::make_unique<integration::Publication>(options_.event_source);
 }
 
-void App::AddPublished(const std::type_info& type, std::string public_type,
-                       int version, std::string data_schema) {
-  parts_->published.push_back(
-      {&type, std::move(public_type), version, std::move(data_schema)});
+void App::AddPublished(
+    const std::type_info& type, std::string public_type, int version,
+    std::string data_schema,
+    std::function<absl::StatusOr<std::string>(absl::string_view)> to_public) {
+  parts_->published.push_back({&type, std::move(public_type), version,
+                               std::move(data_schema), std::move(to_public)});
 }
 
 const integration::Publication& App::publication() const {
@@ -318,6 +320,16 @@ std::vector<std::string> App::Finalize() {
     published.public_type = std::move(p.public_type);
     published.version = p.version;
     published.data_schema = std::move(p.data_schema);
+    if (p.to_public) {
+      published.to_public = [declaration = *d, map = std::move(p.to_public)](
+                                const eventstore::RecordedEvent& event)
+          -> absl::StatusOr<std::string> {
+        absl::StatusOr<std::string> current =
+            app_internal::Upcast(declaration, event.schema_version, event.data);
+        if (!current.ok()) return current.status();
+        return map(*current);
+      };
+    }
     if (absl::Status s = parts_->publication->Add(std::move(published));
         !s.ok()) {
       declarations_.Error(std::string(s.message()));

@@ -505,7 +505,32 @@ class App {
   template <typename E>
   App& Publish(std::string public_type, int version = 1) {
     AddPublished(typeid(E), std::move(public_type), version,
-                 json::SchemaOf<E>());
+                 json::SchemaOf<E>(), nullptr);
+    return *this;
+  }
+
+  // Publishes E under a public shape P of its own (a struct with a static
+  // Json(), as every shape): each stored E, upgraded to its current schema
+  // version by its upcasters, is decoded and mapped by `to_public`; P's
+  // JSON is the CloudEvent's data and P's JSON Schema the one /asyncapi.json
+  // documents. E can then change while P, the consumers' contract, stays
+  // (publish a new version of P beside the old one when it must change).
+  // An event that does not decode fails the feed's read that meets it.
+  //
+  //   app.Publish<MoneyDeposited, PublicDeposit>(
+  //       "bank.account.deposited", 2,
+  //       [](const MoneyDeposited& e) { return PublicDeposit{e.amount}; });
+  template <typename E, typename P>
+  App& Publish(std::string public_type, int version,
+               std::function<P(const E&)> to_public) {
+    AddPublished(typeid(E), std::move(public_type), version,
+                 json::SchemaOf<P>(),
+                 [to_public = std::move(to_public)](
+                     absl::string_view current) -> absl::StatusOr<std::string> {
+                   absl::StatusOr<E> event = json::Decode<E>(current);
+                   if (!event.ok()) return event.status();
+                   return json::Encode(to_public(*event));
+                 });
     return *this;
   }
 
@@ -631,8 +656,12 @@ class App {
   const Parts& parts() const { return *parts_; }
 
  private:
-  void AddPublished(const std::type_info& type, std::string public_type,
-                    int version, std::string data_schema);
+  // `to_public`: the public data of an event's JSON at its current schema
+  // version; null for the stored data as it is.
+  void AddPublished(
+      const std::type_info& type, std::string public_type, int version,
+      std::string data_schema,
+      std::function<absl::StatusOr<std::string>(absl::string_view)> to_public);
   // Command() on the aggregate type `type()` returns (valid once the app
   // runs).
   template <typename Body, typename State, typename Ev, typename Decide>

@@ -40,6 +40,7 @@ struct App::Parts {
     std::string public_type;
     int version;
     std::string data_schema;
+    std::function<absl::StatusOr<std::string>(absl::string_view)> to_public;
   };
   std::vector<Published> published;
   std::unique_ptr<integration::Publication> publication;

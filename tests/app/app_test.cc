@@ -4,6 +4,7 @@
 // tests/examples/examples_test.cc.
 #include "app/app.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 
 namespace {
 
@@ -164,6 +168,76 @@ TEST_CASE("published event types are checked at definition", "[app]") {
   cqrs::App bad("tally");
   bad.Event<Added>("Added").Publish<Added>("Tally Added");
   CHECK(absl::StrContains(Errors(bad), "lower-case words"));
+}
+
+// The public shape of an Added: what consumers get, whatever Added becomes.
+struct Counted {
+  int64_t count = 0;
+  static auto Json() {
+    return json::Shape<Counted>().Field("count", &Counted::count,
+                                        json::Range(0, 1000));
+  }
+};
+
+// The data of the CloudEvent `app` publishes for `event`.
+std::string PublicData(const cqrs::App& app,
+                       const cqrs::eventstore::RecordedEvent& event) {
+  absl::StatusOr<std::optional<std::string>> ce =
+      app.publication().Encode(event);
+  REQUIRE(ce.ok());
+  REQUIRE(ce->has_value());
+  rapidjson::Document doc;
+  doc.Parse((*ce)->c_str());
+  REQUIRE(doc.IsObject());
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+  doc["data"].Accept(writer);
+  return buffer.GetString();
+}
+
+TEST_CASE(
+    "an event published under a public shape of its own is mapped "
+    "after its upcasters",
+    "[app]") {
+  cqrs::App app("tally");
+  cqrs::EventOptions v2;
+  v2.schema_version = 2;
+  // Version 1 stored {"value": n}.
+  v2.upcasters[1] = [](absl::string_view old) -> absl::StatusOr<std::string> {
+    rapidjson::Document doc;
+    doc.Parse(old.data(), old.size());
+    if (!doc.IsObject() || !doc.HasMember("value")) {
+      return absl::InvalidArgumentError("not a version 1 Added");
+    }
+    return json::Encode(Added{doc["value"].GetInt64()});
+  };
+  app.Event<Added>("Added", v2)
+      .Publish<Added, Counted>("tally.counted", 3,
+                               [](const Added& a) { return Counted{a.n}; });
+  REQUIRE(Errors(app).empty());
+  REQUIRE(app.publication().types().size() == 1);
+  const cqrs::integration::PublishedType& type = app.publication().types()[0];
+  CHECK(type.CloudEventType() == "tally.counted.v3");
+  // The documented schema is the public shape's.
+  CHECK(absl::StrContains(type.data_schema, "\"count\""));
+  CHECK_FALSE(absl::StrContains(type.data_schema, "\"n\""));
+
+  cqrs::eventstore::RecordedEvent event;
+  event.event_id = "0190a6c0-0000-7000-8000-000000000001";
+  event.stream_id = "tally-1";
+  event.stream_version = 1;
+  event.event_type = "Added";
+  event.metadata = "{}";
+  event.schema_version = 2;
+  event.data = json::Encode(Added{5});
+  CHECK(PublicData(app, event) == R"({"count":5})");
+  event.schema_version = 1;
+  event.data = R"({"value":4})";
+  CHECK(PublicData(app, event) == R"({"count":4})");
+  // Data that does not decode fails the read that meets it.
+  event.schema_version = 2;
+  event.data = R"({"n":"five"})";
+  CHECK_FALSE(app.publication().Encode(event).ok());
 }
 
 }  // namespace
