@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "eventstore/in_memory_event_store.h"
+#include "eventstore/postgres_event_store.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
 
@@ -338,21 +339,36 @@ TEST_CASE("subscribers get a heartbeat comment", "[integration]") {
       [&] { return absl::StrContains(writer->text(), "\n\n:\n\n"); }));
 }
 
+// A hub on a PostgreSQL store, woken by its notifications only (the poll
+// is 30 s away), with one live subscriber from the start.
+struct PgHub {
+  PgHub() {
+    FeedHubOptions options;
+    options.poll_interval = absl::Seconds(30);
+    hub = std::make_unique<FeedHub>(store.get(), &pub, options,
+                                    ChangeWaitOn(schema.url(), schema.name()));
+    hub->Start();
+    hub->Subscribe(FeedQuery(), writer);
+    REQUIRE(testing::WaitUntil([&] { return hub->live_subscribers() == 1; }));
+  }
+
+  testing::TestSchema schema;
+  std::unique_ptr<eventstore::PostgresEventStore> store =
+      schema.NewEventStore();
+  const Publication pub = Bank();
+  std::shared_ptr<RecordingWriter> writer = std::make_shared<RecordingWriter>();
+  std::unique_ptr<FeedHub> hub;
+};
+
 TEST_CASE(
     "on PostgreSQL, a live subscriber does not skip a transaction "
     "that commits late, and gets none twice",
     "[integration][pg]") {
-  testing::TestSchema schema;
-  auto store = schema.NewEventStore();
-  const Publication pub = Bank();
-  FeedHubOptions options;
-  options.poll_interval = absl::Seconds(30);  // notifications only
-  FeedHub hub(store.get(), &pub, options,
-              ChangeWaitOn(schema.url(), schema.name()));
-  hub.Start();
-  auto writer = std::make_shared<RecordingWriter>();
-  hub.Subscribe(FeedQuery(), writer);
-  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 1; }));
+  PgHub f;
+  testing::TestSchema& schema = f.schema;
+  auto& store = f.store;
+  const Publication& pub = f.pub;
+  auto& writer = f.writer;
 
   // A writer takes its transaction id first and stays open while others
   // commit: their events wait behind it.
@@ -376,17 +392,11 @@ TEST_CASE(
     "on PostgreSQL, the tail survives the loss of its notification "
     "connection",
     "[integration][pg]") {
-  testing::TestSchema schema;
-  auto store = schema.NewEventStore();
-  const Publication pub = Bank();
-  FeedHubOptions options;
-  options.poll_interval = absl::Seconds(30);  // notifications only
-  FeedHub hub(store.get(), &pub, options,
-              ChangeWaitOn(schema.url(), schema.name()));
-  hub.Start();
-  auto writer = std::make_shared<RecordingWriter>();
-  hub.Subscribe(FeedQuery(), writer);
-  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 1; }));
+  PgHub f;
+  testing::TestSchema& schema = f.schema;
+  auto& store = f.store;
+  const Publication& pub = f.pub;
+  auto& writer = f.writer;
   Append(*store, 0, 1);
   REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() == 2; }));
 
