@@ -263,6 +263,24 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   if (!app.publication().types().empty()) {
     integration::FeedHubOptions hub_options = options.event_stream;
     hub_options.poll_interval = options.poll_interval;
+    ASSIGN_OR_RETURN(
+        GaugeFamily * streams,
+        p->metrics.AddGauge("cqrs_event_stream_subscribers",
+                            "Open GET /events/stream connections."));
+    ASSIGN_OR_RETURN(
+        CounterFamily * sent,
+        p->metrics.AddCounter("cqrs_event_stream_events_sent_total",
+                              "Events written to GET /events/stream clients."));
+    ASSIGN_OR_RETURN(
+        CounterFamily * closed,
+        p->metrics.AddCounter(
+            "cqrs_event_stream_closed_total",
+            "Streams the server closed, by reason (too_slow: the client "
+            "fell more than the buffer bound behind).",
+            {"reason"}));
+    hub_options.subscribers_gauge = &streams->WithLabels({});
+    hub_options.events_sent = &sent->WithLabels({});
+    hub_options.closed_too_slow = &closed->WithLabels({"too_slow"});
     p->feed_hub = std::make_unique<integration::FeedHub>(
         p->store.get(), &app.publication(), hub_options,
         integration::ChangeWaitOn(pool->conninfo(), schema));

@@ -103,6 +103,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
       stopping_ = true;
       for (auto& [id, sub] : subscribers_) subscribers.push_back(sub);
       subscribers_.clear();
+      ReportSubscribers();
       waiters = std::exchange(waiters_, {});
     }
     if (tail_.joinable()) tail_.join();
@@ -127,6 +128,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
       }
       sub->id = ++last_id_;
       subscribers_.emplace(sub->id, sub);
+      ReportSubscribers();
     }
     std::weak_ptr<State> weak = shared_from_this();
     // Outside mu_: runs at once when the client has already gone.
@@ -194,6 +196,19 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
   void Remove(uint64_t id) {
     absl::MutexLock lock(&mu_);
     subscribers_.erase(id);
+    ReportSubscribers();
+  }
+
+  void ReportSubscribers() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.subscribers_gauge != nullptr) {
+      options_.subscribers_gauge->Set(static_cast<double>(subscribers_.size()));
+    }
+  }
+
+  void CountSent(size_t events) {
+    if (options_.events_sent != nullptr && events > 0) {
+      options_.events_sent->Increment(static_cast<double>(events));
+    }
   }
 
   static void CloseWith(Subscriber& sub, absl::string_view comment) {
@@ -233,6 +248,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
     for (const FeedItem& item : page->items) {
       if (!sub->writer->Write(SseFrame(item))) return;
     }
+    CountSent(page->items.size());
     {
       absl::MutexLock lock(&mu_);
       sub->cursor = page->next;
@@ -389,6 +405,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
           absl::MutexLock lock(&mu_);
           for (auto& [id, sub] : subscribers_) all.push_back(sub);
           subscribers_.clear();
+          ReportSubscribers();
         }
         for (auto& sub : all) CloseWith(*sub, kReadFailed);
         return false;
@@ -410,6 +427,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
     const eventstore::Position last = batch.events.back().position;
     std::vector<std::shared_ptr<Subscriber>> too_slow;
     std::vector<std::shared_ptr<Subscriber>> resume;
+    size_t sent = 0;
     {
       absl::MutexLock lock(&mu_);
       for (auto it = subscribers_.begin(); it != subscribers_.end();) {
@@ -429,6 +447,7 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
               keep = false;
               break;
             }
+            ++sent;
           }
           if (keep && sub.writer->buffered() > options_.max_buffered_bytes) {
             too_slow.push_back(it->second);
@@ -439,11 +458,16 @@ class FeedHub::State : public std::enable_shared_from_this<State> {
         it = keep ? std::next(it) : subscribers_.erase(it);
       }
       head_ = last;
+      ReportSubscribers();
     }
+    CountSent(sent);
     for (auto& sub : too_slow) {
       Log(LogLevel::kInfo, "event stream closed a client that fell behind",
           {{"buffered_bytes", static_cast<int64_t>(sub->writer->buffered())}});
       CloseWith(*sub, kTooSlow);
+      if (options_.closed_too_slow != nullptr) {
+        options_.closed_too_slow->Increment();
+      }
     }
     for (auto& sub : resume) ScheduleCatchUp(sub);
     WakePassed();

@@ -46,6 +46,7 @@
 #include "eventstore/event_store.h"
 #include "eventstore/position.h"
 #include "framework/http/message.h"
+#include "framework/metrics.h"
 #include "integration/cloud_events.h"
 #include "integration/feed.h"
 
@@ -65,6 +66,12 @@ struct FeedHubOptions {
   absl::Duration retry = absl::Seconds(2);
   // How often the tail reads without a change notification.
   absl::Duration poll_interval = absl::Seconds(1);
+  // Where the hub reports (each may be null; all must outlive the hub):
+  // the open streams, the events written to them, and the streams it
+  // closed because their client fell too far behind.
+  Gauge* subscribers_gauge = nullptr;
+  Counter* events_sent = nullptr;
+  Counter* closed_too_slow = nullptr;
 };
 
 // Blocks until a change may have been committed (a notification) or

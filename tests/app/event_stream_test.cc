@@ -179,6 +179,19 @@ TEST_CASE(
   CHECK(absl::EndsWith(stalled,
                        ": closed: this client fell too far behind; "
                        "reconnect with Last-Event-ID to resume\n\n"));
+  // /metrics says so.
+  auto scraper = TestClient::Connect((*server)->port());
+  REQUIRE(scraper.ok());
+  auto metrics = (*scraper)->Send("GET", "/metrics", "",
+                                  cqrs::testing::BearerHeader(token));
+  REQUIRE(metrics.ok());
+  CHECK(absl::StrContains(
+      metrics->body, "cqrs_event_stream_closed_total{reason=\"too_slow\"} 1"));
+  CHECK(absl::StrContains(
+      metrics->body,
+      absl::StrCat("cqrs_event_stream_subscribers ", kClients - 1)));
+  CHECK(absl::StrContains(
+      metrics->body, absl::StrCat("cqrs_event_stream_events_sent_total ")));
   // What the server holds for 200 clients and 2 MB of events: bounded by
   // the per-client limit, not by what the stalled client missed.
   const int64_t growth_kib = peak_rss - rss_before;

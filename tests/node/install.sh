@@ -12,5 +12,8 @@ if cmp -s "$here/package-lock.json" "$here/node_modules/.installed-lock.json" \
   exit 0
 fi
 echo "tests/node/install.sh: npm ci in $here" >&2
-(cd "$here" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null)
+if ! (cd "$here" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null); then
+  echo "tests/node/install.sh: npm ci failed; behind a proxy that intercepts TLS, point NODE_EXTRA_CA_CERTS at a bundle with its certificate (npm needs https://registry.npmjs.org)" >&2
+  exit 1
+fi
 cp "$here/package-lock.json" "$here/node_modules/.installed-lock.json"
