@@ -428,7 +428,7 @@ TEST_CASE(
   Served s;
   for (int i = 1; i <= 3; ++i) {
     REQUIRE(s.Send("POST", absl::StrCat("/tallies/", i, "/add"),
-                   absl::StrCat(R"({"n":)", i, "}"))
+                   json::Encode(Added{i}))
                 .status == 200);
   }
   auto client = s.Connect();

@@ -365,27 +365,23 @@ TEST_CASE(
     "that commits late, and gets none twice",
     "[integration][pg]") {
   PgHub f;
-  testing::TestSchema& schema = f.schema;
-  auto& store = f.store;
-  const Publication& pub = f.pub;
-  auto& writer = f.writer;
 
   // A writer takes its transaction id first and stays open while others
   // commit: their events wait behind it.
-  pqxx::connection held(schema.url());
+  pqxx::connection held(f.schema.url());
   pqxx::work held_tx(held);
-  auto in_tx = store->InTransaction(held_tx);
+  auto in_tx = f.store->InTransaction(held_tx);
   REQUIRE(in_tx
               ->Append("account-late", ExpectedVersion::NoStream(),
                        {Event("Opened")})
               .ok());
-  for (int i = 0; i < 3; ++i) Append(*store, i, 1);
+  for (int i = 0; i < 3; ++i) Append(*f.store, i, 1);
   held_tx.commit();
-  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() >= 7; }));
-  const std::vector<std::string> all = AllIds(*store, pub);
+  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() >= 7; }));
+  const std::vector<std::string> all = AllIds(*f.store, f.pub);
   REQUIRE(all.size() == 7);
-  CHECK(writer->Ids() == all);
-  CHECK(absl::StrContains(writer->text(), R"("subject":"late")"));
+  CHECK(f.writer->Ids() == all);
+  CHECK(absl::StrContains(f.writer->text(), R"("subject":"late")"));
 }
 
 TEST_CASE(
@@ -393,28 +389,25 @@ TEST_CASE(
     "connection",
     "[integration][pg]") {
   PgHub f;
-  testing::TestSchema& schema = f.schema;
-  auto& store = f.store;
-  const Publication& pub = f.pub;
-  auto& writer = f.writer;
-  Append(*store, 0, 1);
-  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() == 2; }));
+  Append(*f.store, 0, 1);
+  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() == 2; }));
 
   const std::string listener =
-      absl::StrCat("application_name = 'cqrs listener ", schema.name(), "'");
-  REQUIRE(schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
-                          listener) == 1);
-  schema.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " +
-              listener);
+      absl::StrCat("application_name = 'cqrs listener ", f.schema.name(), "'");
+  REQUIRE(f.schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
+                            listener) == 1);
+  f.schema.Exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " +
+      listener);
   // Reconnected (the kill is noticed at the next wait, within 200 ms)...
   REQUIRE(testing::WaitUntil([&] {
-    return schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
-                           listener) == 1;
+    return f.schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
+                             listener) == 1;
   }));
   // ... and what commits from now on arrives long before the 30 s poll.
-  Append(*store, 1, 2);
-  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() == 6; }));
-  CHECK(writer->Ids() == AllIds(*store, pub));
+  Append(*f.store, 1, 2);
+  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() == 6; }));
+  CHECK(f.writer->Ids() == AllIds(*f.store, f.pub));
 }
 
 }  // namespace
