@@ -1,6 +1,7 @@
 # Sources of the HTTP runtime, relative to framework/ (included by
 # framework/CMakeLists.txt).
 set(CQRS_FRAMEWORK_HTTP_SOURCES
+  http/address_policy.cc
   http/auth.cc
   http/internal/failure_limiter.cc
   http/internal/tls_context.cc

@@ -1,5 +1,6 @@
 # Sources of the HTTP runtime's tests (included by tests/CMakeLists.txt).
 set(CQRS_HTTP_TEST_SOURCES
+  ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/address_policy_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/auth_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/client.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/json_body_test.cc
