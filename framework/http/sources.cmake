@@ -6,6 +6,7 @@ set(CQRS_FRAMEWORK_HTTP_SOURCES
   http/internal/failure_limiter.cc
   http/internal/tls_context.cc
   http/internal/utf8.cc
+  http/client.cc
   http/json_body.cc
   http/message.cc
   http/request_metrics.cc
