@@ -88,7 +88,7 @@ class AddressPolicy {
 // kInvalidArgument, with a message for the person who entered it, when the
 // URL is not absolute http or https, is longer than 2048 bytes, has
 // userinfo (user:pass@), an empty host, a fragment, control characters,
-// spaces or other non-ASCII bytes; when its host does not resolve; or when
+// spaces or non-ASCII bytes; when its host does not resolve; or when
 // any address the host resolves to is refused by `policy`. Blocks while
 // the host name resolves (getaddrinfo).
 absl::Status CheckUrl(absl::string_view url, const AddressPolicy& policy);
