@@ -9,6 +9,9 @@ pkg_check_modules(PQXX REQUIRED IMPORTED_TARGET libpqxx>=6.4)
 find_package(RapidJSON REQUIRED)
 # SHA-256, random tokens, constant-time comparison (framework/auth).
 find_package(OpenSSL 3 REQUIRED)
+# Outgoing HTTP for webhook deliveries (framework/http/client.h): the
+# multi interface, keep-alive, TLS verification through OpenSSL.
+find_package(CURL REQUIRED)
 # Command lines (app/cli.cc); header-only.
 find_package(CLI11 2.1 REQUIRED)
 
