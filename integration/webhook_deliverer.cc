@@ -244,6 +244,8 @@ class WebhookDeliverer::Impl {
     return statuses_;
   }
 
+  absl::Duration client_cpu_time() const { return client_->CpuTime(); }
+
  private:
   // --- Threads ---------------------------------------------------------
 
@@ -1290,6 +1292,9 @@ WebhookDeliverer::~WebhookDeliverer() { Stop(); }
 void WebhookDeliverer::Start() { impl_->Start(); }
 void WebhookDeliverer::Stop() { impl_->Stop(); }
 bool WebhookDeliverer::owner() const { return impl_->owner(); }
+absl::Duration WebhookDeliverer::client_cpu_time() const {
+  return impl_->client_cpu_time();
+}
 std::vector<WebhookEndpointStatus> WebhookDeliverer::Statuses() const {
   return impl_->Statuses();
 }

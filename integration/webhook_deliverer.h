@@ -125,6 +125,8 @@ class WebhookDeliverer {
   void Stop();
 
   bool owner() const;
+  // CPU time of the HTTP client's thread (for benchmarks).
+  absl::Duration client_cpu_time() const;
   // Empty unless this process owns the deliveries.
   std::vector<WebhookEndpointStatus> Statuses() const;
 
