@@ -66,6 +66,7 @@ let db;
 let bank;
 let receiver;
 const logs = [];  // every bank's log lines, the killed one's too
+let finished = false;  // the writers stop retrying once the test is over
 
 before(async () => {
   receiver = await Receiver.start({ seed });
@@ -74,6 +75,7 @@ before(async () => {
   logs.push(bank.log);
 });
 after(async () => {
+  finished = true;
   if (bank) await bank.kill('SIGKILL');
   if (receiver) await receiver.close();
   if (db) await dropDatabase(db);
@@ -92,6 +94,7 @@ async function untilAccepted(call, what) {
       return await call();
     } catch (e) {
       if (e.status !== undefined && e.status !== 503) throw e;
+      if (finished) throw new Error(`${what}: the test is over`);
       if (Date.now() > deadline) throw new Error(`${what}: the bank did not come back: ${e.message}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
