@@ -653,13 +653,15 @@ class WebhookDeliverer::Impl {
           absl::StatusOr<std::optional<std::string>> encoded =
               publication_->Encode(ev);
           if (!encoded.ok() || !encoded->has_value()) {
-            // A stored event its mapping cannot publish: say so, and go
-            // on (as the feed cannot serve it either).
+            // A stored event its mapping cannot publish (a bug in the
+            // app's to_public): queueing stops here, as the feed's reads
+            // fail there, until a fixed build runs. Skipping it would
+            // lose it.
             Log(LogLevel::kError, "webhook event could not be encoded",
                 {{"event_id", ev.event_id},
                  {"error", encoded.ok() ? "not published"
                                         : encoded.status().ToString()}});
-            break;
+            return false;
           }
           body = std::make_shared<const std::string>(**std::move(encoded));
         }
@@ -925,7 +927,7 @@ class WebhookDeliverer::Impl {
       // The receiver says the endpoint is gone: the delivery keeps its
       // place (attempt counted) and nothing more is sent.
       d.due = now;
-      Disable(e, "gone");
+      if (e.row.enabled) Disable(e, "gone");
     } else if (d.attempts >= static_cast<int>(options_.retry_schedule.size())) {
       d.parked = true;
       ++e.parked;
@@ -1276,7 +1278,9 @@ absl::StatusOr<std::unique_ptr<WebhookDeliverer>> WebhookDeliverer::Create(
   }
   client_options.user_agent = options.user_agent;
   client_options.ca_file = options.ca_file;
-  client_options.max_connections_per_host = options.concurrency;
+  // Several endpoints may share a host; each gets its concurrency.
+  client_options.max_connections_per_host =
+      std::min(256, std::max(8, options.concurrency * 8));
   ASSIGN_OR_RETURN(std::unique_ptr<http::HttpClient> client,
                    http::HttpClient::Create(std::move(client_options)));
   auto impl = std::make_unique<Impl>(pool, store, publication,
