@@ -25,6 +25,7 @@
 #include "framework/http/router.h"
 #include "framework/http/server.h"
 #include "framework/json.h"
+#include "framework/metrics.h"
 #include "integration/webhook_signature.h"
 #include "integration/webhook_store.h"
 #include "rapidjson/document.h"
@@ -227,7 +228,10 @@ TEST_CASE(
   f.AddEndpoint("wh_deposits", receiver.Url("deposits"),
                 "{bank.account.deposited}");
   for (int i = 0; i < 20; ++i) f.Account(i, 4);  // 100 events, 80 deposits
-  auto deliverer = f.Deliverer(f.Options());
+  MetricsRegistry metrics;
+  WebhookDelivererOptions options = f.Options();
+  options.metrics = &metrics;
+  auto deliverer = f.Deliverer(options);
   deliverer->Start();
   REQUIRE(testing::WaitUntil([&] {
     return receiver.Ids("all").size() == 100 &&
@@ -265,6 +269,22 @@ TEST_CASE(
            f.schema.QueryInt(absl::StrCat("SELECT sum(delivered) FROM ",
                                           f.schema.name(),
                                           ".webhook_endpoints")) == 210;
+  }));
+  // What /metrics shows.
+  const std::string text = metrics.Render();
+  CHECK_THAT(text, Catch::Contains("cqrs_webhook_attempts_total{endpoint="
+                                   "\"wh_all\",outcome=\"success\"} 120"));
+  CHECK_THAT(text, Catch::Contains("cqrs_webhook_attempts_total{endpoint="
+                                   "\"wh_deposits\",outcome=\"success\"} "
+                                   "90"));
+  CHECK_THAT(
+      text, Catch::Contains("cqrs_webhook_delivery_latency_seconds_count 210"));
+  REQUIRE(testing::WaitUntil([&] {
+    const std::string now = metrics.Render();
+    return now.find("cqrs_webhook_lag_events{endpoint=\"wh_all\"} 0") !=
+               std::string::npos &&
+           now.find("cqrs_webhook_endpoint_enabled{endpoint=\"wh_all\"} 1") !=
+               std::string::npos;
   }));
 }
 
