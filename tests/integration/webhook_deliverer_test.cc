@@ -450,3 +450,45 @@ TEST_CASE(
 
 }  // namespace
 }  // namespace cqrs::integration
+
+namespace cqrs::integration {
+namespace {
+
+TEST_CASE(
+    "deliveries go on when the database sessions are killed mid-way; "
+    "nothing is lost",
+    "[integration][pg]") {
+  Fixture f;
+  Receiver receiver;
+  f.AddEndpoint("wh_a", receiver.Url("a"));
+  for (int i = 0; i < 40; ++i) f.Account(i, 4);  // 200 events
+  auto deliverer = f.Deliverer(f.Options());
+  deliverer->Start();
+  // Kill every pool session (queueing, outcome writes) and the owner's
+  // session several times while it delivers.
+  int kills = 0;
+  while (receiver.Ids("a").size() < 200 && kills < 5) {
+    const size_t before = receiver.Ids("a").size();
+    REQUIRE(
+        testing::WaitUntil([&] { return receiver.Ids("a").size() > before; }));
+    f.schema.TerminatePoolSessions();
+    f.schema.Exec(absl::StrCat(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "application_name = 'cqrs webhooks ",
+        f.schema.name(), "'"));
+    ++kills;
+  }
+  for (int i = 40; i < 50; ++i) f.Account(i, 0);
+  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 210; }));
+  CHECK(InStreamOrder(receiver.Of("a")));
+  CHECK(kills > 0);
+  // Every outcome is written in the end: no delivery left waiting.
+  CHECK(testing::WaitUntil([&] {
+    return f.schema.QueryInt(absl::StrCat("SELECT count(*) FROM ",
+                                          f.schema.name(),
+                                          ".webhook_deliveries")) == 0;
+  }));
+}
+
+}  // namespace
+}  // namespace cqrs::integration
