@@ -21,6 +21,7 @@
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
+#include "integration/webhook_store.h"
 #include "queries/operations.h"
 #include "queries/query_service.h"
 
@@ -97,6 +98,7 @@ absl::Status MigrateApp(PgPool& pool, absl::string_view schema) {
   RETURN_IF_ERROR(projections::ProjectionRunner::Migrate(pool, schema));
   RETURN_IF_ERROR(commands::MigrateProcessManagers(pool, schema));
   RETURN_IF_ERROR(auth::ApiKeyStore::Migrate(pool, schema));
+  RETURN_IF_ERROR(integration::WebhookStore::Migrate(pool, schema));
   return commands::PostgresIdempotencyStore::Migrate(pool, schema);
 }
 
@@ -112,6 +114,10 @@ struct AppServer::Parts {
   // GET /events?wait= and /events/stream; null when nothing is published.
   std::unique_ptr<integration::FeedHub> feed_hub;
   std::unique_ptr<integration::FeedReadAhead> feed_read_ahead;
+  // Null when nothing is published; the deliverer also when the
+  // projections run elsewhere.
+  std::unique_ptr<integration::WebhookStore> webhooks;
+  std::unique_ptr<integration::WebhookDeliverer> webhook_deliverer;
   std::unique_ptr<commands::PostgresIdempotencyStore> idempotency;
   std::unique_ptr<commands::HttpCommandRunner> commands;
   std::unique_ptr<queries::ProgressTracker> tracker;
@@ -291,6 +297,22 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   }
   app_internal::AddEventsRoute(app, p->feed_read_ahead.get(), p->feed_hub.get(),
                                p->router);
+  if (!app.publication().types().empty()) {
+    ASSIGN_OR_RETURN(p->webhooks, app_internal::OpenWebhookStore(
+                                      pool, schema, app, p->store.get(),
+                                      options.webhooks.allow_networks));
+    app_internal::AddWebhookRoutes(p->webhooks.get(), p->router);
+    if (p->run_projections) {
+      integration::WebhookDelivererOptions deliverer_options = options.webhooks;
+      deliverer_options.schema = schema;
+      deliverer_options.poll_interval = options.poll_interval;
+      deliverer_options.metrics = &p->metrics;
+      ASSIGN_OR_RETURN(p->webhook_deliverer,
+                       integration::WebhookDeliverer::Create(
+                           pool, p->store.get(), &app.publication(),
+                           std::move(deliverer_options)));
+    }
+  }
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;
@@ -363,6 +385,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   p->tracker->Start();
   if (p->run_projections) p->runner->Start();
   if (p->feed_hub != nullptr) p->feed_hub->Start();
+  if (p->webhook_deliverer != nullptr) p->webhook_deliverer->Start();
   std::unique_ptr<AppServer> server(new AppServer(std::move(p)));
   RETURN_IF_ERROR(server->parts_->server->Start());
   return server;
@@ -385,6 +408,7 @@ void AppServer::Stop() {
   parts_->stopped = true;
   parts_->server->Shutdown();  // answers parked queries, drains
   if (parts_->feed_hub != nullptr) parts_->feed_hub->Stop();
+  if (parts_->webhook_deliverer != nullptr) parts_->webhook_deliverer->Stop();
   if (parts_->run_projections) parts_->runner->Stop();
   parts_->tracker->Stop();
   parts_->maintenance.reset();
@@ -398,6 +422,9 @@ MetricsRegistry& AppServer::metrics() { return parts_->metrics; }
 queries::ProgressTracker& AppServer::tracker() { return *parts_->tracker; }
 projections::ProjectionRunner* AppServer::projector() {
   return parts_->run_projections ? parts_->runner.get() : nullptr;
+}
+integration::WebhookDeliverer* AppServer::webhook_deliverer() {
+  return parts_->webhook_deliverer.get();
 }
 const http::Router& AppServer::router() const { return parts_->router; }
 const AppRuntime& AppServer::runtime() const { return parts_->runtime; }

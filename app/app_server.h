@@ -8,11 +8,12 @@
 // Start() builds the parts (one event store, the idempotency store and its
 // hourly purge, the projection runner feeding the progress tracker, the
 // query service, the operations endpoints, the router with every declared
-// route, /healthz, /readyz, /openapi.json, and /events and /asyncapi.json
-// when the app publishes events) and starts them and the HTTP
-// server. Stop() shuts down in order: parked read-your-writes queries are
-// answered 503 at once, requests in flight drain, then the projections,
-// the tracker and the query threads stop.
+// route, /healthz, /readyz, /openapi.json, and /events, /asyncapi.json,
+// the /webhooks routes and the webhook deliverer when the app publishes
+// events) and starts them and the HTTP server. Stop() shuts down in order:
+// parked read-your-writes queries are answered 503 at once, requests in
+// flight drain, then the event streams, the webhook deliverer, the
+// projections, the tracker and the query threads stop.
 //
 // Thread-safety: Start/Run/Stop from one thread (Stop may also come from
 // another while Run blocks). `app` and `pool` must outlive the server.
@@ -34,6 +35,7 @@
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "integration/feed_hub.h"
+#include "integration/webhook_deliverer.h"
 #include "projections/runner.h"
 #include "queries/progress_tracker.h"
 
@@ -75,6 +77,11 @@ struct ServeOptions {
   // bound per client, heartbeat, retry hint, catch-up pool. Its
   // poll_interval is the one below.
   integration::FeedHubOptions event_stream;
+  // Webhook delivery (integration/webhook_deliverer.h), run here when the
+  // app publishes events and run_projections is set. Its schema,
+  // poll_interval and metrics are filled in by Start(); its allow_networks
+  // also decide which endpoint URLs POST /webhooks accepts.
+  integration::WebhookDelivererOptions webhooks;
   // For tests: how often the runner polls without a notification, the
   // tracker re-reads the checkpoints and the event stream reads the store
   // without a notification.
@@ -115,6 +122,8 @@ class AppServer {
   queries::ProgressTracker& tracker();
   // Null unless the projections run here.
   projections::ProjectionRunner* projector();
+  // Null unless the app publishes events and the projections run here.
+  integration::WebhookDeliverer* webhook_deliverer();
   const http::Router& router() const;
   // What raw routes get (AppRuntime).
   const AppRuntime& runtime() const;

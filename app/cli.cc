@@ -1,16 +1,23 @@
 // App::Main: the command line every app gets, parsed with CLI11 (Debian's
 // libcli11-dev, header-only: subcommands, help on every level, checks and
 // environment variables, instead of a parser written by hand).
+#include <arpa/inet.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "app/app.h"
 #include "app/internal/commands.h"
 #include "app/internal/parts.h"
 #include "framework/migrations.h"
+#include "framework/status_macros.h"
+#include "integration/webhook_deliverer.h"
 
 namespace cqrs {
 namespace {
@@ -44,6 +51,125 @@ void AddLogFormat(CLI::App& command, DatabaseFlags& db) {
   command.add_option("--log-format", db.log_format, "log line format")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
+}
+
+// --webhook-* as typed; checked by WebhookOptionsOf().
+struct WebhookFlags {
+  std::vector<std::string> allow_networks;
+  std::string retry_schedule;  // empty: the default
+  std::string timeout = "15s";
+  int concurrency = 8;
+  std::string disable_after = "120h";
+  std::string ca_file;
+};
+
+void AddAllowNetwork(CLI::App& command, std::vector<std::string>& networks) {
+  command
+      .add_option("--webhook-allow-network", networks,
+                  "a network (CIDR, e.g. 127.0.0.0/8) webhook endpoints may "
+                  "be in although it is loopback, private, link-local or "
+                  "metadata; repeatable (default: $WEBHOOK_ALLOW_NETWORKS, "
+                  "comma-separated)")
+      ->delimiter(',')
+      ->envname("WEBHOOK_ALLOW_NETWORKS");
+}
+
+void AddWebhookOptions(CLI::App& command, WebhookFlags& flags) {
+  AddAllowNetwork(command, flags.allow_networks);
+  command.add_option(
+      "--webhook-retry-schedule", flags.retry_schedule,
+      "the delays before each delivery attempt, comma-separated, e.g. "
+      "0s,5s,5m,30m,2h,5h,10h,10h (the default); 1 to 50, each at most 48h; "
+      "after the last a delivery is parked");
+  command
+      .add_option("--webhook-timeout", flags.timeout,
+                  "time allowed for one delivery attempt (100ms to 5m)")
+      ->capture_default_str();
+  command
+      .add_option("--webhook-concurrency", flags.concurrency,
+                  "streams of one endpoint delivered at once")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  command
+      .add_option("--webhook-disable-after", flags.disable_after,
+                  "disable an endpoint whose attempts all failed this long")
+      ->capture_default_str();
+  command
+      .add_option("--webhook-ca-file", flags.ca_file,
+                  "PEM CA bundle to verify endpoints' certificates with "
+                  "(default: the system's)")
+      ->check(CLI::ExistingFile);
+}
+
+// A CIDR such as 10.0.0.0/8 or fd00::/8.
+bool IsCidr(const std::string& text) {
+  const std::vector<std::string> parts = absl::StrSplit(text, '/');
+  if (parts.size() != 2) return false;
+  unsigned char address[16];
+  int bits = 0;
+  if (inet_pton(AF_INET, parts[0].c_str(), address) == 1) {
+    bits = 32;
+  } else if (inet_pton(AF_INET6, parts[0].c_str(), address) == 1) {
+    bits = 128;
+  } else {
+    return false;
+  }
+  int prefix = -1;
+  return absl::SimpleAtoi(parts[1], &prefix) && prefix >= 0 && prefix <= bits;
+}
+
+absl::Status CheckAllowNetworks(const std::vector<std::string>& networks) {
+  for (const std::string& n : networks) {
+    if (!IsCidr(n)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--webhook-allow-network '", n,
+          "' is not a network in CIDR form such as 127.0.0.0/8 or ::1/128"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// kInvalidArgument with a message for the user when a flag is bad.
+absl::StatusOr<integration::WebhookDelivererOptions> WebhookOptionsOf(
+    const WebhookFlags& flags) {
+  integration::WebhookDelivererOptions options;
+  RETURN_IF_ERROR(CheckAllowNetworks(flags.allow_networks));
+  options.allow_networks = flags.allow_networks;
+  if (!flags.retry_schedule.empty()) {
+    options.retry_schedule.clear();
+    for (absl::string_view item : absl::StrSplit(flags.retry_schedule, ',')) {
+      absl::Duration d;
+      if (!absl::ParseDuration(item, &d) || d < absl::ZeroDuration() ||
+          d > absl::Hours(48)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--webhook-retry-schedule: '", item,
+            "' is not a duration from 0s to 48h (such as 0s, 5s, 5m, 2h)"));
+      }
+      options.retry_schedule.push_back(d);
+    }
+    if (options.retry_schedule.size() > 50) {
+      return absl::InvalidArgumentError(
+          "--webhook-retry-schedule takes at most 50 delays");
+    }
+  }
+  if (!absl::ParseDuration(flags.timeout, &options.attempt_timeout) ||
+      options.attempt_timeout < absl::Milliseconds(100) ||
+      options.attempt_timeout > absl::Minutes(5)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--webhook-timeout must be a duration from 100ms to 5m, "
+                     "not '",
+                     flags.timeout, "'"));
+  }
+  options.concurrency = flags.concurrency;
+  if (!absl::ParseDuration(flags.disable_after, &options.disable_after) ||
+      options.disable_after <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--webhook-disable-after must be a positive duration "
+                     "such as 120h, not '",
+                     flags.disable_after, "'"));
+  }
+  options.ca_file = flags.ca_file;
+  return options;
 }
 
 // The subcommand path of `argv` that the user typed ("projections rebuild"),
@@ -187,6 +313,8 @@ int App::Main(int argc, char** argv) {
                                            "the PEM private key of --tls-cert");
   tls_cert->needs(tls_key);
   tls_key->needs(tls_cert);
+  WebhookFlags webhook_flags;
+  AddWebhookOptions(*serve, webhook_flags);
 
   CLI::App* project = cli.add_subcommand(
       "project",
@@ -194,6 +322,7 @@ int App::Main(int argc, char** argv) {
       "until SIGINT or SIGTERM; migrates first");
   AddDatabaseOptions(*project, db, *this);
   AddLogFormat(*project, db);
+  AddWebhookOptions(*project, webhook_flags);
 
   CLI::App* migrate = cli.add_subcommand(
       "migrate", "create or upgrade the database schema and exit");
@@ -279,6 +408,117 @@ int App::Main(int argc, char** argv) {
       ->add_option("id", keys_flags.id, "the key's id")
       ->required();
 
+  app_internal::WebhooksFlags webhooks_flags;
+  CLI::App* webhooks = cli.add_subcommand(
+      "webhooks",
+      "the endpoints published events are pushed to (Standard Webhooks): "
+      "create, list, show, update, delete, disable, enable, rotate-secret, "
+      "attempts, replay, parked, replay-parked, skip-parked, status");
+  webhooks->require_subcommand(1);
+  AddDatabaseOptions(*webhooks, db, *this);
+  auto hook_command = [&](const std::string& name, const std::string& help,
+                          bool with_id) {
+    CLI::App* c = webhooks->add_subcommand(name, help);
+    c->fallthrough();
+    c->callback([&webhooks_flags, name] { webhooks_flags.command = name; });
+    if (with_id) {
+      c->add_option("id", webhooks_flags.id, "the endpoint's id (wh_...)")
+          ->required();
+    }
+    return c;
+  };
+  const auto json_flag = [&](CLI::App* c) {
+    c->add_flag("--json", webhooks_flags.json, "as JSON")
+        ->disable_flag_override();
+  };
+  // --url and --description of create and update: set when given.
+  std::string hook_url;
+  std::string hook_description;
+  std::vector<CLI::Option*> url_options;
+  std::vector<CLI::Option*> description_options;
+  const auto endpoint_options = [&](CLI::App* c, bool update) {
+    CLI::Option* url = c->add_option(
+        "--url", hook_url, "where to send: an http:// or https:// URL");
+    if (!update) url->required();
+    url_options.push_back(url);
+    c->add_option("--type", webhooks_flags.types,
+                  "send only this published type: <public type>.v<n>, or "
+                  "the public type for every version; repeatable "
+                  "(default: every type)");
+    c->add_option("--category", webhooks_flags.categories,
+                  "send only events of this stream category; repeatable "
+                  "(default: every category)");
+    description_options.push_back(c->add_option(
+        "--description", hook_description, "what the endpoint is for"));
+    AddAllowNetwork(*c, webhooks_flags.allow_networks);
+  };
+  endpoint_options(
+      hook_command("create",
+                   "a new endpoint, sent the events committed from now on; "
+                   "its signing secret is printed once, alone on the last "
+                   "line",
+                   false),
+      false);
+  json_flag(hook_command("list", "every endpoint (never a secret)", false));
+  json_flag(
+      hook_command("show", "an endpoint with its delivery statistics", true));
+  CLI::App* update = hook_command(
+      "update", "change an endpoint's URL, filters or description", true);
+  endpoint_options(update, true);
+  update
+      ->add_flag("--clear-types", webhooks_flags.clear_types,
+                 "send every published type")
+      ->disable_flag_override();
+  update
+      ->add_flag("--clear-categories", webhooks_flags.clear_categories,
+                 "send every category")
+      ->disable_flag_override();
+  hook_command("delete", "delete an endpoint and its waiting deliveries", true);
+  hook_command("disable",
+               "stop delivering to an endpoint (events keep their place)",
+               true);
+  hook_command("enable", "deliver again, from where the endpoint stopped",
+               true);
+  hook_command("rotate-secret",
+               "a new signing secret, printed once alone on the last line; "
+               "the previous one also signs for 24 hours",
+               true);
+  CLI::App* attempts = hook_command(
+      "attempts", "an endpoint's recent attempts, newest first", true);
+  attempts->add_option("--limit", webhooks_flags.limit, "at most this many")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  json_flag(attempts);
+  CLI::App* replay = hook_command(
+      "replay",
+      "deliver again the events after a position or from a time "
+      "(already delivered ones too, with their original webhook-id)",
+      true);
+  CLI::Option* from_position =
+      replay->add_option("--from-position", webhooks_flags.from_position,
+                         "a position token: the events after it");
+  CLI::Option* from_time = replay->add_option(
+      "--from-time", webhooks_flags.from_time,
+      "an RFC 3339 time (2024-05-01T12:00:00Z): the events recorded from "
+      "then");
+  from_position->excludes(from_time);
+  CLI::App* parked = hook_command(
+      "parked", "deliveries that failed every attempt, oldest first", true);
+  parked->add_option("--limit", webhooks_flags.limit, "at most this many")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  json_flag(parked);
+  hook_command("replay-parked",
+               "queue an endpoint's parked deliveries again, in order", true);
+  hook_command("skip-parked",
+               "drop an endpoint's parked deliveries; their streams go on",
+               true);
+  json_flag(hook_command(
+      "status",
+      "every endpoint: state, pending, parked, delivered, failed attempts, "
+      "lag, last success and failure",
+      false));
+
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -295,6 +535,32 @@ int App::Main(int argc, char** argv) {
               << "--help`)" << std::endl;
     return kUsage;
   }
+  const auto usage = [&](const absl::Status& status, const char* command) {
+    std::cerr << name_ << ": " << status.message() << " (see `" << name_ << " "
+              << command << " --help`)" << std::endl;
+    return kUsage;
+  };
+  if (serve->parsed() || project->parsed()) {
+    absl::StatusOr<integration::WebhookDelivererOptions> hooks =
+        WebhookOptionsOf(webhook_flags);
+    if (!hooks.ok()) {
+      return usage(hooks.status(), serve->parsed() ? "serve" : "project");
+    }
+    serve_flags.webhooks = *std::move(hooks);
+  }
+  if (webhooks->parsed()) {
+    for (CLI::Option* o : url_options) {
+      if (o->count() > 0) webhooks_flags.url = hook_url;
+    }
+    for (CLI::Option* o : description_options) {
+      if (o->count() > 0) webhooks_flags.description = hook_description;
+    }
+    if (absl::Status s = CheckAllowNetworks(webhooks_flags.allow_networks);
+        !s.ok()) {
+      return usage(s, "webhooks");
+    }
+    return app_internal::Webhooks(*this, db, webhooks_flags);
+  }
   if (serve->parsed()) {
     if (serve_flags.max_queued_requests > 0 &&
         serve_flags.max_queued_requests >= serve_flags.max_connections) {
@@ -306,7 +572,9 @@ int App::Main(int argc, char** argv) {
     }
     return app_internal::Serve(*this, db, serve_flags);
   }
-  if (project->parsed()) return app_internal::Project(*this, db);
+  if (project->parsed()) {
+    return app_internal::Project(*this, db, serve_flags.webhooks);
+  }
   if (migrate->parsed()) return app_internal::Migrate(*this, db);
   if (keys->parsed()) return app_internal::Keys(*this, db, keys_flags);
   return app_internal::Projections(*this, db, projections_flags);

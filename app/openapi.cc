@@ -135,6 +135,163 @@ void FeedParameters(Writer& w, std::initializer_list<absl::string_view> names) {
   }
 }
 
+// The JSON Schemas of the /webhooks responses (integration/webhook_store.h
+// writes them), for components/schemas.
+constexpr absl::string_view kWebhookTime =
+    R"({"type":["string","null"],"format":"date-time"})";
+
+std::string WebhookStatsSchema() {
+  return absl::StrCat(
+      R"({"type":"object","required":["pending","parked","delivered",)",
+      R"("failed_attempts"],"properties":{"pending":{"type":"integer"},)",
+      R"("parked":{"type":"integer"},"delivered":{"type":"integer"},)",
+      R"("failed_attempts":{"type":"integer"},"last_success_at":)",
+      kWebhookTime, R"(,"last_failure_at":)", kWebhookTime,
+      R"(,"oldest_pending_at":)", kWebhookTime, "}}");
+}
+
+std::string WebhookEndpointSchema() {
+  return absl::StrCat(
+      R"({"type":"object","required":["id","url","types","categories",)",
+      R"("description","state","cursor","created_at","updated_at"],)",
+      R"("properties":{"id":{"type":"string","pattern":"^wh_[0-9a-f]{16}$"},)",
+      R"("url":{"type":"string"},"types":{"type":"array","items":)",
+      R"({"type":"string"}},"categories":{"type":"array","items":)",
+      R"({"type":"string"}},"description":{"type":"string"},"state":)",
+      R"({"type":"string","enum":["enabled","disabled"]},)",
+      R"("disabled_reason":{"type":["string","null"],"enum":["manual",)",
+      R"("gone","failing",null]},"disabled_at":)", kWebhookTime,
+      R"(,"failing_since":)", kWebhookTime,
+      R"(,"cursor":{"type":"string","description":"position token: the )",
+      R"(events after it are not queued yet"},"created_at":{"type":)",
+      R"("string","format":"date-time"},"updated_at":{"type":"string",)",
+      R"("format":"date-time"},"previous_secret_expires_at":)", kWebhookTime,
+      R"(,"stats":{"$ref":"#/components/schemas/WebhookStats"},)",
+      R"("secret":{"type":"string","pattern":"^whsec_","description":)",
+      R"("the signing secret: only in the answers of create and )",
+      R"(rotate-secret"}}})");
+}
+
+std::string WebhookAttemptSchema() {
+  return absl::StrCat(
+      R"({"type":"object","properties":{"event_id":{"type":"string"},)",
+      R"("attempt":{"type":"integer"},"at":{"type":"string","format":)",
+      R"("date-time"},"duration_ms":{"type":"integer"},"status":{"type":)",
+      R"(["integer","null"]},"outcome":{"type":"string","enum":)",
+      R"(["success","http_error","timeout","connect_error","blocked",)",
+      R"("tls_error","error"]},"error":{"type":["string","null"]}}})");
+}
+
+std::string ParkedDeliverySchema() {
+  return absl::StrCat(
+      R"({"type":"object","properties":{"event_id":{"type":"string"},)",
+      R"("type":{"type":"string"},"stream_id":{"type":"string"},)",
+      R"("stream_version":{"type":"integer"},"position":{"type":)",
+      R"("string"},"attempts":{"type":"integer"},"last_status":{"type":)",
+      R"(["integer","null"]},"last_error":{"type":["string","null"]},)",
+      R"("parked_at":{"type":"string","format":"date-time"}}})");
+}
+
+std::string ItemsOf(absl::string_view schema) {
+  return absl::StrCat(
+      R"({"type":"object","required":["items"],"properties":{"items":)",
+      R"({"type":"array","items":{"$ref":"#/components/schemas/)", schema,
+      R"("}}}})");
+}
+
+std::string Ref(absl::string_view schema) {
+  return absl::StrCat(R"({"$ref":"#/components/schemas/)", schema, R"("})");
+}
+
+void JsonContent(Writer& w, const std::string& schema) {
+  w.Key("content");
+  w.StartObject();
+  w.Key("application/json");
+  w.StartObject();
+  w.Key("schema");
+  w.RawValue(schema.data(), schema.size(), rapidjson::kObjectType);
+  w.EndObject();
+  w.EndObject();
+}
+
+// A /webhooks operation (scope admin): its success answer `success` with
+// `schema` (none for 204), the error codes `errors`, and a JSON body of
+// components/schemas `body` when not empty.
+struct WebhookOperation {
+  const char* id;
+  const char* description;
+  int success;
+  std::string schema;
+  std::vector<int> errors;
+  std::string body;
+  bool limit = false;  // ?limit=
+};
+
+void WriteWebhookOperation(Writer& w, absl::string_view pattern,
+                           const WebhookOperation& op) {
+  w.StartObject();
+  w.Key("operationId");
+  w.String(op.id);
+  w.Key("tags");
+  w.StartArray();
+  w.String("webhooks");
+  w.EndArray();
+  w.Key("description");
+  w.String(op.description);
+  if (op.limit) {
+    w.Key("parameters");
+    w.StartArray();
+    for (const std::string& name : PathParameters(pattern)) {
+      w.StartObject();
+      w.Key("name");
+      String(w, name);
+      w.Key("in");
+      w.String("path");
+      w.Key("required");
+      w.Bool(true);
+      w.Key("schema");
+      w.RawValue(R"({"type":"string"})", 17, rapidjson::kObjectType);
+      w.EndObject();
+    }
+    FeedParameters(w, {"limit"});
+    w.EndArray();
+  } else {
+    Parameters(w, pattern, false);
+  }
+  if (!op.body.empty()) {
+    w.Key("requestBody");
+    w.StartObject();
+    w.Key("required");
+    w.Bool(true);
+    JsonContent(w, Ref(op.body));
+    w.EndObject();
+  }
+  Security(w, auth::kAdminScope);
+  w.Key("responses");
+  w.StartObject();
+  String(w, std::to_string(op.success));
+  w.StartObject();
+  w.Key("description");
+  w.String("success");
+  if (!op.schema.empty()) JsonContent(w, op.schema);
+  w.EndObject();
+  std::vector<int> errors = WithAuth(op.errors);
+  if (!op.body.empty()) errors.push_back(415);
+  std::sort(errors.begin(), errors.end());
+  for (int code : errors) {
+    String(w, std::to_string(code));
+    w.StartObject();
+    w.Key("description");
+    w.String(code == 404 ? "webhook_not_found (see the error shape)"
+             : code == 400
+                 ? "invalid_json or invalid_request (see the error shape)"
+                 : "error (see the error shape)");
+    w.EndObject();
+  }
+  w.EndObject();
+  w.EndObject();
+}
+
 }  // namespace
 
 std::string GeneratedOpenApi(const App& app) {
@@ -290,6 +447,131 @@ std::string GeneratedOpenApi(const App& app) {
     Responses(w, WithAuth({200, 404, 409}));
     w.EndObject();
   };
+  const bool publishes = !app.publication().types().empty();
+  if (publishes) {
+    const std::string endpoint = Ref("WebhookEndpoint");
+    const std::pair<const char*,
+                    std::vector<std::pair<const char*, WebhookOperation>>>
+        webhooks[] = {
+            {"/webhooks",
+             {{"get",
+               {"listWebhooks",
+                "Every webhook endpoint, oldest first.",
+                200,
+                ItemsOf("WebhookEndpoint"),
+                {},
+                ""}},
+              {"post",
+               {"createWebhook",
+                "A new endpoint, sent the published events committed from "
+                "now on; the signing secret is in this answer only.",
+                201,
+                endpoint,
+                {400},
+                "CreateWebhook"}}}},
+            {"/webhooks/{id}",
+             {{"get",
+               {"getWebhook",
+                "An endpoint with its delivery statistics.",
+                200,
+                endpoint,
+                {404},
+                ""}},
+              {"patch",
+               {"updateWebhook",
+                "Changes the fields given; [] clears a filter.",
+                200,
+                endpoint,
+                {400, 404},
+                "UpdateWebhook"}},
+              {"delete",
+               {"deleteWebhook",
+                "Deletes the endpoint, its waiting deliveries and attempts.",
+                204,
+                "",
+                {404},
+                ""}}}},
+            {"/webhooks/{id}/disable",
+             {{"post",
+               {"disableWebhook",
+                "Stops deliveries; the events keep their place.",
+                200,
+                endpoint,
+                {404},
+                ""}}}},
+            {"/webhooks/{id}/enable",
+             {{"post",
+               {"enableWebhook",
+                "Delivers again from where it stopped.",
+                200,
+                endpoint,
+                {404},
+                ""}}}},
+            {"/webhooks/{id}/rotate-secret",
+             {{"post",
+               {"rotateWebhookSecret",
+                "A new signing secret (in this answer only); the previous "
+                "one also signs until previous_secret_expires_at.",
+                200,
+                endpoint,
+                {404},
+                ""}}}},
+            {"/webhooks/{id}/attempts",
+             {{"get",
+               {"listWebhookAttempts",
+                "The newest attempts, newest first.",
+                200,
+                ItemsOf("WebhookAttempt"),
+                {400, 404},
+                "",
+                true}}}},
+            {"/webhooks/{id}/replay",
+             {{"post",
+               {"replayWebhook",
+                "Delivers again the events after from_position, or those "
+                "recorded from from_time (exactly one); delivered ones too, "
+                "with their original webhook-id.",
+                200,
+                endpoint,
+                {400, 404},
+                "ReplayWebhook"}}}},
+            {"/webhooks/{id}/parked",
+             {{"get",
+               {"listParkedWebhookDeliveries",
+                "Deliveries that failed every attempt, in stream order.",
+                200,
+                ItemsOf("ParkedDelivery"),
+                {400, 404},
+                "",
+                true}}}},
+            {"/webhooks/{id}/parked/replay",
+             {{"post",
+               {"replayParkedWebhookDeliveries",
+                "Queues the parked deliveries again, in order.",
+                200,
+                R"({"type":"object","required":["replayed"],"properties":)"
+                R"({"replayed":{"type":"integer"}}})",
+                {404},
+                ""}}}},
+            {"/webhooks/{id}/parked/skip",
+             {{"post",
+               {"skipParkedWebhookDeliveries",
+                "Drops the parked deliveries; their streams go on.",
+                200,
+                R"({"type":"object","required":["skipped"],"properties":)"
+                R"({"skipped":{"type":"integer"}}})",
+                {404},
+                ""}}}},
+        };
+    for (const auto& [pattern, methods] : webhooks) {
+      for (const auto& [method, op] : methods) {
+        paths[pattern][method] = [pattern = std::string(pattern),
+                                  op = op](Writer& w) {
+          WriteWebhookOperation(w, pattern, op);
+        };
+      }
+    }
+  }
   rapidjson::StringBuffer buffer;
   Writer w(buffer);
   w.StartObject();
@@ -320,6 +602,24 @@ std::string GeneratedOpenApi(const App& app) {
                          "each operation needs."));
   w.EndObject();
   w.EndObject();
+  if (publishes) {
+    w.Key("schemas");
+    w.StartObject();
+    const std::pair<const char*, std::string> schemas[] = {
+        {"WebhookEndpoint", WebhookEndpointSchema()},
+        {"WebhookStats", WebhookStatsSchema()},
+        {"WebhookAttempt", WebhookAttemptSchema()},
+        {"ParkedDelivery", ParkedDeliverySchema()},
+        {"CreateWebhook", WebhookBodySchema("CreateWebhook")},
+        {"UpdateWebhook", WebhookBodySchema("UpdateWebhook")},
+        {"ReplayWebhook", WebhookBodySchema("ReplayWebhook")},
+    };
+    for (const auto& [name, schema] : schemas) {
+      w.Key(name);
+      w.RawValue(schema.data(), schema.size(), rapidjson::kObjectType);
+    }
+    w.EndObject();
+  }
   w.EndObject();
   w.Key("paths");
   w.StartObject();

@@ -100,7 +100,8 @@ int Migrate(App& app, const DatabaseFlags& db) {
   return kOk;
 }
 
-int Project(App& app, const DatabaseFlags& db) {
+int Project(App& app, const DatabaseFlags& db,
+            const integration::WebhookDelivererOptions& webhooks) {
   SetLogging(db);
   // Signals are taken synchronously: blocked here, before any thread
   // starts, and awaited below.
@@ -123,12 +124,26 @@ int Project(App& app, const DatabaseFlags& db) {
       pool, store->get(), RunnerProjections(app, store->get(), db.schema),
       options);
   if (!runner.ok()) return Fail(app, runner.status());
+  // The webhooks are delivered where the projections run.
+  std::unique_ptr<integration::WebhookDeliverer> deliverer;
+  if (!app.publication().types().empty()) {
+    integration::WebhookDelivererOptions deliverer_options = webhooks;
+    deliverer_options.schema = db.schema;
+    auto made = integration::WebhookDeliverer::Create(
+        pool, store->get(), &app.publication(), std::move(deliverer_options));
+    if (!made.ok()) return Fail(app, made.status());
+    deliverer = *std::move(made);
+  }
   (*runner)->Start();
+  if (deliverer != nullptr) deliverer->Start();
   Log(LogLevel::kInfo, "projector running",
-      {{"program", app.name()}, {"schema", db.schema}});
+      {{"program", app.name()},
+       {"schema", db.schema},
+       {"webhooks", deliverer != nullptr ? "here" : "none"}});
   int signal = 0;
   sigwait(&signals, &signal);
   Log(LogLevel::kInfo, "projector stopping", {{"signal", signal}});
+  if (deliverer != nullptr) deliverer->Stop();
   (*runner)->Stop();
   return kOk;
 }
@@ -157,6 +172,7 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   options.auth_max_failures = flags.auth_max_failures;
   options.tls_cert_file = flags.tls_cert;
   options.tls_key_file = flags.tls_key;
+  options.webhooks = flags.webhooks;
   auto server = AppServer::Start(app, database->pool.get(), options);
   if (!server.ok()) return Fail(app, server.status());
   Log(LogLevel::kInfo, "listening",

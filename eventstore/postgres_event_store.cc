@@ -1446,6 +1446,31 @@ absl::StatusOr<Position> PostgresEventStore::HeadPosition() {
   return head;
 }
 
+absl::StatusOr<Position> PostgresEventStore::PositionBefore(absl::Time time) {
+  std::optional<Position> before;
+  RETURN_IF_ERROR(pool_->Run(
+      PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
+        pqxx::nontransaction tx(conn);
+        // Events of one transaction share recorded_at (its start), so the
+        // first one found is the first of its transaction too.
+        const pqxx::result rows = tx.exec_params(
+            absl::StrCat("SELECT transaction_id::text AS xid_text, "
+                         "global_position FROM ",
+                         options_.schema,
+                         ".events WHERE recorded_at >= timestamptz 'epoch' + "
+                         "$1::int8 * interval '1 microsecond' ORDER BY "
+                         "transaction_id, "
+                         "global_position LIMIT 1"),
+            absl::ToUnixMicros(time));
+        if (!rows.empty()) {
+          before = Position{ParseXid(rows[0][0]), rows[0][1].as<int64_t>() - 1};
+        }
+        return absl::OkStatus();
+      }));
+  if (before.has_value()) return *before;
+  return HeadPosition();
+}
+
 // ---------------------------------------------------------------------------
 // ChangeListener
 

@@ -114,6 +114,13 @@ class PostgresEventStore : public EventStore {
   absl::StatusOr<Snapshot> LoadSnapshot(absl::string_view stream_id) override;
   absl::StatusOr<Position> HeadPosition() override;
 
+  // The position just before the first event (in commit order) recorded at
+  // or after `time`: reading after it starts with that event. HeadPosition()
+  // when no event was recorded since `time`. Scans the log (recorded_at has
+  // no index): for administration, not for a hot path. kUnavailable as the
+  // reads.
+  absl::StatusOr<Position> PositionBefore(absl::Time time);
+
   // An EventStore whose every operation runs inside `tx`, a transaction the
   // caller owns and commits or aborts: appends become atomic with whatever
   // else `tx` writes (the command side stores idempotency records this way).

@@ -45,6 +45,7 @@
 #include "absl/time/time.h"
 #include "eventstore/event_store.h"
 #include "eventstore/position.h"
+#include "eventstore/postgres_event_store.h"
 #include "framework/pg_pool.h"
 #include "integration/cloud_events.h"
 
@@ -136,11 +137,12 @@ struct WebhookStoreOptions {
   // The app's published types: filters must name them. Required.
   const Publication* publication = nullptr;
   // The app's event store: the head for new endpoints, positions of times
-  // for Replay(). Required.
-  eventstore::EventStore* events = nullptr;
+  // for ReplayFrom() (PostgresEventStore::PositionBefore). Required.
+  eventstore::PostgresEventStore* events = nullptr;
   // Checks a URL when an endpoint is added or changed (scheme, host,
-  // resolved addresses: http::CheckUrl with the app's address policy);
-  // unset: any http(s) URL.
+  // resolved addresses: http::CheckUrl with the app's address policy),
+  // after CheckWebhookUrlSyntax(); a failure is reported as invalid_request.
+  // Unset: any URL CheckWebhookUrlSyntax() accepts.
   std::function<absl::Status(absl::string_view url)> check_url;
   // How long the previous secret keeps signing after RotateSecret().
   absl::Duration rotation_grace = absl::Hours(24);
@@ -154,6 +156,12 @@ struct WebhookStoreOptions {
 std::string WebhookEndpointJson(const WebhookEndpoint& endpoint,
                                 const WebhookStats* stats = nullptr,
                                 absl::string_view secret = "");
+// OK for an absolute http:// or https:// URL of at most kMaxWebhookUrl bytes
+// with a host, without user information ("user:pass@"), spaces or control
+// characters; otherwise kInvalidArgument (code invalid_request) saying
+// why. The store checks every URL with it before options.check_url.
+absl::Status CheckWebhookUrlSyntax(absl::string_view url);
+
 // {"items": [WebhookEndpointJson(e) ...]}.
 std::string WebhookEndpointPageJson(
     const std::vector<WebhookEndpoint>& endpoints);
@@ -194,7 +202,8 @@ class WebhookStore {
 
   // Disable() stops deliveries (those in flight finish); the events keep
   // their place: Enable() resumes where it stopped. `reason`: manual, gone
-  // or failing. Enable() also clears failing_since. kNotFound.
+  // or failing (kInvalidArgument otherwise). Enable() also clears
+  // failing_since. kNotFound.
   absl::StatusOr<WebhookEndpoint> Disable(absl::string_view id,
                                           absl::string_view reason = "manual");
   absl::StatusOr<WebhookEndpoint> Enable(absl::string_view id);
@@ -203,21 +212,24 @@ class WebhookStore {
   // signing for rotation_grace. Returns the endpoint with its new secret.
   absl::StatusOr<NewWebhook> RotateSecret(absl::string_view id);
 
-  // The newest `limit` (1..1000) attempts, newest first. kNotFound.
+  // The newest `limit` (1..1000) attempts, newest first. kNotFound;
+  // kInvalidArgument for a limit out of range.
   absl::StatusOr<std::vector<WebhookAttempt>> Attempts(absl::string_view id,
                                                        int limit);
 
   // Moves the cursor to `after` (events after it are queued again, also
   // those already delivered, with their original webhook-id) or, with
   // ReplayFrom(time), to just before the first event recorded at or after
-  // `time`. Events already waiting are not queued twice. kNotFound;
-  // kInvalidArgument for a position beyond the head.
+  // `time` (the head when none was). Events already waiting are not queued
+  // twice. kNotFound; kInvalidArgument (code invalid_request) for a
+  // position beyond the head.
   absl::StatusOr<WebhookEndpoint> Replay(absl::string_view id,
                                          eventstore::Position after);
   absl::StatusOr<WebhookEndpoint> ReplayFrom(absl::string_view id,
                                              absl::Time time);
 
-  // The parked deliveries, in stream order per stream, oldest first.
+  // The parked deliveries, in stream order per stream, oldest first; at
+  // most `limit` (1..1000). kNotFound; kInvalidArgument as Attempts().
   absl::StatusOr<std::vector<ParkedDelivery>> Parked(absl::string_view id,
                                                      int limit);
   // Puts every parked delivery back in the queue with a fresh schedule
@@ -230,6 +242,17 @@ class WebhookStore {
 
  private:
   WebhookStore(PgPool* pool, std::string schema, WebhookStoreOptions options);
+  // InvalidRequest naming the first field of `patch` that is set and bad.
+  absl::Status Validate(const WebhookEndpointPatch& patch) const;
+  // UPDATE webhook_endpoints SET `set` (with $1 the id and $2.. `params`),
+  // bumping the revision; the endpoint afterwards, or kNotFound.
+  absl::StatusOr<WebhookEndpoint> Change(
+      absl::string_view id, absl::string_view set,
+      const std::vector<std::optional<std::string>>& params);
+  // Runs `statement` (on webhook_deliveries, ending in a WHERE clause) for
+  // the endpoint's rows, bumping its revision; the rows it touched.
+  absl::StatusOr<int64_t> ChangeParked(absl::string_view id,
+                                       absl::string_view statement);
 
   PgPool* const pool_;
   const std::string schema_;

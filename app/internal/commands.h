@@ -3,7 +3,9 @@
 #ifndef APP_INTERNAL_COMMANDS_H_
 #define APP_INTERNAL_COMMANDS_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -20,6 +22,8 @@
 #include "framework/pg_pool.h"
 #include "integration/feed_hub.h"
 #include "integration/feed_read_ahead.h"
+#include "integration/webhook_deliverer.h"
+#include "integration/webhook_store.h"
 
 namespace cqrs::app_internal {
 
@@ -49,6 +53,9 @@ struct ServeFlags {
   int auth_max_failures = 20;
   std::string tls_cert;  // --tls-cert; with --tls-key or neither
   std::string tls_key;
+  // --webhook-*: how this process delivers webhooks (schema, poll interval
+  // and metrics are AppServer's).
+  integration::WebhookDelivererOptions webhooks;
 };
 
 struct ProjectionsFlags {
@@ -57,6 +64,24 @@ struct ProjectionsFlags {
   bool all = false;
   bool json = false;
   bool fast = false;
+};
+
+struct WebhooksFlags {
+  // create, list, show, update, delete, disable, enable, rotate-secret,
+  // attempts, replay, parked, replay-parked, skip-parked, status
+  std::string command;
+  std::string id;
+  std::optional<std::string> url;
+  std::vector<std::string> types;
+  std::vector<std::string> categories;
+  std::optional<std::string> description;
+  bool clear_types = false;
+  bool clear_categories = false;
+  int limit = 100;
+  std::string from_position;
+  std::string from_time;
+  std::vector<std::string> allow_networks;
+  bool json = false;
 };
 
 struct KeysFlags {
@@ -95,11 +120,13 @@ absl::Status MigrateAll(PgPool& pool, const std::string& schema);
 int Fail(const App& app, const absl::Status& status);
 
 int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags);
-int Project(App& app, const DatabaseFlags& db);
+int Project(App& app, const DatabaseFlags& db,
+            const integration::WebhookDelivererOptions& webhooks);
 int Migrate(App& app, const DatabaseFlags& db);
 int Projections(App& app, const DatabaseFlags& db,
                 const ProjectionsFlags& flags);
 int Keys(App& app, const DatabaseFlags& db, const KeysFlags& flags);
+int Webhooks(App& app, const DatabaseFlags& db, const WebhooksFlags& flags);
 
 // The scopes the framework's routes use and any the app's own routes
 // declare: what `keys create` and POST /keys accept.
@@ -116,6 +143,35 @@ void AddKeyRoutes(const App& app, auth::ApiKeyStore* keys,
 // `hub` must outlive the router's server.
 void AddEventsRoute(const App& app, integration::FeedReadAhead* feed,
                     integration::FeedHub* hub, http::Router& router);
+
+// The /webhooks routes (scope admin; integration/webhook_store.h) on
+// `router`. `hooks` must outlive the router's server.
+void AddWebhookRoutes(integration::WebhookStore* hooks, http::Router& router);
+
+// The JSON Schema of a /webhooks request body: "CreateWebhook",
+// "UpdateWebhook" or "ReplayWebhook".
+std::string WebhookBodySchema(absl::string_view name);
+
+// WebhookStoreOptions::check_url of an app: the URL's form, and (when the
+// SSRF checks land) its resolved addresses against the private ranges but
+// `allow_networks` (CIDRs).
+std::function<absl::Status(absl::string_view)> WebhookUrlCheck(
+    const std::vector<std::string>& allow_networks);
+
+// Replay() from a position token, or ReplayFrom() an RFC 3339 time when
+// `from_position` is empty: what POST /webhooks/{id}/replay and `webhooks
+// replay` do. kInvalidArgument (invalid_request) for a malformed token or
+// time.
+absl::StatusOr<integration::WebhookEndpoint> ReplayEndpoint(
+    integration::WebhookStore& hooks, absl::string_view id,
+    absl::string_view from_position, absl::string_view from_time);
+
+// The store an app's routes and commands use: `publication` and `events`
+// as WebhookStoreOptions; must outlive it.
+absl::StatusOr<std::unique_ptr<integration::WebhookStore>> OpenWebhookStore(
+    PgPool* pool, const std::string& schema, const App& app,
+    eventstore::PostgresEventStore* events,
+    const std::vector<std::string>& allow_networks);
 
 // "30d", or what absl::ParseDuration reads ("12h", "90m"); positive.
 absl::StatusOr<absl::Duration> ParseExpiry(absl::string_view text);

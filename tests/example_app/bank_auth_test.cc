@@ -50,6 +50,8 @@ Call CallFor(const http::Route& route) {
       {"/transfers",
        R"({"transfer_id":"t-m","from":"m-1","to":"m-2","amount":1})"},
       {"/keys", R"({"name":"made-by-matrix","scopes":["queries"]})"},
+      {"/webhooks", R"({"url":"https://hooks.example/matrix"})"},
+      {"/webhooks/{id}/replay", R"({"from_position":"0.0"})"},
   };
   Call call;
   call.method = route.method;
