@@ -11,6 +11,7 @@
 #include "app/internal/commands.h"
 #include "framework/auth/scopes.h"
 #include "framework/error_code.h"
+#include "framework/http/address_policy.h"
 #include "framework/http/status_mapping.h"
 #include "framework/json_shape.h"
 #include "framework/json_writer.h"
@@ -191,11 +192,15 @@ absl::StatusOr<integration::WebhookEndpoint> ReplayEndpoint(
 
 std::function<absl::Status(absl::string_view)> WebhookUrlCheck(
     const std::vector<std::string>& allow_networks) {
-  // TODO(webhooks): also http::CheckUrl(url, policy allowing these).
-  (void)allow_networks;
-  return [](absl::string_view url) {
-    return integration::CheckWebhookUrlSyntax(url);
-  };
+  // The store checks the URL's form first; this adds where it points.
+  // The networks were checked when the flags were read: a bad one is left
+  // out rather than allowing more.
+  http::AddressPolicy policy;
+  for (const std::string& cidr : allow_networks) {
+    policy.Allow(cidr).IgnoreError();
+  }
+  return
+      [policy](absl::string_view url) { return http::CheckUrl(url, policy); };
 }
 
 std::string WebhookBodySchema(absl::string_view name) {

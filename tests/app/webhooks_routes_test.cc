@@ -36,6 +36,9 @@ class Served {
     REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
     cqrs::ServeOptions options;
     options.schema = schema_.name();
+    // The tests' endpoints are on the loopback; other internal addresses
+    // stay refused.
+    options.webhooks.allow_networks = {"127.0.0.0/8"};
     auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
     INFO(server.status().ToString());
     REQUIRE(server.ok());
@@ -92,7 +95,7 @@ TEST_CASE("webhook endpoints are managed over HTTP", "[app][webhooks][pg]") {
   Served s;
   ClientResponse created =
       s.Send("POST", "/webhooks",
-             R"({"url":"https://hooks.example/in","types":["notes.noted.v1"],)"
+             R"({"url":"https://127.0.0.1/in","types":["notes.noted.v1"],)"
              R"("categories":["note"],"description":"audit"})");
   INFO(created.body);
   REQUIRE(created.status == 201);
@@ -101,7 +104,7 @@ TEST_CASE("webhook endpoints are managed over HTTP", "[app][webhooks][pg]") {
   const std::string secret = doc["secret"].GetString();
   CHECK(absl::StartsWith(id, "wh_"));
   CHECK(absl::StartsWith(secret, "whsec_"));
-  CHECK(std::string(doc["url"].GetString()) == "https://hooks.example/in");
+  CHECK(std::string(doc["url"].GetString()) == "https://127.0.0.1/in");
   CHECK(std::string(doc["types"][0].GetString()) == "notes.noted.v1");
   CHECK(std::string(doc["categories"][0].GetString()) == "note");
   CHECK(std::string(doc["description"].GetString()) == "audit");
@@ -130,11 +133,11 @@ TEST_CASE("webhook endpoints are managed over HTTP", "[app][webhooks][pg]") {
 
   ClientResponse patched =
       s.Send("PATCH", absl::StrCat("/webhooks/", id),
-             R"({"url":"http://hooks.example:8080/v2","types":[]})");
+             R"({"url":"http://127.0.0.1:8080/v2","types":[]})");
   INFO(patched.body);
   REQUIRE(patched.status == 200);
   doc = Parse(patched.body);
-  CHECK(std::string(doc["url"].GetString()) == "http://hooks.example:8080/v2");
+  CHECK(std::string(doc["url"].GetString()) == "http://127.0.0.1:8080/v2");
   CHECK(doc["types"].Empty());
   CHECK(std::string(doc["categories"][0].GetString()) == "note");
   CHECK(std::string(doc["description"].GetString()) == "audit");
@@ -246,7 +249,7 @@ TEST_CASE("webhook routes need the admin scope and known ids",
   };
   const std::vector<Route> routes = {
       {"GET", "/webhooks", ""},
-      {"POST", "/webhooks", R"({"url":"https://h.example/"})"},
+      {"POST", "/webhooks", R"({"url":"https://127.0.0.1/"})"},
       {"GET", "/webhooks/" + id, ""},
       {"PATCH", "/webhooks/" + id, R"({"description":"x"})"},
       {"DELETE", "/webhooks/" + id, ""},
@@ -280,27 +283,34 @@ TEST_CASE("webhook routes need the admin scope and known ids",
 TEST_CASE("bad webhook input is 400 invalid_request and stores nothing",
           "[app][webhooks][pg]") {
   Served s;
-  const std::string long_url = absl::StrCat(R"({"url":"https://h.example/)",
+  const std::string long_url = absl::StrCat(R"({"url":"https://127.0.0.1/)",
                                             std::string(2048, 'a'), R"("})");
   const std::string long_description =
-      absl::StrCat(R"({"url":"https://h.example/","description":")",
+      absl::StrCat(R"({"url":"https://127.0.0.1/","description":")",
                    std::string(1001, 'd'), R"("})");
-  std::string many_types = R"({"url":"https://h.example/","types":[)";
+  std::string many_types = R"({"url":"https://127.0.0.1/","types":[)";
   for (int i = 0; i < 101; ++i) {
     absl::StrAppend(&many_types, i > 0 ? "," : "", R"("notes.noted.v1")");
   }
   absl::StrAppend(&many_types, "]}");
   for (const std::string& bad : std::vector<std::string>{
-           R"({"url":"ftp://h.example/"})", R"({"url":"https://"})",
+           R"({"url":"ftp://127.0.0.1/"})", R"({"url":"https://"})",
            R"({"url":"http:///x"})",
-           R"({"url":"https://user:pass@h.example/"})",
-           R"({"url":"https://h.example/a b"})", R"({"url":""})", R"({})",
-           R"({"url":"https://h.example/","types":["notes.other.v1"]})",
-           R"({"url":"https://h.example/","types":["notes.noted.v2"]})",
-           R"({"url":"https://h.example/","categories":["Note"]})",
-           R"({"url":"https://h.example/","categories":["a.b"]})",
-           R"({"url":"https://h.example/","colour":"red"})",
-           R"({"url":"https://h.example/","types":"notes.noted.v1"})", long_url,
+           R"({"url":"https://user:pass@127.0.0.1/"})",
+           R"({"url":"https://127.0.0.1/a b"})", R"({"url":""})", R"({})",
+           R"({"url":"https://127.0.0.1/","types":["notes.other.v1"]})",
+           R"({"url":"https://127.0.0.1/","types":["notes.noted.v2"]})",
+           R"({"url":"https://127.0.0.1/","categories":["Note"]})",
+           R"({"url":"https://127.0.0.1/","categories":["a.b"]})",
+           R"({"url":"https://127.0.0.1/","colour":"red"})",
+           R"({"url":"https://127.0.0.1/","types":"notes.noted.v1"})",
+           // Internal addresses (SSRF) and a host that does not resolve.
+           R"({"url":"http://10.0.0.1/x"})",
+           R"({"url":"http://192.168.1.10/"})",
+           R"({"url":"http://169.254.169.254/latest/meta-data"})",
+           R"({"url":"http://[::1]:8080/x"})", R"({"url":"http://[fd00::1]/"})",
+           R"({"url":"http://0.0.0.0/"})",
+           R"({"url":"http://no-such-host.invalid/"})", long_url,
            long_description, many_types}) {
     INFO(bad.substr(0, 120));
     ClientResponse refused = s.Send("POST", "/webhooks", bad);
@@ -315,11 +325,11 @@ TEST_CASE("bad webhook input is 400 invalid_request and stores nothing",
   // The public type alone names every version.
   ClientResponse made =
       s.Send("POST", "/webhooks",
-             R"({"url":"https://h.example/","types":["notes.noted"]})");
+             R"({"url":"https://127.0.0.1/","types":["notes.noted"]})");
   REQUIRE(made.status == 201);
   const std::string id = Parse(made.body)["id"].GetString();
   const std::string path = absl::StrCat("/webhooks/", id);
-  for (const char* bad : {R"({"url":"ftp://h.example/"})",
+  for (const char* bad : {R"({"url":"ftp://127.0.0.1/"})",
                           R"({"types":["nope.v1"]})", R"({"categories":[""]})",
                           R"({"secret":"whsec_x"})", R"({"description":1})"}) {
     INFO(bad);
@@ -345,7 +355,7 @@ TEST_CASE("bad webhook input is 400 invalid_request and stores nothing",
           400);
   }
   rapidjson::Document doc = Parse(s.Send("GET", path).body);
-  CHECK(std::string(doc["url"].GetString()) == "https://h.example/");
+  CHECK(std::string(doc["url"].GetString()) == "https://127.0.0.1/");
   CHECK(std::string(doc["types"][0].GetString()) == "notes.noted");
   CHECK(s.schema().QueryInt(absl::StrCat("SELECT revision FROM ",
                                          s.schema().name(),

@@ -50,7 +50,7 @@ Call CallFor(const http::Route& route) {
       {"/transfers",
        R"({"transfer_id":"t-m","from":"m-1","to":"m-2","amount":1})"},
       {"/keys", R"({"name":"made-by-matrix","scopes":["queries"]})"},
-      {"/webhooks", R"({"url":"https://hooks.example/matrix"})"},
+      {"/webhooks", R"({"url":"https://203.0.113.5/matrix"})"},
       {"/webhooks/{id}/replay", R"({"from_position":"0.0"})"},
   };
   Call call;

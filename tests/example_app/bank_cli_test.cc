@@ -90,7 +90,7 @@ TEST_CASE("bad webhook flags are usage errors", "[bank][cli]") {
            "webhooks replay wh_0000000000000000 --from-position 1.1 "
            "--from-time 2020-01-01T00:00:00Z",
            "webhooks update wh_0000000000000000 --clear-types --type x.v1",
-           "webhooks create --url https://h.example/ "
+           "webhooks create --url https://127.0.0.1/ "
            "--webhook-allow-network 300.0.0.0/8",
        }) {
     INFO(args);
@@ -117,8 +117,9 @@ TEST_CASE("webhooks are managed from the command line", "[bank][cli][pg]") {
                      schema.url(), "' --schema ", schema.name(), " 2>&1"));
   };
   Run created = bank(
-      "create --url https://hooks.example/in --type bank.account.opened.v1 "
-      "--category account --description audit");
+      "create --url https://127.0.0.1/in --type bank.account.opened.v1 "
+      "--category account --description audit "
+      "--webhook-allow-network 127.0.0.0/8");
   INFO(created.output);
   REQUIRE(created.exit_code == 0);
   std::vector<std::string> lines =
@@ -164,9 +165,13 @@ TEST_CASE("webhooks are managed from the command line", "[bank][cli][pg]") {
 
   // Bad input: 2, nothing stored; an unknown id: 1 with the message.
   for (const std::string& bad :
-       {std::string("create --url ftp://h.example/"),
-        std::string("create --url https://h.example/ --type nope.v1"),
-        std::string("create --url https://h.example/ --category Bad"),
+       {std::string("create --url ftp://127.0.0.1/"),
+        std::string("create --url https://127.0.0.1/ --type nope.v1"),
+        std::string("create --url https://127.0.0.1/ --category Bad"),
+        // Loopback without --webhook-allow-network, and a private address.
+        std::string("create --url https://127.0.0.1/"),
+        std::string("create --url http://10.1.2.3/ --webhook-allow-network "
+                    "127.0.0.0/8"),
         absl::StrCat("update ", id, " --url http:///x"),
         absl::StrCat("replay ", id, " --from-position nope"),
         absl::StrCat("replay ", id, " --from-time yesterday")}) {

@@ -96,7 +96,7 @@ TEST_CASE("webhook endpoints are added, listed, changed and deleted",
   Fixture f;
   const Position head = f.Append("account-1", 3);
   WebhookEndpointInput input;
-  input.url = "https://hooks.example/in";
+  input.url = "https://127.0.0.1/in";
   input.types = {"bank.account.opened.v1", "bank.account.deposited"};
   input.categories = {"account"};
   input.description = "the ledger";
@@ -130,11 +130,11 @@ TEST_CASE("webhook endpoints are added, listed, changed and deleted",
   CHECK(got->types == input.types);
 
   WebhookEndpointPatch patch;
-  patch.url = "https://hooks.example/v2";
+  patch.url = "https://127.0.0.1/v2";
   patch.types = std::vector<std::string>{};
   auto updated = f.store->Update(e.id, patch);
   REQUIRE(updated.ok());
-  CHECK(updated->url == "https://hooks.example/v2");
+  CHECK(updated->url == "https://127.0.0.1/v2");
   CHECK(updated->types.empty());
   CHECK(updated->categories == input.categories);  // unset: stays
   CHECK(updated->description == "the ledger");
@@ -224,39 +224,39 @@ TEST_CASE("bad endpoints are refused and nothing is stored",
   };
   const std::vector<Bad> bad = {
       {"ftp", {"ftp://files.example/x", {}, {}, ""}},
-      {"no scheme", {"hooks.example/x", {}, {}, ""}},
+      {"no scheme", {"127.0.0.1/x", {}, {}, ""}},
       {"no host", {"http:///path", {}, {}, ""}},
       {"empty host", {"https://", {}, {}, ""}},
       {"port only", {"https://:8080/", {}, {}, ""}},
-      {"user info", {"https://user:pass@hooks.example/", {}, {}, ""}},
-      {"space", {"https://hooks.example/a b", {}, {}, ""}},
-      {"newline", {"https://hooks.example/\n", {}, {}, ""}},
+      {"user info", {"https://user:pass@127.0.0.1/", {}, {}, ""}},
+      {"space", {"https://127.0.0.1/a b", {}, {}, ""}},
+      {"newline", {"https://127.0.0.1/\n", {}, {}, ""}},
       {"empty", {"", {}, {}, ""}},
       {"long url",
-       {absl::StrCat("https://hooks.example/", std::string(2048, 'a')),
+       {absl::StrCat("https://127.0.0.1/", std::string(2048, 'a')),
         {},
         {},
         ""}},
       {"unknown type",
-       {"https://h.example/", {"bank.account.closed.v1"}, {}, ""}},
+       {"https://127.0.0.1/", {"bank.account.closed.v1"}, {}, ""}},
       {"unknown version",
-       {"https://h.example/", {"bank.account.opened.v2"}, {}, ""}},
-      {"stored type", {"https://h.example/", {"AccountOpened"}, {}, ""}},
-      {"empty type", {"https://h.example/", {""}, {}, ""}},
-      {"upper category", {"https://h.example/", {}, {"Account"}, ""}},
-      {"dotted category", {"https://h.example/", {}, {"a.b"}, ""}},
-      {"comma category", {"https://h.example/", {}, {"a,b"}, ""}},
-      {"empty category", {"https://h.example/", {}, {""}, ""}},
-      {"long category", {"https://h.example/", {}, {std::string(65, 'a')}, ""}},
+       {"https://127.0.0.1/", {"bank.account.opened.v2"}, {}, ""}},
+      {"stored type", {"https://127.0.0.1/", {"AccountOpened"}, {}, ""}},
+      {"empty type", {"https://127.0.0.1/", {""}, {}, ""}},
+      {"upper category", {"https://127.0.0.1/", {}, {"Account"}, ""}},
+      {"dotted category", {"https://127.0.0.1/", {}, {"a.b"}, ""}},
+      {"comma category", {"https://127.0.0.1/", {}, {"a,b"}, ""}},
+      {"empty category", {"https://127.0.0.1/", {}, {""}, ""}},
+      {"long category", {"https://127.0.0.1/", {}, {std::string(65, 'a')}, ""}},
       {"long description",
-       {"https://h.example/", {}, {}, std::string(1001, 'd')}},
+       {"https://127.0.0.1/", {}, {}, std::string(1001, 'd')}},
       {"too many types",
-       {"https://h.example/",
+       {"https://127.0.0.1/",
         std::vector<std::string>(101, many_types_entry),
         {},
         ""}},
       {"too many categories",
-       {"https://h.example/", {}, std::vector<std::string>(101, "c"), ""}},
+       {"https://127.0.0.1/", {}, std::vector<std::string>(101, "c"), ""}},
   };
   for (const Bad& b : bad) {
     INFO(b.why);
@@ -265,7 +265,7 @@ TEST_CASE("bad endpoints are refused and nothing is stored",
     CHECK(ErrorCodeOf(refused.status()) == "invalid_request");
     WebhookEndpointPatch patch;
     patch.url = b.input.url;
-    if (b.input.url == "https://h.example/") patch.url.reset();
+    if (b.input.url == "https://127.0.0.1/") patch.url.reset();
     if (!b.input.types.empty()) patch.types = b.input.types;
     if (!b.input.categories.empty()) patch.categories = b.input.categories;
     if (!b.input.description.empty()) patch.description = b.input.description;
@@ -285,7 +285,7 @@ TEST_CASE("bad endpoints are refused and nothing is stored",
   CHECK(same->url == "https://ok.example/");
 
   // At the bounds: accepted.
-  auto edge = f.store->Add({absl::StrCat("https://h.example/",
+  auto edge = f.store->Add({absl::StrCat("https://127.0.0.1/",
                                          std::string(kMaxWebhookUrl - 18, 'a')),
                             std::vector<std::string>(100, many_types_entry),
                             std::vector<std::string>(100, std::string(64, 'c')),
@@ -314,12 +314,12 @@ TEST_CASE("the URL check of the options is asked, and its refusal is 400",
   };
   auto store = WebhookStore::Create(&schema.pool(), schema.name(), options);
   REQUIRE(store.ok());
-  CHECK((*store)->Add({"https://hooks.example/", {}, {}, ""}).ok());
+  CHECK((*store)->Add({"https://127.0.0.1/", {}, {}, ""}).ok());
   auto refused = (*store)->Add({"http://10.0.0.1/", {}, {}, ""});
   CHECK(ErrorCodeOf(refused.status()) == "invalid_request");
   CHECK(absl::StrContains(refused.status().message(), "private address"));
   CHECK(asked ==
-        std::vector<std::string>{"https://hooks.example/", "http://10.0.0.1/"});
+        std::vector<std::string>{"https://127.0.0.1/", "http://10.0.0.1/"});
   CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
                                      ".webhook_endpoints")) == 1);
   // Create() refuses missing parts and an unmigrated schema.
@@ -337,7 +337,7 @@ TEST_CASE("replay moves the cursor back or forward, never past the head",
           "[integration][webhooks][pg]") {
   Fixture f;
   const Position first = f.Append("account-1");
-  auto made = f.store->Add({"https://h.example/", {}, {}, ""});
+  auto made = f.store->Add({"https://127.0.0.1/", {}, {}, ""});
   REQUIRE(made.ok());
   const std::string id = made->endpoint.id;
   CHECK(made->endpoint.cursor == first);
@@ -392,7 +392,7 @@ TEST_CASE("replay moves the cursor back or forward, never past the head",
 TEST_CASE("stats, attempts and parked deliveries",
           "[integration][webhooks][pg]") {
   Fixture f;
-  auto made = f.store->Add({"https://h.example/", {}, {}, ""});
+  auto made = f.store->Add({"https://127.0.0.1/", {}, {}, ""});
   REQUIRE(made.ok());
   auto other = f.store->Add({"https://other.example/", {}, {}, ""});
   REQUIRE(other.ok());
