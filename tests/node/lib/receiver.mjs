@@ -51,9 +51,12 @@ function random(seed) {
 
 // One endpoint path: its secrets, its mode and what it received.
 export class ReceiverEndpoint {
-  constructor(path, { mode = 'ok', secrets = [] } = {}) {
+  constructor(path, { mode = 'ok', secrets = [], failSubjects = [] } = {}) {
     this.path = path;
     this.mode = mode;
+    // In chaos mode, events of these subjects always get 500: their
+    // deliveries are parked, with their streams behind them.
+    this.failSubjects = new Set(failSubjects);
     this.secrets = secrets;
     this.requests = [];
   }
@@ -122,7 +125,8 @@ export class Receiver {
         return;
       }
       endpoint.requests.push(record);
-      this.answer(endpoint.mode, req, res, record);
+      const poisoned = endpoint.mode === 'chaos' && endpoint.failSubjects.has(record.subject);
+      this.answer(poisoned ? 'fail' : endpoint.mode, req, res, record);
     });
   }
 
