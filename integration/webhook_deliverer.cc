@@ -1078,6 +1078,23 @@ class WebhookDeliverer::Impl {
     absl::Status written = pool_->Run(
         PgPool::Retry::kOnBrokenConnection, [&](pqxx::connection& conn) {
           pqxx::work tx(conn);
+          // The endpoints' rows first, as an endpoint's deletion (which
+          // cascades to its deliveries and attempts) locks them: the same
+          // order, no deadlock.
+          tx.exec_params(
+              absl::StrCat(
+                  "UPDATE ", s,
+                  ".webhook_endpoints e SET delivered = e.delivered + "
+                  "r.delivered, failed_attempts = e.failed_attempts + "
+                  "r.failed, last_success_at = coalesce(to_timestamp("
+                  "r.success_us / 1000000.0), e.last_success_at), "
+                  "last_failure_at = coalesce(to_timestamp(r.failure_us / "
+                  "1000000.0), e.last_failure_at), failing_since = "
+                  "to_timestamp(r.failing_us / 1000000.0) FROM "
+                  "json_to_recordset($1::json) AS r(id text, delivered "
+                  "bigint, failed bigint, success_us bigint, failure_us "
+                  "bigint, failing_us bigint) WHERE e.id = r.id"),
+              std::string(totals.GetString(), totals.GetSize()));
           tx.exec_params(
               absl::StrCat("DELETE FROM ", s,
                            ".webhook_deliveries d USING json_to_recordset($1"
@@ -1111,20 +1128,6 @@ class WebhookDeliverer::Impl {
                   "1 FROM ",
                   s, ".webhook_endpoints e WHERE e.id = r.endpoint_id)"),
               std::string(attempts.GetString(), attempts.GetSize()));
-          tx.exec_params(
-              absl::StrCat(
-                  "UPDATE ", s,
-                  ".webhook_endpoints e SET delivered = e.delivered + "
-                  "r.delivered, failed_attempts = e.failed_attempts + "
-                  "r.failed, last_success_at = coalesce(to_timestamp("
-                  "r.success_us / 1000000.0), e.last_success_at), "
-                  "last_failure_at = coalesce(to_timestamp(r.failure_us / "
-                  "1000000.0), e.last_failure_at), failing_since = "
-                  "to_timestamp(r.failing_us / 1000000.0) FROM "
-                  "json_to_recordset($1::json) AS r(id text, delivered "
-                  "bigint, failed bigint, success_us bigint, failure_us "
-                  "bigint, failing_us bigint) WHERE e.id = r.id"),
-              std::string(totals.GetString(), totals.GetSize()));
           tx.commit();
           return absl::OkStatus();
         });
