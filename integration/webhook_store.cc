@@ -23,6 +23,14 @@ namespace {
 
 constexpr char kComponent[] = "webhooks";
 
+bool EndpointExists(pqxx::transaction_base& tx, const std::string& schema,
+                    absl::string_view id) {
+  return !tx.exec_params(absl::StrCat("SELECT 1 FROM ", schema,
+                                      ".webhook_endpoints WHERE id = $1"),
+                         std::string(id))
+              .empty();
+}
+
 // webhook_endpoints.cursor and webhook_deliveries.position are position
 // tokens (eventstore::Position::ToToken()). A delivered event's row is
 // deleted; the endpoint's counters keep the totals.
@@ -508,11 +516,7 @@ absl::StatusOr<std::vector<WebhookAttempt>> WebhookStore::Attempts(
       [&](pqxx::connection& conn) -> absl::Status {
         attempts.clear();
         pqxx::read_transaction tx(conn);
-        found = !tx.exec_params(absl::StrCat("SELECT 1 FROM ", schema_,
-                                             ".webhook_endpoints WHERE id = "
-                                             "$1"),
-                                std::string(id))
-                     .empty();
+        found = EndpointExists(tx, schema_, id);
         if (!found) return absl::OkStatus();
         for (const pqxx::row& r : tx.exec_params(
                  absl::StrCat(
@@ -571,14 +575,10 @@ absl::StatusOr<std::vector<ParkedDelivery>> WebhookStore::Parked(
       [&](pqxx::connection& conn) -> absl::Status {
         parked.clear();
         pqxx::read_transaction tx(conn);
-        found = !tx.exec_params(absl::StrCat("SELECT 1 FROM ", schema_,
-                                             ".webhook_endpoints WHERE id = "
-                                             "$1"),
-                                std::string(id))
-                     .empty();
+        found = EndpointExists(tx, schema_, id);
         if (!found) return absl::OkStatus();
-        // The queue's order (seq) is the commit order: stream order within
-        // each stream.
+        // Stream order within each stream (a replay can queue an older
+        // event after a newer one).
         for (const pqxx::row& r : tx.exec_params(
                  absl::StrCat(
                      "SELECT event_id::text, event_type, stream_id, "
@@ -588,7 +588,9 @@ absl::StatusOr<std::vector<ParkedDelivery>> WebhookStore::Parked(
                      "* 1000000)::bigint FROM ",
                      schema_,
                      ".webhook_deliveries WHERE endpoint_id = $1 AND state = "
-                     "'parked' ORDER BY seq LIMIT $2"),
+                     "'parked' ORDER BY min(seq) OVER (PARTITION BY "
+                     "stream_id), "
+                     "stream_version LIMIT $2"),
                  std::string(id), limit)) {
           ParkedDelivery p;
           p.event_id = r[0].as<std::string>();

@@ -228,8 +228,8 @@ class WebhookStore {
   absl::StatusOr<WebhookEndpoint> ReplayFrom(absl::string_view id,
                                              absl::Time time);
 
-  // The parked deliveries, in stream order per stream, oldest first; at
-  // most `limit` (1..1000). kNotFound; kInvalidArgument as Attempts().
+  // The parked deliveries, at most `limit` (1..1000): streams in the
+  // order they were first queued, each in stream order. kNotFound; kInvalidArgument as Attempts().
   absl::StatusOr<std::vector<ParkedDelivery>> Parked(absl::string_view id,
                                                      int limit);
   // Puts every parked delivery back in the queue with a fresh schedule

@@ -461,15 +461,18 @@ TEST_CASE("stats, attempts and parked deliveries",
   auto parked = f.store->Parked(id, 100);
   REQUIRE(parked.ok());
   REQUIRE(parked->size() == 3);
+  // Streams in the order first queued (account-1, then account-0), each
+  // in stream order.
   CHECK((*parked)[0].stream_version == 1);
-  CHECK((*parked)[1].stream_version == 2);
+  CHECK((*parked)[1].stream_version == 3);
+  CHECK((*parked)[2].stream_version == 2);
   CHECK((*parked)[0].type == "bank.account.opened.v1");
   CHECK((*parked)[0].attempts == 8);
   CHECK((*parked)[0].last_status == 500);
   CHECK((*parked)[0].last_error == "boom");
   CHECK((*parked)[0].position.ToToken() == "1.1");
   doc = Json(ParkedDeliveriesJson(*parked));
-  CHECK(std::string(doc["items"][2]["stream_id"].GetString()) == "account-1");
+  CHECK(std::string(doc["items"][2]["stream_id"].GetString()) == "account-0");
   REQUIRE(f.store->Parked(id, 2).ok());
   CHECK(f.store->Parked(id, 2)->size() == 2);
 
