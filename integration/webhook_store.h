@@ -229,7 +229,8 @@ class WebhookStore {
                                              absl::Time time);
 
   // The parked deliveries, at most `limit` (1..1000): streams in the
-  // order they were first queued, each in stream order. kNotFound; kInvalidArgument as Attempts().
+  // order they were first queued, each in stream order. kNotFound;
+  // kInvalidArgument as Attempts().
   absl::StatusOr<std::vector<ParkedDelivery>> Parked(absl::string_view id,
                                                      int limit);
   // Puts every parked delivery back in the queue with a fresh schedule
