@@ -17,6 +17,7 @@
 #include "integration/cloud_events.h"
 #include "rapidjson/document.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::integration {
 namespace {
@@ -55,6 +56,12 @@ struct Fixture {
     }
     auto r = events->Append(stream, ExpectedVersion::Any(), std::move(batch));
     REQUIRE(r.ok());
+    // Readers (and so the head) see it once no older transaction of the
+    // cluster is open: other tests run beside this one.
+    REQUIRE(cqrs::testing::WaitUntil([&] {
+      auto head = events->HeadPosition();
+      return head.ok() && *head >= r->position;
+    }));
     return r->position;
   }
 
