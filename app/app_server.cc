@@ -21,6 +21,7 @@
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
+#include "integration/amqp_relay.h"
 #include "integration/webhook_store.h"
 #include "queries/operations.h"
 #include "queries/query_service.h"
@@ -99,6 +100,7 @@ absl::Status MigrateApp(PgPool& pool, absl::string_view schema) {
   RETURN_IF_ERROR(commands::MigrateProcessManagers(pool, schema));
   RETURN_IF_ERROR(auth::ApiKeyStore::Migrate(pool, schema));
   RETURN_IF_ERROR(integration::WebhookStore::Migrate(pool, schema));
+  RETURN_IF_ERROR(integration::AmqpRelay::Migrate(pool, schema));
   return commands::PostgresIdempotencyStore::Migrate(pool, schema);
 }
 
@@ -118,6 +120,8 @@ struct AppServer::Parts {
   // projections run elsewhere.
   std::unique_ptr<integration::WebhookStore> webhooks;
   std::unique_ptr<integration::WebhookDeliverer> webhook_deliverer;
+  // Null unless options.relay.url is set and the projections run here.
+  std::unique_ptr<integration::AmqpRelay> relay;
   std::unique_ptr<commands::PostgresIdempotencyStore> idempotency;
   std::unique_ptr<commands::HttpCommandRunner> commands;
   std::unique_ptr<queries::ProgressTracker> tracker;
@@ -313,6 +317,18 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
                            std::move(deliverer_options)));
     }
   }
+  if (!options.relay.url.empty() && p->run_projections) {
+    if (app.publication().types().empty()) {
+      return absl::FailedPreconditionError(
+          "the AMQP relay: this app publishes no events (App::Publish)");
+    }
+    integration::AmqpRelayOptions relay_options = options.relay;
+    relay_options.schema = schema;
+    relay_options.metrics = &p->metrics;
+    ASSIGN_OR_RETURN(p->relay, integration::AmqpRelay::Create(
+                                   pool, p->store.get(), &app.publication(),
+                                   std::move(relay_options)));
+  }
   http::RouteOptions health;
   health.execution = http::Execution::kNetworkThread;
   health.operations = true;
@@ -386,6 +402,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   if (p->run_projections) p->runner->Start();
   if (p->feed_hub != nullptr) p->feed_hub->Start();
   if (p->webhook_deliverer != nullptr) p->webhook_deliverer->Start();
+  if (p->relay != nullptr) p->relay->Start();
   std::unique_ptr<AppServer> server(new AppServer(std::move(p)));
   RETURN_IF_ERROR(server->parts_->server->Start());
   return server;
@@ -408,6 +425,7 @@ void AppServer::Stop() {
   parts_->stopped = true;
   parts_->server->Shutdown();  // answers parked queries, drains
   if (parts_->feed_hub != nullptr) parts_->feed_hub->Stop();
+  if (parts_->relay != nullptr) parts_->relay->Stop();
   if (parts_->webhook_deliverer != nullptr) parts_->webhook_deliverer->Stop();
   if (parts_->run_projections) parts_->runner->Stop();
   parts_->tracker->Stop();

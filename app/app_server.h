@@ -34,6 +34,7 @@
 #include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
+#include "integration/amqp_relay.h"
 #include "integration/feed_hub.h"
 #include "integration/webhook_deliverer.h"
 #include "projections/runner.h"
@@ -82,6 +83,11 @@ struct ServeOptions {
   // poll_interval and metrics are filled in by Start(); its allow_networks
   // also decide which endpoint URLs POST /webhooks accepts.
   integration::WebhookDelivererOptions webhooks;
+  // The relay to a RabbitMQ broker (integration/amqp_relay.h), run here
+  // when its url is set and run_projections is; Start() fails with the
+  // relay's configuration error. Its schema and metrics are filled in by
+  // Start().
+  integration::AmqpRelayOptions relay;
   // For tests: how often the runner polls without a notification, the
   // tracker re-reads the checkpoints and the event stream reads the store
   // without a notification.

@@ -101,6 +101,36 @@ void AddWebhookOptions(CLI::App& command, WebhookFlags& flags) {
       ->check(CLI::ExistingFile);
 }
 
+// --amqp-*: the relay of published events to a RabbitMQ broker.
+void AddRelayOptions(CLI::App& command, app_internal::RelayFlags& flags,
+                     const std::string& app_name) {
+  command
+      .add_option("--amqp-url", flags.url,
+                  "also relay the published events to this RabbitMQ broker "
+                  "(amqp://user:password@host:port/vhost; default: "
+                  "$AMQP_URL; none: no relay)")
+      ->envname("AMQP_URL");
+  command.add_option("--amqp-exchange", flags.exchange,
+                     absl::StrCat("the exchange to publish to (default: ",
+                                  app_name, ".events)"));
+  command
+      .add_flag("--amqp-declare-exchange", flags.declare_exchange,
+                "declare the exchange (durable topic) when it does not "
+                "exist; without it a missing exchange is an error")
+      ->disable_flag_override();
+  command
+      .add_option("--amqp-mode", flags.mode,
+                  "CloudEvents AMQP binding: binary (attributes in "
+                  "application properties) or structured (the whole "
+                  "CloudEvent as the body)")
+      ->check(CLI::IsMember({"binary", "structured"}))
+      ->capture_default_str();
+  command
+      .add_option("--amqp-relay-name", flags.name,
+                  "the relay's name (its checkpoint)")
+      ->capture_default_str();
+}
+
 // A CIDR such as 10.0.0.0/8 or fd00::/8.
 bool IsCidr(const std::string& text) {
   const std::vector<std::string> parts = absl::StrSplit(text, '/');
@@ -240,6 +270,7 @@ int App::Main(int argc, char** argv) {
   serve_flags.listen = options_.listen;
   app_internal::ProjectionsFlags projections_flags;
 
+  app_internal::RelayFlags relay_flags;
   CLI::App* serve = cli.add_subcommand(
       "serve",
       "run the HTTP API (and the projections and process managers, unless "
@@ -315,6 +346,7 @@ int App::Main(int argc, char** argv) {
   tls_key->needs(tls_cert);
   WebhookFlags webhook_flags;
   AddWebhookOptions(*serve, webhook_flags);
+  AddRelayOptions(*serve, relay_flags, name_);
 
   CLI::App* project = cli.add_subcommand(
       "project",
@@ -323,6 +355,7 @@ int App::Main(int argc, char** argv) {
   AddDatabaseOptions(*project, db, *this);
   AddLogFormat(*project, db);
   AddWebhookOptions(*project, webhook_flags);
+  AddRelayOptions(*project, relay_flags, name_);
 
   CLI::App* migrate = cli.add_subcommand(
       "migrate", "create or upgrade the database schema and exit");
@@ -374,6 +407,22 @@ int App::Main(int argc, char** argv) {
       "first)")
       ->add_option("name", projections_flags.names, "projection")
       ->required();
+
+  CLI::App* relay = cli.add_subcommand(
+      "relay",
+      "the relay of published events to a RabbitMQ broker (run by "
+      "`project --amqp-url`): status");
+  relay->require_subcommand(1);
+  AddDatabaseOptions(*relay, db, *this);
+  CLI::App* relay_status = relay->add_subcommand(
+      "status",
+      "state, checkpoint, published and unroutable counts, lag and last "
+      "error of a relay");
+  relay_status->fallthrough();
+  relay_status->add_flag("--json", relay_flags.json, "as JSON")
+      ->disable_flag_override();
+  relay_status->add_option("--name", relay_flags.name, "the relay's name")
+      ->capture_default_str();
 
   app_internal::KeysFlags keys_flags;
   CLI::App* keys = cli.add_subcommand(
@@ -570,12 +619,14 @@ int App::Main(int argc, char** argv) {
                 << name_ << " serve --help`)" << std::endl;
       return kUsage;
     }
+    serve_flags.relay = relay_flags;
     return app_internal::Serve(*this, db, serve_flags);
   }
   if (project->parsed()) {
-    return app_internal::Project(*this, db, serve_flags.webhooks);
+    return app_internal::Project(*this, db, serve_flags.webhooks, relay_flags);
   }
   if (migrate->parsed()) return app_internal::Migrate(*this, db);
+  if (relay->parsed()) return app_internal::Relay(*this, db, relay_flags);
   if (keys->parsed()) return app_internal::Keys(*this, db, keys_flags);
   return app_internal::Projections(*this, db, projections_flags);
 }

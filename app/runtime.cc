@@ -25,6 +25,7 @@
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
+#include "integration/amqp_relay.h"
 #include "projections/runner.h"
 #include "queries/operations.h"
 #include "queries/progress_tracker.h"
@@ -100,8 +101,30 @@ int Migrate(App& app, const DatabaseFlags& db) {
   return kOk;
 }
 
+absl::StatusOr<std::optional<integration::AmqpRelayOptions>> RelayOptionsOf(
+    const App& app, const DatabaseFlags& db, const RelayFlags& flags) {
+  if (flags.url.empty()) return std::nullopt;
+  if (app.publication().types().empty()) {
+    return absl::FailedPreconditionError(
+        "--amqp-url: this app publishes no events (App::Publish) to relay");
+  }
+  integration::AmqpRelayOptions options;
+  options.schema = db.schema;
+  options.name = flags.name;
+  options.url = flags.url;
+  options.exchange = flags.exchange.empty()
+                         ? absl::StrCat(app.name(), ".events")
+                         : flags.exchange;
+  options.declare_exchange = flags.declare_exchange;
+  options.mode = flags.mode == "structured"
+                     ? integration::CloudEventsAmqpMode::kStructured
+                     : integration::CloudEventsAmqpMode::kBinary;
+  return options;
+}
+
 int Project(App& app, const DatabaseFlags& db,
-            const integration::WebhookDelivererOptions& webhooks) {
+            const integration::WebhookDelivererOptions& webhooks,
+            const RelayFlags& relay_flags) {
   SetLogging(db);
   // Signals are taken synchronously: blocked here, before any thread
   // starts, and awaited below.
@@ -134,15 +157,29 @@ int Project(App& app, const DatabaseFlags& db,
     if (!made.ok()) return Fail(app, made.status());
     deliverer = *std::move(made);
   }
+  // The relay to a broker, when one is configured: a bad configuration
+  // (unreachable broker, missing exchange) stops the process here.
+  std::unique_ptr<integration::AmqpRelay> relay;
+  auto relay_options = RelayOptionsOf(app, db, relay_flags);
+  if (!relay_options.ok()) return Fail(app, relay_options.status());
+  if (relay_options->has_value()) {
+    auto made = integration::AmqpRelay::Create(
+        pool, store->get(), &app.publication(), **std::move(relay_options));
+    if (!made.ok()) return Fail(app, made.status());
+    relay = *std::move(made);
+  }
   (*runner)->Start();
   if (deliverer != nullptr) deliverer->Start();
+  if (relay != nullptr) relay->Start();
   Log(LogLevel::kInfo, "projector running",
       {{"program", app.name()},
        {"schema", db.schema},
-       {"webhooks", deliverer != nullptr ? "here" : "none"}});
+       {"webhooks", deliverer != nullptr ? "here" : "none"},
+       {"relay", relay != nullptr ? relay_flags.name : "none"}});
   int signal = 0;
   sigwait(&signals, &signal);
   Log(LogLevel::kInfo, "projector stopping", {{"signal", signal}});
+  if (relay != nullptr) relay->Stop();
   if (deliverer != nullptr) deliverer->Stop();
   (*runner)->Stop();
   return kOk;
@@ -173,6 +210,9 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   options.tls_cert_file = flags.tls_cert;
   options.tls_key_file = flags.tls_key;
   options.webhooks = flags.webhooks;
+  auto relay = RelayOptionsOf(app, db, flags.relay);
+  if (!relay.ok()) return Fail(app, relay.status());
+  if (relay->has_value()) options.relay = **std::move(relay);
   auto server = AppServer::Start(app, database->pool.get(), options);
   if (!server.ok()) return Fail(app, server.status());
   Log(LogLevel::kInfo, "listening",

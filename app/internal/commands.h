@@ -20,6 +20,7 @@
 #include "framework/http/router.h"
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
+#include "integration/amqp_relay.h"
 #include "integration/feed_hub.h"
 #include "integration/feed_read_ahead.h"
 #include "integration/webhook_deliverer.h"
@@ -36,6 +37,16 @@ struct DatabaseFlags {
   std::string data_dir;
   std::string schema;
   std::string log_format = "text";
+};
+
+// The AMQP relay of `serve` and `project` (--amqp-*), and `relay status`.
+struct RelayFlags {
+  std::string url;  // --amqp-url or $AMQP_URL; empty: no relay
+  std::string exchange;
+  bool declare_exchange = false;
+  std::string mode = "binary";  // binary, structured
+  std::string name = "default";
+  bool json = false;  // relay status --json
 };
 
 struct ServeFlags {
@@ -56,6 +67,7 @@ struct ServeFlags {
   // --webhook-*: how this process delivers webhooks (schema, poll interval
   // and metrics are AppServer's).
   integration::WebhookDelivererOptions webhooks;
+  RelayFlags relay;
 };
 
 struct ProjectionsFlags {
@@ -121,7 +133,14 @@ int Fail(const App& app, const absl::Status& status);
 
 int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags);
 int Project(App& app, const DatabaseFlags& db,
-            const integration::WebhookDelivererOptions& webhooks);
+            const integration::WebhookDelivererOptions& webhooks,
+            const RelayFlags& relay);
+// The relay's options from its flags; nullopt without --amqp-url.
+// kFailedPrecondition when the app publishes nothing.
+absl::StatusOr<std::optional<integration::AmqpRelayOptions>> RelayOptionsOf(
+    const App& app, const DatabaseFlags& db, const RelayFlags& flags);
+// `APP relay status [--json]`.
+int Relay(App& app, const DatabaseFlags& db, const RelayFlags& flags);
 int Migrate(App& app, const DatabaseFlags& db);
 int Projections(App& app, const DatabaseFlags& db,
                 const ProjectionsFlags& flags);
