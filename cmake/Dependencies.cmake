@@ -12,6 +12,9 @@ find_package(OpenSSL 3 REQUIRED)
 # Outgoing HTTP for webhook deliveries (framework/http/client.h): the
 # multi interface, keep-alive, TLS verification through OpenSSL.
 find_package(CURL REQUIRED)
+# AMQP 0-9-1 to RabbitMQ (integration/amqp_client.h): rabbitmq-c, the
+# long-standing C client, packaged by Debian as librabbitmq-dev.
+pkg_check_modules(RABBITMQ REQUIRED IMPORTED_TARGET librabbitmq>=0.11)
 # Command lines (app/cli.cc); header-only.
 find_package(CLI11 2.1 REQUIRED)
 

@@ -7,7 +7,6 @@
 #include <pqxx/pqxx>
 
 #include <atomic>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <set>
@@ -24,6 +23,7 @@
 #include "framework/metrics.h"
 #include "integration/amqp_client.h"
 #include "rapidjson/document.h"
+#include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
 
@@ -33,30 +33,12 @@ namespace {
 using eventstore::ExpectedVersion;
 using eventstore::NewEvent;
 
-std::string AmqpUrl() {
-  const char* url = std::getenv("CQRS_TEST_AMQP_URL");
-  if (url == nullptr || *url == '\0') {
-    FAIL(
-        "CQRS_TEST_AMQP_URL is not set: run the tests with scripts/test, "
-        "which starts a throwaway RabbitMQ node and sets it");
-  }
-  return url;
-}
+std::string AmqpUrl() { return testing::TestAmqpUrl(); }
 
-// scripts/rmq-node restart|kill|start on the test's node.
-void Broker(const std::string& what) {
-  const char* control = std::getenv("CQRS_TEST_RMQ_CONTROL");
-  if (control == nullptr || *control == '\0') {
-    FAIL("CQRS_TEST_RMQ_CONTROL is not set: run the tests with scripts/test");
-  }
-  const std::string command = absl::StrCat(control, " ", what, " >&2");
-  REQUIRE(std::system(command.c_str()) == 0);
-}
+void Broker(const std::string& what) { testing::ControlTestBroker(what); }
 
 std::string Unique(const std::string& prefix) {
-  static std::atomic<int> n{0};
-  return absl::StrCat(prefix, "-", getpid(), "-", n.fetch_add(1), "-",
-                      absl::ToUnixMicros(absl::Now()));
+  return testing::UniqueAmqpName(prefix);
 }
 
 Publication Bank() {
