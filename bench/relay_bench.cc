@@ -104,8 +104,8 @@ void BarePublish(const std::string& url, const std::string& exchange,
     }
     amqp_basic_properties_t props;
     props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG |
-                   AMQP_BASIC_DELIVERY_MODE_FLAG |
-                   AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+                   AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG |
+                   AMQP_BASIC_HEADERS_FLAG;
     props.content_type = amqp_cstring_bytes(m.content_type.c_str());
     props.delivery_mode = 2;
     props.message_id = amqp_cstring_bytes(m.message_id.c_str());
@@ -224,8 +224,8 @@ int Run(const Flags& flags) {
   options.schema = flags.schema;
   options.url = flags.amqp_url;
   options.exchange = exchange;
-  auto relay = cqrs::integration::AmqpRelay::Create(
-      pool->get(), store->get(), &publication, options);
+  auto relay = cqrs::integration::AmqpRelay::Create(pool->get(), store->get(),
+                                                    &publication, options);
   if (!relay.ok()) Die("relay");
   t0 = absl::Now();
   (*relay)->Start();
@@ -233,8 +233,8 @@ int Run(const Flags& flags) {
     pqxx::connection conn(flags.database_url);
     while (true) {
       pqxx::nontransaction tx(conn);
-      const pqxx::result r = tx.exec(absl::StrCat(
-          "SELECT published FROM ", flags.schema, ".amqp_relays"));
+      const pqxx::result r = tx.exec(
+          absl::StrCat("SELECT published FROM ", flags.schema, ".amqp_relays"));
       if (!r.empty() && r[0][0].as<int64_t>() >= flags.events) break;
       absl::SleepFor(absl::Milliseconds(5));
     }

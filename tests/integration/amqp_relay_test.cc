@@ -264,8 +264,7 @@ TEST_CASE(
   CHECK(status->lag_events == 0);
   CHECK_THAT(metrics.Render(),
              Catch::Contains("cqrs_relay_connected{relay=\"default\"} 1"));
-  WARN("relayed 100000 events; the consumer got " << got.size()
-                                                  << " messages");
+  WARN("relayed 100000 events; the consumer got " << got.size() << " messages");
 }
 
 TEST_CASE("a standby relay takes over when the owner's session ends",
@@ -291,9 +290,8 @@ TEST_CASE("a standby relay takes over when the owner's session ends",
   CHECK(InStreamOrder(consumer.got()));
 }
 
-TEST_CASE(
-    "an unroutable message is counted and shown, and the relay goes on",
-    "[integration][pg][amqp]") {
+TEST_CASE("an unroutable message is counted and shown, and the relay goes on",
+          "[integration][pg][amqp]") {
   Fixture f;
   // Only account events are bound: other categories are unroutable.
   MetricsRegistry metrics;
@@ -314,8 +312,9 @@ TEST_CASE(
   auto s = AmqpRelay::ReadStatus(f.schema.pool(), *f.store, f.schema.name(),
                                  "default");
   CHECK_THAT(s->last_error, Catch::Contains("ledger.bank.account.opened.v1"));
-  CHECK_THAT(metrics.Render(),
-             Catch::Contains("cqrs_relay_unroutable_total{relay=\"default\"} 1"));
+  CHECK_THAT(
+      metrics.Render(),
+      Catch::Contains("cqrs_relay_unroutable_total{relay=\"default\"} 1"));
 }
 
 TEST_CASE("bad relay configuration is a clear error at startup",
