@@ -14,7 +14,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       g++ make cmake pkg-config \
       libpqxx-dev libboost-dev rapidjson-dev libabsl-dev libcli11-dev libssl-dev \
-      libcurl4-openssl-dev \
+      libcurl4-openssl-dev librabbitmq-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -29,7 +29,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libpqxx-6.4 libabsl20220623 libssl3 libcurl4 ca-certificates \
+      libpqxx-6.4 libabsl20220623 libssl3 libcurl4 librabbitmq4 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin bank
