@@ -86,8 +86,8 @@ struct AmqpRelayOptions {
 
 struct AmqpRelayStatus {
   std::string name;
-  // "standby" (another process relays), "connecting", "relaying",
-  // "caught_up", "disconnected" (retrying), "stopped".
+  // As the owner last wrote it: "connecting", "relaying", "caught_up",
+  // "disconnected" (retrying); "stopped" when no process holds the relay.
   std::string state;
   eventstore::Position checkpoint;
   int64_t published = 0;
