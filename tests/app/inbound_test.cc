@@ -85,6 +85,14 @@ class Consumed {
         .Concurrency(concurrency);
     app_.Consume(flaky_queue(), "POST", "/flaky/{id}/deposit").Concurrency(2);
     REQUIRE(cqrs::MigrateApp(schema_.pool(), schema_.name()).ok());
+    StartServer();
+    auto conn = amqp::Connection::Open(cqrs::testing::TestAmqpUrl());
+    REQUIRE(conn.ok());
+    publisher_ = *std::move(conn);
+    REQUIRE(publisher_->EnableConfirms().ok());
+  }
+
+  void StartServer() {
     cqrs::ServeOptions options;
     options.schema = schema_.name();
     options.amqp_url = cqrs::testing::TestAmqpUrl();
@@ -92,11 +100,8 @@ class Consumed {
     INFO(server.status().ToString());
     REQUIRE(server.ok());
     server_ = *std::move(server);
-    auto conn = amqp::Connection::Open(cqrs::testing::TestAmqpUrl());
-    REQUIRE(conn.ok());
-    publisher_ = *std::move(conn);
-    REQUIRE(publisher_->EnableConfirms().ok());
   }
+  void StopServer() { server_.reset(); }
 
   const std::string& queue() const { return queue_; }
   std::string flaky_queue() const { return absl::StrCat(queue_, "-flaky"); }
@@ -335,6 +340,27 @@ TEST_CASE("inbound: a transient failure is retried until it applies once",
   CHECK(c.flaky_calls() == 5);  // 3 failures, then f-1 and f-2
   CHECK(c.Metric(absl::StrCat("cqrs_inbound_retries_total{queue=\"",
                               c.flaky_queue(), "\"}")) == 3);
+}
+
+TEST_CASE("inbound: a message retried when the server stops is redelivered",
+          "[app][amqp][pg]") {
+  Consumed c(/*concurrency=*/1);
+  c.Publish(c.flaky_queue(), kFlakyId, "f-1", DepositBody(7, 1));
+  c.Confirm();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (c.flaky_calls() < 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  REQUIRE(c.flaky_calls() >= 1);
+  c.StopServer();  // while f-1 waits for its retry: not acked
+  const int calls = c.flaky_calls();
+  CHECK(calls < 4);
+  CHECK(c.Events(absl::StrCat("account-", kFlakyId)) == 0);
+  c.StartServer();  // the broker redelivers f-1
+  REQUIRE(c.AwaitEvents(absl::StrCat("account-", kFlakyId), 1) == 1);
+  absl::SleepFor(absl::Milliseconds(300));
+  CHECK(c.Events(absl::StrCat("account-", kFlakyId)) == 1);
+  CHECK(c.flaky_calls() == 4);  // 3 failures across both servers, 1 success
 }
 
 }  // namespace
