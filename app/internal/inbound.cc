@@ -314,11 +314,15 @@ void Inbound::State::WorkerLoop(size_t index) {
     Result result = Apply(work.delivery, work.id);
     while (result.kind == Kind::kTransient) {
       if (retries != nullptr) retries->Increment();
+      // The detail is a hidden 5xx's cause (ResponseFromStatus), not the
+      // body.
       Log(LogLevel::kWarn, "inbound message failed; retrying",
           {{"queue", spec.queue},
            {"message_id", work.delivery.message_id},
-           {"error", result.error},
-           {"detail", result.log_detail},
+           {"error",
+            result.log_detail.empty()
+                ? result.error
+                : absl::StrCat(result.error, " (", result.log_detail, ")")},
            {"retry_in_ms", absl::ToInt64Milliseconds(backoff)}});
       // Not acked: the broker redelivers it to the next consumer.
       if (SleepUnlessStopping(backoff)) return;
