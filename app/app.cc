@@ -195,6 +195,29 @@ projections::Projection ProjectionBuilder::Build(
   return p;
 }
 
+// --- ConsumerBuilder ---------------------------------------------------------
+
+ConsumerBuilder& ConsumerBuilder::Prefetch(int n) {
+  spec_.prefetch = n;
+  return *this;
+}
+
+ConsumerBuilder& ConsumerBuilder::Concurrency(int n) {
+  spec_.concurrency = n;
+  return *this;
+}
+
+ConsumerBuilder& ConsumerBuilder::IdFrom(
+    std::function<std::string(const integration::amqp::Delivery&)> fn) {
+  spec_.id_from = std::move(fn);
+  return *this;
+}
+
+ConsumerBuilder& ConsumerBuilder::DeadLetterExchange(std::string name) {
+  spec_.dead_letter_exchange = std::move(name);
+  return *this;
+}
+
 // --- App ---------------------------------------------------------------------
 
 App::App(std::string name, AppOptions options)
@@ -249,6 +272,17 @@ void App::AddCommandRoute(std::string method, std::string pattern,
 
 void App::SetLastCommandSchema(std::string schema) {
   parts_->command_routes.back().body_schema = std::move(schema);
+}
+
+ConsumerBuilder& App::Consume(std::string queue, std::string method,
+                              std::string pattern) {
+  ConsumerBuilder::Spec spec;
+  spec.queue = std::move(queue);
+  spec.method = absl::AsciiStrToUpper(method);
+  spec.pattern = std::move(pattern);
+  parts_->consumers.push_back(
+      std::make_unique<ConsumerBuilder>(std::move(spec)));
+  return *parts_->consumers.back();
 }
 
 ProjectionBuilder& App::Projection(std::string name) {
@@ -384,7 +418,56 @@ std::vector<std::string> App::Finalize() {
           "' has the name of another projection or process manager"));
     }
   }
+  FinalizeConsumers();
   return declarations_.errors_;
+}
+
+void App::FinalizeConsumers() {
+  std::set<std::string> queues;
+  for (const auto& c : parts_->consumers) {
+    ConsumerBuilder::Spec& spec = c->spec_;
+    const std::string what =
+        absl::StrCat("consumer of queue '", spec.queue, "' (", spec.method, " ",
+                     spec.pattern, ")");
+    if (spec.queue.empty() || spec.queue.size() > 200) {
+      declarations_.Error(
+          absl::StrCat(what, ": the queue name must be 1 to 200 bytes"));
+    }
+    if (!queues.insert(spec.queue).second) {
+      declarations_.Error(absl::StrCat(what, ": the queue is consumed twice"));
+    }
+    if (spec.prefetch < 1 || spec.prefetch > 65535) {
+      declarations_.Error(absl::StrCat(what, ": Prefetch(", spec.prefetch,
+                                       ") is not in 1..65535"));
+    }
+    if (spec.concurrency < 1 || spec.concurrency > 256) {
+      declarations_.Error(absl::StrCat(what, ": Concurrency(", spec.concurrency,
+                                       ") is not in 1..256"));
+    }
+    const bool declared = std::any_of(
+        parts_->command_routes.begin(), parts_->command_routes.end(),
+        [&](const Parts::CommandRoute& r) {
+          return absl::AsciiStrToUpper(r.method) == spec.method &&
+                 r.pattern == spec.pattern;
+        });
+    if (!declared) {
+      declarations_.Error(absl::StrCat(what, ": no command is declared at ",
+                                       spec.method, " ", spec.pattern,
+                                       " (App::Command)"));
+    }
+    // Only {id} can be filled from a message.
+    for (absl::string_view segment : absl::StrSplit(spec.pattern, '/')) {
+      if (!segment.empty() && segment.front() == '{' && segment != "{id}") {
+        declarations_.Error(absl::StrCat(what, ": the pattern's parameter ",
+                                         segment,
+                                         " cannot be filled from a message "
+                                         "(only {id} can)"));
+      }
+    }
+    if (spec.dead_letter_exchange.empty()) {
+      spec.dead_letter_exchange = absl::StrCat(spec.queue, ".dlx");
+    }
+  }
 }
 
 }  // namespace cqrs

@@ -72,6 +72,7 @@
 #include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "framework/status_macros.h"
+#include "integration/amqp_client.h"
 #include "integration/cloud_events.h"
 #include "projections/projection.h"
 #include "queries/query_context.h"
@@ -451,6 +452,47 @@ class ProjectionBuilder {
   std::vector<Handler> handlers_;
 };
 
+// A queue whose messages become commands, declared with App::Consume and
+// built by chaining:
+//   app.Consume("deposits", "POST", "/accounts/{id}/deposit")
+//       .Prefetch(64).Concurrency(4);
+// See App::Consume for what runs.
+class ConsumerBuilder {
+ public:
+  struct Spec {
+    std::string queue;
+    std::string method;
+    std::string pattern;
+    int prefetch = 64;
+    int concurrency = 4;
+    // The aggregate id of a message (its {id}); null: the CloudEvent
+    // subject (app_internal::CloudEventSubject).
+    std::function<std::string(const integration::amqp::Delivery&)> id_from;
+    // Empty: "<queue>.dlx".
+    std::string dead_letter_exchange;
+  };
+
+  explicit ConsumerBuilder(Spec spec) : spec_(std::move(spec)) {}
+
+  // Unacknowledged deliveries at a time (basic.qos); 1 to 65535.
+  ConsumerBuilder& Prefetch(int n);
+  // Workers applying messages at once; one aggregate's messages always go
+  // to the same worker, in queue order. 1 to 256.
+  ConsumerBuilder& Concurrency(int n);
+  // The aggregate id of a message: fills {id} in the route's pattern and
+  // picks the worker. An empty id dead-letters the message.
+  ConsumerBuilder& IdFrom(
+      std::function<std::string(const integration::amqp::Delivery&)> fn);
+  // The fanout exchange refused messages are published to.
+  ConsumerBuilder& DeadLetterExchange(std::string name);
+
+  const Spec& spec() const { return spec_; }
+
+ private:
+  friend class App;  // Finalize() fills in defaults
+  Spec spec_;
+};
+
 // Where the app's command line sets things; every flag overrides these.
 struct AppOptions {
   // PostgreSQL schema (--schema); default: the app's name, with '-' as '_'.
@@ -620,6 +662,24 @@ class App {
     route.handler = std::move(handler);
     AddQuery(std::move(route));
   }
+  // Applies the messages of the AMQP queue `queue` as the command declared
+  // at `method pattern` (App::Command, a definition error otherwise), when
+  // the app runs with an AMQP broker (`serve --amqp-url`,
+  // ServeOptions::amqp_url; docs/amqp.md "Inbound"). The queue (durable,
+  // dead-lettering to DeadLetterExchange), that fanout exchange and the
+  // queue "<queue>.dead" bound to it are declared at start. Each message
+  // runs through the route's own handler, exactly as an HTTP request with
+  // `Idempotency-Key: <message_id>`, so a redelivered message applies once;
+  // the command body is the message body (binary CloudEvents or plain
+  // JSON), or the `data` of a structured CloudEvent
+  // (application/cloudevents+json). A 2xx answer acks the message; a 4xx
+  // refusal (bad body, business rule, no message_id) publishes a copy to
+  // the dead-letter exchange with the header `x-cqrs-error: <status>
+  // <code>: <message>`, then acks; a 5xx or 429 is retried with backoff
+  // (100 ms doubling to 5 s) until it applies or the process stops.
+  ConsumerBuilder& Consume(std::string queue, std::string method,
+                           std::string pattern);
+
   // A query route in full (queries/query_service.h: batch handlers,
   // prepared statements, snapshots).
   void AddQuery(queries::QueryRoute route);
@@ -713,6 +773,8 @@ class App {
   }
 
   static std::string DefaultCommandName(absl::string_view pattern);
+  // Finalize() for the consumers (App::Consume).
+  void FinalizeConsumers();
   // The JSON Schema of the body of the last command route added.
   void SetLastCommandSchema(std::string schema);
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "app/internal/commands.h"
+#include "app/internal/inbound.h"
 #include "app/internal/parts.h"
 #include "commands/http_command.h"
 #include "commands/idempotency.h"
@@ -136,6 +137,8 @@ struct AppServer::Parts {
   http::Router router;
   std::unique_ptr<Maintenance> maintenance;
   std::unique_ptr<http::Server> server;
+  // App::Consume's consumers; empty without ServeOptions::amqp_url.
+  std::vector<std::unique_ptr<app_internal::Inbound>> inbound;
   bool stopped = false;
 };
 
@@ -396,6 +399,17 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
     if (h != nullptr) h->Stop();
   };
   ASSIGN_OR_RETURN(p->server, http::Server::Create(server_options, &p->router));
+  if (!options.amqp_url.empty() && !app.parts().consumers.empty()) {
+    app_internal::InboundOptions inbound_options;
+    inbound_options.url = options.amqp_url;
+    RETURN_IF_ERROR(app_internal::InboundCounters(p->metrics, inbound_options));
+    for (const auto& consumer : app.parts().consumers) {
+      ASSIGN_OR_RETURN(auto inbound,
+                       app_internal::Inbound::Create(
+                           consumer->spec(), &p->router, inbound_options));
+      p->inbound.push_back(std::move(inbound));
+    }
+  }
 
   p->maintenance = std::make_unique<Maintenance>(p->idempotency.get());
   p->tracker->Start();
@@ -403,6 +417,7 @@ absl::StatusOr<std::unique_ptr<AppServer>> AppServer::Start(
   if (p->feed_hub != nullptr) p->feed_hub->Start();
   if (p->webhook_deliverer != nullptr) p->webhook_deliverer->Start();
   if (p->relay != nullptr) p->relay->Start();
+  for (const auto& inbound : p->inbound) inbound->Start();
   std::unique_ptr<AppServer> server(new AppServer(std::move(p)));
   RETURN_IF_ERROR(server->parts_->server->Start());
   return server;
@@ -423,6 +438,8 @@ absl::Status AppServer::Run() {
 void AppServer::Stop() {
   if (parts_->stopped) return;
   parts_->stopped = true;
+  // Unacknowledged messages go back to their queues.
+  for (const auto& inbound : parts_->inbound) inbound->Stop();
   parts_->server->Shutdown();  // answers parked queries, drains
   if (parts_->feed_hub != nullptr) parts_->feed_hub->Stop();
   if (parts_->relay != nullptr) parts_->relay->Stop();

@@ -10,7 +10,9 @@
 // query service, the operations endpoints, the router with every declared
 // route, /healthz, /readyz, /openapi.json, and /events, /asyncapi.json,
 // the /webhooks routes and the webhook deliverer when the app publishes
-// events) and starts them and the HTTP server. Stop() shuts down in order:
+// events, the AMQP consumers of App::Consume with ServeOptions::amqp_url)
+// and starts them and the HTTP server. Stop() shuts down in order: the
+// AMQP consumers stop (unacknowledged messages go back to their queues),
 // parked read-your-writes queries are answered 503 at once, requests in
 // flight drain, then the event streams, the webhook deliverer, the
 // projections, the tracker and the query threads stop.
@@ -88,6 +90,10 @@ struct ServeOptions {
   // relay's configuration error. Its schema and metrics are filled in by
   // Start().
   integration::AmqpRelayOptions relay;
+  // The RabbitMQ broker whose queues the app's consumers (App::Consume)
+  // apply as commands; empty: the consumers do not run. Start() declares
+  // their queues and fails when the broker cannot be reached.
+  std::string amqp_url;
   // For tests: how often the runner polls without a notification, the
   // tracker re-reads the checkpoints and the event stream reads the store
   // without a notification.

@@ -107,8 +107,9 @@ void AddRelayOptions(CLI::App& command, app_internal::RelayFlags& flags,
   command
       .add_option("--amqp-url", flags.url,
                   "also relay the published events to this RabbitMQ broker "
-                  "(amqp://user:password@host:port/vhost; default: "
-                  "$AMQP_URL; none: no relay)")
+                  "and, with serve, apply its queues the app consumes as "
+                  "commands (amqp://user:password@host:port/vhost; "
+                  "default: $AMQP_URL; none: neither)")
       ->envname("AMQP_URL");
   command.add_option("--amqp-exchange", flags.exchange,
                      absl::StrCat("the exchange to publish to (default: ",

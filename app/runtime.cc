@@ -104,6 +104,10 @@ int Migrate(App& app, const DatabaseFlags& db) {
 absl::StatusOr<std::optional<integration::AmqpRelayOptions>> RelayOptionsOf(
     const App& app, const DatabaseFlags& db, const RelayFlags& flags) {
   if (flags.url.empty()) return std::nullopt;
+  // The URL may be for the app's consumers (App::Consume) alone.
+  if (app.publication().types().empty() && !app.parts().consumers.empty()) {
+    return std::nullopt;
+  }
   if (app.publication().types().empty()) {
     return absl::FailedPreconditionError(
         "--amqp-url: this app publishes no events (App::Publish) to relay");
@@ -210,6 +214,7 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   options.tls_cert_file = flags.tls_cert;
   options.tls_key_file = flags.tls_key;
   options.webhooks = flags.webhooks;
+  options.amqp_url = flags.relay.url;
   auto relay = RelayOptionsOf(app, db, flags.relay);
   if (!relay.ok()) return Fail(app, relay.status());
   if (relay->has_value()) options.relay = **std::move(relay);

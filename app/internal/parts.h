@@ -34,6 +34,8 @@ struct App::Parts {
   std::vector<projections::Projection> raw_projections;
   std::vector<commands::ProcessManager> process_managers;
   std::vector<queries::QueryRoute> queries;
+  // App::Consume; Finalize() fills in the default dead-letter exchange.
+  std::vector<std::unique_ptr<ConsumerBuilder>> consumers;
   std::string openapi;  // empty: generated
   struct Published {
     const std::type_info* type;

@@ -135,6 +135,30 @@ TEST_CASE("Main reports definition errors and exits 1 before any database",
   CHECK(app.Main(2, argv) == 1);
 }
 
+TEST_CASE("a consumer must name a declared command", "[app]") {
+  cqrs::App app("tally");
+  app.Event<Added>("Added").Event<Removed>("Removed");
+  Tallies& tallies = app.Aggregate<Tally, Added, Removed>("tally");
+  tallies.On<Added>([](Tally& t, const Added& e) { t.total += e.n; });
+  tallies.On<Removed>([](Tally& t, const Removed& e) { t.total -= e.n; });
+  app.Command<Added>("POST", "/tallies/{id}/add", tallies,
+                     [](const Tally&, const Added& a) -> Tallies::Decision {
+                       return Tallies::Emit(a);
+                     });
+  app.Consume("adds", "post", "/tallies/{id}/add");  // fine
+  app.Consume("removes", "POST", "/tallies/{id}/remove");
+  app.Consume("adds", "POST", "/tallies/{id}/add").Prefetch(0).Concurrency(0);
+  const std::string errors = Errors(app);
+  INFO(errors);
+  CHECK(absl::StrContains(errors,
+                          "consumer of queue 'removes' (POST "
+                          "/tallies/{id}/remove): no command is declared"));
+  CHECK(absl::StrContains(errors, "the queue is consumed twice"));
+  CHECK(absl::StrContains(errors, "Prefetch(0) is not in 1..65535"));
+  CHECK(absl::StrContains(errors, "Concurrency(0) is not in 1..256"));
+  CHECK(absl::StrContains(errors, "'adds'"));
+}
+
 TEST_CASE("decisions refuse with the contract's codes", "[app]") {
   absl::Status rejected = cqrs::Reject("counter_full", "full");
   CHECK(absl::IsFailedPrecondition(rejected));
