@@ -192,15 +192,45 @@ std::string ParkedDeliverySchema() {
       R"("parked_at":{"type":"string","format":"date-time"}}})");
 }
 
+void WriteRef(Writer& w, absl::string_view schema) {
+  const std::string ref = absl::StrCat("#/components/schemas/", schema);
+  w.StartObject();
+  w.Key("$ref");
+  w.String(ref.data(), static_cast<rapidjson::SizeType>(ref.size()));
+  w.EndObject();
+}
+
+// {"type":"object","required":["items"],"properties":{"items":{"type":
+// "array","items":<Ref(schema)>}}}
 std::string ItemsOf(absl::string_view schema) {
-  return absl::StrCat(
-      R"({"type":"object","required":["items"],"properties":{"items":)",
-      R"({"type":"array","items":{"$ref":"#/components/schemas/)", schema,
-      R"("}}}})");
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  w.Key("type");
+  w.String("object");
+  w.Key("required");
+  w.StartArray();
+  w.String("items");
+  w.EndArray();
+  w.Key("properties");
+  w.StartObject();
+  w.Key("items");
+  w.StartObject();
+  w.Key("type");
+  w.String("array");
+  w.Key("items");
+  WriteRef(w, schema);
+  w.EndObject();
+  w.EndObject();
+  w.EndObject();
+  return buffer.GetString();
 }
 
 std::string Ref(absl::string_view schema) {
-  return absl::StrCat(R"({"$ref":"#/components/schemas/)", schema, R"("})");
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  WriteRef(w, schema);
+  return buffer.GetString();
 }
 
 void JsonContent(Writer& w, const std::string& schema) {

@@ -82,8 +82,8 @@ void BarePublish(const std::string& url, const std::string& exchange,
   }
   // amqp_parse_url leaves an empty vhost for "amqp://host:port/": "/".
   const char* vhost = info.vhost[0] == '\0' ? "/" : info.vhost;
-  if (amqp_login(conn, vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
-                 info.user, info.password)
+  if (amqp_login(conn, vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user,
+                 info.password)
           .reply_type != AMQP_RESPONSE_NORMAL) {
     Die("login refused");
   }

@@ -20,8 +20,11 @@
 #include "app/app.h"
 #include "app/app_server.h"
 #include "integration/amqp_client.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace {
 
@@ -145,13 +148,9 @@ class Consumed {
   }
   // Waits until Events(stream_like) reaches `n` (or 60 s).
   long long AwaitEvents(const std::string& stream_like, long long n) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    long long count = Events(stream_like);
-    while (count < n && absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(50));
-      count = Events(stream_like);
-    }
-    return count;
+    cqrs::testing::WaitUntil([&] { return Events(stream_like) >= n; },
+                             absl::Seconds(60), absl::Milliseconds(50));
+    return Events(stream_like);
   }
 
   // The value of the metric line starting with `series` (0 when absent).
@@ -171,10 +170,8 @@ class Consumed {
   }
   // Waits until Messages(outcome) reaches `n` (or 60 s).
   double AwaitMessages(const std::string& outcome, double n) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (Messages(outcome) < n && absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    cqrs::testing::WaitUntil([&] { return Messages(outcome) >= n; },
+                             absl::Seconds(60), absl::Milliseconds(20));
     return Messages(outcome);
   }
 
@@ -220,7 +217,36 @@ class Consumed {
 };
 
 std::string DepositBody(int64_t amount, int64_t seq) {
-  return absl::StrCat("{\"amount\":", amount, ",\"seq\":", seq, "}");
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  w.Key("amount");
+  w.Int64(amount);
+  w.Key("seq");
+  w.Int64(seq);
+  w.EndObject();
+  return buffer.GetString();
+}
+
+// A structured CloudEvent (JSON) with `data` the JSON object `data`.
+std::string StructuredEvent(const std::string& id, const std::string& subject,
+                            const std::string& data) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  for (const auto& [key, value] :
+       std::vector<std::pair<const char*, std::string>>{{"specversion", "1.0"},
+                                                        {"id", id},
+                                                        {"source", "/test"},
+                                                        {"type", "deposit"},
+                                                        {"subject", subject}}) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  }
+  w.Key("data");
+  w.RawValue(data.data(), data.size(), rapidjson::kObjectType);
+  w.EndObject();
+  return buffer.GetString();
 }
 
 std::string Header(const amqp::Delivery& d, const std::string& name) {
@@ -313,11 +339,8 @@ TEST_CASE("inbound: refused messages are dead-lettered with the reason",
 TEST_CASE("inbound: a structured CloudEvent's data is the command",
           "[app][amqp][pg]") {
   Consumed c(/*concurrency=*/1);
-  c.PublishStructured(
-      "ce-1",
-      absl::StrCat(R"({"specversion":"1.0","id":"ce-1",)",
-                   R"("source":"/test","type":"deposit",)",
-                   R"("subject":"s1","data":)", DepositBody(42, 1), "}"));
+  c.PublishStructured("ce-1",
+                      StructuredEvent("ce-1", "s1", DepositBody(42, 1)));
   c.Confirm();
   REQUIRE(c.AwaitEvents("account-s1", 1) == 1);
   const std::vector<Deposited> events = c.Stream("s1");
@@ -347,18 +370,21 @@ TEST_CASE("inbound: a message retried when the server stops is redelivered",
   Consumed c(/*concurrency=*/1);
   c.Publish(c.flaky_queue(), kFlakyId, "f-1", DepositBody(7, 1));
   c.Confirm();
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (c.flaky_calls() < 1 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  REQUIRE(c.flaky_calls() >= 1);
+  REQUIRE(cqrs::testing::WaitUntil([&] { return c.flaky_calls() >= 1; },
+                                   absl::Seconds(10)));
   c.StopServer();  // while f-1 waits for its retry: not acked
   const int calls = c.flaky_calls();
   CHECK(calls < 4);
   CHECK(c.Events(absl::StrCat("account-", kFlakyId)) == 0);
   c.StartServer();  // the broker redelivers f-1
   REQUIRE(c.AwaitEvents(absl::StrCat("account-", kFlakyId), 1) == 1);
-  absl::SleepFor(absl::Milliseconds(300));
+  // Once the redelivery is counted as applied (and so acked), nothing can
+  // apply it again.
+  REQUIRE(cqrs::testing::WaitUntil([&] {
+    return c.Metric(absl::StrCat("cqrs_inbound_messages_total{queue=\"",
+                                 c.flaky_queue(), "\",outcome=\"applied\"}")) >=
+           1;
+  }));
   CHECK(c.Events(absl::StrCat("account-", kFlakyId)) == 1);
   CHECK(c.flaky_calls() == 4);  // 3 failures across both servers, 1 success
 }

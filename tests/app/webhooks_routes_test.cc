@@ -13,6 +13,8 @@
 #include "app/app_server.h"
 #include "framework/http/message.h"
 #include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/test_database.h"
@@ -280,14 +282,31 @@ TEST_CASE("webhook routes need the admin scope and known ids",
   CHECK(s.Send("GET", "/webhooks").status == 200);
 }
 
+// {"url": url} with "description" when it is not empty, through
+// RapidJSON's writer.
+std::string EndpointBody(const std::string& url,
+                         const std::string& description = "") {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  w.Key("url");
+  w.String(url.data(), static_cast<rapidjson::SizeType>(url.size()));
+  if (!description.empty()) {
+    w.Key("description");
+    w.String(description.data(),
+             static_cast<rapidjson::SizeType>(description.size()));
+  }
+  w.EndObject();
+  return buffer.GetString();
+}
+
 TEST_CASE("bad webhook input is 400 invalid_request and stores nothing",
           "[app][webhooks][pg]") {
   Served s;
-  const std::string long_url = absl::StrCat(R"({"url":"https://127.0.0.1/)",
-                                            std::string(2048, 'a'), R"("})");
+  const std::string long_url =
+      EndpointBody(absl::StrCat("https://127.0.0.1/", std::string(2048, 'a')));
   const std::string long_description =
-      absl::StrCat(R"({"url":"https://127.0.0.1/","description":")",
-                   std::string(1001, 'd'), R"("})");
+      EndpointBody("https://127.0.0.1/", std::string(1001, 'd'));
   std::string many_types = R"({"url":"https://127.0.0.1/","types":[)";
   for (int i = 0; i < 101; ++i) {
     absl::StrAppend(&many_types, i > 0 ? "," : "", R"("notes.noted.v1")");

@@ -15,11 +15,24 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_broker.h"
 
 namespace cqrs::integration::amqp {
 namespace {
+
+// {"n": n}, through RapidJSON's writer.
+std::string NumberBody(int n) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  w.Key("n");
+  w.Int(n);
+  w.EndObject();
+  return buffer.GetString();
+}
 
 using testing::TestAmqpUrl;
 using testing::UniqueAmqpName;
@@ -147,7 +160,7 @@ TEST_CASE("amqp: 10,000 messages are all confirmed", "[amqp][integration]") {
   for (int i = 0; i < kMessages; ++i) {
     m.routing_key = absl::StrCat("bank.account.", i % 7);
     m.message_id = absl::StrCat("id-", i);
-    m.body = absl::StrCat(R"({"n":)", i, "}");
+    m.body = NumberBody(i);
     auto seq = conn->Publish(m);
     REQUIRE(seq.ok());
     CHECK(*seq == last + 1);

@@ -88,6 +88,8 @@ class Consumer {
       auto conn = amqp::Connection::Open(AmqpUrl());
       if (!conn.ok() || !(*conn)->Qos(500).ok() ||
           !(*conn)->Consume(queue_).ok()) {
+        // The broker is down (the test restarts or kills it): try again,
+        // a little later, until it is back.
         absl::SleepFor(absl::Milliseconds(100));
         continue;
       }
