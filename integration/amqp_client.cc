@@ -405,7 +405,7 @@ absl::Status Connection::CheckExchange(const std::string& name) {
 absl::Status Connection::DeclareQueue(const std::string& name,
                                       const QueueOptions& options) {
   RETURN_IF_ERROR(broken_);
-  amqp_table_entry_t entries[2];
+  amqp_table_entry_t entries[3];
   int n = 0;
   if (!options.dead_letter_exchange.empty()) {
     entries[n].key = amqp_cstring_bytes("x-dead-letter-exchange");
@@ -417,6 +417,11 @@ absl::Status Connection::DeclareQueue(const std::string& name,
     entries[n].key = amqp_cstring_bytes("x-queue-type");
     entries[n].value.kind = AMQP_FIELD_KIND_UTF8;
     entries[n].value.value.bytes = amqp_cstring_bytes("quorum");
+    ++n;
+  } else if (options.classic_version != 0) {
+    entries[n].key = amqp_cstring_bytes("x-queue-version");
+    entries[n].value.kind = AMQP_FIELD_KIND_I32;
+    entries[n].value.value.i32 = options.classic_version;
     ++n;
   }
   amqp_table_t arguments;
@@ -610,13 +615,18 @@ absl::Status Connection::PollOnce(absl::Time deadline, bool* timed_out) {
 
 absl::StatusOr<ConfirmResult> Connection::WaitForConfirms(
     absl::Duration timeout) {
+  return WaitForConfirmsThrough(LastPublished(), timeout);
+}
+
+absl::StatusOr<ConfirmResult> Connection::WaitForConfirmsThrough(
+    uint64_t seq, absl::Duration timeout) {
   RETURN_IF_ERROR(broken_);
   if (!confirms_) {
     return absl::FailedPreconditionError(
         "WaitForConfirms without EnableConfirms");
   }
   const absl::Time deadline = absl::Now() + timeout;
-  while (first_unconfirmed_ < next_seq_) {
+  while (first_unconfirmed_ <= seq && first_unconfirmed_ < next_seq_) {
     bool timed_out = false;
     RETURN_IF_ERROR(PollOnce(deadline, &timed_out));
     if (timed_out) {

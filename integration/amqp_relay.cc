@@ -3,8 +3,10 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <deque>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -65,6 +67,9 @@ absl::Status Check(const AmqpRelayOptions& o) {
   }
   if (o.batch_size < 1 || o.batch_size > 10000) {
     return absl::InvalidArgumentError("relay batch_size must be 1..10000");
+  }
+  if (o.pipeline_pages < 1 || o.pipeline_pages > 64) {
+    return absl::InvalidArgumentError("relay pipeline_pages must be 1..64");
   }
   return absl::OkStatus();
 }
@@ -240,10 +245,9 @@ class AmqpRelay::Impl {
         Log(LogLevel::kInfo, "AMQP relay connected",
             {{"relay", options_.name}, {"exchange", options_.exchange}});
       }
-      absl::StatusOr<bool> more = RelayPage();
+      absl::StatusOr<bool> more = Pump();
       if (!more.ok()) {
-        conn_.reset();
-        Gauge(connected_metric_, 0);
+        DropConnection();
         Failed("disconnected", more.status());
         Sleep(backoff);
         backoff = std::min(backoff * 2, options_.max_backoff);
@@ -256,8 +260,7 @@ class AmqpRelay::Impl {
         Wait(options_.poll_interval);
       }
     }
-    conn_.reset();
-    Gauge(connected_metric_, 0);
+    DropConnection();
     if (ownership_ != nullptr) SetState("stopped");
     ownership_.reset();
   }
@@ -300,6 +303,8 @@ class AmqpRelay::Impl {
         return false;
       }
       checkpoint_ = *at;
+      read_at_ = checkpoint_;
+      in_flight_.clear();
       ownership_ = std::move(conn);
       {
         absl::MutexLock lock(&mu_);
@@ -316,77 +321,122 @@ class AmqpRelay::Impl {
             {{"relay", options_.name}, {"error", e.what()}});
       }
       ownership_.reset();
-      conn_.reset();
-      Gauge(connected_metric_, 0);
+      DropConnection();
       absl::MutexLock lock(&mu_);
       owner_ = false;
       return false;
     }
   }
 
-  // Publishes the next page and stores the checkpoint once the broker
-  // confirmed all of it. True when the page was full (more to read).
-  absl::StatusOr<bool> RelayPage() {
-    ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
-                     store_->ReadAll(checkpoint_, options_.batch_size));
-    if (page.events.empty()) return false;
-    SetState("relaying");
+  // One round of the pipeline: reads and publishes pages until
+  // options_.pipeline_pages are in flight (or the log is drained), then
+  // waits for the broker to confirm the oldest and stores the checkpoint
+  // past every page confirmed by then. So the broker works on one page
+  // while the relay reads and encodes the next, and the checkpoint only
+  // ever moves over confirmed messages. True while there is more to do.
+  absl::StatusOr<bool> Pump() {
+    bool drained = false;
+    while (static_cast<int>(in_flight_.size()) < options_.pipeline_pages) {
+      ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
+                       store_->ReadAll(read_at_, options_.batch_size));
+      if (page.events.empty()) {
+        drained = true;
+        break;
+      }
+      SetState("relaying");
+      InFlight sent;
+      ASSIGN_OR_RETURN(sent.published, PublishPage(page.events));
+      sent.last_seq = conn_->LastPublished();
+      sent.next = page.next;
+      sent.newest = page.events.back().recorded_at;
+      in_flight_.push_back(sent);
+      read_at_ = page.next;
+      if (page.events.size() < static_cast<size_t>(options_.batch_size)) {
+        drained = true;
+        break;
+      }
+    }
+    if (in_flight_.empty()) return false;
+    ASSIGN_OR_RETURN(amqp::ConfirmResult confirmed,
+                     conn_->WaitForConfirmsThrough(in_flight_.front().last_seq,
+                                                   options_.confirm_timeout));
+    if (!confirmed.nacked.empty()) {
+      return absl::UnavailableError(
+          absl::StrCat("the broker nacked ", confirmed.nacked.size(),
+                       " messages; publishing them again"));
+    }
+    Unroutable(confirmed.returned);
+    // Every page whose last message is confirmed (acks may cover several).
     int64_t published = 0;
-    std::vector<std::string> ids;
-    for (const eventstore::RecordedEvent& ev : page.events) {
-      ASSIGN_OR_RETURN(std::optional<std::string> ce, publication_->Encode(ev));
-      if (!ce.has_value()) continue;
-      ASSIGN_OR_RETURN(AmqpMessageParts parts,
-                       CloudEventToAmqp(*ce, options_.mode));
-      amqp::Message m;
-      m.exchange = options_.exchange;
-      m.routing_key = std::move(parts.routing_key);
-      m.message_id = std::move(parts.message_id);
-      m.content_type = std::move(parts.content_type);
-      m.headers = std::move(parts.headers);
-      m.body = std::move(parts.body);
-      m.persistent = true;
-      m.mandatory = true;
-      RETURN_IF_ERROR(conn_->Publish(m).status());
-      ++published;
+    std::optional<InFlight> last;
+    while (!in_flight_.empty() &&
+           in_flight_.front().last_seq <= conn_->ConfirmedThrough()) {
+      published += in_flight_.front().published;
+      last = in_flight_.front();
+      in_flight_.pop_front();
     }
-    if (published > 0) {
-      ASSIGN_OR_RETURN(amqp::ConfirmResult confirmed,
-                       conn_->WaitForConfirms(options_.confirm_timeout));
-      if (!confirmed.nacked.empty()) {
-        return absl::UnavailableError(
-            absl::StrCat("the broker nacked ", confirmed.nacked.size(),
-                         " messages; publishing the page again"));
-      }
-      for (const amqp::Message& r : confirmed.returned) {
-        Log(LogLevel::kWarn, "AMQP message unroutable",
-            {{"relay", options_.name},
-             {"exchange", r.exchange},
-             {"routing_key", r.routing_key},
-             {"message_id", r.message_id}});
-      }
-      if (!confirmed.returned.empty()) {
-        if (unroutable_metric_ != nullptr) {
-          unroutable_metric_->WithLabels({options_.name})
-              .Increment(static_cast<double>(confirmed.returned.size()));
-        }
-        const amqp::Message& r = confirmed.returned.front();
-        RecordError(absl::StrCat(confirmed.returned.size(),
-                                 " messages unroutable, e.g. ", r.message_id,
-                                 " with routing key ", r.routing_key,
-                                 ": bind a queue for them"));
-      }
-      unroutable_pending_ += static_cast<int64_t>(confirmed.returned.size());
-    }
-    RETURN_IF_ERROR(StoreCheckpoint(page.next, published));
-    checkpoint_ = page.next;
+    if (!last.has_value()) return true;
+    RETURN_IF_ERROR(StoreCheckpoint(last->next, published));
+    checkpoint_ = last->next;
     if (published_metric_ != nullptr && published > 0) {
       published_metric_->WithLabels({options_.name})
           .Increment(static_cast<double>(published));
     }
-    Gauge(lag_metric_,
-          absl::ToDoubleSeconds(absl::Now() - page.events.back().recorded_at));
-    return page.events.size() == static_cast<size_t>(options_.batch_size);
+    Gauge(lag_metric_, absl::ToDoubleSeconds(absl::Now() - last->newest));
+    return !drained || !in_flight_.empty();
+  }
+
+  // Publishes the page's published events; returns how many.
+  absl::StatusOr<int64_t> PublishPage(
+      const std::vector<eventstore::RecordedEvent>& events) {
+    int64_t published = 0;
+    for (const eventstore::RecordedEvent& ev : events) {
+      ASSIGN_OR_RETURN(std::optional<std::string> ce, publication_->Encode(ev));
+      if (!ce.has_value()) continue;
+      ASSIGN_OR_RETURN(AmqpMessageParts parts,
+                       CloudEventToAmqp(*ce, options_.mode));
+      message_.exchange = options_.exchange;
+      message_.routing_key = std::move(parts.routing_key);
+      message_.message_id = std::move(parts.message_id);
+      message_.content_type = std::move(parts.content_type);
+      message_.headers = std::move(parts.headers);
+      message_.body = std::move(parts.body);
+      message_.persistent = true;
+      message_.mandatory = true;
+      RETURN_IF_ERROR(conn_->Publish(message_).status());
+      ++published;
+    }
+    return published;
+  }
+
+  // Messages the broker returned: logged, counted, shown as the last error.
+  void Unroutable(const std::vector<amqp::Message>& returned) {
+    for (const amqp::Message& r : returned) {
+      Log(LogLevel::kWarn, "AMQP message unroutable",
+          {{"relay", options_.name},
+           {"exchange", r.exchange},
+           {"routing_key", r.routing_key},
+           {"message_id", r.message_id}});
+    }
+    if (returned.empty()) return;
+    if (unroutable_metric_ != nullptr) {
+      unroutable_metric_->WithLabels({options_.name})
+          .Increment(static_cast<double>(returned.size()));
+    }
+    const amqp::Message& r = returned.front();
+    RecordError(absl::StrCat(returned.size(), " messages unroutable, e.g. ",
+                             r.message_id, " with routing key ", r.routing_key,
+                             ": bind a queue for them"));
+    unroutable_pending_ += static_cast<int64_t>(returned.size());
+  }
+
+  // Forgets what is in flight: the next connection publishes again from
+  // the checkpoint.
+  void DropConnection() {
+    conn_.reset();
+    in_flight_.clear();
+    read_at_ = checkpoint_;
+    Gauge(connected_metric_, 0);
   }
 
   absl::Status StoreCheckpoint(const Position& next, int64_t published) {
@@ -466,7 +516,17 @@ class AmqpRelay::Impl {
   std::unique_ptr<pqxx::connection> ownership_;
   absl::Time next_ownership_check_ = absl::InfinitePast();
   std::unique_ptr<amqp::Connection> conn_;
-  Position checkpoint_;
+  // Pages published, oldest first, not yet all confirmed.
+  struct InFlight {
+    uint64_t last_seq = 0;  // of its last message (or the one before it)
+    Position next;          // the checkpoint once it is confirmed
+    int64_t published = 0;
+    absl::Time newest;  // its newest event's commit time
+  };
+  std::deque<InFlight> in_flight_;
+  Position checkpoint_;    // stored: everything before it is confirmed
+  Position read_at_;       // where the next page starts (>= checkpoint_)
+  amqp::Message message_;  // reused: Publish allocates nothing then
   std::string state_;
   int64_t unroutable_pending_ = 0;
 

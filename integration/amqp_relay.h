@@ -73,9 +73,11 @@ struct AmqpRelayOptions {
   bool declare_exchange = false;
   std::string exchange_type = "topic";
   CloudEventsAmqpMode mode = CloudEventsAmqpMode::kBinary;
-  // Events read (and messages published before waiting for confirms) per
-  // round.
+  // Events read (and published) per page.
   int batch_size = 1000;
+  // Pages published before waiting for the oldest one's confirms; 1
+  // publishes a page and waits for all of it.
+  int pipeline_pages = 4;
   absl::Duration confirm_timeout = absl::Seconds(30);
   absl::Duration poll_interval = absl::Seconds(1);
   absl::Duration takeover_interval = absl::Seconds(1);

@@ -181,6 +181,49 @@ TEST_CASE("amqp: 10,000 messages are all confirmed", "[amqp][integration]") {
   REQUIRE(conn->PurgeQueue(t.queue).ok());
 }
 
+TEST_CASE(
+    "amqp: waiting for the confirms of a prefix leaves later ones "
+    "in flight",
+    "[amqp][integration]") {
+  auto conn = OpenTestConnection();
+  Topology t = Declare(*conn, "#");
+  REQUIRE(conn->EnableConfirms().ok());
+  CHECK(conn->LastPublished() == 0);
+  CHECK(conn->ConfirmedThrough() == 0);
+  Message m = Msg(t.exchange, "k", "{}");
+  for (int i = 0; i < 1000; ++i) REQUIRE(conn->Publish(m).ok());
+  const uint64_t first_page = conn->LastPublished();
+  for (int i = 0; i < 1000; ++i) REQUIRE(conn->Publish(m).ok());
+  CHECK(conn->LastPublished() == 2000);
+  auto prefix = conn->WaitForConfirmsThrough(first_page, absl::Seconds(30));
+  INFO(prefix.status());
+  REQUIRE(prefix.ok());
+  CHECK(conn->ConfirmedThrough() >= first_page);
+  CHECK(prefix->acked == conn->ConfirmedThrough());
+  CHECK(prefix->nacked.empty());
+  auto rest = conn->WaitForConfirms(absl::Seconds(30));
+  REQUIRE(rest.ok());
+  CHECK(prefix->acked + rest->acked == 2000);
+  CHECK(conn->ConfirmedThrough() == 2000);
+  CHECK(conn->Unconfirmed() == 0);
+  REQUIRE(conn->PurgeQueue(t.queue).ok());
+}
+
+TEST_CASE("amqp: classic queues are declared as version 2 unless told",
+          "[amqp][integration]") {
+  auto conn = OpenTestConnection();
+  const std::string queue = UniqueAmqpName("test.version");
+  REQUIRE(conn->DeclareQueue(queue, {}).ok());
+  // The declaration carried x-queue-version 2: declaring it as version 1
+  // contradicts it (406), the same declaration again does not.
+  Connection::QueueOptions v1;
+  v1.classic_version = 1;
+  absl::Status contradicts = conn->DeclareQueue(queue, v1);
+  INFO(contradicts.ToString());
+  CHECK(absl::IsFailedPrecondition(contradicts));
+  CHECK(conn->DeclareQueue(queue, {}).ok());
+}
+
 TEST_CASE("amqp: an unroutable mandatory message is returned",
           "[amqp][integration]") {
   auto conn = OpenTestConnection();
