@@ -99,6 +99,9 @@ flags (open, load):
   --server-pid PID     the server's pid, for its CPU time (load, read)
   --get TARGET         read: the request target, e.g. /accounts/{id}
   --token T            send Authorization: Bearer T (open, load, read)
+  --idempotency-keys on
+                       load: every deposit with its own Idempotency-Key
+                       (the path a broker message takes, App::Consume)
 flags (load, baseline):
   --seconds S          measured duration (default 20)
   --warmup S           unmeasured warm-up before it (default 3)
@@ -122,6 +125,7 @@ struct Flags {
   int writers = 16;
   std::string get;    // read: the target template
   std::string token;  // sent as Authorization: Bearer <token> when set
+  bool idempotency_keys = false;
 };
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
@@ -188,6 +192,9 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
       if (!positive(&flags.writers)) return bad;
     } else if (name == "token") {
       flags.token = value;
+    } else if (name == "idempotency-keys") {
+      if (value != "on" && value != "off") return bad;
+      flags.idempotency_keys = value == "on";
     } else if (name == "get") {
       if (value.empty() || value[0] != '/') return bad;
       flags.get = value;
@@ -643,14 +650,16 @@ struct ConnectionStats {
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(net::io_context& ioc, tcp::endpoint endpoint, std::string host,
-             std::string authorization, Workload* workload,
-             Clock::time_point window_start, Clock::time_point window_end,
-             uint64_t seed, ConnectionStats* stats)
+             std::string authorization, std::string key_prefix,
+             Workload* workload, Clock::time_point window_start,
+             Clock::time_point window_end, uint64_t seed,
+             ConnectionStats* stats)
       : stream_(net::make_strand(ioc)),
         timer_(stream_.get_executor()),
         endpoint_(std::move(endpoint)),
         host_(std::move(host)),
         authorization_(std::move(authorization)),
+        key_prefix_(std::move(key_prefix)),
         workload_(workload),
         window_start_(window_start),
         window_end_(window_end),
@@ -686,6 +695,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     if (!workload_->get()) {
       request_.set(bhttp::field::content_type, "application/json");
+    }
+    if (!key_prefix_.empty()) {
+      request_.set("Idempotency-Key", absl::StrCat(key_prefix_, ++requests_));
     }
     request_.keep_alive(true);
     request_.body() = std::move(body);
@@ -759,6 +771,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const tcp::endpoint endpoint_;
   const std::string host_;
   const std::string authorization_;
+  const std::string key_prefix_;  // empty: no Idempotency-Key
+  uint64_t requests_ = 0;
   Workload* const workload_;
   const Clock::time_point window_start_;
   const Clock::time_point window_end_;
@@ -801,6 +815,12 @@ absl::StatusOr<ClientResult> RunClient(const Flags& flags, Workload* workload,
     std::make_shared<Connection>(
         ioc, endpoint, host,
         flags.token.empty() ? "" : absl::StrCat("Bearer ", flags.token),
+        flags.idempotency_keys
+            ? absl::StrCat(
+                  "load-",
+                  std::chrono::system_clock::now().time_since_epoch().count(),
+                  "-", c, "-")
+            : "",
         workload, window_start, window_end,
         (static_cast<uint64_t>(seed()) << 32) | c, &stats[c])
         ->Start();

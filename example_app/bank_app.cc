@@ -161,6 +161,12 @@ void DeclareCommands(cqrs::App& app) {
       .Respond(Changed);
   app.AddCommandRoute("POST", "/transfers", Transfer,
                       [] { return std::string("transfer"); });
+  // Deposits can also come through RabbitMQ (`bank serve --amqp-url`,
+  // docs/amqp.md "Inbound"): each message of the queue bank.deposits is a
+  // deposit {"amount": N} into the account its CloudEvent subject names,
+  // applied once per message id, refusals dead-lettered with the reason.
+  app.Consume("bank.deposits", "POST", "/accounts/{id}/deposit")
+      .Concurrency(16);
 }
 
 // What other systems may follow (GET /events, /asyncapi.json): every

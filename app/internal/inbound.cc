@@ -199,7 +199,10 @@ struct Inbound::State {
   std::unique_ptr<Connection> conn;
 
   absl::Mutex mu;
-  absl::CondVar work_cv;  // a queue got work, or stopping
+  // Worker i waits on work_cvs[i] for its queue (no thundering herd of
+  // every worker per message); retries and reconnects on stop_cv.
+  std::unique_ptr<absl::CondVar[]> work_cvs;
+  absl::CondVar stop_cv;
   bool stopping ABSL_GUARDED_BY(mu) = false;
   bool workers_done ABSL_GUARDED_BY(mu) = false;
   std::vector<std::deque<Work>> queues ABSL_GUARDED_BY(mu);
@@ -221,6 +224,11 @@ struct Inbound::State {
   // fails.
   absl::Status Serve(uint64_t generation);
   absl::Status Settle(const Outcome& outcome);
+  // Hands a delivery to its aggregate's worker (counting it in
+  // `in_flight`), or settles it at once when it has no message id or no
+  // aggregate id.
+  absl::Status Dispatch(uint64_t generation, Delivery delivery,
+                        size_t& in_flight);
   // Waits `d` or until stopping; true when stopping.
   bool SleepUnlessStopping(absl::Duration d);
 };
@@ -295,7 +303,7 @@ bool Inbound::State::SleepUnlessStopping(absl::Duration d) {
   const absl::Time deadline = absl::Now() + d;
   absl::MutexLock lock(&mu);
   while (!stopping) {
-    if (work_cv.WaitWithDeadline(&mu, deadline)) break;  // timed out
+    if (stop_cv.WaitWithDeadline(&mu, deadline)) break;  // timed out
   }
   return stopping;
 }
@@ -305,7 +313,7 @@ void Inbound::State::WorkerLoop(size_t index) {
     Work work;
     {
       absl::MutexLock lock(&mu);
-      while (!stopping && queues[index].empty()) work_cv.Wait(&mu);
+      while (!stopping && queues[index].empty()) work_cvs[index].Wait(&mu);
       if (stopping) return;
       work = std::move(queues[index].front());
       queues[index].pop_front();
@@ -394,45 +402,62 @@ absl::Status Inbound::State::Serve(uint64_t generation) {
       RETURN_IF_ERROR(Settle(outcome));
     }
     if (finished) return absl::OkStatus();
-    if (stop) {
-      // Waiting for the workers' last outcomes; new deliveries stay
-      // unacked and go back to the queue when the connection closes.
-      absl::SleepFor(absl::Milliseconds(5));
+    if (stop || in_flight >= static_cast<size_t>(spec.prefetch)) {
+      // Stopping: waiting for the workers' last outcomes (new deliveries
+      // stay unacked and go back to the queue when the connection closes).
+      // A full window: no delivery can come before an ack, so wait for an
+      // outcome rather than for the socket, reading it now and then for
+      // the heartbeats.
+      {
+        absl::MutexLock lock(&mu);
+        auto settled = [this] { return !outcomes.empty() || workers_done; };
+        mu.AwaitWithTimeout(absl::Condition(&settled), absl::Milliseconds(100));
+      }
+      if (!stop) {
+        ASSIGN_OR_RETURN(std::optional<Delivery> early,
+                         conn->Next(absl::ZeroDuration()));
+        if (early.has_value()) {
+          RETURN_IF_ERROR(Dispatch(generation, *std::move(early), in_flight));
+        }
+      }
       continue;
     }
     ASSIGN_OR_RETURN(std::optional<Delivery> delivery,
                      conn->Next(in_flight > 0 ? absl::Milliseconds(5)
                                               : absl::Milliseconds(100)));
     if (!delivery.has_value()) continue;
-    Outcome refused;
-    refused.generation = generation;
-    if (delivery->message_id.empty()) {
-      refused.result = DeadLetter("400 invalid_request: no message_id");
-    } else {
-      std::string id;
-      try {
-        id = spec.id_from ? spec.id_from(*delivery)
-                          : CloudEventSubject(*delivery);
-      } catch (const std::exception&) {
-        id.clear();
-      }
-      if (id.empty()) {
-        refused.result = DeadLetter(
-            "400 invalid_request: no aggregate id (the CloudEvent subject, "
-            "or IdFrom)");
-      } else {
-        const size_t worker = std::hash<std::string>{}(id) % concurrency;
-        ++in_flight;
-        absl::MutexLock lock(&mu);
-        queues[worker].push_back(
-            {generation, *std::move(delivery), std::move(id)});
-        work_cv.SignalAll();
-        continue;
-      }
-    }
-    refused.delivery = *std::move(delivery);
-    RETURN_IF_ERROR(Settle(refused));
+    RETURN_IF_ERROR(Dispatch(generation, *std::move(delivery), in_flight));
   }
+}
+
+absl::Status Inbound::State::Dispatch(uint64_t generation, Delivery delivery,
+                                      size_t& in_flight) {
+  Outcome refused;
+  refused.generation = generation;
+  if (delivery.message_id.empty()) {
+    refused.result = DeadLetter("400 invalid_request: no message_id");
+  } else {
+    std::string id;
+    try {
+      id = spec.id_from ? spec.id_from(delivery) : CloudEventSubject(delivery);
+    } catch (const std::exception&) {
+      id.clear();
+    }
+    if (!id.empty()) {
+      const size_t worker = std::hash<std::string>{}(id) % concurrency;
+      ++in_flight;
+      absl::MutexLock lock(&mu);
+      queues[worker].push_back(
+          {generation, std::move(delivery), std::move(id)});
+      work_cvs[worker].Signal();
+      return absl::OkStatus();
+    }
+    refused.result = DeadLetter(
+        "400 invalid_request: no aggregate id (the CloudEvent subject, or "
+        "IdFrom)");
+  }
+  refused.delivery = std::move(delivery);
+  return Settle(refused);
 }
 
 void Inbound::State::ConsumerLoop() {
@@ -493,6 +518,7 @@ absl::StatusOr<std::unique_ptr<Inbound>> Inbound::Create(
   {
     absl::MutexLock lock(&s->mu);
     s->queues.resize(s->concurrency);
+    s->work_cvs = std::make_unique<absl::CondVar[]>(s->concurrency);
   }
   s->spec = std::move(spec);
   s->router = router;
@@ -519,7 +545,8 @@ void Inbound::Stop() {
   {
     absl::MutexLock lock(&s.mu);
     s.stopping = true;
-    s.work_cv.SignalAll();
+    for (size_t i = 0; i < s.concurrency; ++i) s.work_cvs[i].Signal();
+    s.stop_cv.SignalAll();
   }
   for (std::thread& t : s.workers) t.join();
   {
