@@ -1,5 +1,6 @@
-# The bank in a container image. docker-compose.yml runs it with
-# PostgreSQL; on its own:
+# The bank (and its rewards program, /usr/local/bin/rewards) in a container
+# image. docker-compose.yml runs them with PostgreSQL and RabbitMQ; the bank
+# on its own:
 #
 #   docker build -t cqrs-bank .
 #   docker run --rm -p 8080:8080 -e DATABASE_URL=postgresql://... cqrs-bank
@@ -20,9 +21,9 @@ WORKDIR /src
 COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release \
       -DCQRS_BUILD_TESTS=OFF -DCQRS_BUILD_BENCH=OFF \
- && cmake --build /build --target bank -j "$(nproc)"
+ && cmake --build /build --target bank rewards -j "$(nproc)"
 
-# Runtime stage: the shared libraries the bank links (libpq comes with
+# Runtime stage: the shared libraries the bank and rewards link (libpq comes with
 # libpqxx; libstdc++ and libc are in the base image) and the binary.
 # tests/packaging/runtime_packages_test.sh checks this list against the
 # libraries the built binary needs.
@@ -34,6 +35,9 @@ RUN apt-get update \
 RUN useradd --system --uid 10001 --user-group --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin bank
 COPY --from=build /build/example_app/bank /usr/local/bin/bank
+# The bank's rewards program (docs/choreography.md): run it with
+# `--entrypoint rewards` (docker-compose.yml's service rewards).
+COPY --from=build /build/example_rewards/rewards /usr/local/bin/rewards
 USER bank:bank
 EXPOSE 8080
 ENTRYPOINT ["bank"]

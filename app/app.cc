@@ -218,6 +218,20 @@ ConsumerBuilder& ConsumerBuilder::DeadLetterExchange(std::string name) {
   return *this;
 }
 
+ConsumerBuilder& ConsumerBuilder::Bind(std::string exchange,
+                                       std::string routing_key) {
+  spec_.bindings.push_back({std::move(exchange), std::move(routing_key)});
+  return *this;
+}
+
+ConsumerBuilder& ConsumerBuilder::Body(
+    std::function<
+        absl::StatusOr<std::string>(const integration::amqp::Delivery&)>
+        fn) {
+  spec_.body = std::move(fn);
+  return *this;
+}
+
 // --- App ---------------------------------------------------------------------
 
 App::App(std::string name, AppOptions options)
@@ -462,6 +476,22 @@ void App::FinalizeConsumers() {
                                          segment,
                                          " cannot be filled from a message "
                                          "(only {id} can)"));
+      }
+    }
+    // AMQP short strings: at most 255 bytes; "amq." names are the broker's.
+    for (const ConsumerBuilder::Spec::Binding& b : spec.bindings) {
+      const std::string bind = absl::StrCat(what, ": Bind(\"", b.exchange,
+                                            "\", \"", b.routing_key, "\")");
+      if (b.exchange.empty() || b.exchange.size() > 255) {
+        declarations_.Error(
+            absl::StrCat(bind, ": the exchange name must be 1 to 255 bytes"));
+      } else if (absl::StartsWith(b.exchange, "amq.")) {
+        declarations_.Error(absl::StrCat(
+            bind, ": exchanges named amq.* are reserved to the broker"));
+      }
+      if (b.routing_key.empty() || b.routing_key.size() > 255) {
+        declarations_.Error(
+            absl::StrCat(bind, ": the routing key must be 1 to 255 bytes"));
       }
     }
     if (spec.dead_letter_exchange.empty()) {

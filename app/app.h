@@ -456,6 +456,9 @@ class ProjectionBuilder {
 // built by chaining:
 //   app.Consume("deposits", "POST", "/accounts/{id}/deposit")
 //       .Prefetch(64).Concurrency(4);
+//   app.Consume("rewards.transfers", "POST", "/members/{id}/earn")
+//       .Bind("bank.events", "account.bank.account.transfer_debited.v1")
+//       .Body(EarnFromTransfer);
 // See App::Consume for what runs.
 class ConsumerBuilder {
  public:
@@ -470,6 +473,17 @@ class ConsumerBuilder {
     std::function<std::string(const integration::amqp::Delivery&)> id_from;
     // Empty: "<queue>.dlx".
     std::string dead_letter_exchange;
+    // Bind(): the queue is bound to each exchange with its routing key.
+    struct Binding {
+      std::string exchange;
+      std::string routing_key;
+    };
+    std::vector<Binding> bindings;
+    // Body(): the command body of a message; null: the message body (or a
+    // structured CloudEvent's data).
+    std::function<absl::StatusOr<std::string>(
+        const integration::amqp::Delivery&)>
+        body;
   };
 
   explicit ConsumerBuilder(Spec spec) : spec_(std::move(spec)) {}
@@ -485,6 +499,24 @@ class ConsumerBuilder {
       std::function<std::string(const integration::amqp::Delivery&)> fn);
   // The fanout exchange refused messages are published to.
   ConsumerBuilder& DeadLetterExchange(std::string name);
+  // Binds the queue to `exchange` with `routing_key` (topic patterns:
+  // "account.#", "*.bank.account.transfer_debited.v1"); repeatable. At
+  // start the exchange is declared as a durable topic exchange when it does
+  // not exist (the declaration `APP project --amqp-declare-exchange` makes
+  // for the relay, so producer and consumer may start in either order); an
+  // existing exchange is used as it is, whatever its type. Both names must
+  // be 1 to 255 bytes and the exchange not "amq.*" (a definition error
+  // otherwise).
+  ConsumerBuilder& Bind(std::string exchange, std::string routing_key);
+  // Maps a message to the command's JSON body, for messages that are not
+  // the command as they are (another app's events): fn(delivery) returns
+  // the body, or an error status for a message that can never apply,
+  // which is dead-lettered with `x-cqrs-error: 400 invalid_request:
+  // <status message>` (so is a message fn throws on). Runs on the worker,
+  // once per delivery; it must be thread-safe when Concurrency > 1.
+  ConsumerBuilder& Body(std::function<absl::StatusOr<std::string>(
+                            const integration::amqp::Delivery&)>
+                            fn);
 
   const Spec& spec() const { return spec_; }
 
@@ -677,6 +709,9 @@ class App {
   // the dead-letter exchange with the header `x-cqrs-error: <status>
   // <code>: <message>`, then acks; a 5xx or 429 is retried with backoff
   // (100 ms doubling to 5 s) until it applies or the process stops.
+  // ConsumerBuilder::Bind subscribes the queue to other apps' exchanges and
+  // ConsumerBuilder::Body maps their messages to the command's body
+  // (docs/choreography.md).
   ConsumerBuilder& Consume(std::string queue, std::string method,
                            std::string pattern);
 

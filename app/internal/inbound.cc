@@ -143,6 +143,16 @@ struct Result {
   std::string log_detail;  // kTransient: the hidden cause of a 5xx
 };
 
+// The declaration the relay makes with declare_exchange (durable topic),
+// only when `name` does not exist: an existing exchange of another type is
+// bound to as it is.
+absl::Status DeclareExchangeIfMissing(Connection& c, const std::string& name) {
+  absl::Status exists = c.CheckExchange(name);
+  if (exists.ok()) return exists;
+  if (!absl::IsNotFound(exists)) return exists;
+  return c.DeclareExchange(name, "topic", /*durable=*/true);
+}
+
 Result DeadLetter(std::string error) {
   return {Kind::kDeadLetter, std::move(error), ""};
 }
@@ -217,6 +227,8 @@ struct Inbound::State {
   static absl::StatusOr<std::unique_ptr<Connection>> Connect(
       const ConsumerBuilder::Spec& spec, const std::string& url);
 
+  // spec.body's answer; an exception becomes kInvalidArgument.
+  absl::StatusOr<std::string> MappedBody(const Delivery& d) const;
   Result Apply(const Delivery& d, const std::string& id) const;
   void WorkerLoop(size_t index);
   void ConsumerLoop();
@@ -246,16 +258,42 @@ absl::StatusOr<std::unique_ptr<Connection>> Inbound::State::Connect(
   Connection::QueueOptions queue_options;
   queue_options.dead_letter_exchange = spec.dead_letter_exchange;
   RETURN_IF_ERROR(c->DeclareQueue(spec.queue, queue_options));
+  for (const ConsumerBuilder::Spec::Binding& b : spec.bindings) {
+    RETURN_IF_ERROR(DeclareExchangeIfMissing(*c, b.exchange));
+    RETURN_IF_ERROR(c->BindQueue(spec.queue, b.exchange, b.routing_key));
+  }
   RETURN_IF_ERROR(c->EnableConfirms());
   RETURN_IF_ERROR(c->Qos(spec.prefetch));
   return c;
 }
 
+absl::StatusOr<std::string> Inbound::State::MappedBody(
+    const Delivery& d) const {
+  absl::StatusOr<std::string> body;
+  try {
+    body = spec.body(d);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the body codec threw: ", e.what()));
+  }
+  if (body.ok()) return body;
+  return absl::InvalidArgumentError(body.status().message());
+}
+
 Result Inbound::State::Apply(const Delivery& d, const std::string& id) const {
-  absl::StatusOr<std::string> body = CommandBody(d);
-  if (!body.ok()) {
-    return DeadLetter(
-        absl::StrCat("400 invalid_json: ", body.status().message()));
+  absl::StatusOr<std::string> body;
+  if (spec.body) {
+    body = MappedBody(d);
+    if (!body.ok()) {
+      return DeadLetter(
+          absl::StrCat("400 invalid_request: ", body.status().message()));
+    }
+  } else {
+    body = CommandBody(d);
+    if (!body.ok()) {
+      return DeadLetter(
+          absl::StrCat("400 invalid_json: ", body.status().message()));
+    }
   }
   const std::string target =
       absl::StrReplaceAll(spec.pattern, {{"{id}", PathSegment(id)}});

@@ -53,8 +53,10 @@ std::string CloudEventSubject(const integration::amqp::Delivery& delivery);
 class Inbound {
  public:
   // Connects and declares the topology: the dead-letter exchange (fanout,
-  // durable), "<queue>.dead" bound to it, and the queue (durable,
-  // x-dead-letter-exchange). Returns the connection's errors
+  // durable), "<queue>.dead" bound to it, the queue (durable,
+  // x-dead-letter-exchange), and its bindings (spec.bindings: each exchange
+  // declared as a durable topic exchange when missing, then the queue
+  // bound with its routing key). Returns the connection's errors
   // (amqp::Connection::Open: kUnavailable, kUnauthenticated, ...) and
   // kFailedPrecondition when the queue exists with other arguments.
   // `spec` comes from a finalized App.

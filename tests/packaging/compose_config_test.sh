@@ -22,6 +22,6 @@ command -v docker-compose >/dev/null ||
 docker-compose -f "$file" config -q || fail "docker-compose config rejects $file"
 
 services=$(docker-compose -f "$file" config --services | sort | tr '\n' ' ')
-[[ $services == "bank-api bank-worker postgres rabbitmq " ]] ||
-  fail "services are '$services', expected bank-api bank-worker postgres rabbitmq"
+[[ $services == "bank-api bank-worker postgres rabbitmq rewards " ]] ||
+  fail "services are '$services', expected bank-api bank-worker postgres rabbitmq rewards"
 echo "compose_config_test: OK"

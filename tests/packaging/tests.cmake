@@ -30,3 +30,10 @@ add_test(NAME packaging_runtime_packages
 set_tests_properties(packaging_runtime_packages PROPERTIES
   TIMEOUT 120
   LABELS packaging)
+# ... and what rewards links (the image carries both).
+add_test(NAME packaging_runtime_packages_rewards
+  COMMAND ${CMAKE_CURRENT_LIST_DIR}/runtime_packages_test.sh
+    $<TARGET_FILE:rewards> ${PROJECT_SOURCE_DIR}/Dockerfile)
+set_tests_properties(packaging_runtime_packages_rewards PROPERTIES
+  TIMEOUT 120
+  LABELS packaging)
