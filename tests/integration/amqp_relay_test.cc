@@ -1,9 +1,12 @@
 // The AMQP relay (integration/amqp_relay.h) against the throwaway RabbitMQ
 // node and PostgreSQL of scripts/test: 100,000 events through a broker
-// restart and a SIGKILL of the broker, a standby taking over, unroutable
-// messages, bad configuration, and the CloudEvents AMQP binding.
+// restart and a SIGKILL of the broker, a standby taking over (in-process
+// when the owner's session ends, and the built bank's `project` when the
+// relaying process is SIGKILLed), unroutable messages, bad configuration,
+// and the CloudEvents AMQP binding.
 #include "integration/amqp_relay.h"
 
+#include <signal.h>
 #include <pqxx/pqxx>
 
 #include <atomic>
@@ -23,6 +26,7 @@
 #include "framework/metrics.h"
 #include "integration/amqp_client.h"
 #include "rapidjson/document.h"
+#include "tests/support/child_process.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -290,6 +294,97 @@ TEST_CASE("a standby relay takes over when the owner's session ends",
   f.Append(100, 100, 9);
   REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == 2000; }));
   CHECK(InStreamOrder(consumer.got()));
+}
+
+// `bank project --amqp-url` on the fixture's schema and exchange: the
+// built bank's relay (and projections) in a process of its own.
+std::unique_ptr<testing::ChildProcess> BankRelay(Fixture& f) {
+  return std::make_unique<testing::ChildProcess>(
+      BANK_BINARY,
+      std::vector<std::string>{"project", "--database-url", f.schema.url(),
+                               "--schema", f.schema.name(), "--amqp-url",
+                               AmqpUrl(), "--amqp-exchange", f.exchange});
+}
+
+TEST_CASE(
+    "the relaying process SIGKILLed mid-stream: a standby process takes "
+    "over, every event arrives, in stream order, repeats with the same id",
+    "[integration][pg][amqp]") {
+  Fixture f;
+  testing::ChildProcess migrate(
+      BANK_BINARY, {"migrate", "--database-url", f.schema.url(), "--schema",
+                    f.schema.name()});
+  REQUIRE(migrate.Wait() == 0);
+  Consumer consumer(f.queue);
+  auto owner = BankRelay(f);
+  const std::string relaying =
+      absl::StrCat("SELECT count(*) FROM ", f.schema.name(),
+                   ".amqp_relays WHERE state IN ('caught_up', 'relaying')");
+  REQUIRE(testing::WaitUntil([&] { return f.schema.QueryInt(relaying) == 1; },
+                             absl::Seconds(60)));
+  auto standby = BankRelay(f);  // waits for the owner's lock
+
+  // 40 accounts: opened, then 5 rounds of 50 deposits each (10,040
+  // events), appended while the owner relays and after it is killed.
+  constexpr int kAccounts = 40;
+  constexpr int kRounds = 5;
+  constexpr int kDeposits = 50;
+  constexpr size_t kEvents = kAccounts * (1 + kRounds * kDeposits);
+  std::atomic<bool> appended_ok{true};
+  std::atomic<int> rounds_done{0};
+  std::thread writer([&] {
+    auto append = [&](int account, std::vector<NewEvent> events) {
+      if (!f.store
+               ->Append(absl::StrCat("account-r", account),
+                        ExpectedVersion::Any(), std::move(events))
+               .ok()) {
+        appended_ok = false;
+      }
+    };
+    for (int a = 0; a < kAccounts; ++a) {
+      append(a, {Event("AccountOpened", R"({"owner":"o","currency":"EUR"})")});
+    }
+    for (int r = 0; r < kRounds; ++r) {
+      for (int a = 0; a < kAccounts; ++a) {
+        append(a, std::vector<NewEvent>(
+                      kDeposits, Event("MoneyDeposited", R"({"amount":1})")));
+      }
+      ++rounds_done;
+    }
+  });
+  // The owner dies with part of the log relayed (its last pages possibly
+  // published but not checkpointed).
+  const bool midway = testing::WaitUntil(
+      [&] { return consumer.distinct() >= kEvents / 4; }, absl::Seconds(120));
+  const int rounds_at_kill = rounds_done.load();
+  CHECK(owner->Kill(SIGKILL) == 128 + SIGKILL);
+  writer.join();
+  REQUIRE(midway);
+  REQUIRE(appended_ok);
+  INFO("appending rounds done when the owner was killed: " << rounds_at_kill);
+  CHECK(rounds_at_kill < kRounds);  // else it was not killed mid-stream
+  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == kEvents; },
+                             absl::Seconds(120)));
+  const std::vector<Got> got = consumer.got();
+  CHECK(InStreamOrder(got));
+  // A repeat carries the id, stream and version of its first delivery.
+  std::map<std::string, std::pair<std::string, int64_t>> first;
+  size_t repeats = 0;
+  for (const Got& g : got) {
+    auto [it, inserted] =
+        first.emplace(g.id, std::make_pair(g.stream, g.version));
+    if (inserted) continue;
+    ++repeats;
+    CHECK(it->second == std::make_pair(g.stream, g.version));
+  }
+  CHECK(first.size() == kEvents);
+  auto status = AmqpRelay::ReadStatus(f.schema.pool(), *f.store,
+                                      f.schema.name(), "default");
+  REQUIRE(status.ok());
+  CHECK(status->lag_events == 0);
+  CHECK(status->state != "stopped");  // the standby holds it now
+  WARN("relayed " << kEvents << " events across the failover; " << repeats
+                  << " repeats");
 }
 
 TEST_CASE("an unroutable message is counted and shown, and the relay goes on",
