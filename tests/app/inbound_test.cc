@@ -106,6 +106,19 @@ class Consumed {
     server_ = *std::move(server);
   }
   void StopServer() { server_.reset(); }
+  // `n` more servers of the same app consuming the same queue: competing
+  // consumers, as several `serve` processes would be.
+  void StartMoreServers(int n) {
+    for (int i = 0; i < n; ++i) {
+      cqrs::ServeOptions options;
+      options.schema = schema_.name();
+      options.amqp_url = cqrs::testing::TestAmqpUrl();
+      auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
+      INFO(server.status().ToString());
+      REQUIRE(server.ok());
+      more_.push_back(*std::move(server));
+    }
+  }
   // A new publishing connection (the old one died with the broker).
   void ReconnectPublisher() {
     auto conn = amqp::Connection::Open(cqrs::testing::TestAmqpUrl());
@@ -176,6 +189,24 @@ class Consumed {
     return Metric(absl::StrCat("cqrs_inbound_messages_total{queue=\"", queue_,
                                "\",outcome=\"", outcome, "\"}"));
   }
+  // Messages(outcome) summed over every server.
+  double AllMessages(const std::string& outcome) {
+    double sum = Messages(outcome);
+    const std::string series =
+        absl::StrCat("cqrs_inbound_messages_total{queue=\"", queue_,
+                     "\",outcome=\"", outcome, "\"}");
+    for (const auto& server : more_) {
+      for (absl::string_view line :
+           absl::StrSplit(server->metrics().Render(), '\n')) {
+        double v = 0;
+        if (absl::StartsWith(line, series + " ") &&
+            absl::SimpleAtod(line.substr(series.size() + 1), &v)) {
+          sum += v;
+        }
+      }
+    }
+    return sum;
+  }
   // Waits until Messages(outcome) reaches `n` (or 60 s).
   double AwaitMessages(const std::string& outcome, double n) {
     cqrs::testing::WaitUntil([&] { return Messages(outcome) >= n; },
@@ -221,6 +252,7 @@ class Consumed {
   std::atomic<int> flaky_failures_{0};
   cqrs::App app_;
   std::unique_ptr<cqrs::AppServer> server_;
+  std::vector<std::unique_ptr<cqrs::AppServer>> more_;
   std::unique_ptr<amqp::Connection> publisher_;
 };
 
@@ -352,6 +384,35 @@ TEST_CASE("inbound: a message delivered twice applies once",
   CHECK(c.AwaitMessages("replayed", kMessages) == kMessages);
   CHECK(c.Messages("applied") == kMessages);
   CHECK(c.Events("account-b%") == kMessages);
+}
+
+TEST_CASE(
+    "inbound: copies of one message taken by 8 competing consumers at once "
+    "apply once",
+    "[app][amqp][pg]") {
+  // 8 servers of one app on one queue, 2 workers each: the broker hands
+  // consecutive deliveries (the two copies of a message) round-robin to
+  // different consumers, which apply them at the same time.
+  Consumed c(/*concurrency=*/2);
+  c.StartMoreServers(7);
+  constexpr int kMessages = 400;
+  for (int i = 0; i < kMessages; ++i) {
+    const std::string id = absl::StrCat("d", i % 20);
+    const std::string body = DepositBody(1, i);
+    for (int copy = 0; copy < 2; ++copy) {
+      c.Publish(id, absl::StrCat("m-", i), body);
+    }
+  }
+  c.Confirm();
+  REQUIRE(cqrs::testing::WaitUntil(
+      [&] {
+        return c.AllMessages("applied") + c.AllMessages("replayed") >=
+               2 * kMessages;
+      },
+      absl::Seconds(60), absl::Milliseconds(20)));
+  CHECK(c.AllMessages("applied") == kMessages);
+  CHECK(c.AllMessages("replayed") == kMessages);
+  CHECK(c.Events("account-d%") == kMessages);
 }
 
 TEST_CASE("inbound: refused messages are dead-lettered with the reason",
