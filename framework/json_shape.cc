@@ -250,6 +250,13 @@ absl::Status RequiredField(const Path& path) {
 }
 
 absl::Status ParseText(absl::string_view text, rapidjson::Document* doc) {
+  // RapidJSON reads a NUL byte as the end of its input even when given the
+  // length, so {"amount":5}\0garbage would parse as {"amount":5}.
+  const size_t nul = text.find('\0');
+  if (nul != absl::string_view::npos) {
+    return InvalidRequest(absl::StrCat(
+        "JSON text must not contain a NUL byte (one at offset ", nul, ")"));
+  }
   // Iterative parsing: a text of a million '[' must not exhaust the stack.
   constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag |
                               rapidjson::kParseIterativeFlag |

@@ -238,7 +238,8 @@ absl::Status NotAnObject(const Path& path);
 absl::Status UnknownField(const Path& path);
 absl::Status RequiredField(const Path& path);
 
-// Parses `text`; invalid_json when it is not one JSON document.
+// Parses `text`; invalid_json when it is not one JSON document,
+// invalid_request when it holds a NUL byte (RapidJSON would stop there).
 absl::Status ParseText(absl::string_view text, rapidjson::Document* doc);
 // Depth and duplicate members of the whole tree under `root`.
 absl::Status CheckTree(const rapidjson::Value& root, absl::string_view prefix);
@@ -793,8 +794,9 @@ absl::StatusOr<T> DecodeValue(const rapidjson::Value& value,
 
 // Reads a T from the JSON text `json`. Returns kInvalidArgument with code
 // "invalid_json" when `json` is not one JSON document in valid UTF-8 (the
-// message names the offset), and with code "invalid_request" naming the
-// field when it does not have T's shape; the caller should pass the error on
+// message names the offset), with code "invalid_request" when it holds a
+// raw NUL byte, and with code "invalid_request" naming the field when it
+// does not have T's shape; the caller should pass the error on
 // to the client unchanged.
 template <typename T>
 absl::StatusOr<T> Decode(absl::string_view json) {

@@ -8,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "framework/error_code.h"
 #include "framework/http/status_mapping.h"
 #include "framework/status_macros.h"
 #include "queries/pagination.h"
@@ -278,6 +279,12 @@ absl::StatusOr<pqxx::result> QueryContext::Exec(const Statement& statement,
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const SqlParam& p : params) {
+    // Sent as a C string, "Ann\0x" would be read as "Ann". The server
+    // refuses such requests already (http::Request::Create()); this keeps
+    // a value built by a handler from being cut off silently.
+    if (p.value().has_value() && p.value()->find('\0') != std::string::npos) {
+      return InvalidRequest("a query parameter must not contain a NUL byte");
+    }
     values.push_back(p.value().has_value() ? p.value()->c_str() : nullptr);
   }
   if (statement.prepared()) {

@@ -156,7 +156,9 @@ class QueryContext {
   absl::StatusOr<std::string> Sql(absl::string_view sql_template) const;
 
   // Runs `statement` with `params` ($1, $2, ...). kInternal as Sql();
-  // database errors throw (see above).
+  // invalid_request (400) when a parameter holds a NUL byte, which libpq
+  // would cut off (it takes parameters as C strings) and PostgreSQL's text
+  // cannot store; database errors throw (see above).
   absl::StatusOr<pqxx::result> Exec(const Statement& statement,
                                     const SqlParams& params = {});
 

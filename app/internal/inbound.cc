@@ -72,6 +72,13 @@ std::string CloudEventAttribute(const Delivery& d, absl::string_view name) {
 // The command body: the `data` of a structured CloudEvent, else the body.
 absl::StatusOr<std::string> CommandBody(const Delivery& d) {
   if (!IsStructured(d)) return d.body;
+  // RapidJSON reads a NUL byte as the end of its input: the envelope
+  // {"data":{...}}\0garbage would pass, and its data would be re-encoded
+  // without the NUL that Request::Create() refuses.
+  if (d.body.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        "the structured CloudEvent holds a NUL byte");
+  }
   rapidjson::Document doc;
   doc.Parse(d.body.data(), d.body.size());
   if (doc.HasParseError() || !doc.IsObject()) {

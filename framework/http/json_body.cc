@@ -105,6 +105,13 @@ absl::Status ParseJsonBody(absl::string_view body, rapidjson::Document* doc,
     }
     return InvalidJson("request body is empty; expected a JSON object");
   }
+  // RapidJSON reads a NUL byte as the end of its input even when given the
+  // length: {"amount":5}\0garbage would parse as {"amount":5}.
+  const size_t nul = body.find('\0');
+  if (nul != absl::string_view::npos) {
+    return InvalidRequest(absl::StrCat(
+        "request body must not contain a NUL byte (one at offset ", nul, ")"));
+  }
   // Iterative parsing: a body of a million '[' must not exhaust the stack.
   constexpr unsigned kFlags =
       rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;

@@ -43,8 +43,11 @@ enum class EmptyBody {
 
 // Parses `body` into `doc`, requiring a single JSON object in valid UTF-8.
 // Returns invalid_json for malformed JSON (the message names the offset) and
-// invalid_request for valid JSON that is not an object, or in which an
-// object names a member twice at any depth ("duplicate field \"owner\"").
+// invalid_request for a body holding a NUL byte anywhere (RapidJSON alone
+// would stop reading there and ignore the rest), for valid JSON that is not
+// an object, or in which an object names a member twice at any depth
+// ("duplicate field \"owner\""). A string escape "\u0000" parses; the
+// field readers below refuse it.
 absl::Status ParseJsonBody(absl::string_view body, rapidjson::Document* doc,
                            EmptyBody empty = EmptyBody::kReject);
 

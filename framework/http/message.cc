@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "framework/http/internal/utf8.h"
 #include "rapidjson/stringbuffer.h"
@@ -45,6 +46,37 @@ absl::StatusOr<ParamList> ParseQuery(absl::string_view query) {
     params.emplace_back(*std::move(name), *std::move(value));
   }
   return params;
+}
+
+// PostgreSQL's text and jsonb cannot hold U+0000, and C strings end at it:
+// a NUL byte anywhere in a request would be cut off somewhere downstream
+// (libpq takes parameters as C strings; RapidJSON reads a NUL as the end of
+// its input), so the request is refused whole.
+bool HasNul(absl::string_view text) {
+  return text.find('\0') != absl::string_view::npos;
+}
+
+absl::Status NulError(absl::string_view where) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, " must not contain a NUL byte"));
+}
+
+absl::Status CheckNoNul(const Request& request) {
+  if (HasNul(request.target()) || HasNul(request.path())) {
+    return NulError("request target");
+  }
+  for (const auto& param : request.query_params()) {
+    if (HasNul(param.first) || HasNul(param.second)) {
+      return NulError("query parameter");
+    }
+  }
+  for (const auto& header : request.headers()) {
+    if (HasNul(header.first) || HasNul(header.second)) {
+      return NulError("header");
+    }
+  }
+  if (HasNul(request.body())) return NulError("request body");
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -97,6 +129,8 @@ absl::StatusOr<Request> Request::Create(std::string method, std::string target,
   request.target_ = std::move(target);
   request.headers_ = std::move(headers);
   request.body_ = std::move(body);
+  const absl::Status nul = CheckNoNul(request);
+  if (!nul.ok()) return nul;
   return request;
 }
 

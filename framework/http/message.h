@@ -50,7 +50,12 @@ class Request {
   // Builds a request from its parts, splitting `target` (origin form, e.g.
   // "/accounts/a%201?limit=5") into the percent-decoded path and query.
   // Returns kInvalidArgument when `target` does not start with '/' or holds
-  // a malformed percent escape; the server answers that with 400.
+  // a malformed percent escape, and when a NUL byte appears anywhere: in the
+  // target (raw, or percent-decoded from "%00" in the path or the query), a
+  // header name or value, or the body. The server answers these with 400
+  // invalid_request, before any route runs. So a handler never sees U+0000,
+  // which C strings (libpq parameters) would cut off and PostgreSQL's text
+  // and jsonb cannot store.
   static absl::StatusOr<Request> Create(std::string method, std::string target,
                                         HeaderList headers, std::string body);
 

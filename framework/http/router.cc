@@ -198,6 +198,9 @@ RouteMatch Router::Match(absl::string_view method,
     segment = *std::move(decoded);
   }
   const Route* best = nullptr;
+  // HEAD is served by the GET route of the path unless one is registered.
+  const Route* best_get = nullptr;
+  std::vector<std::string> methods;
   for (const auto& route : routes_) {
     if (route->segments.size() != segments.size()) continue;
     bool matches = true;
@@ -206,23 +209,32 @@ RouteMatch Router::Match(absl::string_view method,
                                             : route->segments[i] == segments[i];
     }
     if (!matches) continue;
-    if (route->method != method) {
-      match.allowed_methods.push_back(route->method);
-    } else if (best == nullptr || MoreSpecific(*route, *best)) {
-      best = route.get();
+    methods.push_back(route->method);
+    if (route->method == method) {
+      if (best == nullptr || MoreSpecific(*route, *best)) best = route.get();
+    } else if (method == "HEAD" && route->method == "GET") {
+      if (best_get == nullptr || MoreSpecific(*route, *best_get)) {
+        best_get = route.get();
+      }
     }
   }
+  if (best == nullptr) best = best_get;
   if (best == nullptr) {
-    std::sort(match.allowed_methods.begin(), match.allowed_methods.end());
-    match.allowed_methods.erase(
-        std::unique(match.allowed_methods.begin(), match.allowed_methods.end()),
-        match.allowed_methods.end());
-    match.result = match.allowed_methods.empty()
-                       ? RouteMatch::Result::kNotFound
-                       : RouteMatch::Result::kMethodNotAllowed;
+    if (methods.empty()) {
+      match.result = RouteMatch::Result::kNotFound;
+      return match;
+    }
+    if (std::find(methods.begin(), methods.end(), "GET") != methods.end()) {
+      methods.push_back("HEAD");
+    }
+    methods.push_back("OPTIONS");
+    std::sort(methods.begin(), methods.end());
+    methods.erase(std::unique(methods.begin(), methods.end()), methods.end());
+    match.allowed_methods = std::move(methods);
+    match.result = method == "OPTIONS" ? RouteMatch::Result::kOptions
+                                       : RouteMatch::Result::kMethodNotAllowed;
     return match;
   }
-  match.allowed_methods.clear();
   for (size_t i = 0; i < segments.size(); ++i) {
     const std::string& segment = best->segments[i];
     if (!IsParam(segment)) continue;

@@ -13,7 +13,12 @@
 // where they differ wins ("/accounts/stats" beats "/accounts/{id}").
 // A path no pattern matches gets 404 not_found; a path that matches only
 // under other methods gets 405 method_not_allowed with an Allow header.
-// HEAD is not implied by GET: it gets 405 unless registered.
+// HEAD is implied by GET: unless a HEAD route is registered, HEAD runs the
+// GET route of the path (same access, same handler; the server sends the
+// headers and Content-Length without the body). OPTIONS is answered by the
+// server (204 with Allow, no authentication) unless an OPTIONS route is
+// registered. Allow lists the registered methods of the path plus HEAD
+// (where GET is served) and OPTIONS.
 //
 // Thread-safety: Add() must not run concurrently with anything else. Once
 // routes are registered, the const methods may be called from any thread.
@@ -125,12 +130,22 @@ struct Route {
 
 // The outcome of Router::Match().
 struct RouteMatch {
-  enum class Result { kFound, kNotFound, kMethodNotAllowed, kBadPath };
+  // kOptions: an OPTIONS request for a path that exists, with no OPTIONS
+  // route registered; the caller answers 204 with Allow.
+  enum class Result {
+    kFound,
+    kNotFound,
+    kMethodNotAllowed,
+    kBadPath,
+    kOptions
+  };
   Result result = Result::kNotFound;
-  // kFound: the route (owned by the router) and its decoded parameters.
+  // kFound: the route (owned by the router) and its decoded parameters. For
+  // HEAD without a HEAD route, the GET route.
   const Route* route = nullptr;
   ParamList params;
-  // kMethodNotAllowed: the methods the path accepts, sorted, for Allow.
+  // kMethodNotAllowed and kOptions: the methods the path accepts, sorted,
+  // for Allow (with HEAD where GET is served, and OPTIONS).
   std::vector<std::string> allowed_methods;
 };
 
@@ -159,7 +174,8 @@ class Router {
 
   // Finds the route for `method` and `raw_path` (the path before
   // percent-decoding, see Request::raw_path()). kBadPath when a segment
-  // holds a malformed percent escape.
+  // holds a malformed percent escape; HEAD falls back to GET and OPTIONS to
+  // kOptions as the header comment says.
   RouteMatch Match(absl::string_view method, absl::string_view raw_path) const;
 
   // Every (method, pattern), in registration order.

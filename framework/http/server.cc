@@ -768,6 +768,15 @@ class Session : public std::enable_shared_from_this<Session> {
         return WriteResponse(
             ErrorResponse(400, "invalid_request",
                           "malformed percent-encoding in request path"));
+      case RouteMatch::Result::kOptions: {
+        // What the path serves is no secret (the OpenAPI document is
+        // open), so this needs no token.
+        Response response;
+        response.status = 204;
+        response.content_type.clear();
+        response.SetHeader("Allow", absl::StrJoin(match.allowed_methods, ", "));
+        return WriteResponse(std::move(response));
+      }
     }
     const Route& route = *match.route;
     request_.route = route.pattern;

@@ -38,10 +38,15 @@
 //
 // Per request the server: enforces header_limit (431) and body_limit (413,
 // also when Content-Length announces more), answers malformed HTTP with 400
-// and closes, takes X-Correlation-Id (1..200 printable ASCII; otherwise a new
-// UUID) and echoes it, routes (404 / 405 with Allow), applies the route's
-// access (framework/http/auth.h: 429, 401, 403), its options (415), runs
-// the handler (an exception escaping it becomes 500), and
+// and closes, refuses a NUL byte anywhere in the target (raw or as "%00"),
+// a header or the body with 400 invalid_request (http::Request::Create()),
+// takes X-Correlation-Id (1..200 printable ASCII; otherwise a new UUID) and
+// echoes it, routes (404 / 405 with Allow; HEAD runs the GET route and gets
+// its status and headers, Content-Length included, without the body;
+// OPTIONS on an existing path is 204 with Allow and needs no token; see
+// router.h), applies the route's access (framework/http/auth.h: 429, 401,
+// 403), its options (415), runs the handler (an exception escaping it
+// becomes 500), and
 // writes exactly one access-log line (framework/log.h) once the response is
 // written: method, path, status, duration_ms, correlation_id, route, actor
 // (the key id of an authenticated request, "-" otherwise).

@@ -460,6 +460,35 @@ TEST_CASE("inbound: a structured CloudEvent's data is the command",
   CHECK(events[0].amount == 42);
 }
 
+TEST_CASE("inbound: a message holding a NUL byte is dead-lettered unapplied",
+          "[app][amqp][pg]") {
+  Consumed c(/*concurrency=*/1);
+  // RapidJSON alone stops at the NUL: both once applied their first value.
+  c.Publish("n1", "nul-plain",
+            DepositBody(10, 1) + std::string("\0garbage", 8));
+  c.PublishStructured("nul-ce",
+                      StructuredEvent("nul-ce", "n1", DepositBody(7, 2)) +
+                          std::string("\0{}", 3));
+  c.Publish("n1", "ok", DepositBody(20, 3));
+  c.Confirm();
+  REQUIRE(c.AwaitEvents("account-n1", 1) == 1);
+  const std::vector<amqp::Delivery> dead = c.DeadLetters(2);
+  REQUIRE(dead.size() == 2);
+  std::map<std::string, std::string> reasons;
+  for (const amqp::Delivery& d : dead) {
+    reasons[d.message_id] = Header(d, "x-cqrs-error");
+  }
+  INFO(reasons["nul-plain"]);
+  CHECK(absl::StartsWith(reasons["nul-plain"], "400 invalid_request"));
+  CHECK(absl::StrContains(reasons["nul-plain"], "NUL"));
+  INFO(reasons["nul-ce"]);
+  CHECK(absl::StartsWith(reasons["nul-ce"], "400 "));
+  CHECK(absl::StrContains(reasons["nul-ce"], "NUL"));
+  const std::vector<Deposited> events = c.Stream("n1");
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].amount == 20);
+}
+
 TEST_CASE("inbound: a transient failure is retried until it applies once",
           "[app][amqp][pg]") {
   Consumed c(/*concurrency=*/2);

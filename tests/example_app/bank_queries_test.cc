@@ -406,6 +406,83 @@ TEST_CASE(
   CHECK(f.Get("/accounts?after=%%%").status == 400);
 }
 
+TEST_CASE("a NUL byte in a query or a command is refused and changes nothing",
+          "[bank][queries][pg]") {
+  using namespace std::string_literals;
+  ServiceFixture f;
+  Open(f, "nul-1", "Ann", "EUR");
+  const Moved moved = Deposit(f, "nul-1", 10);
+  auto ann = f.Get("/accounts?owner=Ann", AtLeast(moved.position));
+  REQUIRE(ann.status == 200);
+  REQUIRE(Parse(ann.body)["items"].Size() == 1);
+
+  // "Ann%00x" once listed Ann's accounts (libpq read the parameter as the
+  // C string "Ann").
+  for (const char* target : {"/accounts?owner=Ann%00x", "/accounts?owner=%00",
+                             "/accounts/nul-1%00", "/accounts/nul-1?x=%00"}) {
+    INFO(target);
+    auto r = f.Get(target);
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+  }
+
+  // {"amount":5} followed by a NUL was once read as a deposit of 5.
+  for (const std::string& body :
+       {"{\"amount\":5}\0{\"amount\":7}garbage"s, "{\"amount\":5}\0"s}) {
+    auto r = f.Post("/accounts/nul-1/deposit", body);
+    CHECK(r.status == 400);
+    CHECK(ErrorCode(r) == "invalid_request");
+  }
+  // A U+0000 escape inside a string field: a clean 400, not a 500 from
+  // PostgreSQL.
+  auto opened = f.Post("/accounts", R"({"owner":"A\u0000B","currency":"EUR"})");
+  CHECK(opened.status == 400);
+  CHECK(ErrorCode(opened) == "invalid_request");
+
+  // The balance is what it was: a later deposit moves it from 10.
+  const Moved after = Deposit(f, "nul-1", 1);
+  CHECK(after.balance == 11);
+  auto r = f.Get("/accounts/nul-1", AtLeast(after.position));
+  REQUIRE(r.status == 200);
+  CHECK(Parse(r.body)["balance"].GetInt64() == 11);
+  CHECK(Parse(r.body)["version"].GetInt64() == 3);
+  ann = f.Get("/accounts?owner=Ann", AtLeast(after.position));
+  REQUIRE(ann.status == 200);
+  CHECK(Parse(ann.body)["items"].Size() == 1);
+}
+
+TEST_CASE("HEAD and OPTIONS on the bank's routes", "[bank][queries][pg]") {
+  ServiceFixture f;
+  Open(f, "h-1", "Ann", "EUR");
+  const Moved moved = Deposit(f, "h-1", 5);
+  const auto get = f.Get("/accounts/h-1", AtLeast(moved.position));
+  REQUIRE(get.status == 200);
+  const auto head =
+      f.Send("HEAD", "/accounts/h-1", "", AtLeast(moved.position));
+  CHECK(head.status == 200);
+  CHECK(head.body.empty());
+  CHECK(head.Header("Content-Length").value_or("") ==
+        std::to_string(get.body.size()));
+  // The same authentication as GET.
+  const auto anonymous =
+      f.Send("HEAD", "/accounts/h-1", "", {{"Authorization", "Bearer nope"}});
+  CHECK(anonymous.status == 401);
+  CHECK(anonymous.body.empty());
+  // A command route serves no HEAD.
+  const auto post_only = f.Send("HEAD", "/accounts/h-1/deposit");
+  CHECK(post_only.status == 405);
+  CHECK(post_only.Header("Allow").value_or("") == "OPTIONS, POST");
+
+  auto options = f.Send("OPTIONS", "/accounts/h-1", "",
+                        {{"Authorization", "Bearer nope"}});
+  CHECK(options.status == 204);
+  CHECK(options.Header("Allow").value_or("") == "GET, HEAD, OPTIONS");
+  options = f.Send("OPTIONS", "/accounts");
+  CHECK(options.status == 204);
+  CHECK(options.Header("Allow").value_or("") == "GET, HEAD, OPTIONS, POST");
+  CHECK(f.Send("OPTIONS", "/nowhere").status == 404);
+}
+
 TEST_CASE("GET /stats sums the accounts", "[bank][queries][pg]") {
   ServiceFixture f;
   Open(f, "s-1", "Ann", "EUR");

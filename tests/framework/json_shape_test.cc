@@ -449,6 +449,19 @@ TEST_CASE("decoding refuses what is not one JSON object", "[framework]") {
   }
 }
 
+TEST_CASE("decoding refuses a raw NUL byte wherever it is", "[framework]") {
+  using namespace std::string_literals;
+  // RapidJSON alone reads the NUL as the end of the text and would accept
+  // the first object, ignoring the rest.
+  for (const std::string& text :
+       {"{\"by\":5}\0{\"by\":7}garbage"s, "{\"by\":5}\0"s, "{\"by\":5\0}"s,
+        "\0{\"by\":5}"s}) {
+    CheckError(Decode<Incremented>(text).status(), "invalid_request",
+               "must not contain a NUL byte");
+  }
+  CHECK(Decode<Incremented>(R"({"by":5})").ok());
+}
+
 TEST_CASE("decoding refuses deep nesting without exhausting the stack",
           "[framework]") {
   // 101 levels (the root object is the first) inside an unknown field: the

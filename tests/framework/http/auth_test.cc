@@ -206,6 +206,33 @@ TEST_CASE("A route with a scope needs a token that has it", "[http][auth]") {
   CHECK(s.Send("GET", "/healthz", Bearer("tok-unknown")).status == 200);
 }
 
+TEST_CASE("HEAD is authorized as GET; OPTIONS needs no token", "[http][auth]") {
+  AuthServer s;
+  // HEAD on a GET route with a scope: the same checks as GET.
+  ClientResponse r = s.Send("HEAD", "/things");
+  CHECK(r.status == 401);
+  CHECK(r.body.empty());
+  CHECK(s.Send("HEAD", "/things", Bearer("tok-unknown")).status == 401);
+  CHECK(s.Send("HEAD", "/things", Bearer("tok-k2")).status == 403);
+  CHECK(s.handler_calls == 0);
+  const ClientResponse get = s.Send("GET", "/things", Bearer("tok-k1"));
+  REQUIRE(get.status == 200);
+  r = s.Send("HEAD", "/things", Bearer("tok-k1"));
+  CHECK(r.status == 200);
+  CHECK(r.body.empty());
+  CHECK(r.Header("Content-Length").value_or("") ==
+        std::to_string(get.body.size()));
+  CHECK(s.handler_calls == 2);
+
+  // OPTIONS names the methods without running a handler or asking for a
+  // token, even on a route that needs a scope.
+  r = s.Send("OPTIONS", "/things");
+  CHECK(r.status == 204);
+  CHECK(r.Header("Allow").value_or("") == "GET, HEAD, OPTIONS, POST");
+  CHECK(s.Send("OPTIONS", "/nope").status == 404);
+  CHECK(s.handler_calls == 2);
+}
+
 TEST_CASE("An authenticator that cannot tell answers 503", "[http][auth]") {
   AuthServer s(FixedAuthenticator::Answer::kDatabaseDown);
   ClientResponse r = s.Send("GET", "/things", Bearer("tok-k1"));

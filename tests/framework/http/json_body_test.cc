@@ -39,6 +39,20 @@ TEST_CASE("malformed JSON is invalid_json", "[http]") {
   }
 }
 
+TEST_CASE("a NUL byte in the body is invalid_request, not an end", "[http]") {
+  using namespace std::string_literals;
+  // Without the NUL, the trailing text is invalid_json; with it, RapidJSON
+  // alone would stop at the NUL and accept {"amount":5}.
+  for (const std::string& body : {"{\"amount\":5}\0{\"amount\":7}garbage"s,
+                                  "{\"amount\":5}\0"s, "{\"amount\":\0 5}"s}) {
+    rapidjson::Document doc;
+    CheckInvalidRequest(ParseJsonBody(body, &doc), "NUL byte");
+  }
+  rapidjson::Document doc;
+  CHECK(ErrorCodeOf(ParseJsonBody(R"({"amount":5}{"amount":7}garbage)",
+                                  &doc)) == "invalid_json");
+}
+
 TEST_CASE("invalid UTF-8 is invalid_json", "[http]") {
   rapidjson::Document doc;
   const absl::Status status = ParseJsonBody("{\"a\":\"\xff\"}", &doc);

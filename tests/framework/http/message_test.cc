@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/match.h"
 #include "rapidjson/document.h"
 
 namespace cqrs {
@@ -50,6 +51,35 @@ TEST_CASE("request rejects bad targets", "[http]") {
         absl::StatusCode::kInvalidArgument);
   CHECK(Request::Create("GET", "/a?x=%4", {}, "").status().code() ==
         absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("request refuses a NUL byte anywhere", "[http]") {
+  using namespace std::string_literals;
+  const auto refused = [](const absl::StatusOr<Request>& request) {
+    INFO(request.status().ToString());
+    return request.status().code() == absl::StatusCode::kInvalidArgument &&
+           absl::StrContains(request.status().message(), "NUL");
+  };
+  // Raw in the path and the query, and percent-encoded.
+  CHECK(refused(Request::Create("GET", "/accounts/a\0b"s, {}, "")));
+  CHECK(refused(Request::Create("GET", "/accounts?owner=Ann\0x"s, {}, "")));
+  CHECK(refused(Request::Create("GET", "/accounts/a%00b", {}, "")));
+  CHECK(refused(Request::Create("GET", "/accounts?owner=Ann%00x", {}, "")));
+  CHECK(refused(Request::Create("GET", "/accounts?own%00er=Ann", {}, "")));
+  CHECK(refused(Request::Create("GET", "/accounts?owner=%00", {}, "")));
+  // Headers, name or value.
+  CHECK(
+      refused(Request::Create("GET", "/accounts", {{"X-Thing", "a\0b"s}}, "")));
+  CHECK(
+      refused(Request::Create("GET", "/accounts", {{"X-\0Thing"s, "ab"}}, "")));
+  // The body, wherever the NUL is.
+  CHECK(refused(Request::Create("POST", "/accounts/a1/deposit", {},
+                                "{\"amount\":5}\0{\"amount\":7}garbage"s)));
+  CHECK(refused(Request::Create("POST", "/x", {}, "\0"s)));
+  // The escape text "\u0000" is not a NUL byte: the JSON readers refuse it
+  // (json_body_test.cc).
+  CHECK(Request::Create("POST", "/x", {}, R"({"a":"\u0000"})").ok());
+  CHECK(Request::Create("GET", "/accounts?owner=Ann%01x", {}, "").ok());
 }
 
 TEST_CASE("path params are looked up by name", "[http]") {

@@ -84,11 +84,61 @@ TEST_CASE("router lists allowed methods for a known path", "[http]") {
   router.Add("DELETE", "/accounts/{id}", Returns("delete"));
   const RouteMatch match = router.Match("PUT", "/accounts");
   CHECK(match.result == RouteMatch::Result::kMethodNotAllowed);
-  CHECK(match.allowed_methods == std::vector<std::string>{"GET", "POST"});
+  // HEAD where GET is served, and OPTIONS, are always allowed.
+  CHECK(match.allowed_methods ==
+        std::vector<std::string>{"GET", "HEAD", "OPTIONS", "POST"});
   CHECK(match.route == nullptr);
-  // HEAD is not implied by GET.
-  CHECK(router.Match("HEAD", "/accounts").result ==
-        RouteMatch::Result::kMethodNotAllowed);
+  const RouteMatch no_get = router.Match("GET", "/accounts/a1");
+  CHECK(no_get.result == RouteMatch::Result::kMethodNotAllowed);
+  CHECK(no_get.allowed_methods ==
+        std::vector<std::string>{"DELETE", "OPTIONS"});
+}
+
+TEST_CASE("HEAD runs the GET route unless HEAD is registered", "[http]") {
+  Router router;
+  router.Add("GET", "/accounts/{id}", Returns("get"));
+  router.Add("GET", "/accounts/stats", Returns("stats"));
+  router.Add("POST", "/accounts", Returns("create"));
+  router.Add("GET", "/own-head", Returns("get"));
+  router.Add("HEAD", "/own-head", Returns("head"));
+  REQUIRE(router.status().ok());
+
+  RouteMatch match = router.Match("HEAD", "/accounts/a1");
+  REQUIRE(match.result == RouteMatch::Result::kFound);
+  CHECK(match.route->method == "GET");
+  CHECK(match.route->pattern == "/accounts/{id}");
+  CHECK(match.params == ParamList{{"id", "a1"}});
+  // The most specific GET route, as for GET.
+  CHECK(Call(router.Match("HEAD", "/accounts/stats")) == "stats");
+  CHECK(Call(router.Match("HEAD", "/own-head")) == "head");
+
+  // A path without GET: 405, and Allow does not offer HEAD.
+  match = router.Match("HEAD", "/accounts");
+  CHECK(match.result == RouteMatch::Result::kMethodNotAllowed);
+  CHECK(match.allowed_methods == std::vector<std::string>{"OPTIONS", "POST"});
+  CHECK(router.Match("HEAD", "/nope").result == RouteMatch::Result::kNotFound);
+}
+
+TEST_CASE("OPTIONS lists the methods of an existing path", "[http]") {
+  Router router;
+  router.Add("GET", "/accounts/{id}", Returns("get"));
+  router.Add("POST", "/accounts/{id}/deposit", Returns("deposit"));
+  router.Add("OPTIONS", "/custom", Returns("custom"));
+  REQUIRE(router.status().ok());
+
+  RouteMatch match = router.Match("OPTIONS", "/accounts/a1");
+  CHECK(match.result == RouteMatch::Result::kOptions);
+  CHECK(match.route == nullptr);
+  CHECK(match.allowed_methods ==
+        std::vector<std::string>{"GET", "HEAD", "OPTIONS"});
+  match = router.Match("OPTIONS", "/accounts/a1/deposit");
+  CHECK(match.result == RouteMatch::Result::kOptions);
+  CHECK(match.allowed_methods == std::vector<std::string>{"OPTIONS", "POST"});
+  // A registered OPTIONS route answers for itself.
+  CHECK(Call(router.Match("OPTIONS", "/custom")) == "custom");
+  CHECK(router.Match("OPTIONS", "/nope").result ==
+        RouteMatch::Result::kNotFound);
+  CHECK(router.Match("OPTIONS", "/%zz").result == RouteMatch::Result::kBadPath);
 }
 
 TEST_CASE("a literal segment beats a parameter", "[http]") {

@@ -254,12 +254,102 @@ TEST_CASE("wrong method is 405 with Allow", "[http]") {
   ClientResponse response = MustSend(*client, "DELETE", "/hello");
   CHECK(response.status == 405);
   CHECK(ErrorCode(response) == "method_not_allowed");
-  CHECK(response.Header("Allow").value_or("") == "GET, POST");
+  CHECK(response.Header("Allow").value_or("") == "GET, HEAD, OPTIONS, POST");
   response = MustSend(*client, "GET", "/echo");
   CHECK(response.status == 405);
-  CHECK(response.Header("Allow").value_or("") == "POST");
-  response = MustSend(*client, "HEAD", "/accounts/stats");
+  CHECK(response.Header("Allow").value_or("") == "OPTIONS, POST");
+  // HEAD where only POST is served.
+  response = MustSend(*client, "HEAD", "/echo");
   CHECK(response.status == 405);
+  CHECK(response.Header("Allow").value_or("") == "OPTIONS, POST");
+  CHECK(response.body.empty());
+  CHECK(response.keep_alive);
+}
+
+TEST_CASE("HEAD answers as GET without the body", "[http]") {
+  TestServer server;
+  auto client = server.Connect();
+  for (const char* target :
+       {"/hello", "/accounts/a%20b?limit=5", "/accounts/stats", "/healthz",
+        "/async", "/status/notfound"}) {
+    INFO(target);
+    const ClientResponse get = MustSend(*client, "GET", target);
+    const ClientResponse head = MustSend(*client, "HEAD", target);
+    CHECK(head.status == get.status);
+    CHECK(head.body.empty());
+    CHECK_FALSE(get.body.empty());
+    CHECK(head.Header("Content-Length").value_or("") ==
+          std::to_string(get.body.size()));
+    CHECK(head.Header("Content-Type") == get.Header("Content-Type"));
+    CHECK(head.keep_alive);
+  }
+  // The connection is still in step: a GET after the HEADs reads its body.
+  const ClientResponse after = MustSend(*client, "GET", "/hello");
+  CHECK(after.body == R"({"hello":"world"})");
+}
+
+TEST_CASE("OPTIONS is 204 with Allow on an existing path, else 404", "[http]") {
+  TestServer server;
+  auto client = server.Connect();
+  ClientResponse response = MustSend(*client, "OPTIONS", "/hello");
+  CHECK(response.status == 204);
+  CHECK(response.body.empty());
+  CHECK(response.Header("Allow").value_or("") == "GET, HEAD, OPTIONS, POST");
+  response = MustSend(*client, "OPTIONS", "/accounts/a1");
+  CHECK(response.status == 204);
+  CHECK(response.Header("Allow").value_or("") == "GET, HEAD, OPTIONS");
+  response = MustSend(*client, "OPTIONS", "/echo");
+  CHECK(response.status == 204);
+  CHECK(response.Header("Allow").value_or("") == "OPTIONS, POST");
+  CHECK(response.keep_alive);
+  response = MustSend(*client, "OPTIONS", "/nope");
+  CHECK(response.status == 404);
+  CHECK(ErrorCode(response) == "not_found");
+}
+
+TEST_CASE("a NUL byte anywhere in a request is 400 invalid_request", "[http]") {
+  using namespace std::string_literals;
+  TestServer server;
+  {
+    // Percent-encoded in the query and in a path segment: the handler,
+    // which echoes what it gets, never runs.
+    auto client = server.Connect();
+    for (const char* target : {"/accounts/a1?limit=5%00x", "/accounts/a%00b",
+                               "/accounts/%00", "/hello?x%00=1"}) {
+      INFO(target);
+      const ClientResponse response = MustSend(*client, "GET", target);
+      CHECK(response.status == 400);
+      CHECK(ErrorCode(response) == "invalid_request");
+      CHECK(absl::StrContains(response.body, "NUL byte"));
+    }
+    // In the body, also after a complete JSON value.
+    for (const std::string& body :
+         {"{\"amount\":5}\0{\"amount\":7}garbage"s, "{\"a\":\"x\0y\"}"s}) {
+      const ClientResponse response =
+          MustSend(*client, "POST", "/echo", body,
+                   {{"Content-Type", "application/json"}});
+      CHECK(response.status == 400);
+      CHECK(ErrorCode(response) == "invalid_request");
+    }
+    // A header value: Beast's parser already refuses a NUL there (as a
+    // malformed request, also 400 invalid_request, closing the connection);
+    // Request::Create() checks again (message_test.cc).
+    const ClientResponse response =
+        MustSend(*client, "GET", "/hello", "", {{"X-Thing", "a\0b"s}});
+    CHECK(response.status == 400);
+    CHECK(ErrorCode(response) == "invalid_request");
+  }
+  // Raw in the target and in a header: written byte for byte.
+  for (const std::string& raw :
+       {"GET /accounts/a\0b HTTP/1.1\r\nHost: x\r\n\r\n"s,
+        "GET /accounts/a1?limit=5\0x HTTP/1.1\r\nHost: x\r\n\r\n"s,
+        "GET /hello HTTP/1.1\r\nHost: x\r\nX-Thing: a\0b\r\n\r\n"s}) {
+    auto client = server.Connect();
+    REQUIRE(client->WriteRaw(raw).ok());
+    const ClientResponse response = MustRead(*client);
+    CHECK(response.status == 400);
+    CHECK(ErrorCode(response) == "invalid_request");
+  }
 }
 
 TEST_CASE("a body over the limit is 413 and closes", "[http]") {
