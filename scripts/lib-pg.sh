@@ -49,6 +49,8 @@ pg_start_throwaway() {
   opts+=" -c max_connections=200 -c shared_buffers=256MB"
   local s
   for s in "$@"; do opts+=" -c $s"; done
+  # For scripts/pg-node start (pg_ctl restart reuses them by itself).
+  echo "$opts" >"$PG_TMP/postgres.opts"
   pg_as_owner "$bindir/pg_ctl" -D "$PG_TMP/data" -o "$opts" \
     -l "$PG_TMP/server.log" -w -t 60 start >/dev/null || {
     cat "$PG_TMP/server.log" >&2
