@@ -118,7 +118,7 @@ TEST_CASE(
   }
   cqrs::integration::FeedHub* hub = (*server)->event_hub();
   REQUIRE(hub != nullptr);
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] { return hub->live_subscribers() == kClients; }));
   const int64_t rss_before = RssKib();
 
@@ -148,7 +148,7 @@ TEST_CASE(
                         std::move(batch))
                 .ok());
     // Paced by the readers, so that only the stalled client falls behind.
-    REQUIRE(cqrs::testing::WaitUntil(
+    REQUIRE(cqrs::testing::Eventually(
         [&] {
           return progress.load() >= (sent + 20) * (kClients - 1) ||
                  !received[1].error.empty();

@@ -130,8 +130,8 @@ class Routed {
   }
   // Waits until the stream of `id` has `n` events (or 60 s).
   long long AwaitEvents(const std::string& id, long long n) {
-    cqrs::testing::WaitUntil([&] { return Events(id) >= n; }, absl::Seconds(60),
-                             absl::Milliseconds(20));
+    cqrs::testing::Eventually([&] { return Events(id) >= n; },
+                              absl::Seconds(60), absl::Milliseconds(20));
     return Events(id);
   }
 
@@ -141,7 +141,7 @@ class Routed {
     REQUIRE(conn.ok());
     REQUIRE((*conn)->Consume(absl::StrCat(queue_, ".dead")).ok());
     std::vector<amqp::Delivery> out;
-    cqrs::testing::WaitUntil(
+    cqrs::testing::Eventually(
         [&] {
           auto d = (*conn)->Next(absl::Milliseconds(200));
           REQUIRE(d.ok());

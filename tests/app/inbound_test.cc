@@ -169,8 +169,8 @@ class Consumed {
   }
   // Waits until Events(stream_like) reaches `n` (or 60 s).
   long long AwaitEvents(const std::string& stream_like, long long n) {
-    cqrs::testing::WaitUntil([&] { return Events(stream_like) >= n; },
-                             absl::Seconds(60), absl::Milliseconds(50));
+    cqrs::testing::Eventually([&] { return Events(stream_like) >= n; },
+                              absl::Seconds(60), absl::Milliseconds(50));
     return Events(stream_like);
   }
 
@@ -209,8 +209,8 @@ class Consumed {
   }
   // Waits until Messages(outcome) reaches `n` (or 60 s).
   double AwaitMessages(const std::string& outcome, double n) {
-    cqrs::testing::WaitUntil([&] { return Messages(outcome) >= n; },
-                             absl::Seconds(60), absl::Milliseconds(20));
+    cqrs::testing::Eventually([&] { return Messages(outcome) >= n; },
+                              absl::Seconds(60), absl::Milliseconds(20));
     return Messages(outcome);
   }
 
@@ -234,15 +234,18 @@ class Consumed {
     REQUIRE(conn.ok());
     REQUIRE((*conn)->Consume(absl::StrCat(queue_, ".dead")).ok());
     std::vector<amqp::Delivery> out;
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (out.size() < n && absl::Now() < deadline) {
-      auto d = (*conn)->Next(absl::Milliseconds(200));
-      REQUIRE(d.ok());
-      if (d->has_value()) {
-        REQUIRE((*conn)->Ack((*d)->delivery_tag).ok());
-        out.push_back(**d);
-      }
-    }
+    // Next() itself waits for a message: no pause between polls.
+    cqrs::testing::Eventually(
+        [&] {
+          auto d = (*conn)->Next(absl::Milliseconds(200));
+          REQUIRE(d.ok());
+          if (d->has_value()) {
+            REQUIRE((*conn)->Ack((*d)->delivery_tag).ok());
+            out.push_back(**d);
+          }
+          return out.size() >= n;
+        },
+        absl::Seconds(10), absl::ZeroDuration());
     return out;
   }
 
@@ -404,7 +407,7 @@ TEST_CASE(
     }
   }
   c.Confirm();
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         return c.AllMessages("applied") + c.AllMessages("replayed") >=
                2 * kMessages;
@@ -511,8 +514,8 @@ TEST_CASE("inbound: a message retried when the server stops is redelivered",
   Consumed c(/*concurrency=*/1);
   c.Publish(c.flaky_queue(), kFlakyId, "f-1", DepositBody(7, 1));
   c.Confirm();
-  REQUIRE(cqrs::testing::WaitUntil([&] { return c.flaky_calls() >= 1; },
-                                   absl::Seconds(10)));
+  REQUIRE(cqrs::testing::Eventually([&] { return c.flaky_calls() >= 1; },
+                                    absl::Seconds(10)));
   c.StopServer();  // while f-1 waits for its retry: not acked
   const int calls = c.flaky_calls();
   CHECK(calls < 4);
@@ -521,7 +524,7 @@ TEST_CASE("inbound: a message retried when the server stops is redelivered",
   REQUIRE(c.AwaitEvents(absl::StrCat("account-", kFlakyId), 1) == 1);
   // Once the redelivery is counted as applied (and so acked), nothing can
   // apply it again.
-  REQUIRE(cqrs::testing::WaitUntil([&] {
+  REQUIRE(cqrs::testing::Eventually([&] {
     return c.Metric(absl::StrCat("cqrs_inbound_messages_total{queue=\"",
                                  c.flaky_queue(), "\",outcome=\"applied\"}")) >=
            1;

@@ -37,7 +37,7 @@ NewEvent Event(const std::string& type) {
   return e;
 }
 
-using ::cqrs::testing::WaitUntil;
+using ::cqrs::testing::Eventually;
 
 TEST_CASE("a process manager's late append keeps its stream in order",
           "[commands][pg]") {
@@ -98,7 +98,7 @@ TEST_CASE("a process manager's late append keeps its stream in order",
       store->Append("order-1", ExpectedVersion::NoStream(), {Event("Ordered")})
           .ok());
 
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     auto info = store->GetStreamInfo("acct-y");
     return info.ok() && info->version == 3;
   }));
@@ -201,7 +201,7 @@ TEST_CASE("a process manager's commands act on behalf of the chain's caller",
       options);
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     for (const auto& order : orders) {
       auto info = store->GetStreamInfo(absl::StrCat("invoice-", order.first));
       if (!info.ok() || info->version != 1) return false;

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -32,12 +33,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -50,11 +52,14 @@ constexpr int kAccounts = 50;
 constexpr int kClients = 16;
 
 // A `bank` process on the test schema; killed with SIGKILL when still
-// running at the end. Its output (2,000 access-log lines) is discarded.
+// running at the end. Its output (2,000 access-log lines for a server) is
+// discarded unless captured to learn a server's port.
 class Bank : public cqrs::testing::ChildProcess {
  public:
-  Bank(cqrs::testing::TestSchema& schema, std::vector<std::string> args)
-      : ChildProcess(BANK_BINARY, WithDatabase(schema, std::move(args))) {}
+  Bank(cqrs::testing::TestSchema& schema, std::vector<std::string> args,
+       Output output = Output::kDiscard)
+      : ChildProcess(BANK_BINARY, WithDatabase(schema, std::move(args)),
+                     output) {}
 
  private:
   static std::vector<std::string> WithDatabase(
@@ -92,21 +97,26 @@ std::unique_ptr<TestClient> Connect(int port, absl::Duration timeout) {
   return *std::move(client);
 }
 
-std::unique_ptr<Bank> Serve(cqrs::testing::TestSchema& schema, int port) {
+// `bank serve` on a port it picks, once ready; stores that port in `*port`,
+// which the clients read (a restarted server has a new one).
+std::unique_ptr<Bank> Serve(cqrs::testing::TestSchema& schema,
+                            std::atomic<int>* port) {
   auto bank = std::make_unique<Bank>(
-      schema, std::vector<std::string>{"serve", "--listen",
-                                       absl::StrCat("127.0.0.1:", port),
-                                       "--workers", "8"});
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (true) {
-    auto client = TestClient::Connect(port, absl::Seconds(2));
-    if (client.ok()) {
-      auto r = (*client)->Send("GET", "/readyz");
-      if (r.ok() && r->status == 200) return bank;
-    }
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+      schema,
+      std::vector<std::string>{"serve", "--listen", "127.0.0.1:0", "--workers",
+                               "8"},
+      Bank::Output::kCapture);
+  const int listening = bank->WaitForListeningPort();
+  REQUIRE(cqrs::testing::Eventually(
+      [&] {
+        auto client = TestClient::Connect(listening, absl::Seconds(2));
+        if (!client.ok()) return false;
+        auto r = (*client)->Send("GET", "/readyz");
+        return r.ok() && r->status == 200;
+      },
+      absl::Seconds(60), absl::Milliseconds(50)));
+  port->store(listening);
+  return bank;
 }
 
 rapidjson::Document Parse(const std::string& body) {
@@ -138,37 +148,39 @@ struct Ledger {
 
 // One client connection that survives server restarts: a request that
 // gets no answer is sent again, with the same Idempotency-Key, once the
-// server is back.
+// server is back (on the port `*port` then holds).
 class Client {
  public:
-  explicit Client(const int* port) : port_(port) {}
+  explicit Client(const std::atomic<int>* port) : port_(port) {}
 
   ClientResponse Send(const std::string& target, const std::string& body,
                       const std::string& key) {
     const http::HeaderList headers = {{"Content-Type", "application/json"},
                                       {"Idempotency-Key", key}};
-    const absl::Time deadline = absl::Now() + absl::Seconds(90);
-    while (true) {
-      if (client_ == nullptr) client_ = Connect(*port_, absl::Seconds(10));
-      if (client_ != nullptr) {
-        auto r = client_->Send("POST", target, body, headers);
-        // 503: the restarted server is not serving yet.
-        if (r.ok() && r->status != 503) return *std::move(r);
-        client_.reset();
-      }
-      REQUIRE(absl::Now() < deadline);
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    std::optional<ClientResponse> answer;
+    REQUIRE(cqrs::testing::Eventually(
+        [&] {
+          if (client_ == nullptr) client_ = Connect(*port_, absl::Seconds(10));
+          if (client_ == nullptr) return false;
+          auto r = client_->Send("POST", target, body, headers);
+          // 503: the restarted server is not serving yet.
+          if (r.ok() && r->status != 503) answer = *std::move(r);
+          if (!answer.has_value()) client_.reset();
+          return answer.has_value();
+        },
+        absl::Seconds(90), absl::Milliseconds(20)));
+    return *std::move(answer);
   }
 
  private:
-  const int* port_;
+  const std::atomic<int>* port_;
   std::unique_ptr<TestClient> client_;
 };
 
 // Runs `ops` random commands from each of kClients clients; calls
 // `at_half` (once) when half of all operations are done.
-void Traffic(const int* port, Ledger& ledger, int ops, const std::string& tag,
+void Traffic(const std::atomic<int>* port, Ledger& ledger, int ops,
+             const std::string& tag,
              const std::function<void()>& at_half = {}) {
   std::atomic<int> done{0};
   std::atomic<bool> halved{false};
@@ -246,16 +258,17 @@ void Traffic(const int* port, Ledger& ledger, int ops, const std::string& tag,
 // GET with a fresh connection, retried while the server restarts.
 ClientResponse Get(int port, const std::string& target,
                    const http::HeaderList& headers = {}) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (true) {
-    auto client = Connect(port, absl::Seconds(10));
-    if (client != nullptr) {
-      auto r = client->Send("GET", target, "", headers);
-      if (r.ok() && r->status != 503) return *std::move(r);
-    }
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  std::optional<ClientResponse> answer;
+  REQUIRE(cqrs::testing::Eventually(
+      [&] {
+        auto client = Connect(port, absl::Seconds(10));
+        if (client == nullptr) return false;
+        auto r = client->Send("GET", target, "", headers);
+        if (r.ok() && r->status != 503) answer = *std::move(r);
+        return answer.has_value();
+      },
+      absl::Seconds(60), absl::Milliseconds(50)));
+  return *std::move(answer);
 }
 
 // Every row of a paged list.
@@ -281,21 +294,19 @@ void Check(int port, Ledger& ledger) {
   std::map<std::string, std::string> reason;
   std::string at = ledger.last_position;
   for (const auto& [id, t] : ledger.transfers) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (true) {
-      ClientResponse r =
-          Get(port, absl::StrCat("/transfers/", id), {{"X-Min-Position", at}});
-      REQUIRE(r.status == 200);
-      rapidjson::Document doc = Parse(r.body);
-      const std::string s = doc["status"].GetString();
-      if (s != "pending") {
-        status[id] = s;
-        if (doc.HasMember("reason")) reason[id] = doc["reason"].GetString();
-        break;
-      }
-      REQUIRE(absl::Now() < deadline);
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    REQUIRE(cqrs::testing::Eventually(
+        [&] {
+          ClientResponse r = Get(port, absl::StrCat("/transfers/", id),
+                                 {{"X-Min-Position", at}});
+          REQUIRE(r.status == 200);
+          rapidjson::Document doc = Parse(r.body);
+          const std::string s = doc["status"].GetString();
+          if (s == "pending") return false;
+          status[id] = s;
+          if (doc.HasMember("reason")) reason[id] = doc["reason"].GetString();
+          return true;
+        },
+        absl::Seconds(60), absl::Milliseconds(20)));
   }
   // A position after every settlement: the stats' own header, once quiet.
   const ClientResponse stats_r = Get(port, "/stats");
@@ -380,9 +391,9 @@ TEST_CASE(
     "restart",
     "[e2e][pg]") {
   cqrs::testing::TestSchema schema(4);
-  int port = cqrs::testing::FreePort();
+  std::atomic<int> port{0};
   CreateKey(schema);
-  std::unique_ptr<Bank> server = Serve(schema, port);
+  std::unique_ptr<Bank> server = Serve(schema, &port);
   {
     auto client = Connect(port, absl::Seconds(10));
     REQUIRE(client != nullptr);
@@ -416,7 +427,7 @@ TEST_CASE(
   // C: 560 commands; the server is killed halfway and started again.
   Traffic(&port, ledger, 35, "c", [&] {
     CHECK(server->Kill(SIGKILL) == 128 + SIGKILL);
-    server = Serve(schema, port);
+    server = Serve(schema, &port);
   });
   Check(port, ledger);
   CHECK(ledger.replays_checked > 0);

@@ -69,25 +69,27 @@ std::string Json(const std::vector<Member>& members) {
   return buffer.GetString();
 }
 
-// A served app (`binary serve`) on its own schema and port, with an API key
-// of every scope; SIGKILLed when the test ends while it still runs.
+// A served app (`binary serve`) on its own schema and a port it picks (a
+// new one on each start), with an API key of every scope; SIGKILLed when
+// the test ends while it still runs.
 class Served {
  public:
   Served(std::string binary, int pool_size)
       : binary_(std::move(binary)),
         schema_(pool_size),
-        port_(cqrs::testing::FreePort()),
         token_(cqrs::testing::CreateToken(schema_.pool(), schema_.name())) {}
 
   // Starts the server and waits until /readyz answers 200.
   void Start() {
     process_ = std::make_unique<cqrs::testing::ChildProcess>(
-        binary_, std::vector<std::string>{
-                     "serve", "--listen", absl::StrCat("127.0.0.1:", port_),
-                     "--database-url", schema_.url(), "--schema",
-                     schema_.name(), "--amqp-url", cqrs::testing::TestAmqpUrl(),
-                     "--amqp-declare-exchange"});
-    REQUIRE(cqrs::testing::WaitUntil(
+        binary_,
+        std::vector<std::string>{
+            "serve", "--listen", "127.0.0.1:0", "--database-url", schema_.url(),
+            "--schema", schema_.name(), "--amqp-url",
+            cqrs::testing::TestAmqpUrl(), "--amqp-declare-exchange"},
+        cqrs::testing::ChildProcess::Output::kCapture);
+    port_ = process_->WaitForListeningPort();
+    REQUIRE(cqrs::testing::Eventually(
         [&] {
           auto client = TestClient::Connect(port_, absl::Seconds(2));
           if (!client.ok()) return false;
@@ -117,7 +119,7 @@ class Served {
  private:
   std::string binary_;
   cqrs::testing::TestSchema schema_;
-  int port_;
+  int port_ = 0;  // of the running process
   std::string token_;
   std::unique_ptr<cqrs::testing::ChildProcess> process_;
 };
@@ -139,7 +141,7 @@ std::pair<int64_t, int64_t> MemberOf(Served& rewards, const std::string& id) {
 // (a duplicate would overshoot and never come back).
 void AwaitMembers(Served& rewards, const std::string (&ids)[2],
                   const int64_t (&points)[2], const int64_t (&history)[2]) {
-  const bool exact = cqrs::testing::WaitUntil(
+  const bool exact = cqrs::testing::Eventually(
       [&] {
         for (int k = 0; k < 2; ++k) {
           if (MemberOf(rewards, ids[k]) !=
@@ -222,7 +224,7 @@ TEST_CASE("choreography: the bank's transfers earn rewards points once each",
   std::thread traffic([&] {
     for (int n = 20; n < 40; ++n) transfer(n);
   });
-  REQUIRE(cqrs::testing::WaitUntil([&] { return transfers.load() >= 28; }));
+  REQUIRE(cqrs::testing::Eventually([&] { return transfers.load() >= 28; }));
   rewards.Kill();
   traffic.join();
   rewards.Start();
@@ -256,7 +258,7 @@ TEST_CASE("choreography: the bank's transfers earn rewards points once each",
 
   REQUIRE((*conn)->Consume(kDeadQueue).ok());
   size_t found = 0;
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         auto d = (*conn)->Next(absl::Milliseconds(200));
         REQUIRE(d.ok());

@@ -32,6 +32,7 @@
 #include "framework/uuid.h"
 #include "rapidjson/document.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace Catch {
 template <>
@@ -63,18 +64,23 @@ class StoreUnderTest : public EventStore {
       absl::MutexLock lock(&mu_);
       newest = newest_;
     }
-    const absl::Time deadline = absl::Now() + absl::Minutes(1);
-    for (;;) {
-      absl::StatusOr<Position> head = store_.HeadPosition();
-      if (!head.ok()) return head.status();
-      if (*head >= newest) return absl::OkStatus();
-      if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("HeadPosition() stays at ", head->ToToken(),
-                         " while an append returned ", newest.ToToken()));
-      }
-      absl::SleepFor(absl::Milliseconds(5));
+    absl::Status read = absl::OkStatus();
+    Position head;
+    const bool visible = testing::Eventually(
+        [&] {
+          absl::StatusOr<Position> now = store_.HeadPosition();
+          if (!now.ok()) read = now.status();
+          if (now.ok()) head = *now;
+          return !now.ok() || head >= newest;
+        },
+        absl::Minutes(1));
+    if (!read.ok()) return read;
+    if (!visible) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("HeadPosition() stays at ", head.ToToken(),
+                       " while an append returned ", newest.ToToken()));
     }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<AppendResult> Append(absl::string_view stream_id,
@@ -1742,9 +1748,13 @@ CONTRACT_TEST(ReadAllDuringConcurrentAppends,
     for (RecordedEvent& e : page->events) seen.push_back(std::move(e));
     return true;
   };
-  while (writers_running.load() > 0) {
-    if (!read_page()) absl::SleepFor(absl::Milliseconds(1));
-  }
+  REQUIRE(testing::Eventually(
+      [&] {
+        while (read_page()) {
+        }
+        return writers_running.load() == 0;
+      },
+      absl::Minutes(2), absl::Milliseconds(1)));
   for (std::thread& writer : writers) writer.join();
   // Then the rest, once every append is visible.
   REQUIRE_OK(store.WaitUntilVisible());

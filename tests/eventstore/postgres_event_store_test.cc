@@ -57,12 +57,14 @@ std::vector<RecordedEvent> DrainAll(EventStore& store, Position* from) {
 std::vector<RecordedEvent> DrainAtLeast(EventStore& store, Position* from,
                                         size_t n) {
   std::vector<RecordedEvent> out;
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (out.size() < n && absl::Now() < deadline) {
-    std::vector<RecordedEvent> page = DrainAll(store, from);
-    if (page.empty()) absl::SleepFor(absl::Milliseconds(5));
-    for (RecordedEvent& e : page) out.push_back(std::move(e));
-  }
+  testing::Eventually(
+      [&] {
+        for (RecordedEvent& e : DrainAll(store, from)) {
+          out.push_back(std::move(e));
+        }
+        return out.size() >= n;
+      },
+      absl::Seconds(20));
   return out;
 }
 
@@ -339,9 +341,7 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   const std::string blocked = absl::StrCat(
       "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '",
       schema.name(), ".events'::regclass");
-  for (int i = 0; i < 2000 && schema.QueryInt(blocked) == 0; ++i) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  REQUIRE(testing::Eventually([&] { return schema.QueryInt(blocked) != 0; }));
   REQUIRE(schema.QueryInt(blocked) == 1);
 
   // Ten new streams, a second append to g-1 and one to g-0 (taken by the
@@ -365,9 +365,8 @@ TEST_CASE("group commit: appends queued behind another share one statement",
       }
     });
   }
-  for (int i = 0; i < 2000 && store->grouped_appends_waiting() < 12; ++i) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  REQUIRE(testing::Eventually(
+      [&] { return store->grouped_appends_waiting() >= 12; }));
   REQUIRE(store->grouped_appends_waiting() == 12);
   lock.abort();
   first.join();
@@ -459,9 +458,10 @@ TEST_CASE("a listener whose session is terminated reports kUnavailable",
   schema.Exec(absl::StrCat("SELECT pg_terminate_backend(", pid, ")"));
 
   absl::Status status;
-  for (int i = 0; i < 50 && status.ok(); ++i) {
+  testing::Eventually([&] {
     status = (*listener)->Wait(absl::Milliseconds(100)).status();
-  }
+    return !status.ok();
+  });
   CHECK(status.code() == absl::StatusCode::kUnavailable);
 
   // A new listener works again.
@@ -471,11 +471,12 @@ TEST_CASE("a listener whose session is terminated reports kUnavailable",
                                 {MakeEvent("Opened", 1)});
   REQUIRE(appended.ok());
   std::optional<Position> got;
-  for (int i = 0; i < 50 && !got.has_value(); ++i) {
+  testing::Eventually([&] {
     auto waited = (*again)->Wait(absl::Milliseconds(100));
     REQUIRE(waited.ok());
     got = *waited;
-  }
+    return got.has_value();
+  });
   CHECK(got.has_value());
 }
 
@@ -597,7 +598,7 @@ TEST_CASE("appends in a caller's transaction commit or roll back with it",
 namespace cqrs::eventstore {
 namespace {
 
-using ::cqrs::testing::WaitUntil;
+using ::cqrs::testing::Eventually;
 
 NewEvent EventWithId(absl::string_view type, int n) {
   NewEvent e = MakeEvent(type, n);
@@ -928,7 +929,7 @@ TEST_CASE(
       "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '",
       schema.name(), ".events'::regclass");
   const bool first_blocked =
-      WaitUntil([&] { return schema.QueryInt(blocked) == 1; });
+      Eventually([&] { return schema.QueryInt(blocked) == 1; });
 
   // Two appends at "no stream" with one event id: one group, "acc-B"
   // queued first.
@@ -942,7 +943,7 @@ TEST_CASE(
       results[i] =
           store->Append(streams[i], ExpectedVersion::NoStream(), {shared});
     });
-    all_queued = WaitUntil([&] {
+    all_queued = Eventually([&] {
       return store->grouped_appends_waiting() == static_cast<int>(i) + 1;
     });
   }

@@ -30,7 +30,7 @@ namespace {
 
 namespace http = cqrs::http;
 using cqrs::http_test::ClientResponse;
-using cqrs::testing::WaitUntil;
+using cqrs::testing::Eventually;
 
 // A request for `route` that would change something if it ran: valid
 // bodies, an account and a projection that exist.
@@ -138,20 +138,17 @@ TEST_CASE("every bank route refuses callers without the right key",
                      schema.name(), " 2>&1"));
     INFO(revoke.output);
     REQUIRE(revoke.exit_code == 0);
-    const absl::Time revoked_at = absl::Now();
-    REQUIRE(WaitUntil([&] {
+    REQUIRE(Eventually([&] {
       return m.Send({"GET", "/accounts/m-1", ""},
                     cqrs::testing::BearerHeader(revoked))
                  .status == 401;
     }));
-    // The cache lifetime is 1 s; allow for a slow machine.
-    CHECK(absl::Now() - revoked_at < absl::Seconds(5));
   }
   auto expiring = (*keys)->CreateKey(
       "expiring", {"commands", "queries", "admin", "metrics", "events"},
       absl::Seconds(1));
   REQUIRE(expiring.ok());
-  REQUIRE(WaitUntil([&] { return absl::Now() > *expiring->key.expires_at; }));
+  REQUIRE(Eventually([&] { return absl::Now() > *expiring->key.expires_at; }));
 
   const std::vector<std::pair<std::string, http::HeaderList>> refused = {
       {"no token", {}},
@@ -377,7 +374,7 @@ TEST_CASE("events name the key that caused them; admins see it",
            R"({"from":"who-1","to":"who-2","amount":20,"transfer_id":"who-t"})",
            as(writer))
           .status == 202);
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     ClientResponse r = f.Get("/transfers/who-t");
     return r.status == 200 && absl::StrContains(r.body, "\"completed\"");
   }));

@@ -211,7 +211,7 @@ TEST_CASE("a consumer rebuilds every balance from GET /events alone",
   std::string seen;
   std::map<std::string, std::string> status;
   for (const TransferBody& t : transfers) {
-    REQUIRE(cqrs::testing::WaitUntil(
+    REQUIRE(cqrs::testing::Eventually(
         [&] {
           ClientResponse r = f.Get(absl::StrCat("/transfers/", t.transfer_id));
           if (r.status != 200) return false;
@@ -259,7 +259,7 @@ TEST_CASE("a consumer rebuilds every balance from GET /events alone",
     }
     return true;
   };
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         consumer.ReadNewPages(f);
         return caught_up();

@@ -265,7 +265,7 @@ TEST_CASE("GET /accounts/{id}/transactions shows actors to admin callers only",
   // The transfer's movements commit with its completion; the transfers
   // read model's position then covers them.
   std::string settled;
-  REQUIRE(cqrs::testing::WaitUntil([&] {
+  REQUIRE(cqrs::testing::Eventually([&] {
     auto r = f.Get("/transfers/t-who", AtLeast(at));
     if (r.status != 200 || Text(Parse(r.body), "status") != "completed") {
       return false;
@@ -716,7 +716,7 @@ TEST_CASE("cqrs_events_appended_total counts the process manager's appends",
            "/transfers",
            R"({"from":"cnt-a","to":"cnt-b","amount":40,"transfer_id":"cnt-t"})")
           .status == 202);
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         return f.Get("/transfers/cnt-t").body.find("completed") !=
                std::string::npos;

@@ -46,7 +46,7 @@ std::string Transfer(ServiceFixture& f, const std::string& from,
 rapidjson::Document Settled(ServiceFixture& f, const std::string& id,
                             const std::string& requested_at) {
   rapidjson::Document doc;
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         auto r = f.Get(absl::StrCat("/transfers/", id), AtLeast(requested_at));
         REQUIRE(r.status == 200);
@@ -91,7 +91,7 @@ std::vector<std::pair<std::string, std::string>> Movements(
 // newest transfer event: it has handled (and committed) all of them.
 void WaitProcessCaughtUp(ServiceFixture& f) {
   const std::string schema = f.schema().name();
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] {
         return f.schema().QueryInt(absl::StrCat(
                    "SELECT count(*) FROM ", schema,
@@ -249,24 +249,25 @@ class StepBarrier {
   // Waits until the lock is requested (granted, or queued behind the
   // sessions that hold the table); an empty string, or what went wrong.
   std::string WaitRequested(ServiceFixture& f) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (true) {
-      int pid = 0;
-      {
-        absl::MutexLock lock(&mu_);
-        if (!error_.empty()) return error_;
-        if (granted_) return "";
-        pid = pid_;
-      }
-      if (pid != 0 &&
-          f.schema().QueryInt(absl::StrCat(
-              "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = ",
-              pid)) > 0) {
-        return "";
-      }
-      if (absl::Now() > deadline) return "the lock was never requested";
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    std::string error;
+    const bool requested = cqrs::testing::Eventually(
+        [&] {
+          int pid = 0;
+          {
+            absl::MutexLock lock(&mu_);
+            error = error_;
+            if (!error.empty() || granted_) return true;
+            pid = pid_;
+          }
+          return pid != 0 &&
+                 f.schema().QueryInt(absl::StrCat(
+                     "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                     "pid = ",
+                     pid)) > 0;
+        },
+        absl::Seconds(30));
+    if (!requested) return "the lock was never requested";
+    return error;
   }
   // Waits until the lock is held; an empty string, or what went wrong.
   std::string WaitGranted() {
@@ -690,7 +691,7 @@ TEST_CASE("money is neither created nor lost under concurrent transfers",
   for (auto& t : clients) t.join();
   const std::string schema = f.schema().name();
   // Quiet: every transfer settles.
-  REQUIRE(cqrs::testing::WaitUntil([&] {
+  REQUIRE(cqrs::testing::Eventually([&] {
     return f.schema().QueryInt(absl::StrCat(
                "SELECT count(*) FROM ", schema,
                ".events WHERE event_type = 'TransferRequested'")) ==

@@ -48,16 +48,17 @@ std::string CreateKey(const std::string& app, TestSchema& schema) {
   return created.LastLine();
 }
 
-// `app serve` on a free port until destroyed (SIGTERM, then the exit code
+// `app serve` on a port it picks until destroyed (SIGTERM, then the exit code
 // is checked); requests send a key with every scope.
 class Server {
  public:
   Server(const std::string& app, TestSchema& schema,
          std::vector<std::string> extra = {})
       : token_(CreateKey(app, schema)),
-        port_(cqrs::testing::FreePort()),
-        process_(app, Args(schema, port_, std::move(extra))) {
-    const bool up = cqrs::testing::WaitUntil([&] {
+        process_(app, Args(schema, std::move(extra)),
+                 ChildProcess::Output::kCapture),
+        port_(process_.WaitForListeningPort()) {
+    const bool up = cqrs::testing::Eventually([&] {
       auto client = TestClient::Connect(port_, absl::Seconds(2));
       if (!client.ok()) return false;
       auto r = (*client)->Send("GET", "/healthz");
@@ -88,19 +89,18 @@ class Server {
   }
 
  private:
-  static std::vector<std::string> Args(TestSchema& schema, int port,
+  static std::vector<std::string> Args(TestSchema& schema,
                                        std::vector<std::string> extra) {
     std::vector<std::string> args = {
-        "serve",          "--listen",   absl::StrCat("127.0.0.1:", port),
-        "--database-url", schema.url(), "--schema",
-        schema.name()};
+        "serve",      "--listen", "127.0.0.1:0", "--database-url",
+        schema.url(), "--schema", schema.name()};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
 
   std::string token_;
-  int port_;
   ChildProcess process_;
+  int port_;
   bool stopped_ = false;
 };
 

@@ -102,7 +102,7 @@ TEST_CASE(
   REQUIRE(there->Authenticate(k->token).ok());  // cached there now
   REQUIRE(here->Revoke(k->key.id).ok());
   CHECK(absl::IsUnauthenticated(here->Authenticate(k->token).status()));
-  CHECK(cqrs::testing::WaitUntil(
+  CHECK(cqrs::testing::Eventually(
       [&] {
         return absl::IsUnauthenticated(there->Authenticate(k->token).status());
       },
@@ -121,7 +121,7 @@ TEST_CASE("an expired key is refused; bad input creates nothing",
       keys->CreateKey("short", {"queries"}, absl::Milliseconds(300));
   REQUIRE(k.ok());
   REQUIRE(k->key.expires_at.has_value());
-  CHECK(cqrs::testing::WaitUntil(
+  CHECK(cqrs::testing::Eventually(
       [&] {
         return absl::IsUnauthenticated(keys->Authenticate(k->token).status());
       },
@@ -166,7 +166,7 @@ TEST_CASE(
 
   // Past half the lifetime: exactly one caller is sent the blocking way...
   const absl::Time read = absl::Now();
-  REQUIRE(cqrs::testing::WaitUntil(
+  REQUIRE(cqrs::testing::Eventually(
       [&] { return absl::Now() - read > absl::Milliseconds(1100); }));
   int deferred = 0;
   for (int i = 0; i < 20; ++i) {

@@ -22,6 +22,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "tests/support/wait.h"
 
 namespace cqrs {
 namespace {
@@ -78,7 +80,8 @@ class TempDir {
         if (pid > 0 && !cwd_ec && fs::equivalent(cwd, pgdata, cwd_ec) &&
             kill(pid, SIGQUIT) == 0) {
           // Removing files under a server still shutting down would fail.
-          for (int i = 0; i < 1000 && ProcessRunning(pid); ++i) usleep(10000);
+          cqrs::testing::Eventually([&] { return !ProcessRunning(pid); },
+                                    absl::Seconds(10), absl::Milliseconds(10));
         }
       }
     }
@@ -231,9 +234,8 @@ TEST_CASE("a postmaster killed with SIGKILL is recovered by the next start",
   const pid_t killed = PostmasterPid(data_dir);
   REQUIRE(killed > 0);
   REQUIRE(kill(killed, SIGKILL) == 0);
-  // Bounded only so that a broken kill cannot hang the suite.
-  for (int i = 0; i < 3000 && ProcessRunning(killed); ++i) usleep(10000);
-  REQUIRE_FALSE(ProcessRunning(killed));
+  REQUIRE(cqrs::testing::Eventually([&] { return !ProcessRunning(killed); },
+                                    absl::Seconds(30), absl::Milliseconds(10)));
   // postmaster.pid, the socket lock file and the shared memory it left
   // behind are what the next start has to cope with.
   REQUIRE(PostmasterPid(data_dir) == killed);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs {
 namespace {
@@ -100,9 +101,9 @@ TEST_CASE("a waiting caller gets the connection another one returns",
     auto second = (*pool)->Acquire();
     if (second.ok()) got_it.Notify();
   });
-  absl::SleepFor(absl::Milliseconds(50));
+  // The waiter is seen queued before its connection is checked for.
+  REQUIRE(testing::Eventually([&] { return (*pool)->stats().waiting == 1; }));
   CHECK(!got_it.HasBeenNotified());
-  CHECK((*pool)->stats().waiting == 1);
   { auto release = std::move(*first); }
   CHECK(got_it.WaitForNotificationWithTimeout(absl::Seconds(10)));
   waiter.join();

@@ -244,17 +244,17 @@ TEST_CASE(
   f.Append(0, 1000, 49);
   relay->Start();
   Consumer consumer(f.queue);
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() >= 20000; },
-                             absl::Seconds(120)));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() >= 20000; },
+                              absl::Seconds(120)));
   Broker("restart");
   f.Append(1000, 500, 49);
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() >= 60000; },
-                             absl::Seconds(120)));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() >= 60000; },
+                              absl::Seconds(120)));
   Broker("kill");
   Broker("start");
   f.Append(1500, 500, 49);
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == 100000; },
-                             absl::Seconds(180)));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() == 100000; },
+                              absl::Seconds(180)));
   const std::vector<Got> got = consumer.got();
   CHECK(InStreamOrder(got));
   // Every repeat is of a message already seen (same id): the distinct ids
@@ -279,20 +279,20 @@ TEST_CASE("a standby relay takes over when the owner's session ends",
   auto first = f.Relay(f.Options());
   auto second = f.Relay(f.Options());
   first->Start();
-  REQUIRE(testing::WaitUntil([&] { return first->owner(); }));
+  REQUIRE(testing::Eventually([&] { return first->owner(); }));
   second->Start();
   Consumer consumer(f.queue);
   f.Append(0, 100, 9);  // 1,000
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == 1000; }));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() == 1000; }));
   CHECK_FALSE(second->owner());
   f.schema.Exec(absl::StrCat(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
       "application_name = 'cqrs relay ",
       f.schema.name(), ".default'"));
-  REQUIRE(testing::WaitUntil([&] { return second->owner(); }));
+  REQUIRE(testing::Eventually([&] { return second->owner(); }));
   first->Stop();
   f.Append(100, 100, 9);
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == 2000; }));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() == 2000; }));
   CHECK(InStreamOrder(consumer.got()));
 }
 
@@ -320,8 +320,8 @@ TEST_CASE(
   const std::string relaying =
       absl::StrCat("SELECT count(*) FROM ", f.schema.name(),
                    ".amqp_relays WHERE state IN ('caught_up', 'relaying')");
-  REQUIRE(testing::WaitUntil([&] { return f.schema.QueryInt(relaying) == 1; },
-                             absl::Seconds(60)));
+  REQUIRE(testing::Eventually([&] { return f.schema.QueryInt(relaying) == 1; },
+                              absl::Seconds(60)));
   auto standby = BankRelay(f);  // waits for the owner's lock
 
   // 40 accounts: opened, then 5 rounds of 50 deposits each (10,040
@@ -354,7 +354,7 @@ TEST_CASE(
   });
   // The owner dies with part of the log relayed (its last pages possibly
   // published but not checkpointed).
-  const bool midway = testing::WaitUntil(
+  const bool midway = testing::Eventually(
       [&] { return consumer.distinct() >= kEvents / 4; }, absl::Seconds(120));
   const int rounds_at_kill = rounds_done.load();
   CHECK(owner->Kill(SIGKILL) == 128 + SIGKILL);
@@ -363,8 +363,8 @@ TEST_CASE(
   REQUIRE(appended_ok);
   INFO("appending rounds done when the owner was killed: " << rounds_at_kill);
   CHECK(rounds_at_kill < kRounds);  // else it was not killed mid-stream
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == kEvents; },
-                             absl::Seconds(120)));
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() == kEvents; },
+                              absl::Seconds(120)));
   const std::vector<Got> got = consumer.got();
   CHECK(InStreamOrder(got));
   // A repeat carries the id, stream and version of its first delivery.
@@ -400,8 +400,8 @@ TEST_CASE("an unroutable message is counted and shown, and the relay goes on",
   REQUIRE(f.store->Append("ledger-1", ExpectedVersion::Any(), {Event("Opened")})
               .ok());
   f.Append(0, 1, 0);
-  REQUIRE(testing::WaitUntil([&] { return consumer.distinct() == 1; }));
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] { return consumer.distinct() == 1; }));
+  REQUIRE(testing::Eventually([&] {
     auto s = AmqpRelay::ReadStatus(f.schema.pool(), *f.store, f.schema.name(),
                                    "default");
     return s.ok() && s->unroutable == 1 && s->lag_events == 0;

@@ -192,20 +192,20 @@ TEST_CASE(
   auto writer = std::make_shared<RecordingWriter>();
   hub.Subscribe(FeedQuery(), writer);
   CHECK(absl::StartsWith(writer->text(), "retry: 2000\n\n"));
-  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 1; }));
+  REQUIRE(testing::Eventually([&] { return hub.live_subscribers() == 1; }));
   CHECK(writer->Ids() == AllIds(store, pub));
 
   // Live: appended while it follows.
   for (int round = 0; round < 5; ++round) Append(store, 100 + round * 3, 3);
   const std::vector<std::string> all = AllIds(store, pub);
   REQUIRE(all.size() == 70);
-  REQUIRE(testing::WaitUntil([&] { return writer->Ids().size() >= 70; }));
+  REQUIRE(testing::Eventually([&] { return writer->Ids().size() >= 70; }));
   CHECK(writer->Ids() == all);
   // Each frame is one event: id, event type, then the CloudEvent.
   CHECK(absl::StrContains(writer->text(),
                           "\nevent: bank.account.deposited.v1\ndata: {"));
   writer->End();
-  CHECK(testing::WaitUntil([&] { return hub.subscribers() == 0; }));
+  CHECK(testing::Eventually([&] { return hub.subscribers() == 0; }));
 }
 
 TEST_CASE("a subscriber resumes after its cursor with its filters",
@@ -232,11 +232,11 @@ TEST_CASE("a subscriber resumes after its cursor with its filters",
   subject.subject = "12";
   hub.Subscribe(subject, one_account);
 
-  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 3; }));
+  REQUIRE(testing::Eventually([&] { return hub.live_subscribers() == 3; }));
   Append(store, 10, 5);  // account-10 .. account-14
-  REQUIRE(testing::WaitUntil([&] { return deposits->Ids().size() == 15; }));
-  REQUIRE(testing::WaitUntil([&] { return resumed->Ids().size() == 20; }));
-  REQUIRE(testing::WaitUntil([&] { return one_account->Ids().size() == 2; }));
+  REQUIRE(testing::Eventually([&] { return deposits->Ids().size() == 15; }));
+  REQUIRE(testing::Eventually([&] { return resumed->Ids().size() == 20; }));
+  REQUIRE(testing::Eventually([&] { return one_account->Ids().size() == 2; }));
   const std::vector<std::string> now = AllIds(store, pub);
   CHECK(resumed->Ids() ==
         std::vector<std::string>(now.begin() + 10, now.end()));
@@ -261,11 +261,11 @@ TEST_CASE(
   auto reading = std::make_shared<RecordingWriter>();
   hub.Subscribe(FeedQuery(), stalled);
   hub.Subscribe(FeedQuery(), reading);
-  REQUIRE(testing::WaitUntil([&] { return hub.live_subscribers() == 2; }));
+  REQUIRE(testing::Eventually([&] { return hub.live_subscribers() == 2; }));
   stalled->Stall();
   Append(store, 0, 50);
-  REQUIRE(testing::WaitUntil([&] { return reading->Ids().size() == 100; }));
-  REQUIRE(testing::WaitUntil([&] { return stalled->closed(); }));
+  REQUIRE(testing::Eventually([&] { return reading->Ids().size() == 100; }));
+  REQUIRE(testing::Eventually([&] { return stalled->closed(); }));
   CHECK(absl::EndsWith(stalled->text(),
                        ": closed: this client fell too far behind; reconnect "
                        "with Last-Event-ID to resume\n\n"));
@@ -291,14 +291,14 @@ TEST_CASE(
                               if (end == FeedHub::WaitEnd::kPassed) ++passed;
                             }));
   Append(store, 1, 1);
-  CHECK(testing::WaitUntil([&] { return passed.load() == 1; }));
+  CHECK(testing::Eventually([&] { return passed.load() == 1; }));
 
   // Already passed: at once.
   REQUIRE(hub.WaitForEvents(Position::Start(), absl::Now() + absl::Seconds(60),
                             [&](FeedHub::WaitEnd end) {
                               if (end == FeedHub::WaitEnd::kPassed) ++passed;
                             }));
-  CHECK(testing::WaitUntil([&] { return passed.load() == 2; }));
+  CHECK(testing::Eventually([&] { return passed.load() == 2; }));
 
   std::atomic<bool> expired{false};
   auto now = store.HeadPosition();
@@ -307,7 +307,7 @@ TEST_CASE(
                             [&](FeedHub::WaitEnd end) {
                               expired = end == FeedHub::WaitEnd::kDeadline;
                             }));
-  CHECK(testing::WaitUntil([&] { return expired.load(); }));
+  CHECK(testing::Eventually([&] { return expired.load(); }));
 
   std::atomic<bool> stopped{false};
   REQUIRE(hub.WaitForEvents(*now, absl::Now() + absl::Seconds(60),
@@ -335,7 +335,7 @@ TEST_CASE("subscribers get a heartbeat comment", "[integration]") {
   hub.Start();
   auto writer = std::make_shared<RecordingWriter>();
   hub.Subscribe(FeedQuery(), writer);
-  CHECK(testing::WaitUntil(
+  CHECK(testing::Eventually(
       [&] { return absl::StrContains(writer->text(), "\n\n:\n\n"); }));
 }
 
@@ -349,7 +349,7 @@ struct PgHub {
                                     ChangeWaitOn(schema.url(), schema.name()));
     hub->Start();
     hub->Subscribe(FeedQuery(), writer);
-    REQUIRE(testing::WaitUntil([&] { return hub->live_subscribers() == 1; }));
+    REQUIRE(testing::Eventually([&] { return hub->live_subscribers() == 1; }));
   }
 
   testing::TestSchema schema;
@@ -377,7 +377,7 @@ TEST_CASE(
               .ok());
   for (int i = 0; i < 3; ++i) Append(*f.store, i, 1);
   held_tx.commit();
-  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() >= 7; }));
+  REQUIRE(testing::Eventually([&] { return f.writer->Ids().size() >= 7; }));
   const std::vector<std::string> all = AllIds(*f.store, f.pub);
   REQUIRE(all.size() == 7);
   CHECK(f.writer->Ids() == all);
@@ -390,7 +390,7 @@ TEST_CASE(
     "[integration][pg]") {
   PgHub f;
   Append(*f.store, 0, 1);
-  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() == 2; }));
+  REQUIRE(testing::Eventually([&] { return f.writer->Ids().size() == 2; }));
 
   const std::string listener =
       absl::StrCat("application_name = 'cqrs listener ", f.schema.name(), "'");
@@ -400,13 +400,13 @@ TEST_CASE(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " +
       listener);
   // Reconnected (the kill is noticed at the next wait, within 200 ms)...
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     return f.schema.QueryInt("SELECT count(*) FROM pg_stat_activity WHERE " +
                              listener) == 1;
   }));
   // ... and what commits from now on arrives long before the 30 s poll.
   Append(*f.store, 1, 2);
-  REQUIRE(testing::WaitUntil([&] { return f.writer->Ids().size() == 6; }));
+  REQUIRE(testing::Eventually([&] { return f.writer->Ids().size() == 6; }));
   CHECK(f.writer->Ids() == AllIds(*f.store, f.pub));
 }
 

@@ -490,7 +490,7 @@ TEST_CASE(
   }
   writers.emplace_back([&, port] { CommandWriter(port, token, logs.back()); });
   // See Gate.
-  const bool all_arrived = cqrs::testing::WaitUntil(
+  const bool all_arrived = cqrs::testing::Eventually(
       [&] { return gate.arrived() == kStoreWriters; }, kDeadline);
   schema.Exec(absl::StrCat("ANALYZE ", schema.name(), ".events"));
   gate.Open();
@@ -501,7 +501,7 @@ TEST_CASE(
   // test running beside this one, is open).
   std::vector<cqrs::eventstore::RecordedEvent> truth;
   Position at = Position::Start();
-  const bool complete = cqrs::testing::WaitUntil(
+  const bool complete = cqrs::testing::Eventually(
       [&] {
         while (true) {
           auto page = store.ReadAll(at, 10000);

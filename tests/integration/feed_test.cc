@@ -346,7 +346,7 @@ TEST_CASE("the feed does not skip a transaction that commits late",
   FeedQuery q;
   std::vector<std::string> items;
   const auto follow = [&](size_t n) {
-    return testing::WaitUntil([&] {
+    return testing::Eventually([&] {
       auto page = ReadFeed(*store, bank, q);
       REQUIRE(page.ok());
       for (const FeedItem& item : page->items) {

@@ -233,14 +233,14 @@ TEST_CASE(
   options.metrics = &metrics;
   auto deliverer = f.Deliverer(options);
   deliverer->Start();
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     return receiver.Ids("all").size() == 100 &&
            receiver.Ids("deposits").size() == 80;
   }));
   // Live: appended while it delivers.
   for (int i = 20; i < 30; ++i) f.Account(i, 1);
   REQUIRE(
-      testing::WaitUntil([&] { return receiver.Ids("all").size() == 120; }));
+      testing::Eventually([&] { return receiver.Ids("all").size() == 120; }));
   for (const std::string hook : {"all", "deposits"}) {
     const std::vector<Received> got = receiver.Of(hook);
     CHECK(InStreamOrder(got));
@@ -262,7 +262,7 @@ TEST_CASE(
     }
   }
   // Delivered rows are gone; the counters have them.
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     return f.schema.QueryInt(absl::StrCat("SELECT count(*) FROM ",
                                           f.schema.name(),
                                           ".webhook_deliveries")) == 0 &&
@@ -279,7 +279,7 @@ TEST_CASE(
                                    "90"));
   CHECK_THAT(
       text, Catch::Contains("cqrs_webhook_delivery_latency_seconds_count 210"));
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     const std::string now = metrics.Render();
     return now.find("cqrs_webhook_lag_events{endpoint=\"wh_all\"} 0") !=
                std::string::npos &&
@@ -307,12 +307,12 @@ TEST_CASE(
   f.Account(1, 3);
   auto deliverer = f.Deliverer(f.Options());
   deliverer->Start();
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     return f.schema.QueryInt(
                absl::StrCat("SELECT count(*) FROM ", f.schema.name(),
                             ".webhook_deliveries WHERE state = 'parked'")) == 1;
   }));
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 6; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("a").size() == 6; }));
   // account-1 went on; account-0 stopped at its parked event.
   std::vector<int64_t> versions0;
   for (const Received& r : receiver.Of("a")) {
@@ -333,7 +333,7 @@ TEST_CASE(
   tx.exec(absl::StrCat("UPDATE ", f.schema.name(),
                        ".webhook_endpoints SET revision = revision + 1"));
   tx.commit();
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 8; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("a").size() == 8; }));
   versions0.clear();
   for (const Received& r : receiver.Of("a")) {
     if (r.stream == "account-0") versions0.push_back(r.version);
@@ -351,7 +351,7 @@ TEST_CASE("Retry-After on 429 is honoured", "[integration][pg]") {
   f.Account(0, 0);
   auto deliverer = f.Deliverer(f.Options());
   deliverer->Start();
-  REQUIRE(testing::WaitUntil([&] { return receiver.Of("a").size() == 2; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Of("a").size() == 2; }));
   const std::vector<Received> got = receiver.Of("a");
   CHECK(got[0].id == got[1].id);
   // The schedule says 10 ms; the receiver asked for a second.
@@ -389,15 +389,15 @@ TEST_CASE(
         id);
     return r[0].as<bool>() ? std::string("enabled") : r[1].as<std::string>();
   };
-  REQUIRE(testing::WaitUntil([&] { return reason("wh_gone") == "gone"; }));
+  REQUIRE(testing::Eventually([&] { return reason("wh_gone") == "gone"; }));
   REQUIRE(
-      testing::WaitUntil([&] { return reason("wh_failing") == "failing"; }));
+      testing::Eventually([&] { return reason("wh_failing") == "failing"; }));
   CHECK(receiver.Of("gone").size() == 1);
   const size_t failing_requests = receiver.Of("failing").size();
   CHECK(failing_requests >= 2);
   // More events: the enabled endpoint gets them, the disabled ones do not.
   for (int i = 1; i <= 5; ++i) f.Account(i, 0);
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("ok").size() == 6; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("ok").size() == 6; }));
   CHECK(receiver.Of("gone").size() == 1);
   CHECK(receiver.Of("failing").size() == failing_requests);
   // Their events keep their place: enabling resumes them.
@@ -408,7 +408,7 @@ TEST_CASE(
       "UPDATE ", f.schema.name(),
       ".webhook_endpoints SET enabled = true, disabled_reason = NULL, "
       "failing_since = NULL, revision = revision + 1"));
-  REQUIRE(testing::WaitUntil([&] {
+  REQUIRE(testing::Eventually([&] {
     return receiver.Ids("gone").size() == 6 &&
            receiver.Ids("failing").size() == 6;
   }));
@@ -425,20 +425,20 @@ TEST_CASE(
   auto first = f.Deliverer(f.Options());
   auto second = f.Deliverer(f.Options());
   first->Start();
-  REQUIRE(testing::WaitUntil([&] { return first->owner(); }));
+  REQUIRE(testing::Eventually([&] { return first->owner(); }));
   second->Start();
   for (int i = 0; i < 10; ++i) f.Account(i, 2);
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 30; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("a").size() == 30; }));
   CHECK_FALSE(second->owner());
   // The owner's session ends as if its process had died.
   f.schema.Exec(absl::StrCat(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
       "application_name = 'cqrs webhooks ",
       f.schema.name(), "'"));
-  REQUIRE(testing::WaitUntil([&] { return second->owner(); }));
+  REQUIRE(testing::Eventually([&] { return second->owner(); }));
   first->Stop();
   for (int i = 10; i < 20; ++i) f.Account(i, 2);
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 60; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("a").size() == 60; }));
   const std::vector<Received> got = receiver.Of("a");
   CHECK(InStreamOrder(got));
   std::map<std::string, std::string> body_of;
@@ -470,7 +470,7 @@ TEST_CASE(
   while (receiver.Ids("a").size() < 200 && kills < 5) {
     const size_t before = receiver.Ids("a").size();
     REQUIRE(
-        testing::WaitUntil([&] { return receiver.Ids("a").size() > before; }));
+        testing::Eventually([&] { return receiver.Ids("a").size() > before; }));
     f.schema.TerminatePoolSessions();
     f.schema.Exec(absl::StrCat(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
@@ -479,11 +479,11 @@ TEST_CASE(
     ++kills;
   }
   for (int i = 40; i < 50; ++i) f.Account(i, 0);
-  REQUIRE(testing::WaitUntil([&] { return receiver.Ids("a").size() == 210; }));
+  REQUIRE(testing::Eventually([&] { return receiver.Ids("a").size() == 210; }));
   CHECK(InStreamOrder(receiver.Of("a")));
   CHECK(kills > 0);
   // Every outcome is written in the end: no delivery left waiting.
-  CHECK(testing::WaitUntil([&] {
+  CHECK(testing::Eventually([&] {
     return f.schema.QueryInt(absl::StrCat("SELECT count(*) FROM ",
                                           f.schema.name(),
                                           ".webhook_deliveries")) == 0;

@@ -4,8 +4,9 @@
 // timeout, resets connections and answers 429 with Retry-After at random;
 // one endpoint's secret is rotated mid-run; one endpoint answers 410 Gone;
 // the bank is killed with SIGKILL while an attempt is in flight and started
-// again at the same address. Then the receiver answers 200 and the parked
-// deliveries are replayed. Afterwards, per endpoint:
+// again (on a new port, which the clients follow). Then the receiver
+// answers 200 and the parked deliveries are replayed. Afterwards, per
+// endpoint:
 // - every event of the feed that passes its filter and was committed after
 //   its creation arrived with a valid signature, and nothing else did;
 // - every repeat of an event has the same webhook-id and body;
@@ -109,7 +110,7 @@ async function untilAccepted(call, what) {
 function startTraffic(accounts, resume) {
   const traffic = { done: 0, transfers: [], error: undefined };
   const writers = Array.from({ length: WRITERS }, async (_, w) => {
-    const client = new BankClient(bank.url, db.token);  // the same address after the restart
+    const client = new BankClient(() => bank.url, db.token);  // follows the restarted bank
     for (let n = 0; n < OPS_PER_WRITER; ++n) {
       if (n === Math.floor(OPS_PER_WRITER * 0.75)) await resume;
       const account = accounts[(w + n) % ACCOUNTS];
@@ -264,7 +265,7 @@ function checkEndpoint(name, endpoint, expected, { crash }) {
 }
 
 async function run() {
-  const admin = new BankClient(bank.url, db.token);
+  const admin = new BankClient(() => bank.url, db.token);
   console.log(`chaos seed ${seed} (WEBHOOK_CHAOS_SEED repeats it)`);
 
   // Accounts opened before the endpoints exist: no endpoint gets these.
@@ -325,14 +326,13 @@ async function run() {
       (r) => r.answer === 'hang' && r.answeredAt === undefined);
   await waitUntil(() => traffic.reached(0.5) && hanging(),
                   { timeoutMs: 60000, pollMs: 5, what: 'an attempt in flight to kill the bank during' });
-  const port = bank.port;
   const crash = { killedAt: now(), killedAtWall: Date.now() };
   const exit = await bank.kill('SIGKILL');
   assert.equal(exit.signal, 'SIGKILL');
   resume();
   crash.restartingAt = now();
   crash.restartingAtWall = Date.now();
-  bank = await startBank(db, { port, args: BANK_ARGS });
+  bank = await startBank(db, { args: BANK_ARGS });
   logs.push(bank.log);
 
   await traffic.finished;

@@ -47,7 +47,7 @@ using eventstore::Position;
 using eventstore::RecordedEvent;
 using testing::TestSchema;
 
-using ::cqrs::testing::WaitUntil;
+using ::cqrs::testing::Eventually;
 
 std::string Array(const std::vector<std::string>& items) {
   return absl::StrCat("{", absl::StrJoin(items, ","), "}");
@@ -241,7 +241,7 @@ class PrivateCluster {
     REQUIRE(kill(pid, SIGKILL) == 0);
     // The crash ends every other session too, once the postmaster has
     // noticed; until then the witness still answers.
-    REQUIRE(WaitUntil([&] {
+    REQUIRE(Eventually([&] {
       try {
         pqxx::nontransaction(witness).exec("SELECT 1");
         return false;
@@ -249,7 +249,7 @@ class PrivateCluster {
         return true;
       }
     }));
-    REQUIRE(WaitUntil(
+    REQUIRE(Eventually(
         [&] {
           try {
             pqxx::connection conn(url());
@@ -414,7 +414,7 @@ bool PingSeen(TestSchema& schema, eventstore::PostgresEventStore& store,
       store.Append("ping", ExpectedVersion::Any(), {Ping()});
   REQUIRE(ping.ok());
   const Position at = ping->position;
-  return WaitUntil(
+  return Eventually(
       [&] {
         absl::StatusOr<Position> head = store.HeadPosition();
         REQUIRE(head.ok());
@@ -466,7 +466,7 @@ TEST_CASE(
                                  "= to_regclass('",
                                  schema.name(), ".ledger_g2')")) > 0;
   };
-  REQUIRE(WaitUntil(building));
+  REQUIRE(Eventually(building));
   // Seen well before the 10 s build ends, and while it still runs.
   CHECK(PingSeen(schema, *store, absl::Seconds(4)));
   CHECK(building());
@@ -495,7 +495,7 @@ TEST_CASE(
   auto runner = StartRunner(schema, store.get(), {Tally(), ledger});
   REQUIRE(PingSeen(schema, *store, absl::Seconds(30)));
   const std::string view = absl::StrCat(schema.name(), ".ledger");
-  REQUIRE(WaitUntil(
+  REQUIRE(Eventually(
       [&] { return schema.QueryInt("SELECT count(*) FROM " + view) == 500; }));
 
   // The swap announces that it waits: older code by a lock request on the
@@ -534,7 +534,7 @@ TEST_CASE(
                                 schema.name(), options);
     done = true;
   });
-  REQUIRE(WaitUntil(swap_waits));
+  REQUIRE(Eventually(swap_waits));
 
   // Readers of events and other projections go on.
   CHECK(PingSeen(schema, *store, absl::Seconds(3)));

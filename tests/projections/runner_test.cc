@@ -134,12 +134,8 @@ std::map<std::string, std::pair<int64_t, int64_t>> ReadTotals(
 // read model is compared by waiting (bounded) for it to equal `want`.
 bool Converges(TestSchema& schema,
                const std::map<std::string, std::pair<int64_t, int64_t>>& want) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (ReadTotals(schema) != want) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
+  return testing::Eventually([&] { return ReadTotals(schema) == want; },
+                             absl::Seconds(20), absl::Milliseconds(10));
 }
 
 ProjectionStatus StatusOf(const ProjectionRunner& runner) {
@@ -148,7 +144,7 @@ ProjectionStatus StatusOf(const ProjectionRunner& runner) {
   return s[0];
 }
 
-using ::cqrs::testing::WaitUntil;
+using ::cqrs::testing::Eventually;
 
 bool ReachedHead(const ProjectionRunner& runner,
                  eventstore::EventStore& store) {
@@ -177,7 +173,7 @@ TEST_CASE("a projection catches up and follows live appends exactly",
                                          {Totals()}, Options(schema));
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   CHECK(Converges(schema, fold));
 
   // Live: appended after catching up.
@@ -186,7 +182,7 @@ TEST_CASE("a projection catches up and follows live appends exactly",
     fold[stream].first += d.first;
     fold[stream].second += d.second;
   }
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   CHECK(Converges(schema, fold));
   CHECK(StatusOf(**runner).state == "running");
 
@@ -196,7 +192,7 @@ TEST_CASE("a projection catches up and follows live appends exactly",
                                         Options(schema));
   REQUIRE(again.ok());
   (*again)->Start();
-  REQUIRE(WaitUntil([&] { return ReachedHead(**again, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**again, *store); }));
   CHECK(Converges(schema, fold));
 }
 
@@ -218,7 +214,7 @@ TEST_CASE(
                                          {Totals()}, options);
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   // Events of another type, appended one at a time: the projection reports
   // each step (read-your-writes needs it) but does not write its checkpoint
   // for each; the stored one trails.
@@ -226,7 +222,7 @@ TEST_CASE(
   int trailing = 0;
   for (int i = 0; i < 60; ++i) {
     REQUIRE(store->Append("x-1", ExpectedVersion::Any(), {Other()}).ok());
-    REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+    REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
     const Position at = StatusOf(**runner).position;
     trailing +=
         schema.QueryInt(absl::StrCat(
@@ -253,11 +249,11 @@ TEST_CASE(
       ProjectionRunner::Create(&schema.pool(), store.get(), {Totals()}, quick);
   REQUIRE(again.ok());
   (*again)->Start();
-  REQUIRE(WaitUntil([&] { return ReachedHead(**again, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**again, *store); }));
   CHECK(Converges(schema, fold));
   absl::StatusOr<Position> head = store->HeadPosition();
   REQUIRE(head.ok());
-  CHECK(WaitUntil([&] {
+  CHECK(Eventually([&] {
     return schema.QueryInt(absl::StrCat(
                "SELECT count(*) FROM ", schema.name(),
                ".projections WHERE position_xid = '", head->transaction_id,
@@ -318,14 +314,14 @@ TEST_CASE("live events still arrive after the listening session is killed",
   CHECK(schema.QueryInt("SELECT count(pg_terminate_backend(pid)) " +
                         listener) == 1);
   // Wait for the new LISTEN session, then append.
-  REQUIRE(WaitUntil([&] { return schema.QueryInt(listening) >= 1; }));
+  REQUIRE(Eventually([&] { return schema.QueryInt(listening) >= 1; }));
   auto more = AppendMany(*store, 10, 3, 100);
   for (const auto& [stream, d] : more) {
     fold[stream].first += d.first;
     fold[stream].second += d.second;
   }
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); },
-                    absl::Seconds(30)));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); },
+                     absl::Seconds(30)));
   CHECK(Converges(schema, fold));
 }
 
@@ -341,20 +337,18 @@ TEST_CASE("a standby takes over when the owner stops", "[projections][pg]") {
   REQUIRE(first.ok());
   REQUIRE(second.ok());
   (*first)->Start();
-  REQUIRE(WaitUntil([&] { return ReachedHead(**first, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**first, *store); }));
   (*second)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**second).state == "standby"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**second).state == "standby"; }));
   CHECK(StatusOf(**first).state == "running");
 
   (*first)->Stop();  // closes its ownership session
-  const absl::Time stopped = absl::Now();
   auto more = AppendMany(*store, 50, 5, 500);
   for (const auto& [stream, d] : more) {
     fold[stream].first += d.first;
     fold[stream].second += d.second;
   }
-  REQUIRE(WaitUntil([&] { return StatusOf(**second).state != "standby"; }));
-  CHECK(absl::Now() - stopped < absl::Seconds(5));
+  REQUIRE(Eventually([&] { return StatusOf(**second).state != "standby"; }));
   CHECK(Converges(schema, fold));
 }
 
@@ -374,7 +368,7 @@ TEST_CASE("a poison event stops a projection with kStop", "[projections][pg]") {
                                          {std::move(p)}, options);
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**runner).state == "failed"; }));
   ProjectionStatus s = StatusOf(**runner);
   CHECK(absl::StrContains(s.last_error, "poison amount 666"));
   REQUIRE(s.failed_position.has_value());
@@ -390,7 +384,7 @@ TEST_CASE("a poison event stops a projection with kStop", "[projections][pg]") {
                                         {Totals(&poison)}, options);
   REQUIRE(again.ok());
   (*again)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**again).state == "failed"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**again).state == "failed"; }));
   CHECK(StatusOf(**again).failed_position == bad->position);
 
   // Fixed and rebuilt: the running worker picks the projection up again.
@@ -398,7 +392,7 @@ TEST_CASE("a poison event stops a projection with kStop", "[projections][pg]") {
   REQUIRE(RebuildProjection(&schema.pool(), store.get(), Totals(&poison),
                             schema.name(), {})
               .ok());
-  CHECK(WaitUntil([&] { return StatusOf(**again).state == "running"; }));
+  CHECK(Eventually([&] { return StatusOf(**again).state == "running"; }));
   totals = ReadTotals(schema);
   events = 0;
   for (const auto& [stream, d] : totals) events += d.second;
@@ -423,7 +417,7 @@ TEST_CASE("a poison event is parked with kPark and its stream waits",
   REQUIRE(runner.ok());
   (*runner)->Start();
   // The poison and the 10 later events of s-1.
-  CHECK(WaitUntil([&] { return StatusOf(**runner).parked == 11; }));
+  CHECK(Eventually([&] { return StatusOf(**runner).parked == 11; }));
   ProjectionStatus s = StatusOf(**runner);
   CHECK(s.state == "running");
   CHECK(s.parked == 11);
@@ -468,7 +462,7 @@ TEST_CASE("a poison event is parked with kPark and its stream waits",
   full["s-1"].first += 5;
   full["s-1"].second += 1;
   CHECK(Converges(schema, full));
-  CHECK(WaitUntil([&] { return StatusOf(**runner).parked == 0; }));
+  CHECK(Eventually([&] { return StatusOf(**runner).parked == 0; }));
 }
 
 // Totals(), where an amount of 777 also fails, in SQL, while `sql_poison`
@@ -508,7 +502,7 @@ TEST_CASE(
                                          Options(schema));
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**runner).parked == 2; }));
+  REQUIRE(Eventually([&] { return StatusOf(**runner).parked == 2; }));
   auto stored = [&] {
     auto all =
         ReadProjectionStatuses(schema.pool(), schema.name(), schema.name());
@@ -543,7 +537,7 @@ TEST_CASE(
   fold["s-2"].first += 777;
   fold["s-2"].second += 1;
   CHECK(Converges(schema, fold));
-  CHECK(WaitUntil([&] { return StatusOf(**runner).last_error.empty(); }));
+  CHECK(Eventually([&] { return StatusOf(**runner).last_error.empty(); }));
 }
 
 TEST_CASE("a new projection version waits for its rebuild, then takes over",
@@ -566,7 +560,7 @@ TEST_CASE("a new projection version waits for its rebuild, then takes over",
                                            Options(schema));
   REQUIRE(new_code.ok());
   (*new_code)->Start();
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     return absl::StrContains(StatusOf(**new_code).last_error, "rebuild");
   }));
   CHECK(StatusOf(**new_code).state == "outdated");
@@ -581,7 +575,7 @@ TEST_CASE("a new projection version waits for its rebuild, then takes over",
                                      ".projections WHERE name = 'totals'")) ==
         2);
   // The new code's runner takes over from the rebuilt checkpoint.
-  CHECK(WaitUntil([&] { return StatusOf(**new_code).state == "running"; }));
+  CHECK(Eventually([&] { return StatusOf(**new_code).state == "running"; }));
   auto last = AppendMany(*store, 20, 7, 5000);
   for (const auto& [stream, d] : last) {
     fold[stream].first += d.first;
@@ -627,13 +621,15 @@ void DeployWithBothVersions(bool new_code_first) {
     start(new_code, v2);
     // Before the fix the new code kept ownership here, and the old code
     // below stayed a standby: nothing was applied until it was killed.
-    REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "outdated"; }));
+    REQUIRE(
+        Eventually([&] { return StatusOf(*new_code).state == "outdated"; }));
     start(old_code, Totals());
   } else {
     start(old_code, Totals());
-    REQUIRE(WaitUntil([&] { return StatusOf(*old_code).state == "running"; }));
+    REQUIRE(Eventually([&] { return StatusOf(*old_code).state == "running"; }));
     start(new_code, v2);
-    REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "outdated"; }));
+    REQUIRE(
+        Eventually([&] { return StatusOf(*new_code).state == "outdated"; }));
   }
   add(40, 1000);
   CHECK(Converges(schema, fold));
@@ -648,8 +644,8 @@ void DeployWithBothVersions(bool new_code_first) {
               .ok());
   // Before the fix the old code kept ownership after the swap: the new
   // version never took over.
-  REQUIRE(WaitUntil([&] { return StatusOf(*new_code).state == "running"; }));
-  CHECK(WaitUntil([&] { return StatusOf(*old_code).state == "outdated"; }));
+  REQUIRE(Eventually([&] { return StatusOf(*new_code).state == "running"; }));
+  CHECK(Eventually([&] { return StatusOf(*old_code).state == "outdated"; }));
   add(30, 5000);
   CHECK(Converges(schema, fold));
   stored = ReadProjectionStatuses(schema.pool(), schema.name(), schema.name(),
@@ -678,7 +674,7 @@ TEST_CASE("the status names no owner from another database",
                                          {Totals()}, Options(schema));
   REQUIRE(runner.ok());
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**runner).state == "running"; }));
   // The same schema and projection in another database of the cluster,
   // which nothing runs.
   cqrs::testing::TestDatabase other("");
@@ -798,7 +794,7 @@ TEST_CASE("a rebuild while serving: readers see no error, gap or regression",
     fold[stream].first += d.first;
     fold[stream].second += d.second;
   }
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   done = true;
   for (auto& t : readers) t.join();
   CHECK(problems == 0);
@@ -862,7 +858,7 @@ TEST_CASE("an interrupted rebuild leaves the live model and resumes",
   INFO(second.ToString());
   REQUIRE(second.ok());
   CHECK(first_done > 300);
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   CHECK(Converges(schema, fold));
 }
 
@@ -944,7 +940,7 @@ TEST_CASE(
   auto fold = AppendMany(*store, 60, 4);
   (*runner)->Start();
   // Well past max_attempts (2 for the batch, 2 per isolated event).
-  REQUIRE(WaitUntil([&] { return calls >= 12; }));
+  REQUIRE(Eventually([&] { return calls >= 12; }));
   ProjectionStatus s = StatusOf(**runner);
   CHECK(s.state == "catching_up");
   CHECK(s.parked == 0);
@@ -953,8 +949,8 @@ TEST_CASE(
   CHECK(schema.QueryInt(absl::StrCat("SELECT count(*) FROM ", schema.name(),
                                      ".projection_parked")) == 0);
   // Every process sees the retry in the stored status, as GET /projections.
-  REQUIRE(
-      WaitUntil([&] { return !StoredTotals(schema).transient_error.empty(); }));
+  REQUIRE(Eventually(
+      [&] { return !StoredTotals(schema).transient_error.empty(); }));
   StoredStatus stored = StoredTotals(schema);
   CHECK(stored.state == "running");  // owned and not behind: not failed
   CHECK(absl::StrContains(stored.transient_error, "lock timeout"));
@@ -965,11 +961,11 @@ TEST_CASE(
   lock->abort();
   lock.reset();
   CHECK(Converges(schema, fold));
-  CHECK(WaitUntil([&] {
+  CHECK(Eventually([&] {
     return StatusOf(**runner).transient_error.empty() &&
            StoredTotals(schema).transient_error.empty();
   }));
-  CHECK(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  CHECK(Eventually([&] { return StatusOf(**runner).state == "running"; }));
   CHECK(StatusOf(**runner).parked == 0);
   CHECK(StoredTotals(schema).state == "running");
   (*runner)->Stop();
@@ -1023,7 +1019,7 @@ TEST_CASE(
     const std::string stalled =
         absl::StrCat("FROM pg_stat_activity WHERE query LIKE '%AS ", marker(n),
                      "%' AND state = 'active' AND pid <> pg_backend_pid()");
-    REQUIRE(WaitUntil(
+    REQUIRE(Eventually(
         [&] { return schema.QueryInt("SELECT count(*) " + stalled) == 1; }));
     CHECK(StatusOf(**runner).state != "failed");
     // Alternately a cancelled statement (statement_timeout, pg_cancel_backend)
@@ -1036,7 +1032,7 @@ TEST_CASE(
   }
   CHECK(Converges(schema, fold));
   CHECK(hook_failures <= 0);
-  CHECK(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  CHECK(Eventually([&] { return StatusOf(**runner).state == "running"; }));
   ProjectionStatus s = StatusOf(**runner);
   CHECK(s.parked == 0);
   CHECK(s.last_error.empty());
@@ -1089,7 +1085,7 @@ TEST_CASE(
   REQUIRE(runner.ok());
   (*runner)->Start();
   REQUIRE(Converges(schema, fold));
-  REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   (*runner)->Stop();
   CHECK(ReadTotals(schema) == fold);
   ProjectionStatus s = StatusOf(**runner);
@@ -1135,11 +1131,11 @@ TEST_CASE("a handler that throws a non-standard exception fails its event",
   REQUIRE(runner.ok());
   (*runner)->Start();
   if (policy == ErrorPolicy::kStop) {
-    REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+    REQUIRE(Eventually([&] { return StatusOf(**runner).state == "failed"; }));
     CHECK(StatusOf(**runner).failed_position == bad->position);
   } else {
-    REQUIRE(WaitUntil([&] { return StatusOf(**runner).parked == 1; }));
-    REQUIRE(WaitUntil([&] { return ReachedHead(**runner, *store); }));
+    REQUIRE(Eventually([&] { return StatusOf(**runner).parked == 1; }));
+    REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
   }
   CHECK(absl::StrContains(StatusOf(**runner).last_error, "unknown type"));
   CHECK(AppliedEvents(schema) == 10);
@@ -1173,7 +1169,7 @@ TEST_CASE(
   CHECK(absl::IsFailedPrecondition(
       ResumeProjection(schema.pool(), schema.name(), "totals")));
   (*runner)->Start();
-  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "failed"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**runner).state == "failed"; }));
   CHECK(StoredTotals(schema).state == "failed");
   CHECK(AppliedEvents(schema) == 30);
   const Position checkpoint = StatusOf(**runner).position;
@@ -1188,7 +1184,7 @@ TEST_CASE(
   // The running worker goes on from its checkpoint: generation 1, no
   // rebuild, each event once.
   CHECK(Converges(schema, fold));
-  REQUIRE(WaitUntil([&] { return StatusOf(**runner).state == "running"; }));
+  REQUIRE(Eventually([&] { return StatusOf(**runner).state == "running"; }));
   ProjectionStatus s = StatusOf(**runner);
   CHECK(s.last_error.empty());
   CHECK(!s.failed_position.has_value());

@@ -20,6 +20,7 @@
 #include "projections/runner.h"
 #include "queries/progress_tracker.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace cqrs::queries {
 namespace {
@@ -111,14 +112,14 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
   tracker->Start();
   // Wait for the listening session (it is named once its LISTEN is in
   // effect); then a "runner elsewhere" commits.
-  const absl::Time listening_by = absl::Now() + absl::Seconds(20);
-  while (schema.QueryInt(absl::StrCat(
-             "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-             "'cqrs progress ",
-             schema.name(), "'")) == 0) {
-    REQUIRE(absl::Now() < listening_by);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  REQUIRE(testing::Eventually(
+      [&] {
+        return schema.QueryInt(
+                   absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
+                                "application_name = 'cqrs progress ",
+                                schema.name(), "'")) != 0;
+      },
+      absl::Seconds(20), absl::Milliseconds(20)));
   Outcome heard;
   tracker->WhenReached({"remote"}, At(5, 3), absl::Now() + absl::Seconds(20),
                        heard.Callback());
@@ -139,8 +140,18 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
     projections::NotifyProgress(tx, schema.name(), "remote", At(50, 3));
     tx.abort();
   }
-  absl::SleepFor(absl::Milliseconds(300));
-  CHECK(tracker->Current({"remote"}) == At(5, 3));
+  // The control: a lower checkpoint committed after it. Once that one is
+  // heard, the rolled back one (sent before it) would have been too, and the
+  // tracker would then stay at 50.
+  {
+    pqxx::connection conn(schema.url());
+    pqxx::work tx(conn);
+    projections::NotifyProgress(tx, schema.name(), "remote", At(6, 3));
+    tx.commit();
+  }
+  CHECK(testing::Eventually(
+      [&] { return tracker->Current({"remote"}) == At(6, 3); },
+      absl::Seconds(20)));
 }
 
 TEST_CASE("the tracker re-reads checkpoints it was not told about",

@@ -27,7 +27,7 @@
 //
 // CQRS_STRESS_SEED and CQRS_STRESS_SECONDS override the fixed seed and the
 // traffic time; scripts/stress-commands runs it for longer with random seeds.
-// STRESS_DEBUG=1 passes the banks' logs through.
+// STRESS_DEBUG=1 prints the banks' logs at the end.
 #include <signal.h>
 
 #include <atomic>
@@ -57,6 +57,7 @@
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_database.h"
+#include "tests/support/wait.h"
 
 namespace bank {
 namespace {
@@ -89,20 +90,36 @@ Config FromEnvironment() {
 
 std::string Account(int i) { return absl::StrCat("a", i); }
 
-// `bank` with the test database and schema.
-std::unique_ptr<cqrs::testing::ChildProcess> RunBank(
-    const std::string& url, const std::string& schema,
-    std::vector<std::string> args) {
-  for (const std::string& a :
-       {std::string("--database-url"), url, std::string("--schema"), schema}) {
-    args.push_back(a);
+// `bank serve` with the test database and schema on a port it picks, its
+// output captured (STRESS_DEBUG=1 prints it when the test ends).
+class ServedBank {
+ public:
+  ServedBank(const std::string& url, const std::string& schema,
+             std::vector<std::string> extra)
+      : process_(BANK_BINARY, Args(url, schema, std::move(extra)),
+                 cqrs::testing::ChildProcess::Output::kCapture),
+        port_(process_.WaitForListeningPort()) {}
+  ~ServedBank() {
+    if (std::getenv("STRESS_DEBUG")) std::cerr << process_.CapturedOutput();
   }
-  return std::make_unique<cqrs::testing::ChildProcess>(
-      BANK_BINARY, std::move(args),
-      std::getenv("STRESS_DEBUG")
-          ? cqrs::testing::ChildProcess::Output::kInherit
-          : cqrs::testing::ChildProcess::Output::kDiscard);
-}
+
+  int port() const { return port_; }
+  int Kill(int signal) { return process_.Kill(signal); }
+
+ private:
+  static std::vector<std::string> Args(const std::string& url,
+                                       const std::string& schema,
+                                       std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        "serve", "--listen", "127.0.0.1:0", "--database-url",
+        url,     "--schema", schema};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+
+  cqrs::testing::ChildProcess process_;
+  const int port_;
+};
 
 // The bearer token every request sends: a key with every scope in the
 // schema under test, set once before the banks start.
@@ -125,13 +142,12 @@ std::optional<ClientResponse> Request(int port, const std::string& method,
 }
 
 void WaitReady(int port) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (true) {
-    auto r = Request(port, "GET", "/readyz");
-    if (r.has_value() && r->status == 200) return;
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  REQUIRE(cqrs::testing::Eventually(
+      [&] {
+        auto r = Request(port, "GET", "/readyz");
+        return r.has_value() && r->status == 200;
+      },
+      absl::Seconds(60), absl::Milliseconds(50)));
 }
 
 // A command a client sent, and what it was told.
@@ -199,6 +215,8 @@ void SendCommand(int port, std::mt19937_64& rng, Journal& journal, Sent sent,
       break;
     }
     if (!sent.keyed || attempt >= 40) break;
+    // A client's back-off before it retries (random, as real clients'), not
+    // a wait for a condition.
     absl::SleepFor(absl::Milliseconds(5 + static_cast<int>(rng() % 40)));
   }
   absl::MutexLock lock(&journal.mu);
@@ -281,6 +299,7 @@ FaultCounts InjectFaults(const std::string& url, const std::string& schema,
   pqxx::connection conn(url);
   SetApplicationName(conn, "stress-faults");
   while (!stop) {
+    // The random gap between faults: part of the load, not a wait.
     absl::SleepFor(absl::Milliseconds(5 + static_cast<int>(rng() % 35)));
     try {
       pqxx::nontransaction tx(conn);
@@ -405,14 +424,13 @@ TEST_CASE("the command path under faults keeps every guarantee",
   // fail for real, in every session the banks open from here on.
   schema.Exec(absl::StrCat("ALTER DATABASE ", icu.name(),
                            " SET statement_timeout = '250ms'"));
-  std::vector<int> ports = {cqrs::testing::FreePort(),
-                            cqrs::testing::FreePort()};
-  std::vector<std::unique_ptr<cqrs::testing::ChildProcess>> banks;
-  for (int port : ports) {
-    banks.push_back(
-        RunBank(icu.url(), s,
-                {"serve", "--listen", absl::StrCat("127.0.0.1:", port),
-                 "--workers", "8", "--pool-size", "12"}));
+  std::vector<std::unique_ptr<ServedBank>> banks;
+  std::vector<int> ports;
+  for (int i = 0; i < 2; ++i) {
+    banks.push_back(std::make_unique<ServedBank>(
+        icu.url(), s,
+        std::vector<std::string>{"--workers", "8", "--pool-size", "12"}));
+    ports.push_back(banks.back()->port());
   }
   for (int port : ports) WaitReady(port);
 
@@ -431,15 +449,14 @@ TEST_CASE("the command path under faults keeps every guarantee",
           std::string(step) == "open" ? body : R"({"amount":2000})";
       http::HeaderList h = headers;
       h[1].second = absl::StrCat(Account(i), "-", step);
-      const absl::Time deadline = absl::Now() + absl::Seconds(30);
-      while (true) {
-        auto r = Request(ports[0], "POST", target, payload, h);
-        if (r.has_value() && r->status < 500) {
-          REQUIRE(r->status / 100 == 2);
-          break;
-        }
-        REQUIRE(absl::Now() < deadline);
-      }
+      REQUIRE(cqrs::testing::Eventually(
+          [&] {
+            auto r = Request(ports[0], "POST", target, payload, h);
+            if (!r.has_value() || r->status >= 500) return false;
+            REQUIRE(r->status / 100 == 2);
+            return true;
+          },
+          absl::Seconds(30), absl::Milliseconds(1)));
     }
   }
 
@@ -484,12 +501,11 @@ TEST_CASE("the command path under faults keeps every guarantee",
       "SELECT count(*) FROM (SELECT stream_id FROM ", s,
       ".events WHERE stream_id LIKE 'transfer-%' GROUP BY stream_id HAVING "
       "NOT bool_or(event_type IN ('TransferCompleted', 'TransferFailed'))) u");
-  const absl::Time settle_deadline = absl::Now() + absl::Seconds(120);
-  while (Count(conn, unsettled) > 0) {
-    INFO("transfers still pending: " << Count(conn, unsettled));
-    REQUIRE(absl::Now() < settle_deadline);
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  const bool settled =
+      cqrs::testing::Eventually([&] { return Count(conn, unsettled) == 0; },
+                                absl::Seconds(120), absl::Milliseconds(100));
+  INFO("transfers still pending: " << Count(conn, unsettled));
+  REQUIRE(settled);
 
   absl::MutexLock lock(&journal.mu);
   std::cout << "stress: " << journal.sent.size() << " commands, "
@@ -611,21 +627,21 @@ TEST_CASE("the command path under faults keeps every guarantee",
       ".events WHERE event_type = 'AccountOpened' AND data->>'currency' = "
       "'EUR')");
   const long long eur = Count(conn, fold);
-  const absl::Time stats_deadline = absl::Now() + absl::Seconds(60);
-  while (true) {
-    auto stats = Request(ports[0], "GET", "/stats");
-    REQUIRE(stats.has_value());
-    rapidjson::Document doc;
-    doc.Parse(stats->body.c_str());
-    if (stats->status == 200 && !doc.HasParseError() &&
-        doc["total_balance"].HasMember("EUR") &&
-        doc["total_balance"]["EUR"].GetInt64() == eur) {
-      break;
-    }
-    INFO("GET /stats " << stats->body << ", log says EUR " << eur);
-    REQUIRE(absl::Now() < stats_deadline);
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  std::string last_stats;
+  const bool agrees = cqrs::testing::Eventually(
+      [&] {
+        auto stats = Request(ports[0], "GET", "/stats");
+        REQUIRE(stats.has_value());
+        last_stats = stats->body;
+        rapidjson::Document doc;
+        doc.Parse(stats->body.c_str());
+        return stats->status == 200 && !doc.HasParseError() &&
+               doc["total_balance"].HasMember("EUR") &&
+               doc["total_balance"]["EUR"].GetInt64() == eur;
+      },
+      absl::Seconds(60), absl::Milliseconds(100));
+  INFO("GET /stats " << last_stats << ", log says EUR " << eur);
+  REQUIRE(agrees);
   for (auto& bank : banks) bank->Kill(SIGTERM);
 }
 

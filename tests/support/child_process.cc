@@ -1,16 +1,22 @@
 #include "tests/support/child_process.h"
 
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include <catch2/catch.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "tests/support/wait.h"
 
 extern char** environ;
 
@@ -24,11 +30,27 @@ ChildProcess::ChildProcess(const std::string& binary,
   argv.push_back(nullptr);
   posix_spawn_file_actions_t files;
   posix_spawn_file_actions_init(&files);
-  if (output != Output::kInherit) {
-    posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
-  }
-  if (output == Output::kDiscard) {
-    posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
+  if (output == Output::kCapture) {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string path =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+        "/child-output-XXXXXX";
+    const int fd = mkstemp(path.data());
+    REQUIRE(fd >= 0);
+    close(fd);
+    output_path_ = path;
+    // O_APPEND for both: lines of the two streams never overwrite each
+    // other.
+    posix_spawn_file_actions_addopen(&files, 1, output_path_.c_str(),
+                                     O_WRONLY | O_APPEND, 0);
+    posix_spawn_file_actions_adddup2(&files, 1, 2);
+  } else {
+    if (output != Output::kInherit) {
+      posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
+    }
+    if (output == Output::kDiscard) {
+      posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
+    }
   }
   const int spawned =
       posix_spawn(&pid_, binary.c_str(), &files, nullptr, argv.data(), environ);
@@ -36,33 +58,106 @@ ChildProcess::ChildProcess(const std::string& binary,
   REQUIRE(spawned == 0);
 }
 
-ChildProcess::~ChildProcess() { Kill(SIGKILL); }
+ChildProcess::~ChildProcess() {
+  Kill(SIGKILL);
+  if (!output_path_.empty()) unlink(output_path_.c_str());
+}
+
+namespace {
+
+int ExitCode(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
 
 int ChildProcess::Kill(int signal) {
-  if (pid_ <= 0) return -1;
+  if (pid_ <= 0) return Wait();
   kill(pid_, signal);
   return Wait();
 }
 
 int ChildProcess::Wait() {
-  if (pid_ <= 0) return -1;
+  if (pid_ <= 0) {
+    const int reaped = exit_code_;
+    exit_code_ = -1;
+    return reaped;
+  }
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return ExitCode(status);
 }
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
+bool ChildProcess::Ended() {
+  if (pid_ <= 0) return true;
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) != pid_) return false;
+  pid_ = -1;
+  exit_code_ = ExitCode(status);
+  return true;
+}
+
+std::string ChildProcess::CapturedOutput() const {
+  if (output_path_.empty()) return "";
+  std::ifstream in(output_path_, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+bool ChildProcess::WaitForOutput(const std::string& text,
+                                 absl::Duration timeout) {
+  REQUIRE(!output_path_.empty());
+  bool seen = false;
+  Eventually(
+      [&] {
+        // Read before looking at the process: what it wrote before it ended
+        // still counts.
+        const bool ended = Ended();
+        seen = absl::StrContains(CapturedOutput(), text);
+        return seen || ended;
+      },
+      timeout, absl::Milliseconds(10));
+  return seen;
+}
+
+int ChildProcess::WaitForListeningPort(absl::Duration timeout) {
+  REQUIRE(!output_path_.empty());
+  int port = 0;
+  bool ended = false;
+  Eventually(
+      [&] {
+        ended = Ended();
+        port = ListeningPort(CapturedOutput());
+        return port != 0 || ended;
+      },
+      timeout, absl::Milliseconds(10));
+  INFO("the process's output:\n" << CapturedOutput());
+  INFO((ended ? "it ended before it listened" : "it did not listen in time"));
+  REQUIRE(port != 0);
+  return port;
+}
+
+int ListeningPort(const std::string& output) {
+  for (absl::string_view line : absl::StrSplit(output, '\n')) {
+    // Text: "<time> INFO listening program=bank ... port=8080 ..."; JSON:
+    // {"ts":...,"msg":"listening",...,"port":8080,...}.
+    const bool text = absl::StrContains(line, " listening ");
+    const bool json = absl::StrContains(line, "\"msg\":\"listening\"");
+    if (!text && !json) continue;
+    const absl::string_view key = json ? "\"port\":" : " port=";
+    const size_t at = line.find(key);
+    if (at == absl::string_view::npos) continue;
+    int port = 0;
+    for (size_t i = at + key.size();
+         i < line.size() && std::isdigit(static_cast<unsigned char>(line[i]));
+         ++i) {
+      port = port * 10 + (line[i] - '0');
+    }
+    if (port > 0 && port < 65536) return port;
+  }
+  return 0;
 }
 
 std::string ShellResult::LastLine() const {

@@ -4,8 +4,8 @@
 
 namespace cqrs::testing {
 
-bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
-               absl::Duration poll) {
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout,
+                absl::Duration poll) {
   const absl::Time deadline = absl::Now() + timeout;
   while (!done()) {
     if (absl::Now() > deadline) return false;

@@ -648,10 +648,7 @@ TEST_CASE("a full worker queue answers 503 overloaded", "[http]") {
       ++done;
     });
   }
-  const absl::Time deadline = absl::Now() + kGenerous;
-  while (done.load() == 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  testing::Eventually([&] { return done.load() != 0; }, kGenerous);
   hooks.release_slow.Notify();
   for (std::thread& thread : threads) thread.join();
   busy_thread.join();
@@ -681,15 +678,13 @@ TEST_CASE("shutdown lets an in-flight request finish", "[http]") {
   // request is still running.
   CHECK(idle->WaitForClose().ok());
   // New connections are refused.
-  bool refused = false;
-  const absl::Time deadline = absl::Now() + kGenerous;
-  while (!refused && absl::Now() < deadline) {
-    absl::StatusOr<std::unique_ptr<TestClient>> late =
-        TestClient::Connect(server.port());
-    refused = !late.ok() || !(*late)->Send("GET", "/hello").ok();
-    if (!refused) absl::SleepFor(absl::Milliseconds(10));
-  }
-  CHECK(refused);
+  CHECK(testing::Eventually(
+      [&] {
+        absl::StatusOr<std::unique_ptr<TestClient>> late =
+            TestClient::Connect(server.port());
+        return !late.ok() || !(*late)->Send("GET", "/hello").ok();
+      },
+      kGenerous, absl::Milliseconds(10)));
 
   hooks.release_slow.Notify();
   slow_thread.join();
@@ -709,15 +704,12 @@ TEST_CASE("shutdown gives up on a request after the drain timeout", "[http]") {
   auto client = server.Connect();
   REQUIRE(client->WriteRaw("GET /parked HTTP/1.1\r\nHost: t\r\n\r\n").ok());
   // Wait until the handler holds the responder.
-  const absl::Time deadline = absl::Now() + kGenerous;
-  for (;;) {
-    {
-      absl::MutexLock lock(&server.hooks().mu);
-      if (!server.hooks().parked.empty()) break;
-    }
-    REQUIRE(absl::Now() < deadline);
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  REQUIRE(testing::Eventually(
+      [&] {
+        absl::MutexLock lock(&server.hooks().mu);
+        return !server.hooks().parked.empty();
+      },
+      kGenerous));
   server.server().Shutdown();
   CHECK(client->WaitForClose().ok());
   // Answering after shutdown is harmless.
@@ -725,7 +717,7 @@ TEST_CASE("shutdown gives up on a request after the drain timeout", "[http]") {
   server.hooks().parked.front()(JsonResponse(200, "{}"));
 }
 
-using ::cqrs::testing::WaitUntil;
+using ::cqrs::testing::Eventually;
 
 void CheckOverloaded(const ClientResponse& response) {
   CHECK(response.status == 503);
@@ -825,11 +817,11 @@ TEST_CASE(
   std::vector<std::thread> threads;
   // Both workers block.
   for (int i = 0; i < 2; ++i) threads.emplace_back(send, &blocked);
-  REQUIRE(WaitUntil([&] { return hooks.block_calls == 2; }));
+  REQUIRE(Eventually([&] { return hooks.block_calls == 2; }));
   // Five more: two fit the queue and wait there for queue_timeout, three
   // find it full. All are answered while the workers are still blocked.
   for (int i = 0; i < 5; ++i) threads.emplace_back(send, &excess);
-  const bool answered_while_blocked = WaitUntil([&] {
+  const bool answered_while_blocked = Eventually([&] {
     absl::MutexLock lock(&mu);
     return excess.size() == 5;
   });
@@ -860,7 +852,7 @@ TEST_CASE(
   }
   // Requests answered 503 never reach their handler: once the queue has
   // been worked off (a later request is served), still two calls.
-  CHECK(WaitUntil([&] {
+  CHECK(Eventually([&] {
     auto after = server.Connect();
     absl::StatusOr<ClientResponse> response = after->Send("GET", "/hello");
     return response.ok() && response->status == 200;
@@ -895,7 +887,7 @@ TEST_CASE(
                 ->WriteRaw("GET /parked HTTP/1.1\r\nHost: t\r\n\r\n")
                 .ok());
   }
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     absl::MutexLock lock(&hooks.mu);
     return hooks.parked.size() == 3;
   }));
@@ -942,6 +934,7 @@ TEST_CASE("idle timeout does not cut a slow handler", "[http]") {
   auto client = server.Connect();
   std::thread releaser([&] {
     server.hooks().slow_started.WaitForNotificationWithTimeout(kGenerous);
+    // The handler's slow work: it must outlast both timeouts.
     absl::SleepFor(absl::Milliseconds(300));
     server.hooks().release_slow.Notify();
   });
@@ -1112,15 +1105,13 @@ TEST_CASE("Run returns after Shutdown from another thread", "[http]") {
     returned.Notify();
   });
   // Serving proves Run() has started.
-  bool served = false;
-  const absl::Time deadline = absl::Now() + kGenerous;
-  while (!served && absl::Now() < deadline) {
-    absl::StatusOr<std::unique_ptr<TestClient>> client =
-        TestClient::Connect((*server)->port());
-    served = client.ok() && (*client)->Send("GET", "/hello").ok();
-    if (!served) absl::SleepFor(absl::Milliseconds(10));
-  }
-  REQUIRE(served);
+  REQUIRE(testing::Eventually(
+      [&] {
+        absl::StatusOr<std::unique_ptr<TestClient>> client =
+            TestClient::Connect((*server)->port());
+        return client.ok() && (*client)->Send("GET", "/hello").ok();
+      },
+      kGenerous, absl::Milliseconds(10)));
   CHECK_FALSE(returned.HasBeenNotified());
   (*server)->Shutdown();
   CHECK(returned.WaitForNotificationWithTimeout(kGenerous));
@@ -1144,15 +1135,13 @@ TEST_CASE("Run returns on SIGTERM", "[http]") {
     returned.Notify();
   });
   // Run() installs its signal handler before it starts serving.
-  bool served = false;
-  const absl::Time deadline = absl::Now() + kGenerous;
-  while (!served && absl::Now() < deadline) {
-    absl::StatusOr<std::unique_ptr<TestClient>> client =
-        TestClient::Connect((*server)->port());
-    served = client.ok() && (*client)->Send("GET", "/hello").ok();
-    if (!served) absl::SleepFor(absl::Milliseconds(10));
-  }
-  REQUIRE(served);
+  REQUIRE(testing::Eventually(
+      [&] {
+        absl::StatusOr<std::unique_ptr<TestClient>> client =
+            TestClient::Connect((*server)->port());
+        return client.ok() && (*client)->Send("GET", "/hello").ok();
+      },
+      kGenerous, absl::Milliseconds(10)));
   REQUIRE(::kill(::getpid(), SIGTERM) == 0);
   CHECK(returned.WaitForNotificationWithTimeout(kGenerous));
   runner.join();

@@ -123,7 +123,7 @@ TEST_CASE(
     expected += "data: " + std::to_string(i) + "\n\n";
   }
   CHECK(Fixture::ReadUntil(*client, "data: 99\n\n") == expected);
-  CHECK(testing::WaitUntil([&] { return writer->buffered() == 0; }));
+  CHECK(testing::Eventually([&] { return writer->buffered() == 0; }));
 
   writer->Write("bye\n");
   writer->Close();
@@ -132,7 +132,7 @@ TEST_CASE(
   CHECK(Fixture::ReadUntil(*client, "bye\n") == "bye\n");
   CHECK(absl::IsOutOfRange(client->ReadStream().status()));
   CHECK(client->WaitForClose().ok());
-  CHECK(testing::WaitUntil([&] { return f.streams.closed.load() == 1; }));
+  CHECK(testing::Eventually([&] { return f.streams.closed.load() == 1; }));
 }
 
 TEST_CASE("a stream's producer learns when the client goes away", "[http]") {
@@ -142,7 +142,7 @@ TEST_CASE("a stream's producer learns when the client goes away", "[http]") {
     REQUIRE(client->OpenStream("/stream").ok());
     Fixture::ReadUntil(*client, "hello\n");
   }  // Closes the connection.
-  REQUIRE(testing::WaitUntil([&] { return f.streams.closed.load() == 1; }));
+  REQUIRE(testing::Eventually([&] { return f.streams.closed.load() == 1; }));
   std::shared_ptr<StreamWriter> writer = f.streams.Get(0);
   CHECK(writer->closed());
   CHECK_FALSE(writer->Write("anyone?\n"));
@@ -161,7 +161,7 @@ TEST_CASE(
   Fixture f(options);
   auto client = f.Connect();
   REQUIRE(client->OpenStream("/stream").ok());
-  REQUIRE(testing::WaitUntil([&] { return f.streams.Count() == 1; }));
+  REQUIRE(testing::Eventually([&] { return f.streams.Count() == 1; }));
   std::shared_ptr<StreamWriter> writer = f.streams.Get(0);
   // The client reads nothing: the socket buffers fill and the rest waits.
   const std::string block(1 << 20, 'x');
@@ -169,7 +169,7 @@ TEST_CASE(
   }
   std::atomic<bool> writable{false};
   writer->OnWritable(0, [&] { writable = true; });
-  REQUIRE(testing::WaitUntil([&] { return f.streams.closed.load() == 1; }));
+  REQUIRE(testing::Eventually([&] { return f.streams.closed.load() == 1; }));
   CHECK(writer->closed());
   CHECK(writer->buffered() == 0);
   // Ending the stream releases a producer waiting to write.
@@ -181,7 +181,7 @@ TEST_CASE("OnWritable runs once the client has read what was queued",
   Fixture f;
   auto client = f.Connect();
   REQUIRE(client->OpenStream("/stream").ok());
-  REQUIRE(testing::WaitUntil([&] { return f.streams.Count() == 1; }));
+  REQUIRE(testing::Eventually([&] { return f.streams.Count() == 1; }));
   std::shared_ptr<StreamWriter> writer = f.streams.Get(0);
   const std::string block(1 << 20, 'y');
   for (int i = 0; i < 8; ++i) REQUIRE(writer->Write(block));
@@ -193,7 +193,7 @@ TEST_CASE("OnWritable runs once the client has read what was queued",
     REQUIRE(part.ok());
     received += part->size();
   }
-  CHECK(testing::WaitUntil([&] { return writable.load(); }));
+  CHECK(testing::Eventually([&] { return writable.load(); }));
   CHECK_FALSE(writer->closed());
 }
 

@@ -50,9 +50,9 @@ namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
 namespace ssl = boost::asio::ssl;
 
+using testing::Eventually;
 using testing::RunShell;
 using testing::ShellResult;
-using testing::WaitUntil;
 
 constexpr absl::Duration kGenerous = absl::Seconds(10);
 
@@ -635,20 +635,20 @@ TEST_CASE("SIGHUP during Run reloads the TLS files", "[http][tls]") {
   absl::Status run_status = absl::UnknownError("not returned");
   std::thread runner([&] { run_status = server.server().Run(); });
   // Run() installs its signal handlers before it starts serving.
-  REQUIRE(WaitUntil([&] {
+  REQUIRE(Eventually([&] {
     return Curl(absl::StrCat("--cacert ", CaFile(1), " ", server.Url()))
                .exit_code == 0;
   }));
   server.files().Install(2);
   REQUIRE(::kill(::getpid(), SIGHUP) == 0);
-  CHECK(WaitUntil([&] {
+  CHECK(Eventually([&] {
     return Curl(absl::StrCat("--cacert ", CaFile(2), " ", server.Url()))
                .exit_code == 0;
   }));
   // A second SIGHUP is handled too (the wait is re-armed).
   server.files().Install(1);
   REQUIRE(::kill(::getpid(), SIGHUP) == 0);
-  CHECK(WaitUntil([&] {
+  CHECK(Eventually([&] {
     return Curl(absl::StrCat("--cacert ", CaFile(1), " ", server.Url()))
                .exit_code == 0;
   }));
@@ -663,10 +663,10 @@ TEST_CASE("shutdown lets a TLS request in flight finish", "[http][tls]") {
   TlsClient client(server.port(), TestPki().Path("ca1.pem"));
   CHECK(client.Send("GET", "/x").result_int() == 200);
   REQUIRE(!client.WriteRaw("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
-  REQUIRE(WaitUntil([&] { return server.slow().started.load() == 1; }));
+  REQUIRE(Eventually([&] { return server.slow().started.load() == 1; }));
   std::thread stopper([&] { server.server().Shutdown(); });
   // Shutdown has begun once the server stops accepting.
-  REQUIRE(WaitUntil(
+  REQUIRE(Eventually(
       [&] { return !http_test::TestClient::Connect(server.port()).ok(); }));
   server.slow().release.Notify();
   bhttp::response<bhttp::string_body> response;
@@ -708,7 +708,7 @@ TEST_CASE("pressure and overflow connections work over TLS", "[http][tls]") {
     busy.push_back(std::make_unique<TlsClient>(server.port(), ca));
     REQUIRE(!busy.back()->WriteRaw("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
   }
-  REQUIRE(WaitUntil([&] { return server.slow().started.load() == 4; }));
+  REQUIRE(Eventually([&] { return server.slow().started.load() == 4; }));
   TlsClient overflow(server.port(), ca);
   const auto refused = overflow.Send("GET", "/x");
   CHECK(refused.result_int() == 503);

@@ -3,13 +3,13 @@
 // server), and a small HTTP client for its routes.
 //
 //   const db = await prepareDatabase();          // own schema + token
-//   const bank = await startBank(db);            // serve on a free port
-//   const client = new BankClient(bank.url, db.token);
+//   let bank = await startBank(db);              // on a port it picks
+//   const client = new BankClient(() => bank.url, db.token);
 //   await client.openAccount('ann-1');
 //   await client.deposit('ann-1', 500);
 //   await bank.kill('SIGKILL');                   // or bank.stop()
-//   const again = await startBank(db, {port: bank.port});  // same address
-//   await again.stop();
+//   bank = await startBank(db);                   // a new port: client follows
+//   await bank.stop();
 //   await dropDatabase(db);
 //
 // Where things are: BANK_BINARY (ctest sets it; default
@@ -132,13 +132,14 @@ export class Bank {
   }
 }
 
-// Starts `bank serve` on `db` and resolves once /readyz answers 200.
-// `port` 0 (the default) lets the server pick a free one, which its
-// "listening" log line names; give the port of a stopped bank to start
-// again at the same address (as a client reconnecting expects).
-export async function startBank(db, { port = 0, args = [], timeoutMs = 60000 } = {}) {
+// Starts `bank serve` on `db` and resolves once /readyz answers 200. The
+// server listens on port 0 and names the port it got in its "listening" log
+// line: never a port picked here, which another process could take first. A
+// restarted bank therefore has a new port; clients that outlive a restart
+// take the URL as a function (BankClient(() => bank.url, ...)).
+export async function startBank(db, { args = [], timeoutMs = 60000 } = {}) {
   const child = spawn(bankBinary(), [
-    'serve', '--listen', `127.0.0.1:${port}`, '--log-format', 'json', '--workers', '4',
+    'serve', '--listen', '127.0.0.1:0', '--log-format', 'json', '--workers', '4',
     ...databaseArgs(db), ...args,
   ], { stdio: ['ignore', 'ignore', 'pipe'] });
   running.add(child);
@@ -214,9 +215,15 @@ export class HttpError extends Error {
 // with the parsed JSON body, or throws HttpError for a status that is not
 // 2xx.
 export class BankClient {
+  // `url`: the bank's base URL, or a function returning the current one (to
+  // follow a bank restarted on a new port).
   constructor(url, token) {
-    this.url = url;
+    this.base = typeof url === 'function' ? url : () => url;
     this.token = token;
+  }
+
+  get url() {
+    return this.base();
   }
 
   async request(method, path, body, headers = {}) {
