@@ -72,6 +72,15 @@ absl::Status TranslateCurrentPgException() {
     if (IsSessionGone(e.sqlstate())) {
       return absl::UnavailableError(Describe(e));
     }
+    // No SQLSTATE: libpq's own error, not the server's; in the middle of a
+    // statement that is the connection failing ("server closed the
+    // connection unexpectedly" when the server crashed), which libpqxx 6.4
+    // throws as a plain sql_error. (Had it happened during COMMIT, libpqxx
+    // would have thrown in_doubt_error, above.)
+    if (e.sqlstate().empty()) {
+      return absl::UnavailableError(
+          absl::StrCat("database connection lost: ", FirstLine(e.what())));
+    }
     if (e.sqlstate() == "57014") return absl::CancelledError(Describe(e));
     if (e.sqlstate() == "55P03") {
       return absl::DeadlineExceededError(Describe(e));

@@ -42,7 +42,9 @@ namespace cqrs {
 // block) into a Status, most-derived libpqxx type first:
 //   in_doubt_error / statement_completion_unknown -> kUnknown (the commit may
 //     or may not have happened: never retry blindly),
-//   broken_connection (and sessions ended by the server) -> kUnavailable,
+//   broken_connection (and sessions ended by the server, and errors libpq
+//     raises itself, without a SQLSTATE: a connection failing mid-statement)
+//     -> kUnavailable,
 //   serialization_failure / deadlock_detected -> kAborted,
 //   lock_not_available (lock_timeout) -> kDeadlineExceeded,
 //   query_canceled (statement_timeout, pg_cancel_backend) -> kCancelled,

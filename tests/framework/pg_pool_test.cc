@@ -134,6 +134,28 @@ TEST_CASE("libpqxx exceptions become statuses", "[framework][pg]") {
   CHECK(run("SELECT 1").ok());
 }
 
+TEST_CASE(
+    "an error libpq raises itself (no SQLSTATE) is the connection lost: "
+    "kUnavailable",
+    "[framework]") {
+  // What libpqxx 6.4 throws when the server crashes mid-statement
+  // (pg_ctl stop -m immediate): a plain sql_error without SQLSTATE.
+  absl::Status status;
+  try {
+    throw pqxx::sql_error(
+        "server closed the connection unexpectedly\n\tThis probably means "
+        "the server terminated abnormally",
+        "SELECT 1", "");
+  } catch (...) {
+    status = cqrs::StatusFromCurrentPgException();
+  }
+  CHECK(status.code() == absl::StatusCode::kUnavailable);
+  CHECK(cqrs::IsDatabaseError(status));
+  CHECK(cqrs::IsTransientError(status));
+  CHECK(absl::StrContains(status.message(), "server closed the connection"));
+  CHECK_FALSE(absl::StrContains(status.message(), "This probably"));
+}
+
 TEST_CASE("a broken connection is replaced and retried when allowed",
           "[framework][pg]") {
   TestSchema schema;

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "framework/uuid.h"
+#include "tests/support/child_process.h"
 
 namespace cqrs::testing {
 
@@ -20,6 +21,19 @@ std::string TestDatabaseUrl() {
             "scripts/test, which starts a throwaway cluster and sets it.");
   }
   return url;
+}
+
+void ControlTestDatabase(const std::string& command) {
+  const char* script = std::getenv(kTestPgControlEnv);
+  if (script == nullptr || *script == '\0') {
+    FAIL(kTestPgControlEnv
+         << " is not set: this test restarts PostgreSQL. Run the suite with "
+            "scripts/test, which sets it to scripts/pg-node.");
+  }
+  const ShellResult result =
+      RunShell(absl::StrCat(script, " ", command, " 2>&1"));
+  INFO(result.output);
+  REQUIRE(result.exit_code == 0);
 }
 
 std::string WithDatabase(const std::string& url, const std::string& dbname) {

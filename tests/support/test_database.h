@@ -27,6 +27,15 @@ inline constexpr char kTestDatabaseEnv[] = "CQRS_TEST_DATABASE_URL";
 // variable is missing.
 std::string TestDatabaseUrl();
 
+inline constexpr char kTestPgControlEnv[] = "CQRS_TEST_PG_CONTROL";
+
+// Runs scripts/pg-node `command` ("restart": crashed with pg_ctl -m
+// immediate and started again; "stop"; "start") on the test cluster, and
+// fails the test when it fails or CQRS_TEST_PG_CONTROL (set by scripts/test)
+// is missing. Every session of the cluster ends: tests using it run alone
+// (RUN_SERIAL).
+void ControlTestDatabase(const std::string& command);
+
 // `url` (a libpq connection string or URI) with its database replaced by
 // `dbname`.
 std::string WithDatabase(const std::string& url, const std::string& dbname);
