@@ -96,28 +96,21 @@ class Consumed {
     REQUIRE(publisher_->EnableConfirms().ok());
   }
 
-  void StartServer() {
+  void StartServer() { server_ = NewServer(); }
+  void StopServer() { server_.reset(); }
+  // `n` more servers of the same app consuming the same queue: competing
+  // consumers, as several `serve` processes would be.
+  void StartMoreServers(int n) {
+    for (int i = 0; i < n; ++i) more_.push_back(NewServer());
+  }
+  std::unique_ptr<cqrs::AppServer> NewServer() {
     cqrs::ServeOptions options;
     options.schema = schema_.name();
     options.amqp_url = cqrs::testing::TestAmqpUrl();
     auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
     INFO(server.status().ToString());
     REQUIRE(server.ok());
-    server_ = *std::move(server);
-  }
-  void StopServer() { server_.reset(); }
-  // `n` more servers of the same app consuming the same queue: competing
-  // consumers, as several `serve` processes would be.
-  void StartMoreServers(int n) {
-    for (int i = 0; i < n; ++i) {
-      cqrs::ServeOptions options;
-      options.schema = schema_.name();
-      options.amqp_url = cqrs::testing::TestAmqpUrl();
-      auto server = cqrs::AppServer::Start(app_, &schema_.pool(), options);
-      INFO(server.status().ToString());
-      REQUIRE(server.ok());
-      more_.push_back(*std::move(server));
-    }
+    return *std::move(server);
   }
   // A new publishing connection (the old one died with the broker).
   void ReconnectPublisher() {
