@@ -21,6 +21,7 @@
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "tests/app/inbound_support.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -67,13 +68,6 @@ std::string IntObject(const char* key, int64_t value) {
   w.Int64(value);
   w.EndObject();
   return buffer.GetString();
-}
-
-std::string Header(const amqp::Delivery& d, const std::string& name) {
-  for (const auto& [key, value] : d.headers) {
-    if (key == name) return value;
-  }
-  return "";
 }
 
 enum class Codec { kNone, kCents };
@@ -137,22 +131,8 @@ class Routed {
 
   // The messages in "<queue>.dead", waiting up to 30 s for `n` of them.
   std::vector<amqp::Delivery> DeadLetters(size_t n) {
-    auto conn = amqp::Connection::Open(cqrs::testing::TestAmqpUrl());
-    REQUIRE(conn.ok());
-    REQUIRE((*conn)->Consume(absl::StrCat(queue_, ".dead")).ok());
-    std::vector<amqp::Delivery> out;
-    cqrs::testing::Eventually(
-        [&] {
-          auto d = (*conn)->Next(absl::Milliseconds(200));
-          REQUIRE(d.ok());
-          if (d->has_value()) {
-            REQUIRE((*conn)->Ack((*d)->delivery_tag).ok());
-            out.push_back(**d);
-          }
-          return out.size() >= n;
-        },
-        absl::Seconds(30), absl::Milliseconds(1));
-    return out;
+    return cqrs::testing::TakeMessages(absl::StrCat(queue_, ".dead"), n,
+                                       absl::Seconds(30));
   }
 
  private:
@@ -262,8 +242,8 @@ TEST_CASE("inbound routing: a message the codec refuses is dead-lettered",
   REQUIRE(dead.size() == 1);
   CHECK(dead[0].message_id == "poison-1");
   CHECK(dead[0].body == IntObject("dollars", 3));
-  CHECK(Header(dead[0], "cloudEvents:subject") == "w4");
-  CHECK(Header(dead[0], "x-cqrs-error") ==
+  CHECK(cqrs::testing::HeaderOf(dead[0], "cloudEvents:subject") == "w4");
+  CHECK(cqrs::testing::HeaderOf(dead[0], "x-cqrs-error") ==
         "400 invalid_request: no integer \"cents\" in the event");
 }
 

@@ -23,6 +23,7 @@
 #include "integration/amqp_client.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "tests/app/inbound_support.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -223,23 +224,8 @@ class Consumed {
 
   // The messages in "<queue>.dead", waiting up to 10 s for `n` of them.
   std::vector<amqp::Delivery> DeadLetters(size_t n) {
-    auto conn = amqp::Connection::Open(cqrs::testing::TestAmqpUrl());
-    REQUIRE(conn.ok());
-    REQUIRE((*conn)->Consume(absl::StrCat(queue_, ".dead")).ok());
-    std::vector<amqp::Delivery> out;
-    // Next() itself waits for a message: no pause between polls.
-    cqrs::testing::Eventually(
-        [&] {
-          auto d = (*conn)->Next(absl::Milliseconds(200));
-          REQUIRE(d.ok());
-          if (d->has_value()) {
-            REQUIRE((*conn)->Ack((*d)->delivery_tag).ok());
-            out.push_back(**d);
-          }
-          return out.size() >= n;
-        },
-        absl::Seconds(10), absl::ZeroDuration());
-    return out;
+    return cqrs::testing::TakeMessages(absl::StrCat(queue_, ".dead"), n,
+                                       absl::Seconds(10));
   }
 
  private:
@@ -283,13 +269,6 @@ std::string StructuredEvent(const std::string& id, const std::string& subject,
   w.RawValue(data.data(), data.size(), rapidjson::kObjectType);
   w.EndObject();
   return buffer.GetString();
-}
-
-std::string Header(const amqp::Delivery& d, const std::string& name) {
-  for (const auto& [key, value] : d.headers) {
-    if (key == name) return value;
-  }
-  return "";
 }
 
 TEST_CASE("inbound: every message applies once, in order per aggregate",
@@ -426,9 +405,9 @@ TEST_CASE("inbound: refused messages are dead-lettered with the reason",
   std::map<std::string, std::string> reasons;
   std::map<std::string, std::string> bodies;
   for (const amqp::Delivery& d : dead) {
-    reasons[d.message_id] = Header(d, "x-cqrs-error");
+    reasons[d.message_id] = cqrs::testing::HeaderOf(d, "x-cqrs-error");
     bodies[d.message_id] = d.body;
-    CHECK(Header(d, "cloudEvents:subject") == "p1");
+    CHECK(cqrs::testing::HeaderOf(d, "cloudEvents:subject") == "p1");
   }
   INFO(reasons["bad-json"]);
   CHECK(absl::StartsWith(reasons["bad-json"], "400 invalid_json"));
@@ -472,7 +451,7 @@ TEST_CASE("inbound: a message holding a NUL byte is dead-lettered unapplied",
   REQUIRE(dead.size() == 2);
   std::map<std::string, std::string> reasons;
   for (const amqp::Delivery& d : dead) {
-    reasons[d.message_id] = Header(d, "x-cqrs-error");
+    reasons[d.message_id] = cqrs::testing::HeaderOf(d, "x-cqrs-error");
   }
   INFO(reasons["nul-plain"]);
   CHECK(absl::StartsWith(reasons["nul-plain"], "400 invalid_request"));
