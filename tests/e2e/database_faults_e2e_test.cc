@@ -839,10 +839,14 @@ TEST_CASE(
     CheckAnswers(f, journal, traffic.total());
   }
 
+  // The read model is empty: nothing has projected yet.
+  CHECK(f.schema().QueryInt(absl::StrCat(
+            "SELECT count(*) FROM ", f.schema().name(), ".account_balances")) ==
+        0);
   auto terminator = std::make_unique<Terminator>(f.schema().url(), 30, 300);
-  // The read model is empty: nothing has projected yet. The backlog takes
-  // the worker a moment; deposits go on until the sessions have been ended
-  // a few times more, so that it projects through them too.
+  // The backlog takes the worker a moment; deposits go on until the
+  // sessions have been ended a few times more, so that it projects through
+  // them too.
   Bank& worker = f.Project();
   {
     Traffic::Options live;
