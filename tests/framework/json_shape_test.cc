@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -654,6 +655,60 @@ TEST_CASE("doubles are written so that they read back", "[framework]") {
   CHECK(nan == R"({"value":null})");
   CheckError(Decode<Number>(nan).status(), "invalid_request",
              "field \"value\" must be a number");
+}
+
+TEST_CASE("numbers decode exactly, and beyond a double they are an error",
+          "[framework]") {
+  struct Numbers {
+    double value = 0;
+    int64_t whole = 0;
+    static auto Json() {
+      return Shape<Numbers>()
+          .Field("value", &Numbers::value)
+          .Field("whole", &Numbers::whole);
+    }
+  };
+  auto decode = [](const std::string& value, const std::string& whole) {
+    return Decode<Numbers>(
+        absl::StrCat(R"({"value":)", value, R"(,"whole":)", whole, "}"));
+  };
+  // The nearest double, also where a fast path would be off by one unit in
+  // the last place, and at both ends of the range.
+  absl::StatusOr<Numbers> read =
+      decode("2.2250738585072011e-308", "-9223372036854775808");
+  REQUIRE(read.ok());
+  CHECK(read->value == 2.2250738585072011e-308);
+  CHECK(read->whole == std::numeric_limits<int64_t>::min());
+  CHECK(decode("0", "9223372036854775807")->whole ==
+        std::numeric_limits<int64_t>::max());
+  for (const auto& [text, expected] :
+       std::vector<std::pair<std::string, double>>{
+           {"1.7976931348623157e308", 1.7976931348623157e308},
+           {"5e-324", 5e-324},
+           {"1e-400", 0.0},
+           {"123456789012345678901234567890", 1.2345678901234568e29},
+           {"0.30000000000000004", 0.30000000000000004},
+           {"-0.0", -0.0},
+           {"9007199254740993", 9007199254740992.0}}) {
+    INFO(text);
+    absl::StatusOr<Numbers> back = decode(text, "0");
+    REQUIRE(back.ok());
+    CHECK(back->value == expected);
+  }
+  CHECK(decode("-2147483649", "-2147483649")->whole == -2147483649LL);
+  CHECK(decode("4294967296", "4294967296")->whole == 4294967296LL);
+  // Found by fuzz/json_codec: RapidJSON's full-precision strtod read past
+  // its table of powers of ten for this one.
+  for (const char* text :
+       {"9998888888888888888888888888888888888888888888888888888888888888888"
+        "888888888888888899800e301",
+        "1e309", "-1.8e308", "1e99999999999"}) {
+    INFO(text);
+    CheckError(decode(text, "0").status(), "invalid_json",
+               "Number too big to be stored in double");
+  }
+  CheckError(decode("1", "9223372036854775808").status(), "invalid_request",
+             "whole");
 }
 
 TEST_CASE("FindDuplicateKey finds a repeated name at any depth",
