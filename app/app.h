@@ -735,6 +735,13 @@ class App {
   // Returns the process's exit code: 0 success, 1 failure, 2 usage error.
   int Main(int argc, char** argv);
 
+  // Parses and checks the command line exactly as Main() does, printing
+  // the same usage errors (and --help), and runs nothing: no database, no
+  // server. Returns 0 for a command line Main() would run, 1 for a
+  // definition error, 2 for a usage error. For the CLI's fuzz harness
+  // (fuzz/cli_fuzzer.cc) and for tools that check a command line first.
+  int CheckCommandLine(int argc, char** argv);
+
   // The aggregate id in `stream`: without "<category>-" of the declared
   // aggregate type whose category prefixes it (the longest), else `stream`.
   std::string IdOf(absl::string_view stream) const;
@@ -751,6 +758,9 @@ class App {
   const Parts& parts() const { return *parts_; }
 
  private:
+  // Main() when `run`, CheckCommandLine() when not.
+  int CommandLine(int argc, char** argv, bool run);
+
   // `to_public`: the public data of an event's JSON at its current schema
   // version; null for the stored data as it is.
   void AddPublished(

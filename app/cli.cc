@@ -241,7 +241,13 @@ std::string UnknownCommand(const CLI::App& root, int argc, char** argv) {
 
 }  // namespace
 
-int App::Main(int argc, char** argv) {
+int App::Main(int argc, char** argv) { return CommandLine(argc, argv, true); }
+
+int App::CheckCommandLine(int argc, char** argv) {
+  return CommandLine(argc, argv, false);
+}
+
+int App::CommandLine(int argc, char** argv, bool run) {
   const std::vector<std::string> errors = Finalize();
   if (!errors.empty()) {
     for (const std::string& e : errors) {
@@ -609,6 +615,7 @@ int App::Main(int argc, char** argv) {
         !s.ok()) {
       return usage(s, "webhooks");
     }
+    if (!run) return kOk;
     return app_internal::Webhooks(*this, db, webhooks_flags);
   }
   if (serve->parsed()) {
@@ -620,9 +627,11 @@ int App::Main(int argc, char** argv) {
                 << name_ << " serve --help`)" << std::endl;
       return kUsage;
     }
+    if (!run) return kOk;
     serve_flags.relay = relay_flags;
     return app_internal::Serve(*this, db, serve_flags);
   }
+  if (!run) return kOk;
   if (project->parsed()) {
     return app_internal::Project(*this, db, serve_flags.webhooks, relay_flags);
   }

@@ -4,6 +4,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "framework/http/status_mapping.h"
+#include "framework/json.h"
 
 namespace cqrs::queries {
 namespace {
@@ -45,7 +46,15 @@ absl::StatusOr<std::vector<std::string>> DecodeCursor(absl::string_view cursor,
         length > rest.size() - colon - 1) {
       return Invalid("after: not a cursor from a previous page");
     }
-    key.emplace_back(rest.substr(colon + 1, length));
+    // Every key part came from a row as text: a forged part that is not
+    // valid UTF-8 or holds a NUL would reach PostgreSQL as a text parameter
+    // (invalid_byte_sequence, or cut at the NUL) and the handler as a key
+    // no row can have.
+    const absl::string_view part = rest.substr(colon + 1, length);
+    if (part.find('\0') != absl::string_view::npos || !IsValidUtf8(part)) {
+      return Invalid("after: not a cursor from a previous page");
+    }
+    key.emplace_back(part);
     rest.remove_prefix(colon + 1 + length);
   }
   if (key.size() != parts) {

@@ -38,7 +38,9 @@ struct PageRequest {
 std::string EncodeCursor(const std::vector<std::string>& key);
 
 // The key of a cursor made by EncodeCursor with `parts` parts.
-// kInvalidArgument (error code invalid_request) for anything else.
+// kInvalidArgument (error code invalid_request) for anything else, and for
+// a key part that is not valid UTF-8 or holds a NUL byte (sort keys are
+// text; EncodeCursor() of such a key makes a cursor this refuses).
 absl::StatusOr<std::vector<std::string>> DecodeCursor(absl::string_view cursor,
                                                       size_t parts);
 

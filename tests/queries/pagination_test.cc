@@ -40,6 +40,21 @@ TEST_CASE("bad cursors and limits are invalid_request", "[queries]") {
   }
 }
 
+// Found by fuzz/cursor_fuzzer.cc: a forged cursor whose key part was not
+// UTF-8 decoded, and PostgreSQL then failed on the text parameter.
+TEST_CASE("a cursor whose key is not valid text is invalid_request",
+          "[queries]") {
+  for (const std::vector<std::string>& key :
+       std::vector<std::vector<std::string>>{{"2024-03\xad", "x"},
+                                             {std::string("a\0b", 3), "x"},
+                                             {"\xc0\x80", ""}}) {
+    auto decoded = DecodeCursor(EncodeCursor(key), 2);
+    REQUIRE(!decoded.ok());
+    CHECK(http::ErrorCodeOf(decoded.status()) == "invalid_request");
+    CHECK(!ParsePageRequest(std::nullopt, EncodeCursor(key), 2).ok());
+  }
+}
+
 TEST_CASE("limit defaults to 50 and accepts 1 to 500", "[queries]") {
   auto page = ParsePageRequest(std::nullopt, std::nullopt, 2);
   REQUIRE(page.ok());
