@@ -2,7 +2,6 @@
 set(CQRS_HTTP_TEST_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/address_policy_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/auth_test.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/client.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/client_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/json_body_test.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/framework/http/log_test.cc
