@@ -293,7 +293,8 @@ void Check(int port, Ledger& ledger) {
   std::map<std::string, std::string> status;  // transfer -> final status
   std::map<std::string, std::string> reason;
   std::string at = ledger.last_position;
-  for (const auto& [id, t] : ledger.transfers) {
+  for (const auto& entry : ledger.transfers) {
+    const std::string& id = entry.first;  // a lambda cannot capture a binding
     REQUIRE(cqrs::testing::Eventually(
         [&] {
           ClientResponse r = Get(port, absl::StrCat("/transfers/", id),

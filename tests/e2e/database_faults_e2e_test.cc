@@ -718,10 +718,9 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "two API processes and a projection worker through a stop, a crash and "
-    "the end of every session: reads of one's own deposits through the "
-    "other API never stale, every deposit delivered as a webhook, no "
-    "process restarted",
+    "two APIs and a worker through a stop, a crash and killed sessions: "
+    "reads of one's own deposits through the other API never stale, every "
+    "deposit delivered as a webhook, no process restarted",
     "[e2e][pg]") {
   WebhookReceiver receiver;  // outlives the worker that delivers to it
   Fixture f;
@@ -820,10 +819,9 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "a projection worker catching up, and a rebuild of every read model "
-    "under traffic, while every session is ended at random intervals: the "
-    "worker recovers by itself, a failed rebuild says why and a rerun "
-    "completes, read model = fold, nothing parked",
+    "sessions killed at random during a catch-up and a rebuild: the worker "
+    "recovers by itself, a failed rebuild says why and a rerun completes, "
+    "read model = fold, nothing parked",
     "[e2e][pg]") {
   Fixture f;
   Bank& api = f.Serve({"--no-projections", "--workers", "8"});
