@@ -8,10 +8,14 @@
 //      each deposit with its own Idempotency-Key, the same process
 //      reconnects by itself;
 //   2. two `bank serve --no-projections` and one `bank project` delivering
-//      webhooks to a receiver here, through a stop, a crash-restart and the
-//      end of every session: each deposit read back with X-Min-Position
-//      through the OTHER API is never stale, every deposit reaches the
-//      receiver, no process is ever restarted;
+//      webhooks to a receiver here and relaying to an exchange on the test
+//      broker (docs/amqp.md), while a client follows GET /events/stream of
+//      one API, through a stop, a crash-restart and the end of every
+//      session: each deposit read back with X-Min-Position through the
+//      OTHER API is never stale, every deposit reaches the receiver and a
+//      queue bound to the exchange (at least once), the stream, resumed
+//      with Last-Event-ID after each end, carries every deposit once in
+//      the log's order, no process is ever restarted;
 //   3. `bank project` catching up on a backlog with an empty read model,
 //      then `bank projections rebuild --all` under traffic, while a thread
 //      ends every session at random intervals: the worker recovers by
@@ -55,17 +59,20 @@
 #include "framework/http/router.h"
 #include "framework/http/server.h"
 #include "framework/log.h"
+#include "integration/amqp_client.h"
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
+#include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
 
 namespace {
 
+namespace amqp = cqrs::integration::amqp;
 namespace http = cqrs::http;
 using cqrs::http_test::TestClient;
 using cqrs::testing::ChildProcess;
@@ -670,6 +677,224 @@ class WebhookReceiver {
   int64_t posts_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A queue bound to `exchange` on the test broker, consumed on a thread of
+// its own (reconnecting whenever its connection breaks), that records the
+// message id of every message, acknowledging each once recorded. The
+// exchange is declared here as `--amqp-declare-exchange` declares it (a
+// durable topic exchange), so that the queue is bound before the relay
+// publishes: the relay does not publish an unroutable message again.
+class BrokerQueue {
+ public:
+  explicit BrokerQueue(const std::string& exchange)
+      : url_(cqrs::testing::TestAmqpUrl()),
+        queue_(cqrs::testing::UniqueAmqpName("faults-q")) {
+    auto conn = amqp::Connection::Open(url_);
+    REQUIRE(conn.ok());
+    REQUIRE((*conn)->DeclareExchange(exchange, "topic").ok());
+    REQUIRE((*conn)->DeclareQueue(queue_, {}).ok());
+    REQUIRE((*conn)->BindQueue(queue_, exchange, "account.#").ok());
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~BrokerQueue() {
+    stop_ = true;
+    thread_.join();
+  }
+
+  std::set<std::string> Ids() const {
+    absl::MutexLock lock(&mu_);
+    return ids_;
+  }
+  int64_t Messages() const {
+    absl::MutexLock lock(&mu_);
+    return messages_;
+  }
+
+ private:
+  void Run() {
+    while (!stop_) {
+      auto conn = amqp::Connection::Open(url_);
+      if (!conn.ok() || !(*conn)->Qos(500).ok() ||
+          !(*conn)->Consume(queue_).ok()) {
+        // Reconnect pacing, not a wait for a condition.
+        absl::SleepFor(absl::Milliseconds(100));
+        continue;
+      }
+      while (!stop_) {
+        auto d = (*conn)->Next(absl::Milliseconds(100));
+        if (!d.ok()) break;  // the connection broke: connect again
+        if (!d->has_value()) continue;
+        {
+          absl::MutexLock lock(&mu_);
+          ids_.insert((*d)->message_id);
+          ++messages_;
+        }
+        if (!(*conn)->Ack((*d)->delivery_tag).ok()) break;
+      }
+    }
+  }
+
+  const std::string url_;
+  const std::string queue_;
+  std::atomic<bool> stop_{false};
+  mutable absl::Mutex mu_;
+  std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
+  int64_t messages_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread thread_;
+};
+
+// A client following GET /events/stream?type=bank.account.deposited.v1 of
+// `api` on a thread of its own, as an EventSource does
+// (docs/integration.md): whenever its stream ends, breaks, is refused or
+// stays silent for 2 s (the heartbeat comes every 15 s), it opens it again
+// with the same token and Last-Event-ID set to the id of the last complete
+// event it got. It also drops its connection after every 100 events and
+// when the test asks it to (Reconnect()), so that it resumes in the middle
+// of the traffic and while the database is away too, not only where a
+// fault happens to end a stream. It records what it got for the test's
+// thread to check (no Catch2 here).
+class StreamFollower {
+ public:
+  struct Event {
+    std::string sse_id;    // the `id:` line: the position token
+    std::string event_id;  // the CloudEvent's `id`
+    std::string position;  // the CloudEvent's `position`
+  };
+  struct Seen {
+    std::vector<Event> events;
+    int64_t opened = 0;                   // streams answered 200
+    int64_t resumed = 0;                  // of which with Last-Event-ID
+    std::map<int, int64_t> refused;       // other answers, by status
+    std::map<std::string, int64_t> ends;  // how streams ended, by reason
+    std::string first_malformed;          // an event that was not a CloudEvent
+  };
+
+  explicit StreamFollower(const Bank& api)
+      : api_(api), thread_([this] { Run(); }) {}
+  ~StreamFollower() { Stop(); }
+
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  size_t Count() const {
+    absl::MutexLock lock(&mu_);
+    return seen_.events.size();
+  }
+  // Makes the follower drop its stream and open it again (as after a
+  // fault that ended it); true once it has sent the request, whatever the
+  // answer.
+  bool Reconnect() {
+    const int64_t at = requests_;
+    reconnect_ = true;
+    return cqrs::testing::Eventually([&] { return requests_ > at; });
+  }
+  Seen Get() const {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+
+ private:
+  static constexpr int kDropEvery = 100;
+
+  void Run() {
+    std::string last_id;
+    while (!stop_) {
+      std::unique_ptr<TestClient> client = api_.Connect();
+      if (client == nullptr) {
+        End("no connection");
+        continue;
+      }
+      http::HeaderList headers;
+      if (!last_id.empty()) headers.push_back({"Last-Event-ID", last_id});
+      reconnect_ = false;
+      ++requests_;
+      auto head = client->OpenStream(
+          "/events/stream?type=bank.account.deposited.v1", headers);
+      if (!head.ok()) {
+        End(absl::StrCat("open: ", head.status().ToString()));
+        continue;
+      }
+      if (head->status != 200) {
+        {
+          absl::MutexLock lock(&mu_);
+          ++seen_.refused[head->status];
+        }
+        Pause();
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        ++seen_.opened;
+        if (!last_id.empty()) ++seen_.resumed;
+      }
+      End(Follow(*client, last_id));
+    }
+  }
+
+  // Reads the open stream until it ends, breaks, stays silent for 2 s,
+  // gave kDropEvery events, or the follower stops; returns why.
+  std::string Follow(TestClient& client, std::string& last_id) {
+    std::string text;  // what arrived after the last complete block
+    int events = 0;
+    while (!stop_) {
+      auto part = client.ReadStream(absl::Seconds(2));
+      if (!part.ok()) {
+        return absl::IsDeadlineExceeded(part.status())
+                   ? "silent for 2 s"
+                   : absl::StrCat("read: ", part.status().ToString());
+      }
+      text += *part;
+      const size_t end = text.rfind("\n\n");
+      if (end == std::string::npos) continue;
+      for (absl::string_view block :
+           absl::StrSplit(absl::string_view(text).substr(0, end), "\n\n")) {
+        Event e;
+        std::string data;
+        for (absl::string_view line : absl::StrSplit(block, '\n')) {
+          if (absl::ConsumePrefix(&line, "id: ")) e.sse_id = std::string(line);
+          if (absl::ConsumePrefix(&line, "data: ")) data = std::string(line);
+        }
+        if (data.empty()) continue;  // retry:, a heartbeat or a comment
+        rapidjson::Document ce;
+        ce.Parse(data.c_str());
+        absl::MutexLock lock(&mu_);
+        if (ce.HasParseError() || !ce.IsObject() || !ce.HasMember("id") ||
+            !ce["id"].IsString() || !ce.HasMember("position") ||
+            !ce["position"].IsString()) {
+          if (seen_.first_malformed.empty()) seen_.first_malformed = data;
+          continue;
+        }
+        e.event_id = ce["id"].GetString();
+        e.position = ce["position"].GetString();
+        last_id = e.sse_id;
+        seen_.events.push_back(std::move(e));
+        ++events;
+      }
+      text.erase(0, end + 2);
+      if (events >= kDropEvery) return "dropped by the client";
+      if (reconnect_) return "dropped by the test";
+    }
+    return "stopped";
+  }
+
+  // Counts how a stream ended; paces the reconnection.
+  void End(const std::string& reason) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++seen_.ends[reason];
+    }
+    if (!absl::StartsWith(reason, "dropped by")) Pause();
+  }
+
+  const Bank& api_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> reconnect_{false};
+  std::atomic<int64_t> requests_{0};  // streams asked for
+  mutable absl::Mutex mu_;
+  Seen seen_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
 }  // namespace
 
 TEST_CASE(
@@ -720,9 +945,12 @@ TEST_CASE(
 TEST_CASE(
     "two APIs and a worker through a stop, a crash and killed sessions: "
     "reads of one's own deposits through the other API never stale, every "
-    "deposit delivered as a webhook, no process restarted",
-    "[e2e][pg]") {
+    "deposit delivered as a webhook, through the broker and on the event "
+    "stream, no process restarted",
+    "[e2e][pg][amqp]") {
   WebhookReceiver receiver;  // outlives the worker that delivers to it
+  const std::string exchange = cqrs::testing::UniqueAmqpName("faults-x");
+  BrokerQueue broker(exchange);  // bound before the relay publishes
   Fixture f;
   Bank& a = f.Serve({"--no-projections", "--workers", "8"});
   Bank& b = f.Serve({"--no-projections", "--workers", "8"});
@@ -736,8 +964,11 @@ TEST_CASE(
   // failed attempt (a kept-alive connection the receiver closed) is tried
   // again within seconds, not after the default 5 minutes.
   f.Project({"--webhook-allow-network", "127.0.0.1/32",
-             "--webhook-retry-schedule", "0s,1s,1s,2s,5s,10s,30s,60s"});
+             "--webhook-retry-schedule", "0s,1s,1s,2s,5s,10s,30s,60s",
+             "--amqp-url", cqrs::testing::TestAmqpUrl(), "--amqp-exchange",
+             exchange, "--amqp-declare-exchange"});
   OpenAccounts(a);
+  StreamFollower follower(a);  // from the beginning of the log
 
   Journal journal;
   Traffic::Options options;
@@ -756,12 +987,16 @@ TEST_CASE(
   REQUIRE(traffic.Advance(total / 4));
   cqrs::testing::ControlTestDatabase("stop");
   const bool not_ready = both_ready(503);
+  // The event stream resumes while the database is away, too.
+  const bool resumed_while_down = follower.Reconnect();
   cqrs::testing::ControlTestDatabase("start");
   CHECK(not_ready);
+  CHECK(resumed_while_down);
   REQUIRE(both_ready(200));
   // 2. Crashed and restarted at once.
   REQUIRE(traffic.Advance(total / 8));
   cqrs::testing::ControlTestDatabase("restart");
+  CHECK(follower.Reconnect());
   // 3. Every session of the database but the test's own ended at once.
   REQUIRE(traffic.Advance(total / 8));
   int64_t ended = 0;
@@ -770,6 +1005,7 @@ TEST_CASE(
     ended = TerminateClientSessions(conn);
   }
   CHECK(ended > 0);
+  CHECK(follower.Reconnect());
   traffic.Join();
   REQUIRE(traffic.done() == total);
 
@@ -788,17 +1024,18 @@ TEST_CASE(
 
   // Every deposit reached the receiver (at least once: the same webhook-id
   // may come twice after a fault).
-  std::set<std::string> deposited;
+  std::vector<std::string> in_order;  // the deposits in the log's order
   {
     pqxx::connection conn(f.schema().url());
     pqxx::nontransaction tx(conn);
     for (const auto& row :
          tx.exec(absl::StrCat("SELECT event_id::text FROM ", f.schema().name(),
-                              ".events WHERE event_type = "
-                              "'MoneyDeposited'"))) {
-      deposited.insert(row[0].as<std::string>());
+                              ".events WHERE event_type = 'MoneyDeposited' "
+                              "ORDER BY transaction_id, global_position"))) {
+      in_order.push_back(row[0].as<std::string>());
     }
   }
+  const std::set<std::string> deposited(in_order.begin(), in_order.end());
   CHECK(deposited.size() == static_cast<size_t>(total));
   std::string difference;
   const bool delivered = cqrs::testing::Eventually([&] {
@@ -815,6 +1052,75 @@ TEST_CASE(
   CHECK(delivered);
   WARN(receiver.Posts() << " webhook POSTs for " << deposited.size()
                         << " deposits");
+
+  // Every deposit reached the queue bound to the relay's exchange (at
+  // least once: the same message id may come twice after a fault;
+  // docs/amqp.md). The message id is the event id.
+  int missing_from_broker = 0;
+  const bool relayed = cqrs::testing::Eventually([&] {
+    const std::set<std::string> received = broker.Ids();
+    missing_from_broker = 0;
+    for (const std::string& id : deposited) {
+      missing_from_broker += received.count(id) == 0;
+    }
+    return missing_from_broker == 0;
+  });
+  {
+    CliResult relay = f.Cli({"relay", "status"});
+    INFO(missing_from_broker << " deposits not received from the broker\n"
+                             << "relay status:\n"
+                             << relay.output << "\nbank errors:\n"
+                             << f.Errors());
+    CHECK(relayed);
+  }
+  WARN(broker.Messages() << " messages from the broker for " << deposited.size()
+                         << " deposits");
+
+  // The stream carried every deposit once, in the log's order, across all
+  // its resumptions: each resumes after Last-Event-ID, in the store's
+  // commit order, nothing skipped or sent twice (docs/integration.md).
+  const bool streamed = cqrs::testing::Eventually(
+      [&] { return follower.Count() >= in_order.size(); });
+  follower.Stop();
+  const StreamFollower::Seen seen = follower.Get();
+  std::string ends;
+  for (const auto& [reason, n] : seen.ends) {
+    absl::StrAppend(&ends, "\n  ", n, " x ", reason);
+  }
+  std::string refused;
+  for (const auto& [status, n] : seen.refused) {
+    absl::StrAppend(&refused, " ", status, " x", n);
+  }
+  INFO(seen.events.size() << " events on " << seen.opened << " streams ("
+                          << seen.resumed << " resumed); refused:" << refused
+                          << "; ends:" << ends);
+  CHECK(streamed);
+  CHECK(seen.first_malformed.empty());
+  // The reconnections resumed (the client drops every 100 events at least).
+  CHECK(seen.resumed > 0);
+  // While the database is away a stream may be refused with 503, nothing
+  // else.
+  for (const auto& [status, n] : seen.refused) {
+    INFO(n << " streams refused with " << status);
+    CHECK(status == 503);
+  }
+  std::vector<std::string> streamed_ids;
+  for (const StreamFollower::Event& e : seen.events) {
+    INFO("SSE id " << e.sse_id << ", CloudEvent position " << e.position);
+    CHECK(e.sse_id == e.position);
+    streamed_ids.push_back(e.event_id);
+  }
+  size_t first_difference = 0;
+  while (first_difference < streamed_ids.size() &&
+         first_difference < in_order.size() &&
+         streamed_ids[first_difference] == in_order[first_difference]) {
+    ++first_difference;
+  }
+  INFO("the stream and the log differ from event " << first_difference);
+  CHECK(streamed_ids == in_order);
+  WARN(seen.events.size() << " events on " << seen.opened << " streams, "
+                          << seen.resumed << " resumed with Last-Event-ID;"
+                          << " refused:" << refused << "; ends:" << ends);
   // The three processes are still the ones started (~Bank checks it).
 }
 

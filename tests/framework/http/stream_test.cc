@@ -215,6 +215,39 @@ TEST_CASE(
   CHECK_FALSE(writer->Write("after shutdown\n"));
 }
 
+TEST_CASE(
+    "the test client's OpenStream reads the head of an answer that is not "
+    "streamed: a refusal with a body",
+    "[http]") {
+  Router router;
+  RouteOptions options;
+  options.execution = Execution::kNetworkThread;
+  router.Add(
+      "GET", "/refused",
+      [](const Request&) {
+        Response response;
+        response.status = 503;
+        response.content_type = "application/json";
+        response.body = R"({"error":{"code":"unavailable"}})";
+        return response;
+      },
+      options);
+  ServerOptions server_options;
+  server_options.listen_address = "127.0.0.1:0";
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Create(server_options, &router);
+  REQUIRE(server.ok());
+  REQUIRE((*server)->Start().ok());
+  absl::StatusOr<std::unique_ptr<TestClient>> client =
+      TestClient::Connect((*server)->port());
+  REQUIRE(client.ok());
+  absl::StatusOr<ClientResponse> head = (*client)->OpenStream("/refused");
+  INFO(head.status());
+  REQUIRE(head.ok());
+  CHECK(head->status == 503);
+  CHECK(head->Header("Content-Type") == "application/json");
+}
+
 TEST_CASE("a HEAD request to a streamed route gets the head alone", "[http]") {
   Router router;
   Streams streams;
