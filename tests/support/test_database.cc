@@ -141,6 +141,16 @@ int TestSchema::TerminatePoolSessions() {
       name_, "'")));
 }
 
+std::string TestSchema::LogHead() {
+  pqxx::connection conn(url_);
+  pqxx::nontransaction tx(conn);
+  const pqxx::result head = tx.exec(absl::StrCat(
+      "SELECT transaction_id::text || '.' || global_position::text FROM ",
+      name_,
+      ".events ORDER BY transaction_id DESC, global_position DESC LIMIT 1"));
+  return head.empty() ? "0.0" : head[0][0].as<std::string>();
+}
+
 long long TestSchema::QueryInt(const std::string& sql) {
   pqxx::connection conn(url_);
   pqxx::nontransaction tx(conn);

@@ -97,6 +97,13 @@ class TestSchema {
   int TerminatePoolSessions();
   // Runs a query returning one bigint.
   long long QueryInt(const std::string& sql);
+
+  // The position token of the newest event in the schema's log ("0.0" when
+  // it is empty), for X-Min-Position: once an app is quiet (every command
+  // answered, every process manager done), a read at it reflects
+  // everything. A query's own X-Projection-Position does not: it is the
+  // position taken before its read, which may show more than it names.
+  std::string LogHead();
   // StreamOrderInversions() of this schema's event store.
   long long StreamOrderInversions();
 
