@@ -19,6 +19,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -32,6 +33,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "rapidjson/document.h"
@@ -144,6 +146,9 @@ struct Ledger {
   std::map<std::string, TransferAck> transfers;
   std::string last_position;
   int replays_checked = 0;
+  // What the clients found wrong (they run on threads of their own, where
+  // Catch2 must not be used; Traffic() checks this).
+  std::vector<std::string> errors;
 };
 
 // One client connection that survives server restarts: a request that
@@ -153,12 +158,14 @@ class Client {
  public:
   explicit Client(const std::atomic<int>* port) : port_(port) {}
 
-  ClientResponse Send(const std::string& target, const std::string& body,
-                      const std::string& key) {
+  // The answer; nullopt when there was none within 90 s.
+  std::optional<ClientResponse> Send(const std::string& target,
+                                     const std::string& body,
+                                     const std::string& key) {
     const http::HeaderList headers = {{"Content-Type", "application/json"},
                                       {"Idempotency-Key", key}};
     std::optional<ClientResponse> answer;
-    REQUIRE(cqrs::testing::Eventually(
+    cqrs::testing::Eventually(
         [&] {
           if (client_ == nullptr) client_ = Connect(*port_, absl::Seconds(10));
           if (client_ == nullptr) return false;
@@ -168,8 +175,8 @@ class Client {
           if (!answer.has_value()) client_.reset();
           return answer.has_value();
         },
-        absl::Seconds(90), absl::Milliseconds(20)));
-    return *std::move(answer);
+        absl::Seconds(90), absl::Milliseconds(20));
+    return answer;
   }
 
  private:
@@ -177,16 +184,31 @@ class Client {
   std::unique_ptr<TestClient> client_;
 };
 
-// Runs `ops` random commands from each of kClients clients; calls
-// `at_half` (once) when half of all operations are done.
+// Runs `ops` random commands from each of kClients clients; runs `at_half`
+// (on this thread) once half of all operations are done.
 void Traffic(const std::atomic<int>* port, Ledger& ledger, int ops,
              const std::string& tag,
              const std::function<void()>& at_half = {}) {
   std::atomic<int> done{0};
-  std::atomic<bool> halved{false};
+  std::atomic<int> stopped{0};  // clients that stopped at an error
   std::vector<std::thread> threads;
+  // Joined however this function ends (a failed REQUIRE throws).
+  struct JoinAll {
+    std::vector<std::thread>& threads;
+    ~JoinAll() {
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } join_all{threads};
   for (int c = 0; c < kClients; ++c) {
+    // No Catch2 here: a client records what is wrong and stops.
     threads.emplace_back([&, c] {
+      auto fail = [&](std::string what) {
+        absl::MutexLock lock(&ledger.mu);
+        ledger.errors.push_back(std::move(what));
+        ++stopped;
+      };
       Client client(port);
       std::mt19937 rng(
           static_cast<uint32_t>(c * 7919 + tag.size() * 31 + tag[0]));
@@ -219,18 +241,29 @@ void Traffic(const std::atomic<int>* port, Ledger& ledger, int ops,
         } else {
           body = absl::StrCat(R"({"amount":)", amount, "}");
         }
-        ClientResponse r = client.Send(target, body, key);
+        std::optional<ClientResponse> r = client.Send(target, body, key);
+        if (!r.has_value()) {
+          return fail(absl::StrCat(target, " ", body, ": no answer in 90 s"));
+        }
         // Some requests are sent again on purpose: same answer, replayed.
         if (rng() % 10 == 0) {
-          ClientResponse again = client.Send(target, body, key);
-          REQUIRE(again.status == r.status);
-          REQUIRE(again.body == r.body);
-          REQUIRE(again.Header("Idempotent-Replayed").value_or("") == "true");
+          std::optional<ClientResponse> again = client.Send(target, body, key);
+          if (!again.has_value() || again->status != r->status ||
+              again->body != r->body ||
+              again->Header("Idempotent-Replayed").value_or("") != "true") {
+            return fail(
+                absl::StrCat(target, " ", body, " -> ", r->status, " ", r->body,
+                             "; sent again: ",
+                             again.has_value()
+                                 ? absl::StrCat(again->status, " ", again->body)
+                                 : "no answer"));
+          }
           absl::MutexLock lock(&ledger.mu);
           ++ledger.replays_checked;
         }
-        if (r.status == 200 || r.status == 202) {
-          rapidjson::Document doc = Parse(r.body);
+        if (r->status == 200 || r->status == 202) {
+          rapidjson::Document doc;
+          doc.Parse(r->body.c_str());
           absl::MutexLock lock(&ledger.mu);
           ledger.last_position = doc["position"].GetString();
           if (target == "/transfers") {
@@ -241,18 +274,24 @@ void Traffic(const std::atomic<int>* port, Ledger& ledger, int ops,
             ledger.moves[{Account(a), doc["version"].GetInt64()}] = {
                 deposit ? "deposit" : "withdrawal", amount};
           }
-        } else {
-          // Only business refusals are acceptable.
-          INFO(target << " " << body << " -> " << r.status << " " << r.body);
-          REQUIRE(r.status == 422);
+        } else if (r->status != 422) {  // only business refusals are fine
+          return fail(
+              absl::StrCat(target, " ", body, " -> ", r->status, " ", r->body));
         }
-        if (++done == kClients * ops / 2 && at_half && !halved.exchange(true)) {
-          at_half();
-        }
+        ++done;
       }
     });
   }
+  if (at_half) {
+    const bool halfway = cqrs::testing::Eventually(
+        [&] { return done >= kClients * ops / 2 || stopped > 0; },
+        absl::Seconds(300));
+    if (halfway && stopped == 0) at_half();
+  }
   for (auto& t : threads) t.join();
+  absl::MutexLock lock(&ledger.mu);
+  INFO(absl::StrJoin(ledger.errors, "\n"));
+  REQUIRE(ledger.errors.empty());
 }
 
 // GET with a fresh connection, retried while the server restarts.
