@@ -332,11 +332,12 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   pqxx::connection blocker(schema.url());
   pqxx::work lock(blocker);
   lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
+  std::atomic<bool> first_ok{false};  // checked after the join
   std::thread first([&] {
-    CHECK(store
-              ->Append("g-0", ExpectedVersion::NoStream(),
-                       {MakeEvent("Opened", 0)})
-              .ok());
+    first_ok = store
+                   ->Append("g-0", ExpectedVersion::NoStream(),
+                            {MakeEvent("Opened", 0)})
+                   .ok();
   });
   const std::string blocked = absl::StrCat(
       "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '",
@@ -370,6 +371,7 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   REQUIRE(store->grouped_appends_waiting() == 12);
   lock.abort();
   first.join();
+  CHECK(first_ok);
   for (auto& t : queued) t.join();
   CHECK(ok == 10);
   CHECK(conflicts == 2);

@@ -346,6 +346,7 @@ TEST_CASE(
   // Opens more of Walker's accounts, between and after the existing ones,
   // while the walk runs.
   std::atomic<bool> stop{false};
+  std::atomic<int> unanswered{0};  // checked after the join (no Catch2 here)
   std::thread writer([&] {
     auto client = f.Client();
     for (int i = 0; !stop && i < 200; ++i) {
@@ -354,7 +355,7 @@ TEST_CASE(
           absl::StrCat(R"({"owner":"Walker","currency":"EUR","account_id":")",
                        "w-", i * 2 + 1, R"("})"),
           kJson);
-      REQUIRE(r.ok());
+      if (!r.ok()) ++unanswered;
     }
   });
   std::multiset<std::string> seen;
@@ -377,6 +378,7 @@ TEST_CASE(
   }
   stop = true;
   writer.join();
+  CHECK(unanswered == 0);
   for (const std::string& id : before) CHECK(seen.count(id) == 1);
   for (const std::string& id : seen) CHECK(seen.count(id) == 1);
 
