@@ -56,9 +56,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "framework/http/router.h"
-#include "framework/http/server.h"
-#include "framework/log.h"
 #include "integration/amqp_client.h"
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
@@ -69,6 +66,7 @@
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
+#include "tests/support/webhook_receiver.h"
 
 namespace {
 
@@ -76,6 +74,7 @@ namespace amqp = cqrs::integration::amqp;
 namespace http = cqrs::http;
 using cqrs::http_test::TestClient;
 using cqrs::testing::ChildProcess;
+using cqrs::testing::WebhookReceiver;
 
 constexpr int kAccounts = 20;
 
@@ -624,57 +623,6 @@ class Terminator {
   std::atomic<int64_t> rounds_{0};
   std::atomic<int64_t> ended_{0};
   std::thread thread_;
-};
-
-// An HTTP server in the test that records the `webhook-id` of every POST
-// /hook it gets, answering 204. Its access lines (one per POST) are not
-// logged while it lives.
-class WebhookReceiver {
- public:
-  WebhookReceiver() : log_level_(cqrs::GetMinLogLevel()) {
-    cqrs::SetMinLogLevel(cqrs::LogLevel::kWarn);
-    router_.Add("POST", "/hook", [this](const http::Request& request) {
-      {
-        absl::MutexLock lock(&mu_);
-        ids_.insert(std::string(request.Header("webhook-id").value_or("")));
-        ++posts_;
-      }
-      http::Response response;
-      response.status = 204;
-      return response;
-    });
-    http::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    auto server = http::Server::Create(options, &router_);
-    REQUIRE(server.ok());
-    server_ = *std::move(server);
-    REQUIRE(server_->Start().ok());
-  }
-
-  ~WebhookReceiver() {
-    server_.reset();
-    cqrs::SetMinLogLevel(log_level_);
-  }
-
-  std::string Url() const {
-    return absl::StrCat("http://127.0.0.1:", server_->port(), "/hook");
-  }
-  std::set<std::string> Ids() const {
-    absl::MutexLock lock(&mu_);
-    return ids_;
-  }
-  int64_t Posts() const {
-    absl::MutexLock lock(&mu_);
-    return posts_;
-  }
-
- private:
-  const cqrs::LogLevel log_level_;
-  http::Router router_;
-  std::unique_ptr<http::Server> server_;
-  mutable absl::Mutex mu_;
-  std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
-  int64_t posts_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A queue bound to `exchange` on the test broker, consumed on a thread of

@@ -64,6 +64,9 @@ class ChildProcess {
   // when the process ends first or `timeout` passes. Output::kCapture only.
   int WaitForListeningPort(absl::Duration timeout = absl::Seconds(60));
 
+  // The process id (to read /proc/<pid>/ while it runs).
+  pid_t pid() const { return pid_; }
+
  private:
   // True when the process has ended (it is then reaped: Wait() returns its
   // exit code once more).
