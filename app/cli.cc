@@ -396,6 +396,13 @@ int App::CommandLine(int argc, char** argv, bool run) {
   rebuild->add_flag("--all", projections_flags.all, "every read model")
       ->disable_flag_override();
   rebuild
+      ->add_option(
+          "--retry-for", projections_flags.retry_for,
+          "how long a rebuild goes on when the database goes away or ends its "
+          "session, resuming from its last committed batch, before it gives "
+          "up (a duration: 5m, 30s; 0s gives up at once)")
+      ->capture_default_str();
+  rebuild
       ->add_flag("--fast", projections_flags.fast,
                  "whole pages without pauses: several times faster, for "
                  "quiet hours (live projections wait up to a page's "

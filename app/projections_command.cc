@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +20,7 @@
 #include "app/internal/commands.h"
 #include "app/internal/parts.h"
 #include "eventstore/postgres_event_store.h"
+#include "framework/error_classes.h"
 #include "framework/log.h"
 #include "projections/parked.h"
 #include "projections/rebuild.h"
@@ -162,8 +165,35 @@ class ProgressPrinter {
   absl::Time last_ = absl::InfinitePast();
 };
 
+// True for a rebuild's error that a new attempt resumes past: the database
+// went away, ended the session or timed a statement out. Not a
+// cancellation, nor another rebuild of the same projection (kAborted), nor
+// bad input or a bug.
+bool Resumable(const absl::Status& s) {
+  return IsTransientError(s) && s.code() != absl::StatusCode::kCancelled &&
+         s.code() != absl::StatusCode::kAborted;
+}
+
+// Runs `step` again while it fails with an error a new attempt may get
+// past (Resumable), 1 s apart, for up to `retry_for`; says why on stderr.
+absl::Status Retried(const char* what, absl::Duration retry_for,
+                     const std::function<absl::Status()>& step) {
+  const absl::Time deadline = absl::Now() + retry_for;
+  while (true) {
+    absl::Status s = step();
+    if (s.ok() || interrupted || !Resumable(s) || absl::Now() >= deadline) {
+      return s;
+    }
+    std::fprintf(stderr, "%s: %s; again in 1 s\n", what,
+                 std::string(s.message()).c_str());
+    // Retry pacing: the database may take seconds to accept sessions.
+    absl::SleepFor(absl::Seconds(1));
+  }
+}
+
 int Rebuild(const App& app, PgPool& pool, const std::string& schema,
-            const std::vector<std::string>& names, bool all, bool fast) {
+            const std::vector<std::string>& names, bool all, bool fast,
+            absl::Duration retry_for) {
   std::vector<Projection> chosen;
   const std::vector<Projection>& known = app.parts().projections;
   if (all) {
@@ -191,8 +221,6 @@ int Rebuild(const App& app, PgPool& pool, const std::string& schema,
       }
     }
   }
-  auto store = OpenStore(pool, schema);
-  if (!store.ok()) return Fail(app, store.status());
   struct sigaction action = {};
   action.sa_handler = OnInterrupt;
   sigaction(SIGINT, &action, nullptr);
@@ -200,16 +228,37 @@ int Rebuild(const App& app, PgPool& pool, const std::string& schema,
   for (const Projection& p : chosen) {
     ProgressPrinter printer(p.name);
     projections::RebuildOptions options;
+    absl::Time last_progress = absl::Now();
     options.progress = [&](const projections::RebuildProgress& r) {
+      last_progress = absl::Now();
       printer.Print(r);
     };
+    options.batch_committed = [&] { last_progress = absl::Now(); };
     options.cancelled = [] { return interrupted.load(); };
     if (fast) {
       options.max_batch_duration = absl::ZeroDuration();
       options.pause_share = 0;
     }
-    absl::Status s =
-        projections::RebuildProjection(&pool, store->get(), p, schema, options);
+    // A rebuild the database interrupted resumes from its last committed
+    // batch (projections/rebuild.h), here in the same run: the projections
+    // it already swapped are not rebuilt again, as a rerun of --all would.
+    // Each attempt opens the event store anew: a fault may leave the old
+    // one's connections dead.
+    absl::Status s;
+    while (true) {
+      auto store = OpenStore(pool, schema);
+      s = store.ok() ? projections::RebuildProjection(&pool, store->get(), p,
+                                                      schema, options)
+                     : store.status();
+      if (s.ok() || interrupted || !Resumable(s) ||
+          absl::Now() - last_progress >= retry_for) {
+        break;
+      }
+      std::fprintf(stderr, "\n%s: %s; resuming in 1 s\n", p.name.c_str(),
+                   std::string(s.message()).c_str());
+      // Retry pacing: the database may take seconds to accept sessions.
+      absl::SleepFor(absl::Seconds(1));
+    }
     if (!s.ok()) {
       std::fprintf(stderr, "\n");
       return Fail(app, s);
@@ -293,16 +342,28 @@ int Resume(const App& app, PgPool& pool, const std::string& schema,
 int Projections(App& app, const DatabaseFlags& db,
                 const ProjectionsFlags& flags) {
   if (flags.command == "list") return List(app);
+  // Only a rebuild goes on through database faults (--retry-for), from its
+  // first step.
+  absl::Duration retry_for = absl::ZeroDuration();
+  if (flags.command == "rebuild" &&
+      (!absl::ParseDuration(flags.retry_for, &retry_for) ||
+       retry_for < absl::ZeroDuration())) {
+    return Usage(app, absl::StrCat("--retry-for: '", flags.retry_for,
+                                   "' is not a duration (5m, 30s, 0s)"));
+  }
   auto database = OpenDatabase(app.name(), db, 4);
   if (!database.ok()) return Fail(app, database.status());
   PgPool& pool = *database->pool;
-  if (absl::Status s = MigrateAll(pool, db.schema); !s.ok()) {
+  if (absl::Status s = Retried("migrating", retry_for,
+                               [&] { return MigrateAll(pool, db.schema); });
+      !s.ok()) {
     return Fail(app, s);
   }
   const std::string& schema = db.schema;
   if (flags.command == "status") return Status(app, pool, schema, flags.json);
   if (flags.command == "rebuild") {
-    return Rebuild(app, pool, schema, flags.names, flags.all, flags.fast);
+    return Rebuild(app, pool, schema, flags.names, flags.all, flags.fast,
+                   retry_for);
   }
   if (flags.command == "parked") return Parked(app, pool, schema, flags.names);
   if (flags.command == "replay-parked") {

@@ -403,6 +403,7 @@ class Rebuild {
           return absl::OkStatus();
         }));
     position_ = end;
+    if (options_.batch_committed) options_.batch_committed();
     return absl::OkStatus();
   }
 

@@ -77,6 +77,9 @@ struct RebuildOptions {
   absl::Duration swap_lock_timeout = absl::Milliseconds(100);
   // Called after every page and once after the swap.
   std::function<void(const RebuildProgress&)> progress;
+  // Called after every write transaction of the new tables (several per
+  // page): the rebuild moved, even when a fault ends it before the page.
+  std::function<void()> batch_committed;
   // Polled between pages and between attempts to swap; true stops the
   // rebuild with kCancelled.
   std::function<bool()> cancelled;

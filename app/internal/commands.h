@@ -76,6 +76,8 @@ struct ProjectionsFlags {
   bool all = false;
   bool json = false;
   bool fast = false;
+  // rebuild: how long it goes on resuming after the database went away.
+  std::string retry_for = "5m";
 };
 
 struct WebhooksFlags {

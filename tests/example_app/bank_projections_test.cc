@@ -447,6 +447,13 @@ TEST_CASE("bank projections: status, rebuild, parked from the CLI",
   Run unknown = BankCli(schema, "projections rebuild nope");
   CHECK(unknown.exit_code == 2);
   CHECK(absl::StrContains(unknown.output, "unknown projection 'nope'"));
+  for (const char* bad : {"soon", "-1s", "5"}) {
+    Run retry = BankCli(
+        schema, absl::StrCat("projections rebuild --all --retry-for=", bad));
+    INFO(retry.output);
+    CHECK(retry.exit_code == 2);
+    CHECK(absl::StrContains(retry.output, "--retry-for: '"));
+  }
   Run list = BankCli(schema, "projections list");
   CHECK(list.exit_code == 0);
   CHECK(absl::StrContains(list.output, "account_transactions"));
