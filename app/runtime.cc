@@ -13,6 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "app/app_server.h"
 #include "app/internal/commands.h"
 #include "app/internal/parts.h"
@@ -20,6 +22,7 @@
 #include "commands/idempotency.h"
 #include "commands/process_manager.h"
 #include "eventstore/postgres_event_store.h"
+#include "framework/error_classes.h"
 #include "framework/http/request_metrics.h"
 #include "framework/http/server.h"
 #include "framework/http/status_mapping.h"
@@ -86,6 +89,24 @@ absl::Status MigrateAll(PgPool& pool, const std::string& schema) {
   return MigrateApp(pool, schema);
 }
 
+// Migrates at the start of a long-running command (serve, project): a
+// database that restarts, ends the session or leaves the commit in doubt
+// at that moment is waited for, up to a minute, instead of ending the
+// process. Migrations are idempotent: one that did commit is skipped the
+// next time.
+absl::Status MigrateAtStart(const App& app, PgPool& pool,
+                            const std::string& schema) {
+  const absl::Time deadline = absl::Now() + absl::Minutes(1);
+  while (true) {
+    absl::Status s = MigrateAll(pool, schema);
+    if (s.ok() || !IsTransientError(s) || absl::Now() >= deadline) return s;
+    Log(LogLevel::kWarn, "database not ready at start, retrying",
+        {{"program", app.name()}, {"error", std::string(s.message())}});
+    // Retry pacing: the database may take seconds to accept sessions.
+    absl::SleepFor(absl::Seconds(1));
+  }
+}
+
 int Fail(const App& app, const absl::Status& status) {
   std::cerr << app.name() << ": " << status.message() << std::endl;
   return kFailure;
@@ -140,7 +161,7 @@ int Project(App& app, const DatabaseFlags& db,
   auto database = OpenDatabase(app.name(), db, 8);
   if (!database.ok()) return Fail(app, database.status());
   PgPool* pool = database->pool.get();
-  if (absl::Status s = MigrateAll(*pool, db.schema); !s.ok()) {
+  if (absl::Status s = MigrateAtStart(app, *pool, db.schema); !s.ok()) {
     return Fail(app, s);
   }
   auto store = OpenStore(pool, db.schema, nullptr);
@@ -195,7 +216,8 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
       OpenDatabase(app.name(), db,
                    flags.pool_size > 0 ? flags.pool_size : flags.workers + 4);
   if (!database.ok()) return Fail(app, database.status());
-  if (absl::Status s = MigrateAll(*database->pool, db.schema); !s.ok()) {
+  if (absl::Status s = MigrateAtStart(app, *database->pool, db.schema);
+      !s.ok()) {
     return Fail(app, s);
   }
   ServeOptions options;
