@@ -76,6 +76,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
@@ -109,23 +110,21 @@ int64_t EnvSeconds(const char* name, int64_t fallback) {
 
 std::string AccountId(int i) { return absl::StrCat("soak-", i); }
 
-std::string AmountBody(int64_t amount) {
-  return absl::StrCat(R"({"amount":)", amount, "}");
-}
-
-std::string TransferBody(const std::string& from, const std::string& to,
-                         int64_t amount, const std::string& id) {
+// A JSON object of `strings` then `ints`, written with the writer (escaped).
+std::string Body(
+    std::initializer_list<std::pair<const char*, std::string>> strings,
+    std::initializer_list<std::pair<const char*, int64_t>> ints) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
   w.StartObject();
-  w.Key("from");
-  w.String(from.c_str());
-  w.Key("to");
-  w.String(to.c_str());
-  w.Key("amount");
-  w.Int64(amount);
-  w.Key("transfer_id");
-  w.String(id.c_str());
+  for (const auto& [key, value] : strings) {
+    w.Key(key);
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  }
+  for (const auto& [key, value] : ints) {
+    w.Key(key);
+    w.Int64(value);
+  }
   w.EndObject();
   return buffer.GetString();
 }
@@ -411,7 +410,7 @@ void Client(int index, Session& s, Journal& journal,
           1, deposit ? 10'000 : 5'000)(s.rng());
       Command c{
           absl::StrCat("/accounts/", id, deposit ? "/deposit" : "/withdraw"),
-          AmountBody(amount), key};
+          Body({}, {{"amount", amount}}), key};
       auto r = Run(s, c, journal);
       if (r.has_value() && r->status == 200) {
         rapidjson::Document doc = Parse(r->body);
@@ -423,12 +422,13 @@ void Client(int index, Session& s, Journal& journal,
       const int to =
           (from + 1 + account(s.rng()) % (kAccounts - 1)) % kAccounts;
       const std::string id = absl::StrCat("t-", key);
-      Command c{
-          "/transfers",
-          TransferBody(
-              AccountId(from), AccountId(to),
-              std::uniform_int_distribution<int64_t>(1, 5'000)(s.rng()), id),
-          key};
+      Command c{"/transfers",
+                Body({{"from", AccountId(from)},
+                      {"to", AccountId(to)},
+                      {"transfer_id", id}},
+                     {{"amount", std::uniform_int_distribution<int64_t>(
+                                     1, 5'000)(s.rng())}}),
+                key};
       auto r = Run(s, c, journal);
       if (r.has_value() && r->status == 202) {
         last_transfer = id;
@@ -604,7 +604,7 @@ class Sampler {
   ~Sampler() { Stop(); }
 
   void Stop() {
-    stop_ = true;
+    if (!stopped_.HasBeenNotified()) stopped_.Notify();
     if (thread_.joinable()) thread_.join();
   }
   std::vector<Sample> Samples() const {
@@ -614,7 +614,7 @@ class Sampler {
 
  private:
   void Run() {
-    while (!stop_) {
+    while (!stopped_.HasBeenNotified()) {
       for (const Proc* p : procs_) {
         std::optional<Sample> s = Measure(p->pid());
         if (!s.has_value()) continue;
@@ -623,16 +623,14 @@ class Sampler {
         absl::MutexLock lock(&mu_);
         samples_.push_back(*s);
       }
-      // The sampling interval, not a wait for a condition.
-      for (int i = 0; i < 50 && !stop_; ++i) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
+      // The sampling interval; Stop() ends the wait at once.
+      stopped_.WaitForNotificationWithTimeout(absl::Seconds(5));
     }
   }
 
   const std::vector<const Proc*> procs_;
   const absl::Time start_;
-  std::atomic<bool> stop_{false};
+  absl::Notification stopped_;
   mutable absl::Mutex mu_;
   std::vector<Sample> samples_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
@@ -668,7 +666,7 @@ class Rebuilder {
   ~Rebuilder() { Stop(); }
 
   void Stop() {
-    stop_ = true;
+    if (!stopped_.HasBeenNotified()) stopped_.Notify();
     if (thread_.joinable()) thread_.join();
   }
   std::vector<double> Seconds() const {
@@ -688,11 +686,9 @@ class Rebuilder {
   void Run() {
     const absl::Time start = absl::Now();
     for (int64_t n = 1;; ++n) {
-      // The schedule's pacing: the next rebuild is due at this time.
-      while (!stop_ && absl::Now() < start + every_ * n) {
-        absl::SleepFor(absl::Milliseconds(100));
-      }
-      if (stop_) return;
+      // The schedule's pacing: the next rebuild is due at this time, unless
+      // Stop() comes first.
+      if (stopped_.WaitForNotificationWithDeadline(start + every_ * n)) return;
       const absl::Time began = absl::Now();
       // Rerun pacing between attempts: the database may take seconds to
       // accept sessions again.
@@ -722,7 +718,7 @@ class Rebuilder {
 
   const absl::Duration every_;
   const std::function<CliResult()> rebuild_;
-  std::atomic<bool> stop_{false};
+  absl::Notification stopped_;
   mutable absl::Mutex mu_;
   std::vector<double> seconds_ ABSL_GUARDED_BY(mu_);
   int64_t reruns_ ABSL_GUARDED_BY(mu_) = 0;
@@ -792,15 +788,18 @@ TEST_CASE("soak: mixed bank traffic with a fault every minute", "[soak]") {
     Session s({&main}, token, 1);
     for (int i = 0; i < kAccounts; ++i) {
       auto r = s.Send("POST", "/accounts",
-                      absl::StrCat(R"({"owner":"soak","currency":"EUR",)",
-                                   R"("account_id":")", AccountId(i), R"("})"),
+                      Body({{"owner", "soak"},
+                            {"currency", "EUR"},
+                            {"account_id", AccountId(i)}},
+                           {}),
                       {{"Content-Type", "application/json"}}, journal);
       REQUIRE(r.has_value());
       REQUIRE(r->status == 201);
-      auto d = Run(s,
-                   {absl::StrCat("/accounts/", AccountId(i), "/deposit"),
-                    AmountBody(kOpeningDeposit), absl::StrCat("open-", i)},
-                   journal);
+      auto d = Run(
+          s,
+          {absl::StrCat("/accounts/", AccountId(i), "/deposit"),
+           Body({}, {{"amount", kOpeningDeposit}}), absl::StrCat("open-", i)},
+          journal);
       REQUIRE(d.has_value());
       REQUIRE(d->status == 200);
     }
