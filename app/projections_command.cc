@@ -22,6 +22,7 @@
 #include "eventstore/postgres_event_store.h"
 #include "framework/error_classes.h"
 #include "framework/log.h"
+#include "framework/retry.h"
 #include "projections/parked.h"
 #include "projections/rebuild.h"
 #include "projections/runner.h"
@@ -174,21 +175,22 @@ bool Resumable(const absl::Status& s) {
          s.code() != absl::StatusCode::kAborted;
 }
 
-// Runs `step` again while it fails with an error a new attempt may get
-// past (Resumable), 1 s apart, for up to `retry_for`; says why on stderr.
-absl::Status Retried(const char* what, absl::Duration retry_for,
-                     const std::function<absl::Status()>& step) {
-  const absl::Time deadline = absl::Now() + retry_for;
-  while (true) {
-    absl::Status s = step();
-    if (s.ok() || interrupted || !Resumable(s) || absl::Now() >= deadline) {
-      return s;
-    }
-    std::fprintf(stderr, "%s: %s; again in 1 s\n", what,
-                 std::string(s.message()).c_str());
-    // Retry pacing: the database may take seconds to accept sessions.
-    absl::SleepFor(absl::Seconds(1));
-  }
+// How this command runs a step again that the database interrupted: while
+// it fails with an error a new attempt may get past (Resumable), 1 s apart,
+// for up to `retry_for`, unless interrupted. Says why on stderr as
+// "<what>: <error>; <then> in 1 s".
+RetryOptions Resuming(absl::Duration retry_for, std::string what,
+                      std::string then) {
+  RetryOptions retry;
+  retry.retry_for = retry_for;
+  retry.retryable = Resumable;
+  retry.stop = [] { return interrupted.load(); };
+  retry.before_retry = [what = std::move(what),
+                        then = std::move(then)](const absl::Status& s) {
+    std::fprintf(stderr, "%s: %s; %s in 1 s\n", what.c_str(),
+                 std::string(s.message()).c_str(), then.c_str());
+  };
+  return retry;
 }
 
 int Rebuild(const App& app, PgPool& pool, const std::string& schema,
@@ -244,21 +246,16 @@ int Rebuild(const App& app, PgPool& pool, const std::string& schema,
     // it already swapped are not rebuilt again, as a rerun of --all would.
     // Each attempt opens the event store anew: a fault may leave the old
     // one's connections dead.
-    absl::Status s;
-    while (true) {
+    // The progress line has no newline: start the message on a line of
+    // its own.
+    RetryOptions retry = Resuming(retry_for, "\n" + p.name, "resuming");
+    retry.since = [&] { return last_progress; };
+    absl::Status s = RetryTransient(retry, [&]() -> absl::Status {
       auto store = OpenStore(pool, schema);
-      s = store.ok() ? projections::RebuildProjection(&pool, store->get(), p,
-                                                      schema, options)
-                     : store.status();
-      if (s.ok() || interrupted || !Resumable(s) ||
-          absl::Now() - last_progress >= retry_for) {
-        break;
-      }
-      std::fprintf(stderr, "\n%s: %s; resuming in 1 s\n", p.name.c_str(),
-                   std::string(s.message()).c_str());
-      // Retry pacing: the database may take seconds to accept sessions.
-      absl::SleepFor(absl::Seconds(1));
-    }
+      if (!store.ok()) return store.status();
+      return projections::RebuildProjection(&pool, store->get(), p, schema,
+                                            options);
+    });
     if (!s.ok()) {
       std::fprintf(stderr, "\n");
       return Fail(app, s);
@@ -354,8 +351,9 @@ int Projections(App& app, const DatabaseFlags& db,
   auto database = OpenDatabase(app.name(), db, 4);
   if (!database.ok()) return Fail(app, database.status());
   PgPool& pool = *database->pool;
-  if (absl::Status s = Retried("migrating", retry_for,
-                               [&] { return MigrateAll(pool, db.schema); });
+  if (absl::Status s =
+          RetryTransient(Resuming(retry_for, "migrating", "again"),
+                         [&] { return MigrateAll(pool, db.schema); });
       !s.ok()) {
     return Fail(app, s);
   }

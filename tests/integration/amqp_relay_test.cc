@@ -27,6 +27,7 @@
 #include "integration/amqp_client.h"
 #include "rapidjson/document.h"
 #include "tests/support/child_process.h"
+#include "tests/support/queue_consumer.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
@@ -67,68 +68,36 @@ struct Got {
   bool redelivered = false;
 };
 
-// Consumes `queue` on a thread of its own, reconnecting whenever the
-// broker goes away, acknowledging each message after recording it.
+// Consumes `queue` on a thread of its own (QueueConsumer: reconnecting
+// whenever the broker goes away, acknowledging each message after recording
+// it), and reads what it got as the relay's CloudEvents.
 class Consumer {
  public:
-  explicit Consumer(std::string queue)
-      : queue_(std::move(queue)), thread_([this] { Run(); }) {}
-  ~Consumer() {
-    stop_ = true;
-    thread_.join();
-  }
+  explicit Consumer(std::string queue) : queue_(std::move(queue)) {}
+
   std::vector<Got> got() const {
-    absl::MutexLock lock(&mu_);
-    return got_;
+    std::vector<Got> out;
+    for (const amqp::Delivery& d : queue_.Deliveries()) {
+      Got g;
+      g.id = d.message_id;
+      g.redelivered = d.redelivered;
+      std::string category, subject;
+      for (const auto& [name, value] : d.headers) {
+        if (name == "cloudEvents:category") category = value;
+        if (name == "cloudEvents:subject") subject = value;
+        if (name == "cloudEvents:streamversion") {
+          (void)absl::SimpleAtoi(value, &g.version);
+        }
+      }
+      g.stream = absl::StrCat(category, "-", subject);
+      out.push_back(std::move(g));
+    }
+    return out;
   }
-  size_t distinct() const {
-    absl::MutexLock lock(&mu_);
-    return ids_.size();
-  }
+  size_t distinct() const { return queue_.DistinctIds(); }
 
  private:
-  void Run() {
-    while (!stop_) {
-      auto conn = amqp::Connection::Open(AmqpUrl());
-      if (!conn.ok() || !(*conn)->Qos(500).ok() ||
-          !(*conn)->Consume(queue_).ok()) {
-        // The broker is down (the test restarts or kills it): try again,
-        // a little later, until it is back.
-        absl::SleepFor(absl::Milliseconds(100));
-        continue;
-      }
-      while (!stop_) {
-        auto d = (*conn)->Next(absl::Milliseconds(100));
-        if (!d.ok()) break;  // the broker went away: connect again
-        if (!d->has_value()) continue;
-        Got g;
-        g.id = (*d)->message_id;
-        g.redelivered = (*d)->redelivered;
-        std::string category, subject;
-        for (const auto& [name, value] : (*d)->headers) {
-          if (name == "cloudEvents:category") category = value;
-          if (name == "cloudEvents:subject") subject = value;
-          if (name == "cloudEvents:streamversion") {
-            (void)absl::SimpleAtoi(value, &g.version);
-          }
-        }
-        g.stream = absl::StrCat(category, "-", subject);
-        {
-          absl::MutexLock lock(&mu_);
-          ids_.insert(g.id);
-          got_.push_back(std::move(g));
-        }
-        if (!(*conn)->Ack((*d)->delivery_tag).ok()) break;
-      }
-    }
-  }
-
-  const std::string queue_;
-  std::atomic<bool> stop_{false};
-  mutable absl::Mutex mu_;
-  std::vector<Got> got_ ABSL_GUARDED_BY(mu_);
-  std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+  cqrs::testing::QueueConsumer queue_;
 };
 
 struct Fixture {

@@ -63,6 +63,17 @@ long long StreamOrderInversions(const std::string& url,
       .as<long long>();
 }
 
+long long TerminateOtherSessions(const std::string& url) {
+  pqxx::connection conn(url);
+  pqxx::nontransaction tx(conn);
+  return tx
+      .exec1(
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+          "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+          "AND backend_type = 'client backend'")[0]
+      .as<long long>();
+}
+
 TestDatabase::TestDatabase(const std::string& create_options)
     : admin_url_(TestDatabaseUrl()),
       name_(absl::StrCat("t_", NewUuid().substr(24))),

@@ -48,6 +48,12 @@ std::string WithDatabase(const std::string& url, const std::string& dbname);
 long long StreamOrderInversions(const std::string& url,
                                 const std::string& schema);
 
+// Ends every client session of the database `url` names, except the one it
+// opens for this, with pg_terminate_backend (the fault "every session
+// killed"); returns how many ended. Throws pqxx::failure when the database
+// cannot be reached.
+long long TerminateOtherSessions(const std::string& url);
+
 // A database of its own on the test cluster, for tests that need database
 // settings (a collation): created with a unique name and `create_options`
 // appended to CREATE DATABASE ... TEMPLATE template0, dropped (with any
