@@ -23,11 +23,13 @@
 #include "commands/process_manager.h"
 #include "eventstore/postgres_event_store.h"
 #include "framework/error_classes.h"
+#include "framework/heap_trimmer.h"
 #include "framework/http/request_metrics.h"
 #include "framework/http/server.h"
 #include "framework/http/status_mapping.h"
 #include "framework/log.h"
 #include "framework/migrations.h"
+#include "framework/retry.h"
 #include "integration/amqp_relay.h"
 #include "projections/runner.h"
 #include "queries/operations.h"
@@ -96,15 +98,13 @@ absl::Status MigrateAll(PgPool& pool, const std::string& schema) {
 // next time.
 absl::Status MigrateAtStart(const App& app, PgPool& pool,
                             const std::string& schema) {
-  const absl::Time deadline = absl::Now() + absl::Minutes(1);
-  while (true) {
-    absl::Status s = MigrateAll(pool, schema);
-    if (s.ok() || !IsTransientError(s) || absl::Now() >= deadline) return s;
+  RetryOptions retry;
+  retry.retry_for = absl::Minutes(1);
+  retry.before_retry = [&](const absl::Status& s) {
     Log(LogLevel::kWarn, "database not ready at start, retrying",
         {{"program", app.name()}, {"error", std::string(s.message())}});
-    // Retry pacing: the database may take seconds to accept sessions.
-    absl::SleepFor(absl::Seconds(1));
-  }
+  };
+  return RetryTransient(retry, [&] { return MigrateAll(pool, schema); });
 }
 
 int Fail(const App& app, const absl::Status& status) {
@@ -193,6 +193,7 @@ int Project(App& app, const DatabaseFlags& db,
     if (!made.ok()) return Fail(app, made.status());
     relay = *std::move(made);
   }
+  HeapTrimmer trimmer;
   (*runner)->Start();
   if (deliverer != nullptr) deliverer->Start();
   if (relay != nullptr) relay->Start();
@@ -240,6 +241,7 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   auto relay = RelayOptionsOf(app, db, flags.relay);
   if (!relay.ok()) return Fail(app, relay.status());
   if (relay->has_value()) options.relay = **std::move(relay);
+  HeapTrimmer trimmer;
   auto server = AppServer::Start(app, database->pool.get(), options);
   if (!server.ok()) return Fail(app, server.status());
   Log(LogLevel::kInfo, "listening",

@@ -565,12 +565,15 @@ struct Sample {
   std::string process;
   pid_t pid;
   int64_t rss_kb;
+  int64_t rss_anon_kb;  // of rss_kb: the heap, stacks and other private memory
+  int64_t rss_file_kb;  // of rss_kb: pages of the binary, libraries, files
   int64_t fds;
   int64_t threads;
 };
 
-// /proc/<pid>/status's VmRSS and Threads, and the entries of /proc/<pid>/fd;
-// nullopt when the process is gone.
+// /proc/<pid>/status's VmRSS (and its RssAnon and RssFile parts) and
+// Threads, and the entries of /proc/<pid>/fd; nullopt when the process is
+// gone.
 std::optional<Sample> Measure(pid_t pid) {
   if (pid <= 0) return std::nullopt;
   Sample s{};
@@ -583,6 +586,8 @@ std::optional<Sample> Measure(pid_t pid) {
         absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (f.size() < 2) continue;
     if (f[0] == "VmRSS:") (void)absl::SimpleAtoi(f[1], &s.rss_kb);
+    if (f[0] == "RssAnon:") (void)absl::SimpleAtoi(f[1], &s.rss_anon_kb);
+    if (f[0] == "RssFile:") (void)absl::SimpleAtoi(f[1], &s.rss_file_kb);
     if (f[0] == "Threads:") (void)absl::SimpleAtoi(f[1], &s.threads);
   }
   std::error_code ec;
@@ -635,18 +640,6 @@ class Sampler {
   std::vector<Sample> samples_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
-
-// Ends every client session of the database but the caller's own.
-int64_t TerminateSessions(const std::string& url) {
-  pqxx::connection conn(url);
-  pqxx::nontransaction tx(conn);
-  return tx
-      .exec1(
-          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-          "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-          "AND backend_type = 'client backend'")[0]
-      .as<int64_t>();
-}
 
 struct CliResult {
   int exit_code;
@@ -842,7 +835,8 @@ TEST_CASE("soak: mixed bank traffic with a fault every minute", "[soak]") {
         fault = "SIGKILL worker, started again";
         break;
       default: {
-        const int64_t ended = TerminateSessions(schema.url());
+        const int64_t ended =
+            cqrs::testing::TerminateOtherSessions(schema.url());
         ended_sessions += ended;
         fault = absl::StrCat(ended, " sessions terminated");
       }
@@ -1075,10 +1069,11 @@ TEST_CASE("soak: mixed bank traffic with a fault every minute", "[soak]") {
   const std::vector<Sample> samples = sampler.Samples();
   {
     std::ofstream csv(output + "/samples.csv");
-    csv << "seconds,process,pid,rss_kb,fds,threads\n";
+    csv << "seconds,process,pid,rss_kb,fds,threads,rss_anon_kb,rss_file_kb\n";
     for (const Sample& s : samples) {
       csv << static_cast<int64_t>(s.seconds) << "," << s.process << "," << s.pid
-          << "," << s.rss_kb << "," << s.fds << "," << s.threads << "\n";
+          << "," << s.rss_kb << "," << s.fds << "," << s.threads << ","
+          << s.rss_anon_kb << "," << s.rss_file_kb << "\n";
     }
   }
   const double warm_up = std::min<double>(300, duration / 6.0);
@@ -1096,8 +1091,10 @@ TEST_CASE("soak: mixed bank traffic with a fault every minute", "[soak]") {
   }
   say(absl::StrCat("main after ", static_cast<int64_t>(warm_up), " s: rss ",
                    after.front().rss_kb, " kB at first, ", after.back().rss_kb,
-                   " kB at the end, ", rss_max, " kB at most; fds ", fds_min,
-                   "..", fds_max, ", threads ", after.back().threads));
+                   " kB at the end, ", rss_max, " kB at most (anonymous ",
+                   after.front().rss_anon_kb, " then ",
+                   after.back().rss_anon_kb, " kB); fds ", fds_min, "..",
+                   fds_max, ", threads ", after.back().threads));
   // Descriptors come and go with connections (the clients', the database's
   // after a restart): a leak grows with every fault, by far more.
   CHECK(fds_max - fds_min <= 32);

@@ -749,7 +749,8 @@ void PostgresEventStore::NotifierLoop() {
     // a failure here is dropped after one reconnect attempt.
     for (int attempt = 0; attempt < 2; ++attempt) {
       try {
-        if (conn == nullptr || !conn->is_open()) {
+        if (conn == nullptr || !conn->is_open() ||
+            SessionEndedWhileIdle(*conn)) {
           conn = std::make_unique<pqxx::connection>(pool_->conninfo());
           // PostgreSQL gives a NOTIFY's transaction an xid, so its commit
           // would wait for a WAL flush while holding the global notify lock.

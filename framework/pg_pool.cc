@@ -1,5 +1,7 @@
 #include "framework/pg_pool.h"
 
+#include <poll.h>
+
 #include <pqxx/except>
 #include <pqxx/nontransaction>
 #include <pqxx/transaction_base>
@@ -124,6 +126,17 @@ bool RollbackSavepoint(pqxx::transaction_base& tx) {
 
 }  // namespace pg_pool_internal
 
+bool SessionEndedWhileIdle(const pqxx::connection_base& conn) {
+  const int fd = conn.sock();
+  if (fd < 0) return true;
+  pollfd p{};
+  p.fd = fd;
+  p.events = POLLIN | POLLRDHUP;
+  // Readable, hung up or in error: lost. Nothing, or poll() itself failing
+  // (EINTR): let the statement find out.
+  return ::poll(&p, 1, 0) > 0;
+}
+
 bool ResetAfterFailure(pqxx::connection& conn) {
   try {
     // Outside a transaction block this only draws a warning, which
@@ -175,6 +188,8 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Connect() {
 }
 
 absl::StatusOr<PgPool::Lease> PgPool::Acquire() {
+  // Idle connections found lost; closed when this returns, after the lock.
+  std::vector<std::unique_ptr<pqxx::connection>> lost;
   {
     absl::MutexLock lock(&mu_);
     ++waiting_;
@@ -191,10 +206,14 @@ absl::StatusOr<PgPool::Lease> PgPool::Acquire() {
                        " (pool size ", options_.max_connections, ")"));
     }
     ++in_use_;
-    if (!idle_.empty()) {
+    while (!idle_.empty()) {
       std::unique_ptr<pqxx::connection> conn = std::move(idle_.back());
       idle_.pop_back();
-      return Lease(this, std::move(conn));
+      if (!SessionEndedWhileIdle(*conn)) return Lease(this, std::move(conn));
+      // Ended by the server while idle: closed (outside the lock) and
+      // replaced, instead of failing the caller's first statement.
+      --open_;
+      lost.push_back(std::move(conn));
     }
     ++open_;  // reserve the slot; connect outside the lock
   }

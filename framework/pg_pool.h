@@ -164,6 +164,16 @@ absl::Status InSavepoint(pqxx::transaction_base& tx, Fn&& fn,
 // connection is unusable.
 bool ResetAfterFailure(pqxx::connection& conn);
 
+// True when the server has ended the session of `conn`, an idle connection
+// (no statement running), while it waited: a restart, pg_terminate_backend,
+// a network failure. Its socket then has something to read (the server's
+// last message, the end of the stream), which an idle session is otherwise
+// never sent unless it LISTENs. Costs one poll(), no round trip. Checking
+// this before using a connection that sat idle saves a statement that would
+// fail, and a leak: libpqxx 6.4 never frees the result of a statement whose
+// connection turns out to be lost (docs/event-store.md, "Connections").
+bool SessionEndedWhileIdle(const pqxx::connection_base& conn);
+
 // Runs `fn` and translates any exception; marks the lease broken when the
 // connection is gone, so that the pool replaces it.
 template <typename Fn>

@@ -156,24 +156,23 @@ TEST_CASE(
   CHECK_FALSE(absl::StrContains(status.message(), "This probably"));
 }
 
+// Ends the caller's own session in the middle of its statement: the
+// connection breaks under the statement, whatever the timing.
+void EndOwnSession(pqxx::connection& conn) {
+  pqxx::nontransaction tx(conn);
+  tx.exec("SELECT pg_terminate_backend(pg_backend_pid())");
+}
+
 TEST_CASE("a broken connection is replaced and retried when allowed",
           "[framework][pg]") {
   TestSchema schema;
   PgPool& pool = schema.pool();
   int first_pid = 0;
-  REQUIRE(pool.Run(PgPool::Retry::kNever,
-                   [&](pqxx::connection& conn) {
-                     first_pid = conn.backendpid();
-                     return absl::OkStatus();
-                   })
-              .ok());
-  REQUIRE(schema.TerminatePoolSessions() == 1);
-
   // Without retry the caller sees kUnavailable once...
   absl::Status once =
-      pool.Run(PgPool::Retry::kNever, [](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        tx.exec("SELECT 1");
+      pool.Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+        first_pid = conn.backendpid();
+        EndOwnSession(conn);
         return absl::OkStatus();
       });
   CHECK(once.code() == absl::StatusCode::kUnavailable);
@@ -190,17 +189,53 @@ TEST_CASE("a broken connection is replaced and retried when allowed",
   CHECK(next_pid != first_pid);
 
   // With retry the caller does not notice.
-  REQUIRE(schema.TerminatePoolSessions() == 1);
   int attempts = 0;
   CHECK(pool.Run(PgPool::Retry::kOnBrokenConnection,
                  [&](pqxx::connection& conn) {
-                   ++attempts;
+                   if (++attempts == 1) EndOwnSession(conn);
                    pqxx::nontransaction tx(conn);
                    tx.exec("SELECT 1");
                    return absl::OkStatus();
                  })
             .ok());
   CHECK(attempts == 2);
+}
+
+TEST_CASE(
+    "an idle connection whose session the server ended is replaced before "
+    "it is handed out",
+    "[framework][pg]") {
+  TestSchema schema;
+  PgPool& pool = schema.pool();
+  int first_pid = 0;
+  REQUIRE(pool.Run(PgPool::Retry::kNever,
+                   [&](pqxx::connection& conn) {
+                     first_pid = conn.backendpid();
+                     return absl::OkStatus();
+                   })
+              .ok());
+  REQUIRE(pool.stats().open == 1);
+  REQUIRE(schema.TerminatePoolSessions() == 1);
+  // Once the backend is gone it has sent its last message and closed.
+  pqxx::connection observer(schema.url());
+  REQUIRE(testing::Eventually([&] {
+    pqxx::nontransaction tx(observer);
+    return tx.exec_params1(
+                 "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                 first_pid)[0]
+               .as<int>() == 0;
+  }));
+  // Not even the first statement fails: the pool saw the session end.
+  int next_pid = 0;
+  absl::Status s = pool.Run(PgPool::Retry::kNever, [&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    next_pid = tx.exec1("SELECT pg_backend_pid()")[0].as<int>();
+    return absl::OkStatus();
+  });
+  INFO(s.ToString());
+  CHECK(s.ok());
+  CHECK(next_pid != first_pid);
+  CHECK(pool.stats().open == 1);
 }
 
 }  // namespace
