@@ -2,13 +2,15 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -28,8 +30,6 @@ ChildProcess::ChildProcess(const std::string& binary,
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  posix_spawn_file_actions_t files;
-  posix_spawn_file_actions_init(&files);
   if (output == Output::kCapture) {
     const char* tmp = std::getenv("TMPDIR");
     std::string path =
@@ -39,23 +39,53 @@ ChildProcess::ChildProcess(const std::string& binary,
     REQUIRE(fd >= 0);
     close(fd);
     output_path_ = path;
-    // O_APPEND for both: lines of the two streams never overwrite each
-    // other.
-    posix_spawn_file_actions_addopen(&files, 1, output_path_.c_str(),
-                                     O_WRONLY | O_APPEND, 0);
-    posix_spawn_file_actions_adddup2(&files, 1, 2);
-  } else {
-    if (output != Output::kInherit) {
-      posix_spawn_file_actions_addopen(&files, 2, "/dev/null", O_WRONLY, 0);
-    }
-    if (output == Output::kDiscard) {
-      posix_spawn_file_actions_addopen(&files, 1, "/dev/null", O_WRONLY, 0);
-    }
   }
-  const int spawned =
-      posix_spawn(&pid_, binary.c_str(), &files, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&files);
-  REQUIRE(spawned == 0);
+  // Where the child's stdout and stderr go, opened before the fork: the
+  // child only calls async-signal-safe functions before exec.
+  int out_fd = -1;
+  int err_fd = -1;
+  if (output == Output::kCapture) {
+    // O_APPEND: lines of the two streams never overwrite each other.
+    out_fd = open(output_path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    err_fd = out_fd;
+  } else if (output == Output::kDiscard) {
+    out_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    err_fd = out_fd;
+  } else if (output == Output::kStdoutOnly) {
+    err_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  }
+  // The child reports a failed exec through this pipe (closed on exec).
+  int report[2];
+  REQUIRE(pipe2(report, O_CLOEXEC) == 0);
+  const pid_t parent = getpid();
+  pid_ = fork();
+  if (pid_ == 0) {
+    // Killed with its parent, even when the test dies without running
+    // destructors (an abort, a sanitizer report): a server left behind
+    // would keep loading the machine and the next tests.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    if (out_fd >= 0) dup2(out_fd, 1);
+    if (err_fd >= 0) dup2(err_fd, 2);
+    execve(binary.c_str(), argv.data(), environ);
+    const int error = errno;
+    (void)!write(report[1], &error, sizeof error);
+    _exit(127);
+  }
+  close(report[1]);
+  int exec_error = 0;
+  const ssize_t got =
+      pid_ > 0 ? read(report[0], &exec_error, sizeof exec_error) : 0;
+  close(report[0]);
+  if (out_fd >= 0) close(out_fd);
+  if (err_fd >= 0 && err_fd != out_fd) close(err_fd);
+  REQUIRE(pid_ > 0);
+  if (got != 0) {
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  INFO(binary << ": " << std::strerror(exec_error));
+  REQUIRE(got == 0);
 }
 
 ChildProcess::~ChildProcess() {

@@ -37,7 +37,10 @@ class ChildProcess {
   };
 
   // Starts `binary` with `args` (argv[0] is added); fails the test when it
-  // cannot be started.
+  // cannot be started. The child is SIGKILLed when the thread that started
+  // it ends (PR_SET_PDEATHSIG), so that a test that dies without running
+  // destructors (an abort, a sanitizer report) leaves no server behind:
+  // start children from a thread that outlives them.
   ChildProcess(const std::string& binary, std::vector<std::string> args,
                Output output = Output::kDiscard);
   ChildProcess(const ChildProcess&) = delete;

@@ -2,7 +2,9 @@
 
 #include <signal.h>
 
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -56,6 +58,19 @@ TEST_CASE("a captured child's output and listening port are seen",
   CHECK_FALSE(ended.WaitForOutput("never printed"));
   CHECK(ended.CapturedOutput() == "done\n");
   CHECK(ended.Wait() == 3);
+}
+
+TEST_CASE("a child does not outlive the thread that started it", "[support]") {
+  // What a test that aborts before its destructors run relies on: its
+  // servers are killed with it.
+  std::unique_ptr<ChildProcess> child;
+  std::thread starter([&] {
+    child = std::make_unique<ChildProcess>("/bin/sleep",
+                                           std::vector<std::string>{"600"});
+  });
+  starter.join();
+  // SIGKILLed when the starter ended, not after 600 s.
+  CHECK(child->Wait() == 128 + SIGKILL);
 }
 
 }  // namespace
