@@ -1,5 +1,7 @@
 #include "framework/pg_pool.h"
 
+#include <dlfcn.h>
+#include <libpq-fe.h>
 #include <poll.h>
 
 #include <pqxx/except>
@@ -7,6 +9,30 @@
 #include <pqxx/transaction_base>
 
 #include "absl/strings/str_cat.h"
+
+// libpqxx 6.4 (Debian 12) leaks the result of every statement whose
+// connection is lost while it runs: connection_base::make_result() asks
+// libpq for the client encoding before it takes the result over, libpq
+// answers -1 for a lost connection, libpqxx throws broken_connection, and
+// the result (about 2.3 kB) is never freed. libpqxx 7 fixed the order.
+//
+// This definition takes the place of libpq's for the whole process (an
+// executable's symbols come first when libpqxx's references are bound; the
+// linker exports it because libpqxx refers to it, and this file is linked
+// into every program that uses PgPool). It answers as libpq does, except
+// that a lost connection gets SQL_ASCII (0) instead of -1: libpqxx then
+// wraps the result, and its next check throws the same broken_connection,
+// with the result freed on the way. The encoding is only used to read
+// values, and an error result has none.
+extern "C" int PQclientEncoding(const PGconn* conn) {
+  using Original = int (*)(const PGconn*);
+  static const Original original =
+      reinterpret_cast<Original>(dlsym(RTLD_NEXT, "PQclientEncoding"));
+  if (original == nullptr) return -1;  // no libpq loaded: nothing to mend
+  const int encoding = original(conn);
+  // -1 with a connection: it is not (or no longer) CONNECTION_OK.
+  return encoding == -1 && conn != nullptr ? 0 : encoding;
+}
 
 namespace cqrs {
 namespace {

@@ -170,8 +170,7 @@ bool ResetAfterFailure(pqxx::connection& conn);
 // last message, the end of the stream), which an idle session is otherwise
 // never sent unless it LISTENs. Costs one poll(), no round trip. Checking
 // this before using a connection that sat idle saves a statement that would
-// fail, and a leak: libpqxx 6.4 never frees the result of a statement whose
-// connection turns out to be lost (docs/event-store.md, "Connections").
+// fail (docs/event-store.md, "Connections").
 bool SessionEndedWhileIdle(const pqxx::connection_base& conn);
 
 // Runs `fn` and translates any exception; marks the lease broken when the
