@@ -1521,6 +1521,11 @@ absl::Status ValidateOptions(const ServerOptions& options) {
 
 class Server::Impl {
  public:
+  int OpenConnections() {
+    absl::MutexLock lock(&core_.mu);
+    return static_cast<int>(core_.sessions.size());
+  }
+
   Impl(ServerOptions options, const Router* router,
        std::shared_ptr<net::ssl::context> tls_context)
       : core_(std::move(options), router, std::move(tls_context)),
@@ -1756,6 +1761,8 @@ Server::Server(std::unique_ptr<Impl> impl, int port)
     : impl_(std::move(impl)), port_(port) {}
 
 Server::~Server() { Shutdown(); }
+
+int Server::open_connections() const { return impl_->OpenConnections(); }
 
 absl::Status Server::Start() {
   absl::MutexLock lock(&mu_);

@@ -220,6 +220,11 @@ class Server {
   // The bound port (useful with port 0).
   int port() const { return port_; }
 
+  // Connections open now, regular and overflow: a connection counts until
+  // the server has closed its socket and let it go (for tests that need the
+  // table empty before they fill it).
+  int open_connections() const;
+
  private:
   class Impl;
   enum class State { kCreated, kRunning, kStopping, kStopped };

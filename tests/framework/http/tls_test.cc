@@ -700,6 +700,10 @@ TEST_CASE("pressure and overflow connections work over TLS", "[http][tls]") {
   }
   for (auto& client : waiting) CHECK(ClosedByServer(client->ReadUntilClosed()));
   waiting.clear();
+  // The client sees the close before the server has let the connection go:
+  // wait until it has, or the busy connections below would find the table
+  // fuller than they expect and be refused.
+  REQUIRE(Eventually([&] { return server.server().open_connections() == 0; }));
 
   // Four connections busy with a request fill the table; a fifth is
   // beyond it, gets 503 for an ordinary route, and is closed.
