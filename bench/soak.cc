@@ -84,6 +84,7 @@
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
+#include "tests/support/json_body.h"
 #include "tests/support/test_database.h"
 #include "tests/support/wait.h"
 #include "tests/support/webhook_receiver.h"
@@ -109,25 +110,6 @@ int64_t EnvSeconds(const char* name, int64_t fallback) {
 }
 
 std::string AccountId(int i) { return absl::StrCat("soak-", i); }
-
-// A JSON object of `strings` then `ints`, written with the writer (escaped).
-std::string Body(
-    std::initializer_list<std::pair<const char*, std::string>> strings,
-    std::initializer_list<std::pair<const char*, int64_t>> ints) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  w.StartObject();
-  for (const auto& [key, value] : strings) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  }
-  for (const auto& [key, value] : ints) {
-    w.Key(key);
-    w.Int64(value);
-  }
-  w.EndObject();
-  return buffer.GetString();
-}
 
 // Pacing, not a wait for a condition: a client retrying a 503, or waiting
 // for a process to come back, in a tight loop would only load the machine.
@@ -410,7 +392,7 @@ void Client(int index, Session& s, Journal& journal,
           1, deposit ? 10'000 : 5'000)(s.rng());
       Command c{
           absl::StrCat("/accounts/", id, deposit ? "/deposit" : "/withdraw"),
-          Body({}, {{"amount", amount}}), key};
+          cqrs::testing::JsonBody({}, {{"amount", amount}}), key};
       auto r = Run(s, c, journal);
       if (r.has_value() && r->status == 200) {
         rapidjson::Document doc = Parse(r->body);
@@ -423,11 +405,12 @@ void Client(int index, Session& s, Journal& journal,
           (from + 1 + account(s.rng()) % (kAccounts - 1)) % kAccounts;
       const std::string id = absl::StrCat("t-", key);
       Command c{"/transfers",
-                Body({{"from", AccountId(from)},
-                      {"to", AccountId(to)},
-                      {"transfer_id", id}},
-                     {{"amount", std::uniform_int_distribution<int64_t>(
-                                     1, 5'000)(s.rng())}}),
+                cqrs::testing::JsonBody(
+                    {{"from", AccountId(from)},
+                     {"to", AccountId(to)},
+                     {"transfer_id", id}},
+                    {{"amount", std::uniform_int_distribution<int64_t>(
+                                    1, 5'000)(s.rng())}}),
                 key};
       auto r = Run(s, c, journal);
       if (r.has_value() && r->status == 202) {
@@ -781,18 +764,18 @@ TEST_CASE("soak: mixed bank traffic with a fault every minute", "[soak]") {
     Session s({&main}, token, 1);
     for (int i = 0; i < kAccounts; ++i) {
       auto r = s.Send("POST", "/accounts",
-                      Body({{"owner", "soak"},
-                            {"currency", "EUR"},
-                            {"account_id", AccountId(i)}},
-                           {}),
+                      cqrs::testing::JsonBody({{"owner", "soak"},
+                                               {"currency", "EUR"},
+                                               {"account_id", AccountId(i)}},
+                                              {}),
                       {{"Content-Type", "application/json"}}, journal);
       REQUIRE(r.has_value());
       REQUIRE(r->status == 201);
-      auto d = Run(
-          s,
-          {absl::StrCat("/accounts/", AccountId(i), "/deposit"),
-           Body({}, {{"amount", kOpeningDeposit}}), absl::StrCat("open-", i)},
-          journal);
+      auto d = Run(s,
+                   {absl::StrCat("/accounts/", AccountId(i), "/deposit"),
+                    cqrs::testing::JsonBody({}, {{"amount", kOpeningDeposit}}),
+                    absl::StrCat("open-", i)},
+                   journal);
       REQUIRE(d.has_value());
       REQUIRE(d->status == 200);
     }

@@ -64,6 +64,7 @@
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
+#include "tests/support/json_body.h"
 #include "tests/support/queue_consumer.h"
 #include "tests/support/test_broker.h"
 #include "tests/support/test_database.h"
@@ -81,24 +82,6 @@ using cqrs::testing::WebhookReceiver;
 constexpr int kAccounts = 20;
 
 std::string Account(int i) { return absl::StrCat("crash-", i); }
-
-std::string Json(
-    std::initializer_list<std::pair<const char*, std::string>> strings,
-    std::initializer_list<std::pair<const char*, int64_t>> ints) {
-  rapidjson::StringBuffer buffer;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
-  w.StartObject();
-  for (const auto& [key, value] : strings) {
-    w.Key(key);
-    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
-  }
-  for (const auto& [key, value] : ints) {
-    w.Key(key);
-    w.Int64(value);
-  }
-  w.EndObject();
-  return buffer.GetString();
-}
 
 // A client's retry pacing (not a wait for a condition): clients retrying a
 // 503 in a tight loop would only load the server.
@@ -267,7 +250,7 @@ std::optional<std::string> Deposit(const Bank& api,
                                    const std::string& key, Journal& journal) {
   const http::HeaderList headers = {{"Content-Type", "application/json"},
                                     {"Idempotency-Key", key}};
-  const std::string body = Json({}, {{"amount", amount}});
+  const std::string body = cqrs::testing::JsonBody({}, {{"amount", amount}});
   const std::string target = absl::StrCat("/accounts/", account, "/deposit");
   // Bounds a broken server; a healthy one answers within seconds of the
   // database coming back.
@@ -442,10 +425,10 @@ void OpenAccounts(const Bank& api) {
   REQUIRE(client != nullptr);
   for (int i = 0; i < kAccounts; ++i) {
     auto r = client->Send("POST", "/accounts",
-                          Json({{"owner", "crash"},
-                                {"currency", "EUR"},
-                                {"account_id", Account(i)}},
-                               {}),
+                          cqrs::testing::JsonBody({{"owner", "crash"},
+                                                   {"currency", "EUR"},
+                                                   {"account_id", Account(i)}},
+                                                  {}),
                           {{"Content-Type", "application/json"}});
     REQUIRE(r.ok());
     REQUIRE(r->status == 201);
@@ -1222,7 +1205,7 @@ TEST_CASE(
       auto r = client->Send(
           "POST",
           absl::StrCat("/accounts/", Account(i % kAccounts), "/deposit"),
-          Json({}, {{"amount", 1}}),
+          cqrs::testing::JsonBody({}, {{"amount", 1}}),
           {{"Content-Type", "application/json"},
            {"Idempotency-Key", absl::StrCat("burst-", i)}});
       if (r.ok()) {

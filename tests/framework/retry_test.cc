@@ -98,7 +98,8 @@ TEST_CASE("RetryTransient: retry_for counts from since()", "[retry]") {
   absl::Status s = RetryTransient(retry, [&] {
     ++attempts;
     if (attempts <= 5) {
-      // Progress, then a fault: five of them take longer than retry_for.
+      // The step's own work, not a wait: time passing is what is tested.
+      // Progress, then a fault; five of them take longer than retry_for.
       absl::SleepFor(absl::Milliseconds(100));
       last_progress = absl::Now();
       return absl::UnavailableError("fault after progress");
