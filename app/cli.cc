@@ -53,6 +53,27 @@ void AddLogFormat(CLI::App& command, DatabaseFlags& db) {
       ->capture_default_str();
 }
 
+// --start-timeout of the long-running commands, parsed into
+// db.start_timeout once CLI11 has checked it.
+void AddStartTimeout(CLI::App& command, std::string& value) {
+  command
+      .add_option("--start-timeout", value,
+                  "how long to wait at start for a database that cannot be "
+                  "reached or is restarting, e.g. 30s or 5m (0s: fail at "
+                  "once; at most 1h)")
+      ->check([](const std::string& text) -> std::string {
+        absl::Duration d;
+        if (absl::ParseDuration(text, &d) && d >= absl::ZeroDuration() &&
+            d <= absl::Hours(1)) {
+          return "";
+        }
+        return absl::StrCat("'", text,
+                            "' is not a duration from 0s to 1h (such as "
+                            "30s or 5m)");
+      })
+      ->capture_default_str();
+}
+
 // --webhook-* as typed; checked by WebhookOptionsOf().
 struct WebhookFlags {
   std::vector<std::string> allow_networks;
@@ -286,6 +307,8 @@ int App::CommandLine(int argc, char** argv, bool run) {
       ->capture_default_str();
   AddDatabaseOptions(*serve, db, *this);
   AddLogFormat(*serve, db);
+  std::string start_timeout = "1m";
+  AddStartTimeout(*serve, start_timeout);
   serve->add_option("--threads", serve_flags.threads, "network threads")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -361,6 +384,7 @@ int App::CommandLine(int argc, char** argv, bool run) {
       "until SIGINT or SIGTERM; migrates first");
   AddDatabaseOptions(*project, db, *this);
   AddLogFormat(*project, db);
+  AddStartTimeout(*project, start_timeout);
   AddWebhookOptions(*project, webhook_flags);
   AddRelayOptions(*project, relay_flags, name_);
 
@@ -604,6 +628,8 @@ int App::CommandLine(int argc, char** argv, bool run) {
     return kUsage;
   };
   if (serve->parsed() || project->parsed()) {
+    // Checked by AddStartTimeout's validator.
+    absl::ParseDuration(start_timeout, &db.start_timeout);
     absl::StatusOr<integration::WebhookDelivererOptions> hooks =
         WebhookOptionsOf(webhook_flags);
     if (!hooks.ok()) {

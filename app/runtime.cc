@@ -93,18 +93,18 @@ absl::Status MigrateAll(PgPool& pool, const std::string& schema) {
 
 // Migrates at the start of a long-running command (serve, project): a
 // database that restarts, ends the session or leaves the commit in doubt
-// at that moment is waited for, up to a minute, instead of ending the
-// process. Migrations are idempotent: one that did commit is skipped the
-// next time.
+// at that moment is waited for, up to `wait` (--start-timeout, a minute by
+// default), instead of ending the process. Migrations are idempotent: one that
+// did commit is skipped the next time.
 absl::Status MigrateAtStart(const App& app, PgPool& pool,
-                            const std::string& schema) {
+                            const DatabaseFlags& db) {
   RetryOptions retry;
-  retry.retry_for = absl::Minutes(1);
+  retry.retry_for = db.start_timeout;
   retry.before_retry = [&](const absl::Status& s) {
     Log(LogLevel::kWarn, "database not ready at start, retrying",
         {{"program", app.name()}, {"error", std::string(s.message())}});
   };
-  return RetryTransient(retry, [&] { return MigrateAll(pool, schema); });
+  return RetryTransient(retry, [&] { return MigrateAll(pool, db.schema); });
 }
 
 int Fail(const App& app, const absl::Status& status) {
@@ -161,7 +161,7 @@ int Project(App& app, const DatabaseFlags& db,
   auto database = OpenDatabase(app.name(), db, 8);
   if (!database.ok()) return Fail(app, database.status());
   PgPool* pool = database->pool.get();
-  if (absl::Status s = MigrateAtStart(app, *pool, db.schema); !s.ok()) {
+  if (absl::Status s = MigrateAtStart(app, *pool, db); !s.ok()) {
     return Fail(app, s);
   }
   auto store = OpenStore(pool, db.schema, nullptr);
@@ -217,8 +217,7 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
       OpenDatabase(app.name(), db,
                    flags.pool_size > 0 ? flags.pool_size : flags.workers + 4);
   if (!database.ok()) return Fail(app, database.status());
-  if (absl::Status s = MigrateAtStart(app, *database->pool, db.schema);
-      !s.ok()) {
+  if (absl::Status s = MigrateAtStart(app, *database->pool, db); !s.ok()) {
     return Fail(app, s);
   }
   ServeOptions options;

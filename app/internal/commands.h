@@ -37,6 +37,9 @@ struct DatabaseFlags {
   std::string data_dir;
   std::string schema;
   std::string log_format = "text";
+  // serve and project: how long to wait at start for a database that
+  // cannot be reached or is restarting (--start-timeout).
+  absl::Duration start_timeout = absl::Minutes(1);
 };
 
 // The AMQP relay of `serve` and `project` (--amqp-*), and `relay status`.

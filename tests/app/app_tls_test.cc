@@ -27,9 +27,11 @@ namespace http = cqrs::http;
 int Serve(std::vector<std::string> flags) {
   cqrs::App app("tally");
   std::vector<std::string> words = {"tally", "serve"};
-  // Should the flags be accepted, this fails at once instead of serving.
+  // Should the flags be accepted, this fails at once instead of serving
+  // (or waiting for the database, the default at start).
   words.insert(words.end(),
-               {"--database-url", "postgresql://127.0.0.1:1/nothing"});
+               {"--database-url", "postgresql://127.0.0.1:1/nothing",
+                "--start-timeout", "0s"});
   words.insert(words.end(), flags.begin(), flags.end());
   std::vector<char*> argv;
   for (std::string& word : words) argv.push_back(&word[0]);

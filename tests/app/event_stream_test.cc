@@ -137,8 +137,13 @@ TEST_CASE(
   }
   cqrs::integration::FeedHub* hub = (*server)->event_hub();
   REQUIRE(hub != nullptr);
-  REQUIRE(cqrs::testing::Eventually(
-      [&] { return hub->live_subscribers() == kClients; }));
+  // Each subscriber reads one catch-up page first (on two threads), then
+  // joins the live fan-out.
+  const bool all_live = cqrs::testing::Eventually(
+      [&] { return hub->live_subscribers() == kClients; }, absl::Minutes(2));
+  INFO("subscribers " << hub->subscribers() << ", live "
+                      << hub->live_subscribers());
+  REQUIRE(all_live);
   const int64_t memory_before = MemoryKib();
 
   // Events of about 1 KiB; the stalled client needs a few hundred to fall

@@ -215,7 +215,9 @@ TEST_CASE("counter_app: help, usage errors and definition checks",
        {"", "frobnicate", "serve --bogus", "serve --threads 0",
         "serve --log-format xml", "serve --schema 'a b'", "projections",
         "projections frobnicate", "projections replay-parked",
-        "serve --max-connections 10 --max-queued-requests 10"}) {
+        "serve --max-connections 10 --max-queued-requests 10",
+        "serve --start-timeout soon", "serve --start-timeout -1s",
+        "project --start-timeout 2h"}) {
     INFO(args);
     ShellResult r =
         RunShell(absl::StrCat("env -u DATABASE_URL ", app, " ", args, " 2>&1"));
@@ -233,6 +235,26 @@ TEST_CASE("counter_app: help, usage errors and definition checks",
       " migrate --database-url 'host=/nonexistent-socket-dir port=1 "
       "connect_timeout=1' 2>&1"));
   CHECK(down.exit_code == 1);
+  // serve and project wait --start-timeout for such a database, retrying
+  // (0s: they fail at once).
+  for (const char* command : {"serve", "project"}) {
+    INFO(command);
+    ShellResult waited = RunShell(absl::StrCat(
+        app, " ", command,
+        " --start-timeout 1500ms --database-url 'host=/nonexistent-socket-dir "
+        "port=1 connect_timeout=1' 2>&1"));
+    INFO(waited.output);
+    CHECK(waited.exit_code == 1);
+    CHECK(absl::StrContains(waited.output,
+                            "database not ready at start, retrying"));
+    ShellResult at_once = RunShell(absl::StrCat(
+        app, " ", command,
+        " --start-timeout 0s --database-url 'host=/nonexistent-socket-dir "
+        "port=1 connect_timeout=1' 2>&1"));
+    INFO(at_once.output);
+    CHECK(at_once.exit_code == 1);
+    CHECK_FALSE(absl::StrContains(at_once.output, "retrying"));
+  }
 }
 
 TEST_CASE("counter_app: API keys from the CLI", "[examples][pg]") {
