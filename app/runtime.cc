@@ -93,9 +93,9 @@ absl::Status MigrateAll(PgPool& pool, const std::string& schema) {
 
 // Migrates at the start of a long-running command (serve, project): a
 // database that restarts, ends the session or leaves the commit in doubt
-// at that moment is waited for, up to `wait` (--start-timeout, a minute by
-// default), instead of ending the process. Migrations are idempotent: one that
-// did commit is skipped the next time.
+// at that moment is waited for, up to db.start_timeout (--start-timeout, a
+// minute by default), instead of ending the process. Migrations are
+// idempotent: one that did commit is skipped the next time.
 absl::Status MigrateAtStart(const App& app, PgPool& pool,
                             const DatabaseFlags& db) {
   RetryOptions retry;
