@@ -79,8 +79,6 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "rapidjson/document.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"

@@ -59,8 +59,6 @@
 #include "absl/time/clock.h"
 #include "integration/amqp_client.h"
 #include "rapidjson/document.h"
-#include "rapidjson/stringbuffer.h"
-#include "rapidjson/writer.h"
 #include "tests/framework/http/client.h"
 #include "tests/support/api_key.h"
 #include "tests/support/child_process.h"
