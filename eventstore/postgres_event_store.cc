@@ -1190,9 +1190,18 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
     ++groups_in_flight_;
     group_mu_.Unlock();
     std::vector<bool> inserted(group.size(), false);
-    WriteGroup(group, &inserted);
+    bool slot_released = false;
+    // Lets the next group start its statement while this one commits: the
+    // WAL flush of one group overlaps the execution of the next.
+    auto release_slot = [this, &slot_released] {
+      if (slot_released) return;
+      slot_released = true;
+      absl::MutexLock relock(&group_mu_);
+      --groups_in_flight_;
+    };
+    WriteGroup(group, &inserted, release_slot);
     group_mu_.Lock();
-    --groups_in_flight_;
+    if (!slot_released) --groups_in_flight_;
     for (size_t i = 0; i < group.size(); ++i) {
       group[i]->outcome = inserted[i] ? Outcome::kInserted : Outcome::kCareful;
     }
@@ -1200,7 +1209,8 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
 }
 
 void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
-                                    std::vector<bool>* inserted) {
+                                    std::vector<bool>* inserted,
+                                    const std::function<void()>& executed) {
   // Any error leaves every append not inserted: each then runs on its own
   // and meets (or reports) the problem itself.
   if (group.size() == 1) {
@@ -1247,11 +1257,13 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
   pool_
       ->Run(PgPool::Retry::kOnBrokenConnection,
             [&](pqxx::connection& conn) {
-              pqxx::nontransaction tx(conn);
+              pqxx::work tx(conn);
               const pqxx::result rows = tx.exec_prepared(
                   Statements::On(conn, sql_->group_append), streams, expected,
                   arrays.ids, arrays.types, arrays.versions, arrays.data,
                   arrays.metadata);
+              std::vector<size_t> stored;
+              stored.reserve(rows.size());
               for (const pqxx::row& row : rows) {
                 auto it = index.find(
                     std::make_pair(std::string(row[0].c_str(), row[0].size()),
@@ -1261,8 +1273,11 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                 g.version = row[2].as<int64_t>();
                 g.position.global_position = row[3].as<int64_t>();
                 g.position.transaction_id = ParseXid(row[4]);
-                (*inserted)[it->second] = true;
+                stored.push_back(it->second);
               }
+              executed();
+              tx.commit();
+              for (size_t i : stored) (*inserted)[i] = true;
               return absl::OkStatus();
             })
       .IgnoreError();

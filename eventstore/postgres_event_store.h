@@ -13,6 +13,7 @@
 #ifndef EVENTSTORE_POSTGRES_EVENT_STORE_H_
 #define EVENTSTORE_POSTGRES_EVENT_STORE_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,9 +63,11 @@ struct PostgresEventStoreOptions {
   // written together, as one INSERT statement in one transaction, so that
   // they share a round trip and a WAL flush. Each keeps its own outcome: a
   // conflict or error of one never fails another. At most
-  // `group_commit_in_flight` such statements run at once; 0 turns grouping
-  // off (each append is its own statement).
-  int group_commit_in_flight = 4;
+  // `group_commit_in_flight` such statements execute at once; a group's
+  // COMMIT (its WAL flush) does not count, so the next group executes while
+  // the previous one commits. 0 turns grouping off (each append is its own
+  // statement).
+  int group_commit_in_flight = 2;
   int group_commit_max_events = 64;  // appends per statement
 
   // When set, counts every event this store commits (not retries that found
@@ -175,8 +178,11 @@ class PostgresEventStore : public EventStore {
   // Appends `g` (one event, exact version) together with whatever other
   // grouped appends are waiting; sets g->outcome.
   void AppendGrouped(GroupedAppend* g);
+  // Writes `group` in one transaction; calls `executed` once its statement
+  // has run, before the commit (also when it fails).
   void WriteGroup(const std::vector<GroupedAppend*>& group,
-                  std::vector<bool>* inserted);
+                  std::vector<bool>* inserted,
+                  const std::function<void()>& executed);
 
   PgPool* const pool_;
   const PostgresEventStoreOptions options_;

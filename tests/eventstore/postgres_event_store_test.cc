@@ -392,6 +392,117 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   CHECK(*group_transactions.begin() != all[0].position.transaction_id);
 }
 
+TEST_CASE(
+    "group commit: the next group runs while one commits, and a commit cut "
+    "off by a killed backend neither loses nor doubles an append",
+    "[eventstore][pg]") {
+  TestSchema schema;
+  PostgresEventStoreOptions options;
+  options.group_commit_in_flight = 1;
+  auto store = schema.NewEventStore(options);
+  // A deferred trigger holds the COMMIT of any transaction that wrote a
+  // "hold-" stream until `holder` lets go of the advisory lock.
+  const std::string key = absl::StrCat("hashtext('", schema.name(), "-hold')");
+  schema.Exec(absl::StrCat(
+      "CREATE FUNCTION ", schema.name(),
+      ".hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF "
+      "NEW.stream_id LIKE 'hold-%' THEN PERFORM pg_advisory_xact_lock(",
+      key, "); END IF; RETURN NULL; END $$"));
+  schema.Exec(absl::StrCat(
+      "CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON ", schema.name(),
+      ".events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ",
+      schema.name(), ".hold_commit()"));
+  pqxx::connection holder(schema.url());
+  pqxx::nontransaction(holder).exec(
+      absl::StrCat("SELECT pg_advisory_lock(", key, ")"));
+  const std::string held_commits = absl::StrCat(
+      "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+      "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = "
+      "current_database() AND a.query LIKE 'COMMIT%'");
+
+  // g-0 holds the only slot (inside PostgreSQL, behind a table lock) while
+  // two appends to "hold-" streams queue: they become one group.
+  pqxx::connection blocker(schema.url());
+  pqxx::work lock(blocker);
+  lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
+  // Catch2's checks run on this thread only: the others count.
+  std::atomic<int> failed{0};
+  std::thread first([&] {
+    if (!store
+             ->Append("g-0", ExpectedVersion::NoStream(),
+                      {MakeEvent("Opened", 0)})
+             .ok()) {
+      ++failed;
+    }
+  });
+  REQUIRE(testing::Eventually([&] {
+    return schema.QueryInt(absl::StrCat(
+               "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+               "relation = '",
+               schema.name(), ".events'::regclass")) == 1;
+  }));
+  std::atomic<int> held_done{0};
+  std::vector<std::thread> held;
+  for (int i = 1; i <= 2; ++i) {
+    held.emplace_back([&, i] {
+      if (!store
+               ->Append(absl::StrCat("hold-", i), ExpectedVersion::NoStream(),
+                        {MakeEvent("Opened", i)})
+               .ok()) {
+        ++failed;
+      }
+      ++held_done;
+    });
+  }
+  REQUIRE(testing::Eventually(
+      [&] { return store->grouped_appends_waiting() == 2; }));
+  lock.abort();
+  first.join();
+
+  // The group's statement ran; its COMMIT waits for the trigger.
+  // (No REQUIRE while threads run: they must be joined first.)
+  const bool commit_held =
+      testing::Eventually([&] { return schema.QueryInt(held_commits) == 1; });
+  // The slot is free again: another append goes through meanwhile.
+  std::atomic<bool> next_done{false};
+  std::thread next([&] {
+    if (!store
+             ->Append("g-3", ExpectedVersion::NoStream(),
+                      {MakeEvent("Opened", 3)})
+             .ok()) {
+      ++failed;
+    }
+    next_done = true;
+  });
+  const bool overlapped = testing::Eventually([&] { return next_done.load(); });
+  CHECK(held_done == 0);
+
+  // Kill the backend in the middle of the group's COMMIT: the commit's
+  // outcome is unknown to the store, and each append finds out on its own.
+  schema.Exec(absl::StrCat(
+      "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN "
+      "pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND NOT "
+      "l.granted AND a.datname = current_database() AND a.query LIKE "
+      "'COMMIT%'"));
+  pqxx::nontransaction(holder).exec(
+      absl::StrCat("SELECT pg_advisory_unlock(", key, ")"));
+  for (auto& t : held) t.join();
+  next.join();
+  CHECK(commit_held);
+  CHECK(overlapped);
+  CHECK(held_done == 2);
+  CHECK(failed == 0);
+
+  Position from = Position::Start();
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 4);
+  std::map<std::string, int> per_stream;
+  for (const RecordedEvent& e : all) ++per_stream[e.stream_id];
+  CHECK(per_stream ==
+        std::map<std::string, int>{
+            {"g-0", 1}, {"g-3", 1}, {"hold-1", 1}, {"hold-2", 1}});
+  CHECK(schema.StreamOrderInversions() == 0);
+}
+
 TEST_CASE("a terminated connection does not fail the next operation",
           "[eventstore][pg]") {
   TestSchema schema;
