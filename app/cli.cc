@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "app/app.h"
 #include "app/internal/commands.h"
@@ -262,7 +263,18 @@ std::string UnknownCommand(const CLI::App& root, int argc, char** argv) {
 
 }  // namespace
 
-int App::Main(int argc, char** argv) { return CommandLine(argc, argv, true); }
+int App::Main(int argc, char** argv) {
+#ifdef NDEBUG
+  // Debian builds Abseil without NDEBUG, so its Mutex records the order of
+  // every lock taken in a global graph and aborts the process on a cycle
+  // that could deadlock, even one that never does. That costs every lock
+  // of a release build a trip through the graph and could take a server
+  // down for nothing; builds without NDEBUG (the sanitizer tests) keep the
+  // check.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
+  return CommandLine(argc, argv, true);
+}
 
 int App::CheckCommandLine(int argc, char** argv) {
   return CommandLine(argc, argv, false);
@@ -325,7 +337,7 @@ int App::CommandLine(int argc, char** argv, bool run) {
   serve
       ->add_option("--pool-size", serve_flags.pool_size,
                    "database connections for commands (default: --workers "
-                   "+ 4)")
+                   "+ 4, at most 24)")
       ->check(CLI::Range(1, 1024));
   serve
       ->add_option("--max-connections", serve_flags.max_connections,

@@ -215,7 +215,8 @@ int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   SetLogging(db);
   auto database =
       OpenDatabase(app.name(), db,
-                   flags.pool_size > 0 ? flags.pool_size : flags.workers + 4);
+                   flags.pool_size > 0 ? flags.pool_size
+                                       : std::min(flags.workers + 4, 24));
   if (!database.ok()) return Fail(app, database.status());
   if (absl::Status s = MigrateAtStart(app, *database->pool, db); !s.ok()) {
     return Fail(app, s);

@@ -46,6 +46,9 @@ struct Flags {
   int batch_concurrency = 2;
   // Where the token of a key with the scope "queries" is written.
   std::string token_file;
+  // --access-log on: one log line per request on stderr, as `serve` writes
+  // by default; off: warnings only.
+  bool access_log = false;
 };
 
 bool ParseFlags(int argc, char** argv, Flags& f) {
@@ -60,6 +63,9 @@ bool ParseFlags(int argc, char** argv, Flags& f) {
       f.token_file = value;
     } else if (name == "--schema") {
       f.schema = value;
+    } else if (name == "--access-log") {
+      if (value != "on" && value != "off") return false;
+      f.access_log = value == "on";
     } else if (name == "--accounts") {
       if (!absl::SimpleAtoi(value, &f.accounts) || f.accounts < 1) return false;
     } else if (name == "--threads") {
@@ -141,10 +147,13 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: query_server --database-url URL [--listen H:P] "
                  "[--accounts N] [--threads N] [--query-threads N] "
-                 "[--schema S] [--token-file PATH]\n");
+                 "[--schema S] [--token-file PATH] [--access-log on|off]\n");
     return 2;
   }
-  cqrs::SetMinLogLevel(cqrs::LogLevel::kWarn);
+  // As App::Main does in a release build.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  cqrs::SetMinLogLevel(f.access_log ? cqrs::LogLevel::kInfo
+                                    : cqrs::LogLevel::kWarn);
   cqrs::PgPoolOptions pool_options;
   pool_options.conninfo = f.database_url;
   pool_options.max_connections = 16;

@@ -55,9 +55,12 @@ struct RelayFlags {
 struct ServeFlags {
   std::string listen;
   int threads = 2;
-  int workers = 16;
+  // Commands block their worker for the append, so the workers bound the
+  // appends that group commit can join into one statement (issue 19: 32
+  // workers gave about 0.65x of the raw INSERT rate where 16 gave 0.5x).
+  int workers = 32;
   int query_threads = 8;
-  int pool_size = 0;  // 0: workers + 4
+  int pool_size = 0;  // 0: min(workers + 4, 24)
   int max_connections = 1024;
   int max_queued_requests = 0;  // 0: min(256, max_connections / 4)
   int idempotency_hours = 24;

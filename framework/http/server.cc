@@ -887,28 +887,46 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Handlers are application code: an exception must cost one request,
+  // not the process.
+  static Response HandlerThrew() {
+    Response response = ErrorResponse(500, "internal", "internal error");
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      response.log_detail = absl::StrCat("handler threw: ", e.what());
+    } catch (...) {
+      response.log_detail = "handler threw a non-standard exception";
+    }
+    return response;
+  }
+
   static void RunHandler(const Route& route, const Request& request,
                          const Responder& responder) {
-    // Handlers are application code: an exception must cost one request,
-    // not the process.
     try {
       if (route.handler) {
         responder(route.handler(request));
       } else {
         route.async_handler(request, responder);
       }
-    } catch (const std::exception& e) {
-      Response response = ErrorResponse(500, "internal", "internal error");
-      response.log_detail = absl::StrCat("handler threw: ", e.what());
-      responder(std::move(response));
     } catch (...) {
-      Response response = ErrorResponse(500, "internal", "internal error");
-      response.log_detail = "handler threw a non-standard exception";
-      responder(std::move(response));
+      responder(HandlerThrew());
     }
   }
 
   void Dispatch(const Route& route, Request request, bool operations) {
+    if (route.options.execution == Execution::kNetworkThread && route.handler) {
+      // Already on this connection's strand: the answer is written at
+      // once, without a trip through the scheduler (which would wake the
+      // other network thread for every request).
+      Response response;
+      try {
+        response = route.handler(request);
+      } catch (...) {
+        response = HandlerThrew();
+      }
+      return WriteResponse(std::move(response));
+    }
     Responder responder = MakeResponder();
     if (route.options.execution == Execution::kNetworkThread) {
       RunHandler(route, request, responder);
