@@ -74,8 +74,10 @@ constexpr int kMaxReadStalls = 300;
 // A read pass that takes longer stops, is reported, and is not repeated.
 constexpr int kMaxReadPassSeconds = 60;
 
-// Targets from the design brief; printed next to the figures.
-constexpr double kSingleTargetRatio = 0.8;
+// Targets from the design brief and issue 19 (group commit should make many
+// appends cost less than as many one-row commits); printed next to the
+// figures.
+constexpr double kSingleTargetRatio = 1.2;
 constexpr double kBatchTargetRatio = 0.8;
 constexpr double kReadTargetEventsPerSecond = 300000;
 

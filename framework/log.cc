@@ -5,6 +5,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -23,10 +26,24 @@ namespace {
 std::atomic<LogFormat> g_format{LogFormat::kText};
 std::atomic<LogLevel> g_min_level{LogLevel::kInfo};
 
-// Serializes whole lines so that they never interleave.
+// Info and debug lines (the access log: one per request) collect in
+// `pending` and are written by a background thread within kFlushDelay, or at
+// once when kFlushBytes collect: one write(2) for many lines instead of one
+// per line under a lock that every thread that logs queues on. A warning or
+// an error is written at once, after everything pending, and so is
+// everything at exit (FlushLog, registered with atexit).
+constexpr absl::Duration kFlushDelay = absl::Milliseconds(5);
+constexpr size_t kFlushBytes = 64 * 1024;
+
 struct Output {
+  // Guards the buffer; held only to append a line or take the buffer.
   absl::Mutex mu;
   LogSink sink ABSL_GUARDED_BY(mu);
+  std::string pending ABSL_GUARDED_BY(mu);
+  bool flusher_started ABSL_GUARDED_BY(mu) = false;
+  // Taken before `mu` is released by whoever took the buffer, and held
+  // through the write(2): lines reach stderr in the order they were logged.
+  absl::Mutex write_mu ABSL_ACQUIRED_AFTER(mu);
 };
 
 // Never destroyed: threads may still log while static destructors run.
@@ -204,25 +221,67 @@ std::string FormatJson(LogLevel level, absl::string_view message,
   return line;
 }
 
-void WriteLine(absl::string_view line) {
-  Output& output = GetOutput();
-  absl::MutexLock lock(&output.mu);
-  if (output.sink) {
-    output.sink(line);
-    return;
-  }
-  const char* data = line.data();
-  size_t left = line.size();
-  // A pipe may accept a long line in pieces; keep going until it is all out.
-  while (left > 0) {
-    const ssize_t n = ::write(STDERR_FILENO, data, left);
+void WriteAll(absl::string_view data) {
+  // A pipe may accept a long write in pieces; keep going until it is all
+  // out.
+  while (!data.empty()) {
+    const ssize_t n = ::write(STDERR_FILENO, data.data(), data.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       return;  // Nowhere left to report the failure.
     }
-    data += n;
-    left -= static_cast<size_t>(n);
+    data.remove_prefix(static_cast<size_t>(n));
   }
+}
+
+// Writes what `output.pending` holds plus `line`, in that order, and
+// releases output.mu.
+void WritePendingAnd(Output& output, absl::string_view line)
+    ABSL_UNLOCK_FUNCTION(output.mu) {
+  std::string out;
+  out.swap(output.pending);
+  out.append(line.data(), line.size());
+  output.write_mu.Lock();
+  output.mu.Unlock();
+  if (!out.empty()) WriteAll(out);
+  output.write_mu.Unlock();
+}
+
+void FlusherLoop() {
+  Output& output = GetOutput();
+  while (true) {
+    {
+      absl::MutexLock lock(&output.mu);
+      auto has_lines = [&output]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(output.mu) {
+        return !output.pending.empty();
+      };
+      output.mu.Await(absl::Condition(&has_lines));
+    }
+    // Lets the lines of the next few milliseconds join this write.
+    absl::SleepFor(kFlushDelay);
+    FlushLog();
+  }
+}
+
+void WriteLine(LogLevel level, absl::string_view line) {
+  Output& output = GetOutput();
+  output.mu.Lock();
+  if (output.sink) {
+    output.sink(line);
+    output.mu.Unlock();
+    return;
+  }
+  if (static_cast<int>(level) >= static_cast<int>(LogLevel::kWarn) ||
+      output.pending.size() + line.size() >= kFlushBytes) {
+    return WritePendingAnd(output, line);
+  }
+  output.pending.append(line.data(), line.size());
+  if (!output.flusher_started) {
+    output.flusher_started = true;
+    std::atexit(FlushLog);
+    std::thread(FlusherLoop).detach();
+  }
+  output.mu.Unlock();
 }
 
 }  // namespace
@@ -230,9 +289,17 @@ void WriteLine(absl::string_view line) {
 void Log(LogLevel level, absl::string_view message,
          std::initializer_list<LogField> fields) {
   if (!LogEnabled(level)) return;
-  WriteLine(GetLogFormat() == LogFormat::kJson
-                ? FormatJson(level, message, fields)
-                : FormatText(level, message, fields));
+  WriteLine(level, GetLogFormat() == LogFormat::kJson
+                       ? FormatJson(level, message, fields)
+                       : FormatText(level, message, fields));
+}
+
+void FlushLog() {
+  Output& output = GetOutput();
+  output.mu.Lock();
+  // Also when nothing is pending: waits for a write in progress, so that
+  // everything logged before the call is out when it returns.
+  WritePendingAnd(output, "");
 }
 
 bool LogEnabled(LogLevel level) {
@@ -285,6 +352,7 @@ absl::string_view LogLevelName(LogLevel level) {
 }
 
 void SetLogSinkForTesting(LogSink sink) {
+  FlushLog();
   Output& output = GetOutput();
   absl::MutexLock lock(&output.mu);
   output.sink = std::move(sink);

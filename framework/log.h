@@ -110,6 +110,14 @@ bool ParseLogLevel(absl::string_view text, LogLevel* level);
 // "DEBUG", "INFO", "WARN", "ERROR".
 absl::string_view LogLevelName(LogLevel level);
 
+// Lines go to stderr. Info and debug lines are written by a background
+// thread within about 5 ms, many in one write (the access log is a line per
+// request); a warning or an error is written at once, after every line
+// logged before it. FlushLog() writes what is pending; it runs at exit by
+// itself (atexit), so only a process that ends without exit() (a crash,
+// SIGKILL, _exit) can lose the last few milliseconds of info lines.
+void FlushLog();
+
 // Receives every formatted line, newline included, instead of stderr. Called
 // with the logger's mutex held: it must not log itself. Pass nullptr to
 // restore stderr. Meant for tests.

@@ -38,11 +38,32 @@ absl::string_view MethodLabel(absl::string_view method) {
 }  // namespace
 
 void RequestMetrics::Record(const RequestInfo& info) {
-  const std::string method(MethodLabel(info.method));
-  const std::string route(info.route);
-  requests_->WithLabels({method, route, absl::StrCat(info.status)}).Increment();
-  latency_->WithLabels({method, route})
-      .Observe(absl::ToDoubleSeconds(info.duration));
+  const absl::string_view method = MethodLabel(info.method);
+  // Reused by each thread: no allocation once it has grown.
+  thread_local std::string key;
+  key.clear();
+  absl::StrAppend(&key, method, "\n", info.route, "\n", info.status);
+  Series series;
+  bool found = false;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = series_.find(key);
+    if (it != series_.end()) {
+      series = it->second;
+      found = true;
+    }
+  }
+  if (!found) {
+    const std::string method_label(method);
+    const std::string route(info.route);
+    series.requests = &requests_->WithLabels(
+        {method_label, route, absl::StrCat(info.status)});
+    series.latency = &latency_->WithLabels({method_label, route});
+    absl::MutexLock lock(&mu_);
+    series_.emplace(key, series);
+  }
+  series.requests->Increment();
+  series.latency->Observe(absl::ToDoubleSeconds(info.duration));
 }
 
 }  // namespace http

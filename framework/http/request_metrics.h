@@ -14,8 +14,12 @@
 #define FRAMEWORK_HTTP_REQUEST_METRICS_H_
 
 #include <memory>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "framework/http/server.h"
 #include "framework/metrics.h"
 
@@ -36,9 +40,20 @@ class RequestMetrics {
   RequestMetrics(CounterFamily* requests, HistogramFamily* latency)
       : requests_(requests), latency_(latency) {}
 
+  // The series of one (method, route, status): looked up once, then found
+  // here without building label vectors for every request.
+  struct Series {
+    Counter* requests;
+    Histogram* latency;
+  };
+
   // Owned by the registry.
   CounterFamily* const requests_;
   HistogramFamily* const latency_;
+  absl::Mutex mu_;
+  // Keyed by method, route and status joined by newlines (which a route
+  // pattern cannot hold).
+  absl::flat_hash_map<std::string, Series> series_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace http

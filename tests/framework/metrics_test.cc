@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
+#include "framework/http/request_metrics.h"
 #include "framework/log.h"
 #include "tests/support/prometheus_text.h"
 
@@ -488,6 +489,58 @@ TEST_CASE("The exposition parser rejects malformed text", "[framework]") {
     CHECK(absl::StartsWith(status.message(), "line "));
     CHECK_THAT(std::string(status.message()), Catch::Contains(c.reason));
   }
+}
+
+TEST_CASE(
+    "RequestMetrics counts each method, route and status apart, from any "
+    "thread",
+    "[framework]") {
+  MetricsRegistry registry;
+  absl::StatusOr<std::unique_ptr<http::RequestMetrics>> metrics =
+      http::RequestMetrics::Create(&registry);
+  REQUIRE(metrics.ok());
+  auto record = [&](absl::string_view method, absl::string_view route,
+                    int status) {
+    http::RequestInfo info;
+    info.method = method;
+    info.route = route;
+    info.status = status;
+    info.duration = absl::Milliseconds(3);
+    (*metrics)->Record(info);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 250; ++i) record("GET", "/accounts/{id}", 200);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  record("GET", "/accounts/{id}", 404);
+  record("POST", "/accounts/{id}", 200);
+  record("BREW", "/accounts/{id}", 200);
+  record("PATCH", "/accounts/{id}", 200);
+
+  const ParsedMetrics parsed = RenderAndParse(registry);
+  const std::string requests = "cqrs_http_requests_total";
+  const std::string route = "/accounts/{id}";
+  CHECK(parsed.Value(
+            requests,
+            {{"method", "GET"}, {"route", route}, {"status", "200"}}) == 1000);
+  CHECK(parsed.Value(
+            requests,
+            {{"method", "GET"}, {"route", route}, {"status", "404"}}) == 1);
+  CHECK(parsed.Value(
+            requests,
+            {{"method", "POST"}, {"route", route}, {"status", "200"}}) == 1);
+  // A method nobody standardized shares one series.
+  CHECK(parsed.Value(
+            requests,
+            {{"method", "other"}, {"route", route}, {"status", "200"}}) == 1);
+  CHECK(parsed.Value(
+            requests,
+            {{"method", "PATCH"}, {"route", route}, {"status", "200"}}) == 1);
+  CHECK(parsed.Value("cqrs_http_request_duration_seconds_count",
+                     {{"method", "GET"}, {"route", route}}) == 1001);
 }
 
 }  // namespace

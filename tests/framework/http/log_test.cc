@@ -1,5 +1,8 @@
 #include "framework/log.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <regex>
 #include <string>
 #include <thread>
@@ -7,8 +10,10 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/match.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/log_capture.h"
+#include "tests/support/wait.h"
 
 namespace cqrs {
 namespace {
@@ -132,6 +137,73 @@ TEST_CASE("concurrent lines never interleave", "[http][log]") {
     doc.Parse(line.c_str());
     REQUIRE_FALSE(doc.HasParseError());
   }
+}
+
+// Points stderr at a pipe for the duration of a test; Read() returns what
+// has arrived so far.
+class StderrPipe {
+ public:
+  StderrPipe() {
+    FlushLog();
+    REQUIRE(pipe2(fds_, O_CLOEXEC) == 0);
+    REQUIRE(fcntl(fds_[0], F_SETFL, O_NONBLOCK) == 0);
+    saved_ = dup(STDERR_FILENO);
+    REQUIRE(saved_ >= 0);
+    REQUIRE(dup2(fds_[1], STDERR_FILENO) == STDERR_FILENO);
+  }
+  ~StderrPipe() {
+    FlushLog();
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+    close(fds_[0]);
+    close(fds_[1]);
+  }
+  std::string Read() {
+    char buffer[4096];
+    ssize_t n;
+    while ((n = read(fds_[0], buffer, sizeof buffer)) > 0) {
+      received_.append(buffer, static_cast<size_t>(n));
+    }
+    return received_;
+  }
+
+ private:
+  int fds_[2] = {-1, -1};
+  int saved_ = -1;
+  std::string received_;
+};
+
+TEST_CASE(
+    "info lines reach stderr within milliseconds, warnings at once, all in "
+    "order",
+    "[http][log]") {
+  StderrPipe err;
+  Log(LogLevel::kInfo, "first");
+  Log(LogLevel::kInfo, "second");
+  // A warning takes every pending line with it, in order, before it returns.
+  Log(LogLevel::kWarn, "third");
+  const std::string now = err.Read();
+  const size_t first = now.find("INFO first\n");
+  const size_t second = now.find("INFO second\n");
+  const size_t third = now.find("WARN third\n");
+  REQUIRE(first != std::string::npos);
+  REQUIRE(second != std::string::npos);
+  REQUIRE(third != std::string::npos);
+  CHECK(first < second);
+  CHECK(second < third);
+
+  // An info line on its own is written by the background flusher.
+  Log(LogLevel::kInfo, "fourth");
+  CHECK(testing::Eventually(
+      [&] { return absl::StrContains(err.Read(), "INFO fourth\n"); }));
+
+  // FlushLog writes what is pending before it returns.
+  for (int i = 0; i < 100; ++i) Log(LogLevel::kInfo, "many", {{"i", i}});
+  FlushLog();
+  const std::string all = err.Read();
+  CHECK(absl::StrContains(all, "INFO many i=0\n"));
+  CHECK(absl::StrContains(all, "INFO many i=99\n"));
+  CHECK(all.find("i=0\n") < all.find("i=99\n"));
 }
 
 }  // namespace
