@@ -1,5 +1,8 @@
 #include "projections/progress.h"
 
+#include <exception>
+#include <utility>
+
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
@@ -7,6 +10,7 @@
 #include "framework/pg_listener.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
+#include "projections/sql_array.h"
 
 namespace cqrs::projections {
 
@@ -20,6 +24,65 @@ void NotifyProgress(pqxx::transaction_base& tx, absl::string_view schema,
                     absl::string_view name, const Position& position) {
   tx.exec_params("SELECT pg_notify($1, $2)", ProgressChannel(schema),
                  absl::StrCat(name, " ", position.ToToken()));
+}
+
+ProgressNotifier::ProgressNotifier(std::string conninfo,
+                                   absl::string_view schema)
+    : conninfo_(std::move(conninfo)), channel_(ProgressChannel(schema)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ProgressNotifier::~ProgressNotifier() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+void ProgressNotifier::Notify(absl::string_view name,
+                              const Position& position) {
+  absl::MutexLock lock(&mu_);
+  Position& pending = pending_[name];
+  if (pending < position) pending = position;
+}
+
+void ProgressNotifier::Loop() {
+  std::unique_ptr<pqxx::connection> conn;
+  while (true) {
+    SqlArray payloads;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !pending_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      // What is pending is still sent when stopping: the last checkpoints
+      // of a process wake their readers too.
+      if (pending_.empty()) return;
+      for (const auto& [name, position] : pending_) {
+        payloads.Add(absl::StrCat(name, " ", position.ToToken()));
+      }
+      pending_.clear();
+    }
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      try {
+        if (conn == nullptr || !conn->is_open() ||
+            SessionEndedWhileIdle(*conn)) {
+          conn = std::make_unique<pqxx::connection>(conninfo_);
+          // A notification is not durable anyway: its commit need not
+          // wait for a WAL flush while holding the notify lock.
+          pqxx::nontransaction(*conn).exec("SET synchronous_commit = off");
+        }
+        pqxx::nontransaction tx(*conn);
+        tx.exec_params("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                       channel_, payloads.literal());
+        break;
+      } catch (const std::exception&) {
+        conn.reset();
+      }
+    }
+  }
 }
 
 absl::StatusOr<std::vector<Progress>> ReadCheckpoints(

@@ -102,10 +102,12 @@ static_assert(std::size(kMigrations) ==
 class Worker {
  public:
   Worker(PgPool* pool, eventstore::PostgresEventStore* store,
-         const ProjectionRunnerOptions* options, Projection projection)
+         const ProjectionRunnerOptions* options, ProgressNotifier* notifier,
+         Projection projection)
       : pool_(pool),
         store_(store),
         options_(options),
+        notifier_(notifier),
         p_(std::move(projection)),
         types_(p_.event_types.begin(), p_.event_types.end()) {
     status_.name = p_.name;
@@ -245,6 +247,7 @@ class Worker {
                         : p_.batch_size > 0 ? p_.batch_size
                                             : options_->batch_size;
       Failure failure;
+      batch_started_ = absl::Now();
       absl::StatusOr<BatchResult> r = RunBatch(limit, &failure);
       if (!r.ok()) {
         const absl::Status& error = r.status();
@@ -343,14 +346,18 @@ class Worker {
   // a long transaction is not polled every millisecond for its whole life.
   void WaitForEvents(int* hidden_polls) {
     absl::MutexLock lock(&mu_);
+    // The next batch starts no sooner than live_batch_interval after the
+    // last one started (see ProjectionRunnerOptions).
+    const absl::Time earliest = batch_started_ + options_->live_batch_interval;
     if (status_.position < notified_) {
       constexpr int kQuickPolls = 20;
       const int slow = std::max(0, *hidden_polls - kQuickPolls);
       ++*hidden_polls;
       mu_.AwaitWithTimeout(
           absl::Condition(&stopping_),
-          std::min(absl::Milliseconds(int64_t{1} << std::min(slow, 6)),
-                   absl::Milliseconds(50)));
+          std::max(std::min(absl::Milliseconds(int64_t{1} << std::min(slow, 6)),
+                            absl::Milliseconds(50)),
+                   earliest - absl::Now()));
       return;
     }
     *hidden_polls = 0;
@@ -359,6 +366,10 @@ class Worker {
     };
     mu_.AwaitWithTimeout(absl::Condition(&more), options_->poll_interval);
     poked_ = false;
+    const absl::Duration early = earliest - absl::Now();
+    if (early > absl::ZeroDuration()) {
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), early);
+    }
   }
 
   std::string OutdatedMessage(int stored) const {
@@ -604,8 +615,8 @@ class Worker {
                            "WHERE name = $1"),
               p_.name, absl::StrCat(page.next.transaction_id),
               page.next.global_position);
-          NotifyProgress(tx, options_->schema, p_.name, page.next);
           tx.commit();
+          notifier_->Notify(p_.name, page.next);
           MarkStored(page.next);
           for (const auto& fn : after_commit) fn();
           if (flush) return absl::OkStatus();  // kEmpty: nothing new read
@@ -746,8 +757,8 @@ class Worker {
                            "updated_at = now() WHERE name = $1"),
               p_.name, absl::StrCat(event.position.transaction_id),
               event.position.global_position, message);
-          NotifyProgress(tx, options_->schema, p_.name, event.position);
           tx.commit();
+          notifier_->Notify(p_.name, event.position);
           MarkStored(event.position);
           parked_streams_.insert(event.stream_id);
           {
@@ -770,12 +781,14 @@ class Worker {
   PgPool* const pool_;
   eventstore::PostgresEventStore* const store_;
   const ProjectionRunnerOptions* const options_;
+  ProgressNotifier* const notifier_;  // the runner's; outlives the worker
   const Projection p_;
   const absl::flat_hash_set<std::string> types_;
 
   // Worker thread only.
   std::unique_ptr<pqxx::connection> ownership_;
   absl::Time next_ownership_check_ = absl::InfinitePast();
+  absl::Time batch_started_ = absl::InfinitePast();
   bool prepared_ = false;
   bool failed_ = false;
   bool version_mismatch_ = false;  // the stored version is not ours
@@ -808,7 +821,10 @@ class ProjectionRunner::Impl {
  public:
   Impl(PgPool* pool, eventstore::PostgresEventStore* store,
        ProjectionRunnerOptions options)
-      : pool_(pool), store_(store), options_(std::move(options)) {}
+      : pool_(pool),
+        store_(store),
+        options_(std::move(options)),
+        notifier_(pool_->conninfo(), options_.schema) {}
 
   absl::Status Init(std::vector<Projection> projections) {
     std::set<std::string> names;
@@ -829,8 +845,8 @@ class ProjectionRunner::Impl {
     for (Projection& p : projections) {
       RETURN_IF_ERROR(
           projections_internal::EnsureRegistered(*pool_, options_.schema, p));
-      workers_.push_back(
-          std::make_unique<Worker>(pool_, store_, &options_, std::move(p)));
+      workers_.push_back(std::make_unique<Worker>(pool_, store_, &options_,
+                                                  &notifier_, std::move(p)));
     }
     return absl::OkStatus();
   }
@@ -894,6 +910,8 @@ class ProjectionRunner::Impl {
   PgPool* const pool_;
   eventstore::PostgresEventStore* const store_;
   const ProjectionRunnerOptions options_;
+  // Declared before the workers, so that it outlives them.
+  ProgressNotifier notifier_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
   std::atomic<bool> listening_{false};

@@ -208,6 +208,47 @@ TEST_CASE("a projection catches up and follows live appends exactly",
 }
 
 TEST_CASE(
+    "live events that commit within live_batch_interval of the last batch's "
+    "start join one batch",
+    "[projections][pg]") {
+  TestSchema schema;
+  auto store = schema.NewEventStore();
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  auto fold = AppendMany(*store, 5, 1);
+  ProjectionRunnerOptions options = Options(schema);
+  options.live_batch_interval = absl::Seconds(1);
+  std::atomic<int> batches{0};
+  options.on_progress = [&](absl::string_view, Position) { ++batches; };
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
+  REQUIRE(Converges(schema, fold));
+
+  const int before = batches;
+  const absl::Time start = absl::Now();
+  // 20 appends 10 ms apart: each its own commit and notification, which a
+  // projection without the interval applies as a batch of its own.
+  for (int i = 0; i < 20; ++i) {
+    for (const auto& [stream, d] : AppendMany(*store, 1, 1, 100 + i)) {
+      fold[stream].first += d.first;
+      fold[stream].second += d.second;
+    }
+    absl::SleepFor(absl::Milliseconds(10));  // pacing, not a wait
+  }
+  const absl::Duration appending = absl::Now() - start;
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
+  CHECK(Converges(schema, fold));
+  // One batch for all of them, or two when the first came a second after
+  // the last batch (a slow machine gets one more per second of appending).
+  INFO("appending took " << appending);
+  CHECK(batches - before <=
+        2 + static_cast<int>(absl::ToInt64Seconds(appending)));
+  CHECK(batches - before >= 1);
+}
+
+TEST_CASE(
     "events a projection does not handle move it on without a commit "
     "each; a restart skips them again and stores the progress when due",
     "[projections][pg]") {

@@ -154,6 +154,50 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
       absl::Seconds(20)));
 }
 
+TEST_CASE(
+    "a runner's notifier tells trackers elsewhere, newest position first, "
+    "and sends what is pending when it stops",
+    "[queries][pg]") {
+  testing::TestSchema schema;
+  // Re-reads only once a minute: only notifications can pass this test.
+  auto tracker = NewTracker(schema, absl::Seconds(60));
+  tracker->Start();
+  REQUIRE(testing::Eventually(
+      [&] {
+        return schema.QueryInt(
+                   absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
+                                "application_name = 'cqrs progress ",
+                                schema.name(), "'")) != 0;
+      },
+      absl::Seconds(20), absl::Milliseconds(20)));
+  {
+    projections::ProgressNotifier notifier(schema.url(), schema.name());
+    Outcome heard;
+    tracker->WhenReached({"a"}, At(5, 3), absl::Now() + absl::Seconds(20),
+                         heard.Callback());
+    notifier.Notify("a", At(5, 3));
+    REQUIRE(heard.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    CHECK(heard.reached());
+
+    // Progress that comes in faster than it is sent is coalesced: the
+    // newest position of each projection goes out.
+    for (int64_t i = 6; i <= 500; ++i) notifier.Notify("a", At(i, 1));
+    notifier.Notify("a", At(7, 1));  // older than what is pending
+    notifier.Notify("b", At(9, 9));
+    CHECK(testing::Eventually(
+        [&] {
+          return tracker->Current({"a"}) == At(500, 1) &&
+                 tracker->Current({"b"}) == At(9, 9);
+        },
+        absl::Seconds(20)));
+    // Sent on stopping, even right after the call.
+    notifier.Notify("a", At(600, 1));
+  }
+  CHECK(
+      testing::Eventually([&] { return tracker->Current({"a"}) == At(600, 1); },
+                          absl::Seconds(20)));
+}
+
 TEST_CASE("the tracker re-reads checkpoints it was not told about",
           "[queries][pg]") {
   testing::TestSchema schema;
