@@ -41,6 +41,19 @@ std::unique_ptr<ProgressTracker> NewTracker(testing::TestSchema& schema,
   return *std::move(tracker);
 }
 
+// Whether the tracker's listening session is there (it is named once its
+// LISTEN is in effect), waiting for it up to 20 s.
+bool Listening(testing::TestSchema& schema) {
+  return testing::Eventually(
+      [&] {
+        return schema.QueryInt(
+                   absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
+                                "application_name = 'cqrs progress ",
+                                schema.name(), "'")) != 0;
+      },
+      absl::Seconds(20), absl::Milliseconds(20));
+}
+
 // The outcome of a WhenReached() call, once it is called.
 struct Outcome {
   absl::Notification done;
@@ -110,16 +123,8 @@ TEST_CASE("the tracker hears checkpoints committed by other processes",
   testing::TestSchema schema;
   auto tracker = NewTracker(schema, absl::Seconds(60));
   tracker->Start();
-  // Wait for the listening session (it is named once its LISTEN is in
-  // effect); then a "runner elsewhere" commits.
-  REQUIRE(testing::Eventually(
-      [&] {
-        return schema.QueryInt(
-                   absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
-                                "application_name = 'cqrs progress ",
-                                schema.name(), "'")) != 0;
-      },
-      absl::Seconds(20), absl::Milliseconds(20)));
+  // Once the tracker listens, a "runner elsewhere" commits.
+  REQUIRE(Listening(schema));
   Outcome heard;
   tracker->WhenReached({"remote"}, At(5, 3), absl::Now() + absl::Seconds(20),
                        heard.Callback());
@@ -162,14 +167,7 @@ TEST_CASE(
   // Re-reads only once a minute: only notifications can pass this test.
   auto tracker = NewTracker(schema, absl::Seconds(60));
   tracker->Start();
-  REQUIRE(testing::Eventually(
-      [&] {
-        return schema.QueryInt(
-                   absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
-                                "application_name = 'cqrs progress ",
-                                schema.name(), "'")) != 0;
-      },
-      absl::Seconds(20), absl::Milliseconds(20)));
+  REQUIRE(Listening(schema));
   {
     projections::ProgressNotifier notifier(schema.url(), schema.name());
     Outcome heard;
