@@ -213,10 +213,9 @@ int Project(App& app, const DatabaseFlags& db,
 
 int Serve(App& app, const DatabaseFlags& db, const ServeFlags& flags) {
   SetLogging(db);
-  auto database =
-      OpenDatabase(app.name(), db,
-                   flags.pool_size > 0 ? flags.pool_size
-                                       : std::min(flags.workers + 4, 24));
+  auto database = OpenDatabase(
+      app.name(), db,
+      flags.pool_size > 0 ? flags.pool_size : std::min(flags.workers + 4, 24));
   if (!database.ok()) return Fail(app, database.status());
   if (absl::Status s = MigrateAtStart(app, *database->pool, db); !s.ok()) {
     return Fail(app, s);

@@ -235,7 +235,9 @@ TEST_CASE(
       fold[stream].first += d.first;
       fold[stream].second += d.second;
     }
-    absl::SleepFor(absl::Milliseconds(10));  // pacing, not a wait
+    // A sleep is right here: the test is about events spread over time
+    // (each notified apart), not a wait for a condition.
+    absl::SleepFor(absl::Milliseconds(10));
   }
   const absl::Duration appending = absl::Now() - start;
   REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); }));
