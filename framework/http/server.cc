@@ -7,9 +7,11 @@
 
 #include <openssl/ssl.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -1105,10 +1107,7 @@ class Session : public std::enable_shared_from_this<Session> {
         net::post(self->stream_.get_executor(), [self] { self->PumpStream(); });
       });
     });
-    stream_.socket().async_wait(
-        tcp::socket::wait_read,
-        beast::bind_front_handler(&Session::OnStreamReadable,
-                                  shared_from_this()));
+    WatchStreamReadable();
     auto start = std::exchange(stream_start_, nullptr);
     try {
       start(stream_state_);
@@ -1119,11 +1118,33 @@ class Session : public std::enable_shared_from_this<Session> {
     if (core_->draining.load()) stream_state_->Close();
   }
 
+  void WatchStreamReadable() {
+    stream_.socket().async_wait(
+        tcp::socket::wait_read,
+        beast::bind_front_handler(&Session::OnStreamReadable,
+                                  shared_from_this()));
+  }
+
   void OnStreamReadable(beast::error_code ec) {
     if (phase_ != Phase::kStreaming || ec == net::error::operation_aborted) {
       return;
     }
-    // The client closed (or sent what a stream's client never sends).
+    if (ec) {
+      log_detail_ =
+          absl::StrCat("the client's connection failed: ", ec.message());
+    } else {
+      // Readiness is a hint: look before ending the stream, and wait again
+      // when there is nothing to read after all.
+      char byte;
+      const ssize_t n = ::recv(stream_.socket().native_handle(), &byte, 1,
+                               MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 &&
+          (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        return WatchStreamReadable();
+      }
+      log_detail_ = n > 0 ? "the client sent data on the stream"
+                          : "the client closed the stream";
+    }
     FinishRequest("");
     CloseNow();
   }

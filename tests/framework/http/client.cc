@@ -90,10 +90,29 @@ TestClient::~TestClient() {
 
 absl::StatusOr<std::unique_ptr<TestClient>> TestClient::Connect(
     int port, absl::Duration timeout) {
+  return ConnectWith(port, timeout, /*receive_buffer=*/0);
+}
+
+absl::StatusOr<std::unique_ptr<TestClient>> TestClient::ConnectSmallWindow(
+    int port) {
+  return ConnectWith(port, absl::Seconds(10), /*receive_buffer=*/1);
+}
+
+absl::StatusOr<std::unique_ptr<TestClient>> TestClient::ConnectWith(
+    int port, absl::Duration timeout, int receive_buffer) {
   auto impl = std::make_unique<Impl>(timeout);
   const tcp::endpoint endpoint(net::ip::make_address("127.0.0.1"),
                                static_cast<unsigned short>(port));
   Impl* raw = impl.get();
+  if (receive_buffer > 0) {
+    beast::error_code ec;
+    raw->stream.socket().open(tcp::v4(), ec);
+    if (!ec) {
+      raw->stream.socket().set_option(
+          net::socket_base::receive_buffer_size(receive_buffer), ec);
+    }
+    if (ec) return StatusFromError(ec, "socket");
+  }
   beast::error_code ec = raw->Run([raw, &endpoint](auto handler) {
     raw->stream.async_connect(endpoint,
                               [handler](beast::error_code connect_ec) mutable {
@@ -204,10 +223,10 @@ absl::StatusOr<std::string> TestClient::ReadStream(absl::Duration timeout) {
   return std::exchange(parser.get().body(), std::string());
 }
 
-void TestClient::ShrinkReceiveBuffer() {
+void TestClient::GrowReceiveBuffer() {
   beast::error_code ignored;
-  impl_->stream.socket().set_option(net::socket_base::receive_buffer_size(1),
-                                    ignored);
+  impl_->stream.socket().set_option(
+      net::socket_base::receive_buffer_size(1 << 20), ignored);
 }
 
 absl::Status TestClient::WriteRaw(absl::string_view bytes) {

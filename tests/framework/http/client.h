@@ -40,6 +40,13 @@ class TestClient {
   // Connects to 127.0.0.1:`port`. kUnavailable when the connection fails.
   static absl::StatusOr<std::unique_ptr<TestClient>> Connect(
       int port, absl::Duration timeout = absl::Seconds(10));
+  // As Connect(), with the kernel's smallest receive buffer set before the
+  // connection, so that a client that stops reading backs the server up
+  // quickly. (Shrinking it after the handshake makes the kernel drop what
+  // the window it advertised before lets in; the server then retransmits
+  // with a backoff of many seconds, even once the client reads again.)
+  static absl::StatusOr<std::unique_ptr<TestClient>> ConnectSmallWindow(
+      int port);
 
   TestClient(const TestClient&) = delete;
   TestClient& operator=(const TestClient&) = delete;
@@ -58,9 +65,10 @@ class TestClient {
   // (an Authorization header, say).
   void SetDefaultHeaders(http::HeaderList headers);
 
-  // Shrinks the socket's receive buffer to the kernel's minimum, so that a
-  // client that stops reading backs the server up quickly.
-  void ShrinkReceiveBuffer();
+  // Gives the socket a larger receive buffer (1 MiB), so that a client of
+  // ConnectSmallWindow() that stalled can drain what is left without a
+  // round trip per kilobyte.
+  void GrowReceiveBuffer();
 
   // Writes `bytes` as they are.
   absl::Status WriteRaw(absl::string_view bytes);
@@ -89,6 +97,8 @@ class TestClient {
  private:
   struct Impl;
   explicit TestClient(std::unique_ptr<Impl> impl);
+  static absl::StatusOr<std::unique_ptr<TestClient>> ConnectWith(
+      int port, absl::Duration timeout, int receive_buffer);
 
   std::unique_ptr<Impl> impl_;
 };
