@@ -20,6 +20,7 @@
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "projections/internal/common.h"
+#include "projections/internal/shared_tail.h"
 #include "projections/progress.h"
 
 namespace cqrs::projections {
@@ -101,11 +102,11 @@ static_assert(std::size(kMigrations) ==
 // One projection's worker: ownership, batches, error policy, live waiting.
 class Worker {
  public:
-  Worker(PgPool* pool, eventstore::PostgresEventStore* store,
+  Worker(PgPool* pool, projections_internal::SharedTail* tail,
          const ProjectionRunnerOptions* options, ProgressNotifier* notifier,
          Projection projection)
       : pool_(pool),
-        store_(store),
+        tail_(tail),
         options_(options),
         notifier_(notifier),
         p_(std::move(projection)),
@@ -514,119 +515,122 @@ class Worker {
     Position next;
     int64_t newly_parked = 0;
     int64_t skipped = 0;
-    absl::Status status = pool_->Run(
-        PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
-          pqxx::work tx(conn);
-          auto events_tx = store_->InTransaction(tx);
-          std::vector<std::function<void()>> after_commit;
-          const Position from = checkpoint();
-          // Reading first: the transaction takes no transaction id (which
-          // would hold back every reader of the event store) until the lock
-          // below, just before the writes.
-          ASSIGN_OR_RETURN(eventstore::ReadAllResult page,
-                           events_tx->ReadAll(from, limit));
-          // Progress over events of other types is due to be stored.
-          const bool due =
-              unstored_events_ + static_cast<int64_t>(page.events.size()) >=
-                  options_->batch_size ||
-              absl::Now() - stored_at_ >= options_->checkpoint_interval;
-          // Nothing new to read (idle, or not yet visible): store what is
-          // due, else nothing to do.
-          const bool flush = page.events.empty() && stored_ != from && due;
-          if (page.events.empty() && !flush) return absl::OkStatus();
-          if (!page.events.empty()) last_read_ = page.next;
-          bool concerned = flush || due;
-          for (const RecordedEvent& e : page.events) {
-            concerned = concerned || types_.contains(e.event_type);
-          }
-          if (!concerned) {
-            skipped = static_cast<int64_t>(page.events.size());
+    const Position from = checkpoint();
+    // Read before the transaction (which so takes no transaction id, which
+    // would hold back every reader of the event store, until the lock
+    // below, just before the writes), through the runner's shared tail:
+    // the other workers are after the same new events.
+    ASSIGN_OR_RETURN(eventstore::ReadAllResult page, tail_->Read(from, limit));
+    // Progress over events of other types is due to be stored.
+    const bool due =
+        unstored_events_ + static_cast<int64_t>(page.events.size()) >=
+            options_->batch_size ||
+        absl::Now() - stored_at_ >= options_->checkpoint_interval;
+    // Nothing new to read (idle, or not yet visible): store what is due,
+    // else nothing to do.
+    const bool flush = page.events.empty() && stored_ != from && due;
+    if (page.events.empty() && !flush) return result;
+    if (!page.events.empty()) last_read_ = page.next;
+    bool concerned = flush || due;
+    for (const RecordedEvent& e : page.events) {
+      concerned = concerned || types_.contains(e.event_type);
+    }
+    if (!concerned) {
+      // No transaction at all.
+      skipped = static_cast<int64_t>(page.events.size());
+      next = page.next;
+      result = static_cast<int>(page.events.size()) >= limit
+                   ? BatchResult::kFull
+                   : BatchResult::kPartial;
+    } else {
+      absl::Status status = pool_->Run(
+          PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
+            pqxx::work tx(conn);
+            std::vector<std::function<void()>> after_commit;
+            // The checkpoint row must still say what this worker read
+            // from it; otherwise another process or a rebuild moved it,
+            // and the batch starts over from there (rolled back).
+            auto moved = [&](absl::string_view lock) {
+              pqxx::row row = tx.exec_params1(
+                  absl::StrCat("SELECT generation, position_xid::text, "
+                               "position_gp, version, parked_epoch FROM ",
+                               options_->schema, ".projections WHERE name = $1",
+                               lock),
+                  p_.name);
+              const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
+              return row[0].as<int>() != generation_ || stored != stored_ ||
+                     row[3].as<int>() != p_.version ||
+                     row[4].as<int>() != parked_epoch_;
+            };
+            // A row lock gives the transaction its id. A process
+            // manager's commands append to streams they read first, and
+            // an append refuses when the stream got a commit after the
+            // transaction got its id (MustRetryTransaction). So a
+            // process manager's batch takes an advisory lock (no id)
+            // and checks the row without locking it, so that no two
+            // runners handle its events at once, and locks the row only
+            // after its handler (it has no tables a rebuild could lock
+            // first).
+            const bool lock_first = p_.kind != ProjectionKind::kProcessManager;
+            if (!lock_first) {
+              tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                             projections_internal::kBatchLockClass,
+                             absl::StrCat(options_->schema, ".", p_.name));
+            }
+            if (moved(lock_first ? " FOR UPDATE" : "")) {
+              prepared_ = false;
+              result = BatchResult::kRaced;
+              return absl::OkStatus();
+            }
+            std::vector<RecordedEvent> relevant;
+            relevant.reserve(page.events.size());
+            for (RecordedEvent& e : page.events) {
+              if (!types_.contains(e.event_type)) continue;
+              if (parked_streams_.contains(e.stream_id)) {
+                Park(tx, e, "parked behind an earlier event of its stream");
+                ++newly_parked;
+                continue;
+              }
+              relevant.push_back(std::move(e));
+            }
+            if (!relevant.empty()) {
+              absl::Status applied = projections_internal::ApplyHandler(
+                  p_, tx, tables_, relevant, &after_commit);
+              if (applied.ok() && options_->before_commit_for_testing) {
+                applied =
+                    options_->before_commit_for_testing(p_.name, page.next);
+              }
+              if (!applied.ok()) {
+                failure->event = relevant.front();
+                return applied;
+              }
+            }
+            if (!lock_first && moved(" FOR UPDATE")) {
+              prepared_ = false;
+              result = BatchResult::kRaced;
+              // Rolls back what the handler did.
+              return absl::OkStatus();
+            }
+            tx.exec_params(
+                absl::StrCat("UPDATE ", options_->schema,
+                             ".projections SET position_xid = $2::text::xid8, "
+                             "position_gp = $3, updated_at = now() "
+                             "WHERE name = $1"),
+                p_.name, absl::StrCat(page.next.transaction_id),
+                page.next.global_position);
+            tx.commit();
+            notifier_->Notify(p_.name, page.next);
+            MarkStored(page.next);
+            for (const auto& fn : after_commit) fn();
+            if (flush) return absl::OkStatus();  // kEmpty: nothing new read
             next = page.next;
             result = static_cast<int>(page.events.size()) >= limit
                          ? BatchResult::kFull
                          : BatchResult::kPartial;
-            return absl::OkStatus();  // rolls back an empty transaction
-          }
-          // The checkpoint row must still say what this worker read from it;
-          // otherwise another process or a rebuild moved it, and the batch
-          // starts over from there (rolled back).
-          auto moved = [&](absl::string_view lock) {
-            pqxx::row row = tx.exec_params1(
-                absl::StrCat("SELECT generation, position_xid::text, "
-                             "position_gp, version, parked_epoch FROM ",
-                             options_->schema, ".projections WHERE name = $1",
-                             lock),
-                p_.name);
-            const Position stored{ParseXid(row[1]), row[2].as<int64_t>()};
-            return row[0].as<int>() != generation_ || stored != stored_ ||
-                   row[3].as<int>() != p_.version ||
-                   row[4].as<int>() != parked_epoch_;
-          };
-          // A row lock gives the transaction its id. A process manager's
-          // commands append to streams they read first, and an append
-          // refuses when the stream got a commit after the transaction got
-          // its id (MustRetryTransaction). So a process manager's batch
-          // takes an advisory lock (no id) and checks the row without
-          // locking it, so that no two runners handle its events at once,
-          // and locks the row only after its handler (it has no tables a
-          // rebuild could lock first).
-          const bool lock_first = p_.kind != ProjectionKind::kProcessManager;
-          if (!lock_first) {
-            tx.exec_params("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                           projections_internal::kBatchLockClass,
-                           absl::StrCat(options_->schema, ".", p_.name));
-          }
-          if (moved(lock_first ? " FOR UPDATE" : "")) {
-            prepared_ = false;
-            result = BatchResult::kRaced;
             return absl::OkStatus();
-          }
-          std::vector<RecordedEvent> relevant;
-          relevant.reserve(page.events.size());
-          for (RecordedEvent& e : page.events) {
-            if (!types_.contains(e.event_type)) continue;
-            if (parked_streams_.contains(e.stream_id)) {
-              Park(tx, e, "parked behind an earlier event of its stream");
-              ++newly_parked;
-              continue;
-            }
-            relevant.push_back(std::move(e));
-          }
-          if (!relevant.empty()) {
-            absl::Status applied = projections_internal::ApplyHandler(
-                p_, tx, tables_, relevant, &after_commit);
-            if (applied.ok() && options_->before_commit_for_testing) {
-              applied = options_->before_commit_for_testing(p_.name, page.next);
-            }
-            if (!applied.ok()) {
-              failure->event = relevant.front();
-              return applied;
-            }
-          }
-          if (!lock_first && moved(" FOR UPDATE")) {
-            prepared_ = false;
-            result = BatchResult::kRaced;
-            return absl::OkStatus();  // rolls back what the handler did
-          }
-          tx.exec_params(
-              absl::StrCat("UPDATE ", options_->schema,
-                           ".projections SET position_xid = $2::text::xid8, "
-                           "position_gp = $3, updated_at = now() "
-                           "WHERE name = $1"),
-              p_.name, absl::StrCat(page.next.transaction_id),
-              page.next.global_position);
-          tx.commit();
-          notifier_->Notify(p_.name, page.next);
-          MarkStored(page.next);
-          for (const auto& fn : after_commit) fn();
-          if (flush) return absl::OkStatus();  // kEmpty: nothing new read
-          next = page.next;
-          result = static_cast<int>(page.events.size()) >= limit
-                       ? BatchResult::kFull
-                       : BatchResult::kPartial;
-          return absl::OkStatus();
-        });
-    if (!status.ok()) return status;
+          });
+      if (!status.ok()) return status;
+    }
     unstored_events_ += skipped;
     if (result == BatchResult::kFull || result == BatchResult::kPartial) {
       {
@@ -779,7 +783,7 @@ class Worker {
   }
 
   PgPool* const pool_;
-  eventstore::PostgresEventStore* const store_;
+  projections_internal::SharedTail* const tail_;  // the runner's
   const ProjectionRunnerOptions* const options_;
   ProgressNotifier* const notifier_;  // the runner's; outlives the worker
   const Projection p_;
@@ -824,6 +828,7 @@ class ProjectionRunner::Impl {
       : pool_(pool),
         store_(store),
         options_(std::move(options)),
+        tail_(store_, TailOptions(options_)),
         notifier_(pool_->conninfo(), options_.schema) {}
 
   absl::Status Init(std::vector<Projection> projections) {
@@ -845,7 +850,7 @@ class ProjectionRunner::Impl {
     for (Projection& p : projections) {
       RETURN_IF_ERROR(
           projections_internal::EnsureRegistered(*pool_, options_.schema, p));
-      workers_.push_back(std::make_unique<Worker>(pool_, store_, &options_,
+      workers_.push_back(std::make_unique<Worker>(pool_, &tail_, &options_,
                                                   &notifier_, std::move(p)));
     }
     return absl::OkStatus();
@@ -891,6 +896,7 @@ class ProjectionRunner::Impl {
         listener = *std::move(l);
         backoff = absl::Milliseconds(100);
         // Anything committed while not listening was not announced.
+        tail_.Poke();
         for (auto& w : workers_) w->Poke();
       }
       absl::StatusOr<std::optional<Position>> p =
@@ -902,15 +908,31 @@ class ProjectionRunner::Impl {
         continue;
       }
       if (p->has_value()) {
+        tail_.Notify(**p);  // first: a worker it wakes reads through it
         for (auto& w : workers_) w->Notify(**p);
       }
     }
   }
 
+  static projections_internal::SharedTailOptions TailOptions(
+      const ProjectionRunnerOptions& options) {
+    projections_internal::SharedTailOptions tail;
+    tail.min_read = options.batch_size;
+    tail.max_events =
+        static_cast<size_t>(std::max(4 * options.batch_size, 4096));
+    // A worker without news polls every poll_interval; one with news reads
+    // it through a notification. In between, the last read of a moment ago
+    // serves every worker.
+    tail.fresh_for =
+        std::max(options.live_batch_interval, absl::Milliseconds(1));
+    return tail;
+  }
+
   PgPool* const pool_;
   eventstore::PostgresEventStore* const store_;
   const ProjectionRunnerOptions options_;
-  // Declared before the workers, so that it outlives them.
+  // Declared before the workers, so that they outlive them.
+  projections_internal::SharedTail tail_;
   ProgressNotifier notifier_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
