@@ -618,6 +618,14 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->header_limit(
         static_cast<std::uint32_t>(core_->options.header_limit));
     parser_->body_limit(core_->options.body_limit);
+    // Most often the whole header came with the first bytes: parsed here,
+    // without an asynchronous read that would complete at once (through
+    // the scheduler).
+    parser_->eager(false);
+    beast::error_code ec;
+    if (ParseBuffered([this] { return parser_->is_header_done(); }, &ec)) {
+      return OnReadHeader(ec, 0);
+    }
     absl::Duration allowed = core_->options.read_timeout;
     if (UnderPressure()) {
       allowed = std::min(allowed, core_->options.pressure_timeout);
@@ -656,7 +664,34 @@ class Session : public std::enable_shared_from_this<Session> {
     DoReadBody();
   }
 
+  // Parses what buffer_ holds, as Beast's read operations do before they
+  // read from the socket, until `done()`. True when done or failed (*ec);
+  // false when the parser needs bytes that have not arrived, and an
+  // asynchronous read goes on from where this left off.
+  template <typename Done>
+  bool ParseBuffered(Done done, beast::error_code* ec) {
+    while (!done()) {
+      if (buffer_.size() == 0) return false;
+      const std::size_t used = parser_->put(buffer_.data(), *ec);
+      buffer_.consume(used);
+      if (*ec == bhttp::error::need_more) {
+        *ec = {};
+        return false;
+      }
+      if (*ec) return true;
+      if (used == 0) return false;
+    }
+    return true;
+  }
+
   void DoReadBody() {
+    // A request without a body, or with all of it in the buffer, is done
+    // here (see DoReadHeader()).
+    parser_->eager(true);
+    beast::error_code ec;
+    if (ParseBuffered([this] { return parser_->is_done(); }, &ec)) {
+      return OnRead(ec, 0);
+    }
     // The body gets what is left of read_timeout, even when pressure cut
     // the header's time.
     stream_.expires_at(request_.start + ToChrono(core_->options.read_timeout));
