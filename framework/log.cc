@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -52,9 +53,27 @@ Output& GetOutput() {
   return *output;
 }
 
-std::string Timestamp() {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
-                          absl::UTCTimeZone());
+// Appends "2026-12-07T16:35:01.668Z". The part up to the seconds is
+// formatted once per second and thread: the access log writes a line per
+// request.
+void AppendTimestamp(std::string* out) {
+  const int64_t millis = absl::ToUnixMillis(absl::Now());
+  const int64_t seconds = millis / 1000;
+  const int fraction = static_cast<int>(millis % 1000);
+  thread_local int64_t cached_seconds = -1;
+  thread_local std::string cached;
+  if (seconds != cached_seconds) {
+    cached =
+        absl::FormatTime("%Y-%m-%dT%H:%M:%S", absl::FromUnixSeconds(seconds),
+                         absl::UTCTimeZone());
+    cached_seconds = seconds;
+  }
+  out->append(cached);
+  out->push_back('.');
+  out->push_back(static_cast<char>('0' + fraction / 100));
+  out->push_back(static_cast<char>('0' + fraction / 10 % 10));
+  out->push_back(static_cast<char>('0' + fraction % 10));
+  out->push_back('Z');
 }
 
 absl::string_view LowerLevelName(LogLevel level) {
@@ -149,7 +168,9 @@ void AppendTextValue(const LogValue& value, std::string* out) {
 
 std::string FormatText(LogLevel level, absl::string_view message,
                        std::initializer_list<LogField> fields) {
-  std::string line = Timestamp();
+  std::string line;
+  line.reserve(256);  // an access-log line, without growing
+  AppendTimestamp(&line);
   line.push_back(' ');
   line.append(LogLevelName(level).data(), LogLevelName(level).size());
   line.push_back(' ');
@@ -176,7 +197,8 @@ std::string FormatJson(LogLevel level, absl::string_view message,
   };
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
-  const std::string ts = Timestamp();
+  std::string ts;
+  AppendTimestamp(&ts);
   const absl::string_view level_name = LowerLevelName(level);
   writer.StartObject();
   writer.Key("ts");

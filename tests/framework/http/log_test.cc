@@ -6,11 +6,14 @@
 #include <regex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "rapidjson/document.h"
 #include "tests/framework/http/log_capture.h"
 #include "tests/support/wait.h"
@@ -38,6 +41,37 @@ TEST_CASE("text log line has timestamp level message and fields",
       R"(account_id=a1 amount=1500 big=18446744073709551615 ok=true )"
       R"(owner="Ada Lovelace" empty="" tricky="a\\"b=c\\nd"\n$)");
   CHECK(std::regex_match(lines[0], pattern));
+}
+
+TEST_CASE("a line's timestamp is its time, also across a second",
+          "[http][log]") {
+  LogCapture capture;
+  // The part up to the seconds is cached per second: lines on both sides
+  // of a second's turn.
+  const int64_t second = absl::ToUnixSeconds(absl::Now());
+  std::vector<std::pair<absl::Time, absl::Time>> bounds;
+  auto log_one = [&] {
+    const absl::Time before = absl::Now();
+    Log(LogLevel::kInfo, "tick");
+    bounds.emplace_back(before, absl::Now());
+  };
+  log_one();
+  REQUIRE(cqrs::testing::Eventually(
+      [&] { return absl::ToUnixSeconds(absl::Now()) > second; },
+      absl::Seconds(5), absl::Milliseconds(1)));
+  log_one();
+  const std::vector<std::string> lines = capture.Lines();
+  REQUIRE(lines.size() == 2);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    INFO(lines[i]);
+    absl::Time at;
+    std::string error;
+    REQUIRE(absl::ParseTime("%Y-%m-%dT%H:%M:%E3SZ", lines[i].substr(0, 24),
+                            absl::UTCTimeZone(), &at, &error));
+    // Milliseconds, rounded down.
+    CHECK(at >= absl::FromUnixMillis(absl::ToUnixMillis(bounds[i].first)));
+    CHECK(at <= bounds[i].second);
+  }
 }
 
 TEST_CASE("a message with a newline stays on one line", "[http][log]") {
