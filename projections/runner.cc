@@ -520,28 +520,23 @@ class Worker {
     // would hold back every reader of the event store, until the lock
     // below, just before the writes), through the runner's shared tail:
     // the other workers are after the same new events.
-    ASSIGN_OR_RETURN(eventstore::ReadAllResult page, tail_->Read(from, limit));
+    // Only the events of the projection's types are copied.
+    ASSIGN_OR_RETURN(projections_internal::TailPage page,
+                     tail_->Read(from, limit, keep_));
     // Progress over events of other types is due to be stored.
-    const bool due =
-        unstored_events_ + static_cast<int64_t>(page.events.size()) >=
-            options_->batch_size ||
-        absl::Now() - stored_at_ >= options_->checkpoint_interval;
+    const bool due = unstored_events_ + page.read >= options_->batch_size ||
+                     absl::Now() - stored_at_ >= options_->checkpoint_interval;
     // Nothing new to read (idle, or not yet visible): store what is due,
     // else nothing to do.
-    const bool flush = page.events.empty() && stored_ != from && due;
-    if (page.events.empty() && !flush) return result;
-    if (!page.events.empty()) last_read_ = page.next;
-    bool concerned = flush || due;
-    for (const RecordedEvent& e : page.events) {
-      concerned = concerned || types_.contains(e.event_type);
-    }
+    const bool flush = page.read == 0 && stored_ != from && due;
+    if (page.read == 0 && !flush) return result;
+    if (page.read > 0) last_read_ = page.next;
+    const bool concerned = flush || due || !page.events.empty();
     if (!concerned) {
       // No transaction at all.
-      skipped = static_cast<int64_t>(page.events.size());
+      skipped = page.read;
       next = page.next;
-      result = static_cast<int>(page.events.size()) >= limit
-                   ? BatchResult::kFull
-                   : BatchResult::kPartial;
+      result = page.read >= limit ? BatchResult::kFull : BatchResult::kPartial;
     } else {
       absl::Status status = pool_->Run(
           PgPool::Retry::kNever, [&](pqxx::connection& conn) -> absl::Status {
@@ -585,7 +580,6 @@ class Worker {
             std::vector<RecordedEvent> relevant;
             relevant.reserve(page.events.size());
             for (RecordedEvent& e : page.events) {
-              if (!types_.contains(e.event_type)) continue;
               if (parked_streams_.contains(e.stream_id)) {
                 Park(tx, e, "parked behind an earlier event of its stream");
                 ++newly_parked;
@@ -624,9 +618,8 @@ class Worker {
             for (const auto& fn : after_commit) fn();
             if (flush) return absl::OkStatus();  // kEmpty: nothing new read
             next = page.next;
-            result = static_cast<int>(page.events.size()) >= limit
-                         ? BatchResult::kFull
-                         : BatchResult::kPartial;
+            result =
+                page.read >= limit ? BatchResult::kFull : BatchResult::kPartial;
             return absl::OkStatus();
           });
       if (!status.ok()) return status;
@@ -788,6 +781,9 @@ class Worker {
   ProgressNotifier* const notifier_;  // the runner's; outlives the worker
   const Projection p_;
   const absl::flat_hash_set<std::string> types_;
+  // What this worker takes of the shared tail: its types.
+  const projections_internal::SharedTail::Keep keep_ =
+      [this](const RecordedEvent& e) { return types_.contains(e.event_type); };
 
   // Worker thread only.
   std::unique_ptr<pqxx::connection> ownership_;

@@ -35,15 +35,26 @@ bool SharedTail::Covers(Position after) const {
   return valid_ && begin_ <= after && after <= end_;
 }
 
-void SharedTail::CopyFrom(Position after, int limit, ReadAllResult* out) const {
+namespace {
+
+// Reads `e` into `out`: counted, copied when kept.
+void Take(const RecordedEvent& e, const SharedTail::Keep& keep, TailPage* out) {
+  ++out->read;
+  out->next = e.position;
+  if (!keep || keep(e)) out->events.push_back(e);
+}
+
+}  // namespace
+
+void SharedTail::CopyFrom(Position after, int limit, const Keep& keep,
+                          TailPage* out) const {
   auto it = std::upper_bound(
       events_.begin(), events_.end(), after,
       [](const Position& p, const RecordedEvent& e) { return p < e.position; });
-  for (; it != events_.end() && static_cast<int>(out->events.size()) < limit;
-       ++it) {
-    out->events.push_back(*it);
-    out->next = it->position;
-  }
+  const size_t room = static_cast<size_t>(std::max(0, limit - out->read));
+  out->events.reserve(out->events.size() +
+                      std::min(room, static_cast<size_t>(events_.end() - it)));
+  for (; it != events_.end() && out->read < limit; ++it) Take(*it, keep, out);
 }
 
 void SharedTail::Notify(Position position) {
@@ -85,8 +96,9 @@ void SharedTail::Trim() {
   }
 }
 
-absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
-  ReadAllResult out;
+absl::StatusOr<TailPage> SharedTail::Read(Position after, int limit,
+                                          const Keep& keep) {
+  TailPage out;
   out.next = after;
   limit = std::max(limit, 1);
   bool extending = false;
@@ -98,8 +110,8 @@ absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
     absl::MutexLock lock(&mu_);
     behind = valid_ && after < begin_;
     if (Covers(after)) {
-      CopyFrom(after, limit, &out);
-      if (static_cast<int>(out.events.size()) >= limit) return out;
+      CopyFrom(after, limit, keep, &out);
+      if (out.read >= limit) return out;
       if (!reading_ && !MayMissNews()) return out;
       if (reading_) {
         // Another worker is reading on from the end: its page is as fresh
@@ -108,7 +120,7 @@ absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
         mu_.Await(absl::Condition(
             +[](bool* reading) { return !*reading; }, &reading_));
         --waiting_;
-        if (Covers(out.next)) CopyFrom(out.next, limit, &out);
+        if (Covers(out.next)) CopyFrom(out.next, limit, keep, &out);
         return out;
       }
       reading_ = true;
@@ -122,10 +134,8 @@ absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
   const Position from = out.next;
   // Any read but a catching-up worker's is made large enough to serve the
   // others too.
-  const int want = behind
-                       ? limit
-                       : std::max(limit - static_cast<int>(out.events.size()),
-                                  options_.min_read);
+  const int want =
+      behind ? limit : std::max(limit - out.read, options_.min_read);
   absl::StatusOr<ReadAllResult> page = store_->ReadAll(from, want);
   absl::MutexLock lock(&mu_);
   ++store_reads_;
@@ -133,7 +143,7 @@ absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
   if (!page.ok()) {
     // The cached events are still a correct answer; the error comes back
     // with the next read.
-    if (!out.events.empty()) return out;
+    if (out.read > 0) return out;
     return page.status();
   }
   if (extending ? valid_ && end_ == from
@@ -143,9 +153,8 @@ absl::StatusOr<ReadAllResult> SharedTail::Read(Position after, int limit) {
     pokes_seen_ = pokes;
   }
   for (const RecordedEvent& e : page->events) {
-    if (static_cast<int>(out.events.size()) >= limit) break;
-    out.events.push_back(e);
-    out.next = e.position;
+    if (out.read >= limit) break;
+    Take(e, keep, &out);
   }
   return out;
 }

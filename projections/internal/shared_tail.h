@@ -23,6 +23,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -45,16 +47,29 @@ struct SharedTailOptions {
   absl::Duration fresh_for = absl::Milliseconds(5);
 };
 
+// A page of the shared tail: the events a worker keeps of what was read.
+struct TailPage {
+  std::vector<eventstore::RecordedEvent> events;
+  // As ReadAllResult::next: the last event read, kept or not; else the
+  // position read after.
+  eventstore::Position next;
+  // Events read, kept or not.
+  int read = 0;
+};
+
 class SharedTail {
  public:
+  // Which events a reader wants copied into its page (all when empty).
+  using Keep = std::function<bool(const eventstore::RecordedEvent&)>;
+
   explicit SharedTail(eventstore::EventStore* store,
                       SharedTailOptions options = {});
 
   // What store->ReadAll(after, limit) would return, or a prefix of it
   // (fewer events when a read made by another worker a moment ago ended
-  // there).
-  absl::StatusOr<eventstore::ReadAllResult> Read(eventstore::Position after,
-                                                 int limit);
+  // there), with only the events `keep` accepts copied.
+  absl::StatusOr<TailPage> Read(eventstore::Position after, int limit,
+                                const Keep& keep = {});
 
   // Events up to `position` have committed (the store's notification).
   void Notify(eventstore::Position position);
@@ -67,10 +82,10 @@ class SharedTail {
   int waiting() const;
 
  private:
-  // Appends the cached events after `after` to `out`, up to `limit` in all.
-  void CopyFrom(eventstore::Position after, int limit,
-                eventstore::ReadAllResult* out) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Reads the cached events after `after` into `out`, up to `limit` read
+  // in all.
+  void CopyFrom(eventstore::Position after, int limit, const Keep& keep,
+                TailPage* out) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool Covers(eventstore::Position after) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The cached range may end before events that have committed.
   bool MayMissNews() const ABSL_SHARED_LOCKS_REQUIRED(mu_);

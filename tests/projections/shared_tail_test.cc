@@ -180,6 +180,46 @@ TEST_CASE(
   CHECK(aged.store_reads() == 2);
 }
 
+TEST_CASE(
+    "shared tail: a reader's filter copies only its events and counts "
+    "every event read",
+    "[projections][shared_tail]") {
+  ProbedStore store;
+  int counter = 0;
+  AppendEvents(store, 20, &counter);
+  SharedTail tail(&store, NeverStale());
+  const auto truth = store.InMemoryEventStore::ReadAll(Position::Start(), 1000);
+  REQUIRE(truth.ok());
+  // Streams note-1, note-2, ..., note-0 in turn: keep note-1's.
+  const SharedTail::Keep keep = [](const RecordedEvent& e) {
+    return e.stream_id == "note-1";
+  };
+  std::vector<std::string> wanted;
+  for (const RecordedEvent& e : truth->events) {
+    if (e.stream_id == "note-1") wanted.push_back(e.event_id);
+  }
+  REQUIRE(wanted.size() == 4);
+  // From the store, then from the cache: the same.
+  for (int round = 0; round < 2; ++round) {
+    auto page = tail.Read(Position::Start(), 1000, keep);
+    REQUIRE(page.ok());
+    CHECK(Ids(page->events) == wanted);
+    CHECK(page->read == 20);
+    CHECK(page->next == truth->next);
+  }
+  CHECK(tail.store_reads() == 1);
+  // A limit counts the events read, kept or not.
+  auto first = tail.Read(Position::Start(), 7, keep);
+  REQUIRE(first.ok());
+  CHECK(first->read == 7);
+  CHECK(first->next == truth->events[6].position);
+  size_t wanted_in_first = 0;
+  for (int i = 0; i < 7; ++i) {
+    wanted_in_first += truth->events[i].stream_id == "note-1" ? 1 : 0;
+  }
+  CHECK(first->events.size() == wanted_in_first);
+}
+
 TEST_CASE("shared tail: a worker behind the cached range reads on its own",
           "[projections][shared_tail]") {
   ProbedStore store;
@@ -224,6 +264,8 @@ TEST_CASE(
   store.Hold(&release);
   std::vector<std::vector<std::string>> seen(2);
   std::vector<std::thread> workers;
+  // (No REQUIRE while the workers run: it would leave them unjoined.)
+  bool first_inside = false;
   for (int i = 0; i < 2; ++i) {
     workers.emplace_back([&, i] {
       auto page = tail.Read(first->next, 1000);
@@ -231,7 +273,7 @@ TEST_CASE(
     });
     if (i == 0) {
       // The first worker is inside the store's read.
-      REQUIRE(testing::Eventually([&] { return store.calls() == 2; }));
+      first_inside = testing::Eventually([&] { return store.calls() == 2; });
     }
   }
   // The second waits for the first's read; a second read of the store would
@@ -240,6 +282,7 @@ TEST_CASE(
       [&] { return tail.waiting() == 1 || store.calls() > 2; });
   release.Notify();
   for (auto& w : workers) w.join();
+  CHECK(first_inside);
   CHECK(waited);
   CHECK(store.calls() == 2);
   CHECK(seen[0].size() == 5);
