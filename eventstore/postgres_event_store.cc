@@ -1172,18 +1172,15 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
   absl::MutexLock lock(&group_mu_);
   group_queue_.push_back(g);
   while (true) {
-    // Only the oldest appender waiting leads the next group: were every
-    // waiting appender able to, a slot coming free would wake them all,
-    // and all but one would go back to sleep.
     auto done_or_can_lead = [this,
                              g]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(group_mu_) {
       return g->outcome != Outcome::kPending ||
              (groups_in_flight_ < options_.group_commit_in_flight &&
-              !group_queue_.empty() && group_queue_.front() == g);
+              !group_queue_.empty());
     };
     group_mu_.Await(absl::Condition(&done_or_can_lead));
     if (g->outcome != Outcome::kPending) return;
-    // Lead a group: whatever is queued, oldest (g) first.
+    // Lead a group: whatever is queued, oldest first (not necessarily g).
     const size_t n = std::min(
         group_queue_.size(),
         static_cast<size_t>(std::max(1, options_.group_commit_max_events)));
