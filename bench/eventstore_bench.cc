@@ -106,6 +106,9 @@ struct Flags {
   // The store's group commit (--group-in-flight; 0 turns it off).
   int group_in_flight =
       eventstore::PostgresEventStoreOptions().group_commit_in_flight;
+  // Appends per group statement (--group-max-events).
+  int group_max_events =
+      eventstore::PostgresEventStoreOptions().group_commit_max_events;
 };
 
 constexpr char kUsage[] =
@@ -123,6 +126,8 @@ constexpr char kUsage[] =
                        (default: the store's default)
   --group-in-flight=N  the store's group_commit_in_flight (0: no grouping;
                        default: the store's default)
+  --group-max-events=N the store's group_commit_max_events (default: the
+                       store's default)
   --phases=LIST        comma-separated subset of single,batch,read (default:
                        all)
   --keep-schema        do not drop the bench_<random> schema at the end
@@ -206,6 +211,11 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
         return bad();
       }
       flags.group_in_flight = static_cast<int>(number);
+    } else if (name == "group-max-events") {
+      if (!absl::SimpleAtoi(value, &number) || number < 1 || number > 10000) {
+        return bad();
+      }
+      flags.group_max_events = static_cast<int>(number);
     } else if (name == "notify-interval-ms") {
       if (!absl::SimpleAtoi(value, &number) || number < 0) return bad();
       flags.notify_interval = absl::Milliseconds(number);
@@ -784,6 +794,7 @@ class Bench {
     store_options.notify = flags_.notify;
     store_options.notify_min_interval = flags_.notify_interval;
     store_options.group_commit_in_flight = flags_.group_in_flight;
+    store_options.group_commit_max_events = flags_.group_max_events;
     ASSIGN_OR_RETURN(store_, PostgresEventStore::Create(
                                  pool_.get(), std::move(store_options)));
     RETURN_IF_ERROR(CreateRawTable());
