@@ -9,6 +9,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -478,6 +479,92 @@ BEGIN
     VALUES (p_stream_id, v_current);
   DELETE FROM {s}.snapshots s WHERE s.stream_id = p_stream_id;
   RETURN QUERY SELECT 'ok'::text, v_current;
+END
+$fn$;
+)sql"},
+    {4,
+     "group commit without ON CONFLICT: explicit checks, no speculative "
+     "insertion",
+     R"sql(
+-- The same contract as migration 3's append_group_v3 and append_one_v3,
+-- cheaper per row. ON CONFLICT DO NOTHING checked all three unique indexes
+-- before each insert and inserted speculatively (a second WAL record per
+-- row): 42% of the group statement's executor time. Under the stream's
+-- lock, two index probes decide instead: the stream's last version is the
+-- expected one (which also rules out a taken version), and the event id is
+-- not stored. A row that fails either is skipped, as before, and its
+-- append takes append_v3. The caller sends at most one append per stream
+-- and per event id in a group; a unique violation that still happens (a
+-- writer of an older build that takes no lock) fails the whole group, whose
+-- appends then all take append_v3. Scalar subqueries, not EXISTS, which
+-- PostgreSQL may turn into a hashed join that reads the whole table.
+CREATE OR REPLACE FUNCTION {s}.append_group_v3(p_streams text[],
+                                               p_expected bigint[],
+                                               p_ids uuid[], p_types text[],
+                                               p_schema_versions integer[],
+                                               p_data json[], p_meta json[])
+RETURNS TABLE (o_id text, o_stream text, o_version bigint, o_position bigint,
+               o_xid text)
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+DECLARE
+  v_locked bigint[];
+BEGIN
+  SELECT coalesce(array_agg(l.i), '{}') INTO v_locked
+    FROM unnest(p_streams) WITH ORDINALITY AS l(stream, i)
+   WHERE pg_try_advisory_xact_lock(hashtextextended(l.stream, hashtext('{s}')));
+
+  RETURN QUERY
+  WITH ins AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT r.stream, r.expected + 1, r.id, r.type, r.v, r.data, r.meta
+      FROM unnest(p_streams, p_expected, p_ids, p_types, p_schema_versions,
+                  p_data, p_meta) WITH ORDINALITY
+           AS r(stream, expected, id, type, v, data, meta, i)
+     WHERE r.i = ANY (v_locked)
+       AND coalesce((SELECT e.stream_version FROM {s}.events e
+                      WHERE e.stream_id = r.stream
+                      ORDER BY e.stream_version DESC LIMIT 1), 0) = r.expected
+       AND (SELECT true FROM {s}.events e WHERE e.event_id = r.id) IS NULL
+       AND (SELECT true FROM {s}.deleted_streams d
+             WHERE d.stream_id = r.stream) IS NULL
+     ORDER BY r.i
+    RETURNING event_id, stream_id, stream_version, global_position,
+              transaction_id
+  )
+  SELECT ins.event_id::text, ins.stream_id, ins.stream_version,
+         ins.global_position, ins.transaction_id::text
+    FROM ins;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}.append_one_v3(p_stream text, p_expected bigint,
+                                             p_id uuid, p_type text,
+                                             p_schema_version integer,
+                                             p_data json, p_meta json)
+RETURNS TABLE (o_version bigint, o_position bigint, o_xid text)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtextextended(p_stream,
+                                                    hashtext('{s}'))) THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  WITH ins AS (
+    INSERT INTO {s}.events (stream_id, stream_version, event_id, event_type,
+                            schema_version, data, metadata)
+    SELECT p_stream, p_expected + 1, p_id, p_type, p_schema_version, p_data,
+           p_meta
+     WHERE coalesce((SELECT e.stream_version FROM {s}.events e
+                      WHERE e.stream_id = p_stream
+                      ORDER BY e.stream_version DESC LIMIT 1), 0) = p_expected
+       AND NOT EXISTS (SELECT 1 FROM {s}.events e WHERE e.event_id = p_id)
+       AND NOT EXISTS (SELECT 1 FROM {s}.deleted_streams d
+                        WHERE d.stream_id = p_stream)
+    RETURNING stream_version, global_position, transaction_id
+  )
+  SELECT ins.stream_version, ins.global_position, ins.transaction_id::text
+    FROM ins;
 END
 $fn$;
 )sql"},
@@ -1236,11 +1323,18 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
   EventArrays arrays;
   std::string streams = "{", expected = "{";
   // Inserted rows come back by (event id, stream): each reaches its own
-  // append, whatever the database's collation. Of two appends with both
-  // the same, the first is the one inserted; the other finds it stored.
+  // append, whatever the database's collation.
   absl::flat_hash_map<std::pair<std::string, std::string>, size_t> index;
+  // At most one append per stream and per event id goes into the statement
+  // (append_group_v3 relies on it): a second one could only be skipped
+  // there, so it takes the careful path right away.
+  absl::flat_hash_set<absl::string_view> streams_seen, ids_seen;
   for (size_t i = 0; i < group.size(); ++i) {
     const GroupedAppend& g = *group[i];
+    if (!streams_seen.insert(*g.stream).second ||
+        !ids_seen.insert(g.event->event_id).second) {
+      continue;
+    }
     AppendArrayElement(streams, *g.stream);
     AppendArrayElement(expected, absl::StrCat(g.expected));
     AppendArrayElement(arrays.ids, g.event->event_id);

@@ -393,6 +393,122 @@ TEST_CASE("group commit: appends queued behind another share one statement",
 }
 
 TEST_CASE(
+    "group commit: a taken event id, two appends with one id, and a writer "
+    "that takes no stream lock each end as an append on its own would",
+    "[eventstore][pg]") {
+  TestSchema schema;
+  PostgresEventStoreOptions options;
+  options.group_commit_in_flight = 1;
+  auto store = schema.NewEventStore(options);
+  const std::string kStoredId = "00000000-0000-4000-8000-000000000001";
+  const std::string kTwinId = "00000000-0000-4000-8000-000000000002";
+  NewEvent stored = MakeEvent("Opened", 0);
+  stored.event_id = kStoredId;
+  REQUIRE(store->Append("s-0", ExpectedVersion::NoStream(), {stored}).ok());
+
+  // Two writers of an older build, which take no stream lock: each holds an
+  // uncommitted version 1 that no check of the store can see yet.
+  auto legacy_row = [&](const std::string& stream) {
+    return absl::StrCat(
+        "INSERT INTO ", schema.name(),
+        ".events (stream_id, stream_version, event_id, event_type, "
+        "schema_version, data, metadata) VALUES ('",
+        stream, "', 1, gen_random_uuid(), 'Legacy', 1, '{}', '{}')");
+  };
+  pqxx::connection legacy1(schema.url()), legacy2(schema.url());
+  pqxx::work l1(legacy1), l2(legacy2);
+  l1.exec(legacy_row("g-0"));
+  l2.exec(legacy_row("legacy-2"));
+  const std::string waiting =
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND "
+      "NOT granted";
+
+  // The first append's insert waits for legacy1 on the unique index and
+  // holds the only slot while the others queue into one group.
+  std::atomic<int> first_conflict{-1};
+  std::thread first([&] {
+    first_conflict =
+        ConflictActualVersion(store
+                                  ->Append("g-0", ExpectedVersion::NoStream(),
+                                           {MakeEvent("Opened", 0)})
+                                  .status())
+            .value_or(-2);
+  });
+  if (!testing::Eventually([&] { return schema.QueryInt(waiting) == 1; })) {
+    l1.commit();
+    first.join();
+    FAIL("the first append never waited for the uncommitted row");
+  }
+  struct Queued {
+    std::string stream, id;
+  };
+  std::vector<Queued> queued = {
+      {"g-1", ""},      {"g-2", ""},        {"g-3", ""},
+      {"g-4", ""},      {"g-5", ""},        {"t-1", kTwinId},
+      {"t-2", kTwinId}, {"s-1", kStoredId}, {"legacy-2", ""}};
+  std::atomic<int> ok{0}, conflicts{0}, id_conflicts{0}, other{0};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < queued.size(); ++i) {
+    threads.emplace_back([&, i] {
+      NewEvent e = MakeEvent("Opened", static_cast<int>(i) + 1);
+      e.event_id = queued[i].id;
+      auto r =
+          store->Append(queued[i].stream, ExpectedVersion::NoStream(), {e});
+      if (r.ok()) {
+        ++ok;
+      } else if (ConflictActualVersion(r.status()) == 1) {
+        ++conflicts;
+      } else if (absl::IsAlreadyExists(r.status())) {
+        ++id_conflicts;
+      } else {
+        ++other;
+      }
+    });
+  }
+  const bool all_queued = testing::Eventually([&] {
+    return store->grouped_appends_waiting() == static_cast<int>(queued.size());
+  });
+  // legacy1 commits: the first append's insert fails, and its append finds
+  // version 1 taken. The group's statement then waits for legacy2 at
+  // legacy-2's version 1; legacy2 commits, and the statement fails on the
+  // unique index: every append of the group runs again on its own.
+  l1.commit();
+  first.join();
+  const bool group_waited =
+      testing::Eventually([&] { return schema.QueryInt(waiting) == 1; });
+  l2.commit();
+  for (auto& t : threads) t.join();
+  REQUIRE(all_queued);
+  CHECK(group_waited);
+  CHECK(first_conflict == 1);
+  CHECK(ok == 6);            // g-1..g-5 and one of t-1, t-2
+  CHECK(conflicts == 1);     // legacy-2
+  CHECK(id_conflicts == 2);  // the other of t-1, t-2; s-1
+  CHECK(other == 0);
+
+  Position from = Position::Start();
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 9);
+  std::map<std::string, int> per_stream;
+  std::set<uint64_t> transactions;
+  for (const RecordedEvent& e : all) {
+    ++per_stream[e.stream_id];
+    if (absl::StartsWith(e.stream_id, "g-") && e.stream_id != "g-0") {
+      transactions.insert(e.position.transaction_id);
+    }
+  }
+  CHECK(all.size() == 9);
+  CHECK(per_stream["g-0"] == 1);
+  CHECK(per_stream["legacy-2"] == 1);
+  CHECK(per_stream["s-0"] == 1);
+  CHECK(per_stream["s-1"] == 0);
+  CHECK(per_stream["t-1"] + per_stream["t-2"] == 1);
+  for (int i = 1; i <= 5; ++i) CHECK(per_stream[absl::StrCat("g-", i)] == 1);
+  // The failed group's appends each committed on their own.
+  CHECK(transactions.size() == 5);
+  CHECK(schema.StreamOrderInversions() == 0);
+}
+
+TEST_CASE(
     "group commit: the next group runs while one commits, and a commit cut "
     "off by a killed backend neither loses nor doubles an append",
     "[eventstore][pg]") {
