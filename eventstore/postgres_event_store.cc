@@ -1229,6 +1229,23 @@ void PostgresEventStore::NotifyCommitted(Position position, int64_t events) {
   if (options_.notify == PostgresEventStoreOptions::Notify::kAfterCommit) {
     SignalNotifier(position);
   }
+  absl::ReaderMutexLock lock(&observers_mu_);
+  for (const auto& [id, observer] : observers_) observer(position);
+}
+
+int PostgresEventStore::AddCommitObserver(
+    std::function<void(Position)> observer) {
+  absl::MutexLock lock(&observers_mu_);
+  observers_.emplace_back(next_observer_id_, std::move(observer));
+  return next_observer_id_++;
+}
+
+void PostgresEventStore::RemoveCommitObserver(int id) {
+  absl::MutexLock lock(&observers_mu_);
+  observers_.erase(
+      std::remove_if(observers_.begin(), observers_.end(),
+                     [id](const auto& o) { return o.first == id; }),
+      observers_.end());
 }
 
 std::string PostgresEventStore::InTransactionChannel() const {

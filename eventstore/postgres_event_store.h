@@ -159,6 +159,17 @@ class PostgresEventStore : public EventStore {
   // notifies the channel.
   void NotifyCommitted(Position position, int64_t events);
 
+  // Calls `observer` with the position of every commit that this object
+  // makes or is told of (NotifyCommitted), on the committing thread, right
+  // after the commit, in no particular order across threads. In-process
+  // readers (the projection runner) learn of new events this way without
+  // waiting for the rate-limited NOTIFY, which still reaches every other
+  // process. `observer` must return quickly and must not call back into
+  // this store. Returns an id for RemoveCommitObserver(), which returns
+  // once no call of the observer is running.
+  int AddCommitObserver(std::function<void(Position)> observer);
+  void RemoveCommitObserver(int id);
+
   // The PostgreSQL schema of the store's tables.
   const std::string& schema() const { return options_.schema; }
 
@@ -191,6 +202,12 @@ class PostgresEventStore : public EventStore {
   mutable absl::Mutex group_mu_;
   std::vector<GroupedAppend*> group_queue_ ABSL_GUARDED_BY(group_mu_);
   int groups_in_flight_ ABSL_GUARDED_BY(group_mu_) = 0;
+
+  // Readers held while observers run; the writer, to change the list.
+  absl::Mutex observers_mu_;
+  std::vector<std::pair<int, std::function<void(Position)>>> observers_
+      ABSL_GUARDED_BY(observers_mu_);
+  int next_observer_id_ ABSL_GUARDED_BY(observers_mu_) = 0;
 
   absl::Mutex notify_mu_;
   std::optional<Position> pending_notify_ ABSL_GUARDED_BY(notify_mu_);

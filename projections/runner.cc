@@ -857,11 +857,18 @@ class ProjectionRunner::Impl {
     started_ = true;
     listening_ = true;
     listener_ = std::thread([this] { Listen(); });
+    // Appends of this process reach the workers at once; the listener
+    // brings those of other processes (rate-limited NOTIFY).
+    observer_ = store_->AddCommitObserver([this](Position p) {
+      tail_.Notify(p);
+      for (auto& w : workers_) w->Notify(p);
+    });
     for (auto& w : workers_) w->Start();
   }
 
   void Stop() {
     if (!started_) return;
+    store_->RemoveCommitObserver(observer_);
     listening_ = false;
     if (listener_.joinable()) listener_.join();
     for (auto& w : workers_) w->Stop();
@@ -932,6 +939,7 @@ class ProjectionRunner::Impl {
   ProgressNotifier notifier_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool started_ = false;
+  int observer_ = -1;  // the store's commit observer, while started
   std::atomic<bool> listening_{false};
   std::thread listener_;
 };

@@ -357,7 +357,10 @@ TEST_CASE("live events still arrive after the listening session is killed",
                                          {Totals()}, options);
   REQUIRE(runner.ok());
   (*runner)->Start();
-  auto fold = AppendMany(*store, 10, 3);
+  // Appends through another store object, as another process makes them:
+  // those of the runner's own store reach it without a notification.
+  auto other = schema.NewEventStore();
+  auto fold = AppendMany(*other, 10, 3);
   REQUIRE(Converges(schema, fold));
 
   const std::string listener = absl::StrCat(
@@ -369,7 +372,7 @@ TEST_CASE("live events still arrive after the listening session is killed",
                         listener) == 1);
   // Wait for the new LISTEN session, then append.
   REQUIRE(Eventually([&] { return schema.QueryInt(listening) >= 1; }));
-  auto more = AppendMany(*store, 10, 3, 100);
+  auto more = AppendMany(*other, 10, 3, 100);
   for (const auto& [stream, d] : more) {
     fold[stream].first += d.first;
     fold[stream].second += d.second;
@@ -377,6 +380,32 @@ TEST_CASE("live events still arrive after the listening session is killed",
   REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); },
                      absl::Seconds(30)));
   CHECK(Converges(schema, fold));
+}
+
+TEST_CASE(
+    "appends through the runner's own store reach it without a notification",
+    "[projections][pg]") {
+  TestSchema schema;
+  eventstore::PostgresEventStoreOptions quiet;
+  quiet.notify = eventstore::PostgresEventStoreOptions::Notify::kNone;
+  auto store = schema.NewEventStore(quiet);
+  REQUIRE(ProjectionRunner::Migrate(schema.pool(), schema.name()).ok());
+  ProjectionRunnerOptions options = Options(schema);
+  // No NOTIFY is sent, and polling would take a minute.
+  options.poll_interval = absl::Seconds(60);
+  auto runner = ProjectionRunner::Create(&schema.pool(), store.get(),
+                                         {Totals()}, options);
+  REQUIRE(runner.ok());
+  (*runner)->Start();
+  REQUIRE(Eventually([&] { return StatusOf(**runner).state == "running"; }));
+  auto fold = AppendMany(*store, 20, 3);
+  REQUIRE(Eventually([&] { return ReachedHead(**runner, *store); },
+                     absl::Seconds(30)));
+  CHECK(Converges(schema, fold));
+  // After Stop() the store no longer calls into the stopped runner.
+  (*runner)->Stop();
+  runner->reset();
+  CHECK(store->Append("x-1", ExpectedVersion::Any(), {Other()}).ok());
 }
 
 TEST_CASE("a standby takes over when the owner stops", "[projections][pg]") {
