@@ -1341,7 +1341,8 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
   std::string streams = "{", expected = "{";
   // Inserted rows come back by (event id, stream): each reaches its own
   // append, whatever the database's collation.
-  absl::flat_hash_map<std::pair<std::string, std::string>, size_t> index;
+  absl::flat_hash_map<std::pair<absl::string_view, absl::string_view>, size_t>
+      index;
   // At most one append per stream and per event id goes into the statement
   // (append_group_v3 relies on it): a second one could only be skipped
   // there, so it takes the careful path right away.
@@ -1359,7 +1360,9 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
     AppendArrayElement(arrays.versions, absl::StrCat(g.event->schema_version));
     AppendArrayElement(arrays.data, g.event->data);
     AppendArrayElement(arrays.metadata, g.event->metadata);
-    index.emplace(std::make_pair(g.event->event_id, *g.stream), i);
+    index.emplace(std::make_pair(absl::string_view(g.event->event_id),
+                                 absl::string_view(*g.stream)),
+                  i);
   }
   for (std::string* a : {&streams, &expected, &arrays.ids, &arrays.types,
                          &arrays.versions, &arrays.data, &arrays.metadata}) {
@@ -1376,9 +1379,9 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
               std::vector<size_t> stored;
               stored.reserve(rows.size());
               for (const pqxx::row& row : rows) {
-                auto it = index.find(
-                    std::make_pair(std::string(row[0].c_str(), row[0].size()),
-                                   std::string(row[1].c_str(), row[1].size())));
+                auto it = index.find(std::make_pair(
+                    absl::string_view(row[0].c_str(), row[0].size()),
+                    absl::string_view(row[1].c_str(), row[1].size())));
                 if (it == index.end()) continue;
                 GroupedAppend& g = *group[it->second];
                 g.version = row[2].as<int64_t>();
