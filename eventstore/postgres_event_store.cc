@@ -1294,18 +1294,9 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
     ++groups_in_flight_;
     group_mu_.Unlock();
     std::vector<bool> inserted(group.size(), false);
-    bool slot_released = false;
-    // Lets the next group start its statement while this one commits: the
-    // WAL flush of one group overlaps the execution of the next.
-    auto release_slot = [this, &slot_released] {
-      if (slot_released) return;
-      slot_released = true;
-      absl::MutexLock relock(&group_mu_);
-      --groups_in_flight_;
-    };
-    WriteGroup(group, &inserted, release_slot);
+    WriteGroup(group, &inserted);
     group_mu_.Lock();
-    if (!slot_released) --groups_in_flight_;
+    --groups_in_flight_;
     for (size_t i = 0; i < group.size(); ++i) {
       group[i]->outcome = inserted[i] ? Outcome::kInserted : Outcome::kCareful;
     }
@@ -1313,8 +1304,7 @@ void PostgresEventStore::AppendGrouped(GroupedAppend* g) {
 }
 
 void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
-                                    std::vector<bool>* inserted,
-                                    const std::function<void()>& executed) {
+                                    std::vector<bool>* inserted) {
   // Any error leaves every append not inserted: each then runs on its own
   // and meets (or reports) the problem itself.
   if (group.size() == 1) {
@@ -1371,7 +1361,12 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
   pool_
       ->Run(PgPool::Retry::kOnBrokenConnection,
             [&](pqxx::connection& conn) {
-              pqxx::work tx(conn);
+              // One autocommitted statement: one round trip. (A
+              // transaction whose COMMIT went out apart, so that the next
+              // group could execute during this one's WAL flush, cost two
+              // more round trips per group and made smaller groups:
+              // bench/results.md, issue 19, session 7.)
+              pqxx::nontransaction tx(conn);
               const pqxx::result rows = tx.exec_prepared(
                   Statements::On(conn, sql_->group_append), streams, expected,
                   arrays.ids, arrays.types, arrays.versions, arrays.data,
@@ -1389,8 +1384,6 @@ void PostgresEventStore::WriteGroup(const std::vector<GroupedAppend*>& group,
                 g.position.transaction_id = ParseXid(row[4]);
                 stored.push_back(it->second);
               }
-              executed();
-              tx.commit();
               for (size_t i : stored) (*inserted)[i] = true;
               return absl::OkStatus();
             })

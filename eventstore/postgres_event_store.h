@@ -60,13 +60,12 @@ struct PostgresEventStoreOptions {
 
   // Group commit: single-event appends at an exact expected version (what
   // commands do) that arrive while earlier ones are being written are
-  // written together, as one INSERT statement in one transaction, so that
-  // they share a round trip and a WAL flush. Each keeps its own outcome: a
-  // conflict or error of one never fails another. At most
-  // `group_commit_in_flight` such statements execute at once; a group's
-  // COMMIT (its WAL flush) does not count, so the next group executes while
-  // the previous one commits. 0 turns grouping off (each append is its own
-  // statement).
+  // written together, as one autocommitted statement, so that they share
+  // a round trip and a WAL flush. Each keeps its own outcome: a conflict or
+  // error of one never fails another. At most `group_commit_in_flight`
+  // such statements run at once (commit included); the appends that arrive
+  // meanwhile form the next group. 0 turns grouping off (each append is its
+  // own statement).
   int group_commit_in_flight = 2;
   int group_commit_max_events = 64;  // appends per statement
 
@@ -189,11 +188,10 @@ class PostgresEventStore : public EventStore {
   // Appends `g` (one event, exact version) together with whatever other
   // grouped appends are waiting; sets g->outcome.
   void AppendGrouped(GroupedAppend* g);
-  // Writes `group` in one transaction; calls `executed` once its statement
-  // has run, before the commit (also when it fails).
+  // Writes `group` in one autocommitted statement; sets (*inserted)[i]
+  // for each append it stored.
   void WriteGroup(const std::vector<GroupedAppend*>& group,
-                  std::vector<bool>* inserted,
-                  const std::function<void()>& executed);
+                  std::vector<bool>* inserted);
 
   PgPool* const pool_;
   const PostgresEventStoreOptions options_;

@@ -509,14 +509,14 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "group commit: the next group runs while one commits, and a commit cut "
-    "off by a killed backend neither loses nor doubles an append",
+    "group commit: a group held in its commit holds only its own slot, and a "
+    "commit cut off by a killed backend neither loses nor doubles an append",
     "[eventstore][pg]") {
   TestSchema schema;
   PostgresEventStoreOptions options;
-  options.group_commit_in_flight = 1;
+  options.group_commit_in_flight = 2;
   auto store = schema.NewEventStore(options);
-  // A deferred trigger holds the COMMIT of any transaction that wrote a
+  // A deferred trigger holds the commit of any transaction that wrote a
   // "hold-" stream until `holder` lets go of the advisory lock.
   const std::string key = absl::StrCat("hashtext('", schema.name(), "-hold')");
   schema.Exec(absl::StrCat(
@@ -534,10 +534,10 @@ TEST_CASE(
   const std::string held_commits = absl::StrCat(
       "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
       "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = "
-      "current_database() AND a.query LIKE 'COMMIT%'");
+      "current_database() AND a.query LIKE '%append_group_v3%'");
 
-  // g-0 holds the only slot (inside PostgreSQL, behind a table lock) while
-  // two appends to "hold-" streams queue: they become one group.
+  // g-0 and g-1 hold both slots (inside PostgreSQL, behind a table lock)
+  // while two appends to "hold-" streams queue: they become one group.
   pqxx::connection blocker(schema.url());
   pqxx::work lock(blocker);
   lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
@@ -552,12 +552,19 @@ TEST_CASE(
     }
   };
   std::thread first([&] { open("g-0", 0); });
-  REQUIRE(testing::Eventually([&] {
+  std::thread second([&] { open("g-1", 1); });
+  const bool both_blocked = testing::Eventually([&] {
     return schema.QueryInt(absl::StrCat(
                "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
                "relation = '",
-               schema.name(), ".events'::regclass")) == 1;
-  }));
+               schema.name(), ".events'::regclass")) == 2;
+  });
+  if (!both_blocked) {
+    lock.abort();
+    first.join();
+    second.join();
+    FAIL("the first two appends never waited for the table lock");
+  }
   std::atomic<int> held_done{0};
   std::vector<std::thread> held;
   for (int i = 1; i <= 2; ++i) {
@@ -566,16 +573,17 @@ TEST_CASE(
       ++held_done;
     });
   }
-  REQUIRE(testing::Eventually(
-      [&] { return store->grouped_appends_waiting() == 2; }));
+  const bool queued = testing::Eventually(
+      [&] { return store->grouped_appends_waiting() == 2; });
   lock.abort();
   first.join();
+  second.join();
 
-  // The group's statement ran; its COMMIT waits for the trigger.
+  // The group's statement ran; its commit waits for the trigger.
   // (No REQUIRE while threads run: they must be joined first.)
   const bool commit_held =
       testing::Eventually([&] { return schema.QueryInt(held_commits) == 1; });
-  // The slot is free again: another append goes through meanwhile.
+  // The other slot is free: another append goes through meanwhile.
   std::atomic<bool> next_done{false};
   std::thread next([&] {
     open("g-3", 3);
@@ -584,29 +592,30 @@ TEST_CASE(
   const bool overlapped = testing::Eventually([&] { return next_done.load(); });
   CHECK(held_done == 0);
 
-  // Kill the backend in the middle of the group's COMMIT: the commit's
+  // Kill the backend in the middle of the group's commit: the commit's
   // outcome is unknown to the store, and each append finds out on its own.
   schema.Exec(absl::StrCat(
       "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN "
       "pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND NOT "
       "l.granted AND a.datname = current_database() AND a.query LIKE "
-      "'COMMIT%'"));
+      "'%append_group_v3%'"));
   pqxx::nontransaction(holder).exec(
       absl::StrCat("SELECT pg_advisory_unlock(", key, ")"));
   for (auto& t : held) t.join();
   next.join();
+  CHECK(queued);
   CHECK(commit_held);
   CHECK(overlapped);
   CHECK(held_done == 2);
   CHECK(failed == 0);
 
   Position from = Position::Start();
-  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 4);
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 5);
   std::map<std::string, int> per_stream;
   for (const RecordedEvent& e : all) ++per_stream[e.stream_id];
   CHECK(per_stream ==
         std::map<std::string, int>{
-            {"g-0", 1}, {"g-3", 1}, {"hold-1", 1}, {"hold-2", 1}});
+            {"g-0", 1}, {"g-1", 1}, {"g-3", 1}, {"hold-1", 1}, {"hold-2", 1}});
   CHECK(schema.StreamOrderInversions() == 0);
 }
 
