@@ -8,6 +8,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "framework/json_shape.h"
 #include "framework/migrations.h"
 #include "framework/status_macros.h"
 #include "rapidjson/document.h"
@@ -43,7 +44,8 @@ std::string StringMember(const rapidjson::Value& object, const char* name) {
 }
 
 Trigger TriggerOf(const eventstore::RecordedEvent& e) {
-  rapidjson::Document doc;
+  json::SmallDocument small;
+  rapidjson::Document& doc = small.doc;
   doc.Parse(e.metadata.data(), e.metadata.size());
   if (doc.HasParseError() || !doc.IsObject()) return {};
   Trigger t;

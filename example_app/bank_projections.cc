@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "example_app/account.h"
 #include "example_app/transfer.h"
+#include "framework/json_shape.h"
 #include "projections/sql_array.h"
 #include "rapidjson/document.h"
 
@@ -133,7 +134,8 @@ struct Who {
 };
 
 Who WhoOf(const RecordedEvent& e) {
-  rapidjson::Document doc;
+  cqrs::json::SmallDocument small;
+  rapidjson::Document& doc = small.doc;
   doc.Parse(e.metadata.data(), e.metadata.size());
   Who who;
   if (doc.HasParseError() || !doc.IsObject()) return who;
