@@ -17,7 +17,10 @@ WorkerPool::~WorkerPool() { Stop(); }
 bool WorkerPool::TrySubmit(std::function<void()> task) {
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_ && queue_.size() < max_queued_) {
+    // A task that an idle worker is about to take is not waiting: only
+    // those beyond the idle workers count against max_queued (a burst
+    // faster than idle workers wake up must not be refused).
+    if (!stopping_ && queue_.size() < max_queued_ + idle_) {
       queue_.push_back(std::move(task));
       return true;
     }
@@ -25,6 +28,11 @@ bool WorkerPool::TrySubmit(std::function<void()> task) {
   // Destroyed outside the lock: a task's captures may run code (a Responder
   // answering 500) that must not run under mu_.
   return false;
+}
+
+size_t WorkerPool::idle_threads() {
+  absl::MutexLock lock(&mu_);
+  return idle_;
 }
 
 void WorkerPool::Stop() {
@@ -49,7 +57,9 @@ void WorkerPool::WorkerLoop() {
       const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !queue_.empty();
       };
+      ++idle_;
       mu_.Await(absl::Condition(&ready));
+      --idle_;
       if (stopping_) return;
       task = std::move(queue_.front());
       queue_.pop_front();

@@ -28,8 +28,12 @@ class WorkerPool {
   ~WorkerPool();
 
   // Queues `task`. Returns false, and drops `task`, when `max_queued` tasks
-  // are already waiting or the pool is stopped.
+  // are already waiting or the pool is stopped. A task that an idle thread
+  // will take is not waiting, even before that thread has woken up.
   bool TrySubmit(std::function<void()> task);
+
+  // Threads waiting for a task (tests, diagnostics).
+  size_t idle_threads();
 
   // Refuses new tasks, destroys the queued ones without running them, and
   // waits for the running ones to return. Idempotent.
@@ -44,6 +48,7 @@ class WorkerPool {
   absl::Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;  // threads waiting for a task
 
   // Written by the constructor and Stop() only.
   std::vector<std::thread> threads_;
