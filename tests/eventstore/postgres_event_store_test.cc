@@ -15,12 +15,14 @@
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "framework/error_classes.h"
+#include "framework/metrics.h"
 #include "framework/pg_pool.h"
 #include "framework/uuid.h"
 #include "tests/support/test_database.h"
@@ -390,6 +392,75 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   CHECK(group_transactions.size() == 1);
   CHECK(group_streams.size() == 10);
   CHECK(*group_transactions.begin() != all[0].position.transaction_id);
+}
+
+TEST_CASE(
+    "group commit: event ids in upper case are stored in lower case, and "
+    "their group maps each row back to its append",
+    "[eventstore][pg]") {
+  TestSchema schema;
+  PostgresEventStoreOptions options;
+  options.group_commit_in_flight = 1;
+  Counter appended;
+  options.events_appended = &appended;
+  auto store = schema.NewEventStore(options);
+  // Holds the first group inside PostgreSQL while the others queue.
+  pqxx::connection blocker(schema.url());
+  pqxx::work lock(blocker);
+  lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
+  std::atomic<bool> first_ok{false};  // checked after the join
+  std::thread first([&] {
+    first_ok = store
+                   ->Append("u-0", ExpectedVersion::NoStream(),
+                            {MakeEvent("Opened", 0)})
+                   .ok();
+  });
+  REQUIRE(testing::Eventually([&] {
+    return schema.QueryInt(absl::StrCat(
+               "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+               "relation = '",
+               schema.name(), ".events'::regclass")) == 1;
+  }));
+  // PostgreSQL answers with the lower-case form of a UUID. Were the ids
+  // kept as given, the group would not find its rows among the returned
+  // ones, and each append would end in the careful path ("already
+  // stored"), uncounted.
+  constexpr int kQueued = 4;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kQueued; ++i) {
+    ids.push_back(absl::AsciiStrToUpper(NewUuid()));
+  }
+  std::vector<absl::StatusOr<AppendResult>> results(
+      kQueued, absl::UnknownError("not run"));
+  std::vector<std::thread> queued;
+  for (int i = 0; i < kQueued; ++i) {
+    queued.emplace_back([&, i] {
+      NewEvent e = MakeEvent("Opened", i + 1);
+      e.event_id = ids[i];
+      results[i] = store->Append(absl::StrCat("u-", i + 1),
+                                 ExpectedVersion::NoStream(), {e});
+    });
+  }
+  REQUIRE(testing::Eventually(
+      [&] { return store->grouped_appends_waiting() >= kQueued; }));
+  lock.abort();
+  first.join();
+  for (auto& t : queued) t.join();
+  CHECK(first_ok);
+  for (const auto& r : results) CHECK(r.ok());
+  CHECK(appended.value() == 1 + kQueued);
+
+  Position from = Position::Start();
+  std::vector<RecordedEvent> all = DrainAtLeast(*store, &from, 1 + kQueued);
+  REQUIRE(all.size() == 1 + kQueued);
+  std::set<uint64_t> group_transactions;
+  for (size_t i = 1; i < all.size(); ++i) {
+    group_transactions.insert(all[i].position.transaction_id);
+    const size_t n = std::stoul(all[i].stream_id.substr(2)) - 1;
+    REQUIRE(n < ids.size());
+    CHECK(all[i].event_id == absl::AsciiStrToLower(ids[n]));
+  }
+  CHECK(group_transactions.size() == 1);
 }
 
 TEST_CASE(
