@@ -324,28 +324,59 @@ TEST_CASE("exact-version races: exactly one writer wins each version",
   CHECK(other == 0);
 }
 
+// A store's first group held inside PostgreSQL, so that later appends
+// queue behind it: the events table is locked (SHARE MODE) on a connection
+// of its own, and an append to `stream` blocks on that lock. Released (and
+// its thread joined) by Release() or at the latest by the destructor.
+class HeldGroup {
+ public:
+  HeldGroup(TestSchema& schema, EventStore& store, const std::string& stream)
+      : schema_(schema), blocker_(schema.url()), lock_(blocker_) {
+    lock_.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
+    first_ = std::thread([this, &store, stream] {
+      ok_ = store
+                .Append(stream, ExpectedVersion::NoStream(),
+                        {MakeEvent("Opened", 0)})
+                .ok();
+    });
+  }
+  ~HeldGroup() { Release(); }
+
+  // True once the append waits for the lock (and nothing else does).
+  bool Blocked() {
+    return testing::Eventually([&] {
+      return schema_.QueryInt(absl::StrCat(
+                 "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                 "relation = '",
+                 schema_.name(), ".events'::regclass")) == 1;
+    });
+  }
+
+  // Ends the lock and waits for the append; true when it succeeded.
+  bool Release() {
+    if (first_.joinable()) {
+      lock_.abort();
+      first_.join();
+    }
+    return ok_;
+  }
+
+ private:
+  TestSchema& schema_;
+  pqxx::connection blocker_;
+  pqxx::work lock_;
+  std::atomic<bool> ok_{false};
+  std::thread first_;
+};
+
 TEST_CASE("group commit: appends queued behind another share one statement",
           "[eventstore][pg]") {
   TestSchema schema;
   PostgresEventStoreOptions options;
   options.group_commit_in_flight = 1;
   auto store = schema.NewEventStore(options);
-  // Holds the first group inside PostgreSQL while the others queue.
-  pqxx::connection blocker(schema.url());
-  pqxx::work lock(blocker);
-  lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
-  std::atomic<bool> first_ok{false};  // checked after the join
-  std::thread first([&] {
-    first_ok = store
-                   ->Append("g-0", ExpectedVersion::NoStream(),
-                            {MakeEvent("Opened", 0)})
-                   .ok();
-  });
-  const std::string blocked = absl::StrCat(
-      "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '",
-      schema.name(), ".events'::regclass");
-  REQUIRE(testing::Eventually([&] { return schema.QueryInt(blocked) != 0; }));
-  REQUIRE(schema.QueryInt(blocked) == 1);
+  HeldGroup held(schema, *store, "g-0");
+  REQUIRE(held.Blocked());
 
   // Ten new streams, a second append to g-1 and one to g-0 (taken by the
   // first append) at "no stream": two must conflict, without failing the
@@ -371,9 +402,7 @@ TEST_CASE("group commit: appends queued behind another share one statement",
   REQUIRE(testing::Eventually(
       [&] { return store->grouped_appends_waiting() >= 12; }));
   REQUIRE(store->grouped_appends_waiting() == 12);
-  lock.abort();
-  first.join();
-  CHECK(first_ok);
+  CHECK(held.Release());
   for (auto& t : queued) t.join();
   CHECK(ok == 10);
   CHECK(conflicts == 2);
@@ -404,25 +433,9 @@ TEST_CASE(
   Counter appended;
   options.events_appended = &appended;
   auto store = schema.NewEventStore(options);
-  // Holds the first group inside PostgreSQL while the others queue.
-  pqxx::connection blocker(schema.url());
-  pqxx::work lock(blocker);
-  lock.exec("LOCK TABLE " + schema.name() + ".events IN SHARE MODE");
-  std::atomic<bool> first_ok{false};  // checked after the join
-  std::thread first([&] {
-    first_ok = store
-                   ->Append("u-0", ExpectedVersion::NoStream(),
-                            {MakeEvent("Opened", 0)})
-                   .ok();
-  });
-  // No REQUIRE while a thread runs: the lock is released and every thread
-  // joined first.
-  const bool first_blocked = testing::Eventually([&] {
-    return schema.QueryInt(absl::StrCat(
-               "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
-               "relation = '",
-               schema.name(), ".events'::regclass")) == 1;
-  });
+  HeldGroup held(schema, *store, "u-0");
+  // No REQUIRE while the queued appends run: they are joined first.
+  const bool first_blocked = held.Blocked();
   // PostgreSQL answers with the lower-case form of a UUID. Were the ids
   // kept as given, the group would not find its rows among the returned
   // ones, and each append would end in the careful path ("already
@@ -448,8 +461,7 @@ TEST_CASE(
     all_queued = testing::Eventually(
         [&] { return store->grouped_appends_waiting() >= kQueued; });
   }
-  lock.abort();
-  first.join();
+  const bool first_ok = held.Release();
   for (auto& t : queued) t.join();
   REQUIRE(first_blocked);
   REQUIRE(all_queued);
