@@ -399,11 +399,15 @@ TEST_CASE("group commit: appends queued behind another share one statement",
       }
     });
   }
-  REQUIRE(testing::Eventually(
-      [&] { return store->grouped_appends_waiting() >= 12; }));
-  REQUIRE(store->grouped_appends_waiting() == 12);
-  CHECK(held.Release());
+  // No REQUIRE while the queued appends run: they are joined first.
+  const bool all_queued = testing::Eventually(
+      [&] { return store->grouped_appends_waiting() >= 12; });
+  const int waiting = store->grouped_appends_waiting();
+  const bool released = held.Release();
   for (auto& t : queued) t.join();
+  REQUIRE(all_queued);
+  CHECK(waiting == 12);
+  CHECK(released);
   CHECK(ok == 10);
   CHECK(conflicts == 2);
 
