@@ -456,9 +456,11 @@ async function run() {
   //   (the attempt's start plus its duration; 100 ms for the hand-over to
   //   the HTTP client, whose clock the duration is);
   // - every request C received is a recorded attempt, but for at most
-  //   WEBHOOK_CONCURRENCY - 1: those in flight when the bank read the 410,
-  //   whose outcomes it may not record once C is disabled (a CI run: a
-  //   request answered 410 with no attempt recorded for its event). A bank
+  //   WEBHOOK_CONCURRENCY - 1: those in flight when the bank read the 410.
+  //   The bank writes an attempt's record in a batch after it ends, and
+  //   this test kills it soon after C is disabled, so theirs can be lost
+  //   with it (a CI run: a request answered 410, no attempt recorded for
+  //   its event, the killed bank's log ending at C's disabling). A bank
   //   that went on sending without recording would exceed that at once.
   const { items: cAttempts } = await admin.get(`/webhooks/${hooks.C.id}/attempts?limit=1000`);
   const ended = (a) => Date.parse(a.at) + a.duration_ms;
